@@ -1,0 +1,1 @@
+"""Procedural robot assets authored in USD from published kinematics (no downloaded meshes)."""

@@ -1,0 +1,678 @@
+"""Scenario manifests: the pydantic schema, loading with YAML line numbers, sampling, content hash.
+
+A manifest is YAML validated by pydantic v2 (unknown keys are errors). Randomised quantities are
+*distributions*: a plain number (a constant) or a mapping with a ``type`` among ``constant``,
+``uniform``, ``normal`` and ``choice``. Units are SI (metres, kilograms, seconds, radians) except
+camera field of view (degrees) and light colour temperature (kelvin).
+
+Errors are reported as ``file:line: field.path: message``; :class:`ManifestError` carries them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+ASSET_DIR = Path(__file__).resolve().parent / "assets"
+MAX_HORIZON = 2000
+MAX_RESOLUTION = 1024
+
+
+class ManifestError(ValueError):
+    """A manifest failed to load or validate. ``lines`` holds one ``file:line: path: message`` each."""
+
+    def __init__(self, lines: Sequence[str]):
+        self.lines = list(lines)
+        super().__init__("\n".join(self.lines))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Distributions
+
+
+class Constant(_Strict):
+    type: Literal["constant"] = "constant"
+    value: float = Field(allow_inf_nan=False)
+
+
+class Uniform(_Strict):
+    type: Literal["uniform"]
+    low: float = Field(allow_inf_nan=False)
+    high: float = Field(allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Uniform:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        return self
+
+
+class Normal(_Strict):
+    """A normal distribution, clipped to ``[low, high]`` when they are given."""
+
+    type: Literal["normal"]
+    mean: float = Field(allow_inf_nan=False)
+    std: float = Field(ge=0.0, allow_inf_nan=False)
+    low: float | None = Field(default=None, allow_inf_nan=False)
+    high: float | None = Field(default=None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Normal:
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        return self
+
+
+class Choice(_Strict):
+    type: Literal["choice"]
+    values: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(min_length=1, max_length=256)
+
+
+def _number_to_constant(value: Any) -> Any:
+    # A bare number in YAML means a constant; bools are not numbers here.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return {"type": "constant", "value": value}
+    return value
+
+
+Distribution = Annotated[
+    Constant | Uniform | Normal | Choice,
+    Field(discriminator="type"),
+    BeforeValidator(_number_to_constant),
+]
+
+
+def support(dist: Constant | Uniform | Normal | Choice) -> tuple[float, float]:
+    """The smallest interval that holds every value the distribution can produce."""
+    if isinstance(dist, Constant):
+        return dist.value, dist.value
+    if isinstance(dist, Uniform):
+        return dist.low, dist.high
+    if isinstance(dist, Choice):
+        return min(dist.values), max(dist.values)
+    lo = -math.inf if dist.low is None else dist.low
+    hi = math.inf if dist.high is None else dist.high
+    if dist.std == 0.0:
+        return max(lo, min(dist.mean, hi)), max(lo, min(dist.mean, hi))
+    return lo, hi
+
+
+def sample(dist: Constant | Uniform | Normal | Choice, rng: np.random.Generator) -> float:
+    """Draw one value. Always consumes the same number of draws per type, so streams stay aligned."""
+    if isinstance(dist, Constant):
+        return float(dist.value)
+    if isinstance(dist, Uniform):
+        return float(rng.uniform(dist.low, dist.high))
+    if isinstance(dist, Choice):
+        return float(dist.values[int(rng.integers(len(dist.values)))])
+    value = float(rng.normal(dist.mean, dist.std))
+    lo, hi = support(dist)
+    return float(min(max(value, lo), hi))
+
+
+def _within(lo: float, hi: float, what: str):
+    """A validator: every value the distribution can produce lies in [lo, hi]."""
+
+    def check(dist: Constant | Uniform | Normal | Choice) -> Constant | Uniform | Normal | Choice:
+        s_lo, s_hi = support(dist)
+        if s_lo < lo or s_hi > hi:
+            bounds = "unbounded" if math.isinf(s_lo) or math.isinf(s_hi) else f"[{s_lo:g}, {s_hi:g}]"
+            raise ValueError(
+                f"{what} must stay within [{lo:g}, {hi:g}], but this distribution ranges over {bounds}"
+                + (" (give a normal distribution low/high clip bounds)" if bounds == "unbounded" else "")
+            )
+        return dist
+
+    return check
+
+
+def Bounded(lo: float, hi: float, what: str) -> Any:  # noqa: N802 - reads as a type in annotations
+    from pydantic import AfterValidator
+
+    return Annotated[Distribution, AfterValidator(_within(lo, hi, what))]
+
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,47}$")]
+Vec2 = tuple[Annotated[float, Field(allow_inf_nan=False)], Annotated[float, Field(allow_inf_nan=False)]]
+Vec3 = tuple[
+    Annotated[float, Field(allow_inf_nan=False)],
+    Annotated[float, Field(allow_inf_nan=False)],
+    Annotated[float, Field(allow_inf_nan=False)],
+]
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+RGB = tuple[Unit, Unit, Unit]
+Size3 = tuple[
+    Annotated[float, Field(gt=0.0, le=2.0)],
+    Annotated[float, Field(gt=0.0, le=2.0)],
+    Annotated[float, Field(gt=0.0, le=2.0)],
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Embodiment
+
+
+class EmbodimentSpec(_Strict):
+    """The robot, its low-level controller and what one action means."""
+
+    robot: Literal["panda"] = "panda"
+    controller: Literal["differential_ik", "joint_pd"] = "differential_ik"
+    action_space: Literal["ee_delta", "joint_position"] = "ee_delta"
+    max_translation: float = Field(0.015, gt=0.0, le=0.1, description="metres per control step at |a|=1")
+    max_rotation: float = Field(0.1, gt=0.0, le=0.5, description="radians per control step at |a|=1")
+    base_position: Vec2 = (0.0, 0.0)
+
+    @model_validator(mode="after")
+    def _controller_fits_action_space(self) -> EmbodimentSpec:
+        expected = {"ee_delta": "differential_ik", "joint_position": "joint_pd"}[self.action_space]
+        if self.controller != expected:
+            raise ValueError(f"action_space {self.action_space!r} needs controller {expected!r}")
+        return self
+
+    @property
+    def action_dim(self) -> int:
+        # ee_delta: dpos (3) + axis-angle drot (3) + gripper; joint_position: 7 joints + gripper.
+        return 7 if self.action_space == "ee_delta" else 8
+
+
+# --------------------------------------------------------------------------------------------------
+# Task
+
+
+class TableSpec(_Strict):
+    size: tuple[Annotated[float, Field(gt=0.2, le=3.0)], Annotated[float, Field(gt=0.2, le=3.0)]] = (1.2, 1.0)
+    height: float = Field(0.4, ge=0.0, le=1.2, description="height of the top surface above the ground")
+    thickness: float = Field(0.04, gt=0.0, le=0.2)
+    center: Vec2 = (0.35, 0.0)
+    color: RGB = (0.55, 0.45, 0.35)
+
+
+class PlacementSpec(_Strict):
+    """Where an object starts, on its support, in world x/y (metres) and yaw (radians)."""
+
+    x: Bounded(-1.5, 1.5, "x")
+    y: Bounded(-1.5, 1.5, "y")
+    yaw: Bounded(-math.pi, math.pi, "yaw") = Field(default_factory=lambda: Constant(value=0.0))
+
+
+class ObjectSpec(_Strict):
+    name: Name
+    shape: Literal["box", "cylinder", "sphere", "bin"] = "box"
+    size: Size3 = Field(description="x, y, z extents in metres (cylinder: diameter, diameter, height)")
+    color: RGB = (0.8, 0.2, 0.2)
+    mass: float = Field(0.1, gt=0.0, le=20.0, description="nominal kg; stressors.mass_scale multiplies it")
+    friction: float = Field(
+        0.8, ge=0.0, le=2.0, description="nominal; stressors.friction_scale multiplies it"
+    )
+    static: bool = Field(False, description="a fixed collider (e.g. a bin) rather than a rigid body")
+    support: str = Field("table", description="'table' or the name of a static object it rests in or on")
+    placement: PlacementSpec
+    wall_thickness: float = Field(0.01, gt=0.0, le=0.1, description="bins only")
+    label: str | None = Field(None, max_length=64, description="semantic class; defaults to the name")
+    asset: str | None = Field(
+        None, description="optional USD file referenced as this object's visual, inside the manifest's folder"
+    )
+
+    @field_validator("asset")
+    @classmethod
+    def _asset_stays_inside(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if not value.endswith((".usd", ".usda", ".usdc")):
+            raise ValueError("asset must be a .usd, .usda or .usdc file")
+        base = (info.context or {}).get("base_dir")
+        roots = [ASSET_DIR] + ([Path(base).resolve()] if base is not None else [])
+        if Path(value).is_absolute():
+            raise ValueError(f"asset path {value!r} must be relative to the manifest's folder")
+        for root in reversed(roots):
+            resolved = (root / value).resolve()
+            if not any(resolved.is_relative_to(r) for r in roots):
+                raise ValueError(
+                    f"asset path {value!r} escapes the manifest's folder and the project's asset folder"
+                )
+            if resolved.is_file():
+                return value
+        raise ValueError(f"asset file {value!r} does not exist")
+
+    @model_validator(mode="after")
+    def _bins_are_static(self) -> ObjectSpec:
+        if self.shape == "bin" and not self.static:
+            raise ValueError("a bin must be static")
+        if self.shape == "bin" and min(self.size[0], self.size[1]) <= 4 * self.wall_thickness:
+            raise ValueError("a bin must be wider than four wall thicknesses")
+        return self
+
+    @property
+    def semantic_label(self) -> str:
+        return self.label or self.name
+
+
+class RegionSpec(_Strict):
+    """An axis-aligned rectangle on the table top, drawn as a flat visual marker (no collision)."""
+
+    name: Name
+    center: Vec2
+    half_extents: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]]
+    color: RGB = (0.2, 0.7, 0.3)
+
+
+class SuccessSpec(_Strict):
+    """The success predicate, evaluated on simulator state at every control step."""
+
+    predicate: Literal["object_in_region", "object_lifted"]
+    object: Name
+    region: Name | None = Field(None, description="object_in_region: which goal region")
+    min_height: float = Field(0.0, ge=0.0, le=1.0, description="object_lifted: metres above its start")
+    max_height: float = Field(0.05, ge=0.0, le=1.0, description="object_in_region: centre above table top")
+    gripper_open: bool = Field(False, description="object_in_region: the object must have been released")
+    hold_steps: int = Field(3, ge=1, le=100, description="consecutive control steps the predicate must hold")
+
+
+class TaskSpec(_Strict):
+    kind: Literal["pick_place", "push", "bin_pick"]
+    table: TableSpec = Field(default_factory=TableSpec)
+    objects: list[ObjectSpec] = Field(min_length=1, max_length=16)
+    regions: list[RegionSpec] = Field(default_factory=list, max_length=8)
+    success: SuccessSpec
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> TaskSpec:
+        names = [o.name for o in self.objects]
+        if len(set(names)) != len(names):
+            raise ValueError(f"object names must be unique, got {names}")
+        by_name = {o.name: o for o in self.objects}
+        for obj in self.objects:
+            if obj.support != "table":
+                support_obj = by_name.get(obj.support)
+                if support_obj is None or not support_obj.static:
+                    raise ValueError(
+                        f"object {obj.name!r}: support must be 'table' or a static object, "
+                        f"got {obj.support!r}"
+                    )
+        region_names = [r.name for r in self.regions]
+        if len(set(region_names)) != len(region_names):
+            raise ValueError(f"region names must be unique, got {region_names}")
+        target = by_name.get(self.success.object)
+        if target is None:
+            raise ValueError(f"success.object {self.success.object!r} is not among the objects {names}")
+        if target.static:
+            raise ValueError(f"success.object {self.success.object!r} is static and can never move")
+        if self.success.predicate == "object_in_region" and self.success.region not in region_names:
+            raise ValueError(
+                f"success.region {self.success.region!r} is not among the regions {region_names}"
+            )
+        return self
+
+    def object(self, name: str) -> ObjectSpec:
+        return next(o for o in self.objects if o.name == name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Cameras
+
+CameraOutput = Literal["rgb", "depth", "segmentation"]
+
+
+class CameraSpec(_Strict):
+    """A pinhole camera. ``position``/``look_at`` are in the world frame, or the hand frame when
+    ``mount`` is ``wrist`` (hand frame: z along the fingers, y across them)."""
+
+    name: Name
+    mount: Literal["world", "wrist"] = "world"
+    position: Vec3
+    look_at: Vec3
+    resolution: tuple[
+        Annotated[int, Field(ge=16, le=MAX_RESOLUTION)], Annotated[int, Field(ge=16, le=MAX_RESOLUTION)]
+    ] = Field((96, 96), description="width, height in pixels")
+    fov: float = Field(60.0, gt=5.0, lt=170.0, description="vertical field of view, degrees")
+    near: float = Field(0.02, gt=0.0, le=1.0)
+    far: float = Field(3.0, gt=0.1, le=100.0)
+    outputs: list[CameraOutput] = Field(
+        default_factory=lambda: ["rgb", "depth", "segmentation"], min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _well_posed(self) -> CameraSpec:
+        if self.near >= self.far:
+            raise ValueError(f"near ({self.near}) must be less than far ({self.far})")
+        if np.linalg.norm(np.subtract(self.look_at, self.position)) < 1e-3:
+            raise ValueError("look_at must differ from position")
+        if len(set(self.outputs)) != len(self.outputs):
+            raise ValueError("outputs must not repeat")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
+# Stressors
+
+
+class LightingStressor(_Strict):
+    intensity: Bounded(0.0, 1e5, "intensity") = Field(default_factory=lambda: Constant(value=3000.0))
+    color_temperature: Bounded(1500.0, 15000.0, "color_temperature") = Field(
+        default_factory=lambda: Constant(value=6500.0)
+    )
+    elevation: Bounded(0.0, math.pi / 2, "elevation") = Field(default_factory=lambda: Constant(value=1.0))
+    azimuth: Bounded(-math.pi, math.pi, "azimuth") = Field(default_factory=lambda: Constant(value=0.5))
+    ambient: Bounded(0.0, 1.0, "ambient") = Field(default_factory=lambda: Constant(value=0.3))
+
+
+class CameraJitterStressor(_Strict):
+    position: Bounded(0.0, 0.2, "position") = Field(
+        default_factory=lambda: Constant(value=0.0), description="std of each position coordinate, metres"
+    )
+    look_at: Bounded(0.0, 0.2, "look_at") = Field(
+        default_factory=lambda: Constant(value=0.0), description="std of each look-at coordinate, metres"
+    )
+
+
+class TextureStressor(_Strict):
+    table_colors: list[RGB] = Field(default_factory=list, max_length=64, description="one is chosen per seed")
+    object_color_jitter: float = Field(0.0, ge=0.0, le=0.5, description="uniform +- added per channel")
+
+
+class DistractorSpec(_Strict):
+    """A kinematic, collision-free body that crosses the scene on a straight line and back."""
+
+    name: Name
+    shape: Literal["box", "sphere", "cylinder"] = "box"
+    size: Size3
+    color: RGB = (0.3, 0.3, 0.9)
+    start: Vec3
+    end: Vec3
+    speed: Bounded(0.0, 5.0, "speed") = Field(description="metres per second along the line")
+    phase: Bounded(0.0, 1.0, "phase") = Field(
+        default_factory=lambda: Constant(value=0.0), description="fraction of the path covered at t=0"
+    )
+
+
+class StressorSpec(_Strict):
+    lighting: LightingStressor = Field(default_factory=LightingStressor)
+    camera_jitter: CameraJitterStressor = Field(default_factory=CameraJitterStressor)
+    textures: TextureStressor = Field(default_factory=TextureStressor)
+    mass_scale: Bounded(0.05, 20.0, "mass_scale") = Field(default_factory=lambda: Constant(value=1.0))
+    friction_scale: Bounded(0.0, 5.0, "friction_scale") = Field(default_factory=lambda: Constant(value=1.0))
+    distractors: list[DistractorSpec] = Field(default_factory=list, max_length=8)
+
+
+# --------------------------------------------------------------------------------------------------
+# Downstream stages
+
+
+class SeedSpec(_Strict):
+    count: int = Field(20, ge=1, le=100_000)
+    base_seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class WorldModelSpec(_Strict):
+    backbone: Literal["unet", "cosmos"] = "unet"
+    camera: Name | None = Field(None, description="which camera it models; defaults to the first")
+    resolution: tuple[Annotated[int, Field(ge=16, le=512)], Annotated[int, Field(ge=16, le=512)]] = (64, 64)
+    context_frames: int = Field(4, ge=1, le=16)
+    horizon: int = Field(8, ge=1, le=256, description="steps predicted per branch")
+    train_steps: int = Field(2000, ge=1, le=10_000_000)
+    batch_size: int = Field(16, ge=1, le=4096)
+    learning_rate: float = Field(3e-4, gt=0.0, le=1.0)
+    pretrained: str | None = Field(None, description="local diffusers folder to post-train from")
+
+
+class BranchingSpec(_Strict):
+    per_seed: int = Field(4, ge=1, le=1024)
+    at_steps: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [10], min_length=1, max_length=64
+    )
+    action_noise: float = Field(
+        0.0, ge=0.0, le=1.0, description="std of Gaussian noise on normalised actions"
+    )
+
+
+CheckName = Literal["permanence", "teleport", "acceleration", "penetration", "floating", "flicker", "depth"]
+
+
+class ChecksSpec(_Strict):
+    enabled: list[CheckName] = Field(
+        default_factory=lambda: [
+            "permanence",
+            "teleport",
+            "acceleration",
+            "penetration",
+            "floating",
+            "flicker",
+            "depth",
+        ]
+    )
+    thresholds: dict[CheckName, Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] = Field(
+        default_factory=dict
+    )
+
+
+LOW_DIM_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_joint_pos", "robot0_gripper_qpos", "object")
+
+
+class PolicySpec(_Strict):
+    algorithm: Literal["bc-mlp", "bc-image", "diffusion", "ppo"] = "bc-mlp"
+    obs_keys: list[str] = Field(
+        default_factory=lambda: ["robot0_eef_pos", "robot0_gripper_qpos", "object"], min_length=1
+    )
+    train_steps: int = Field(5000, ge=1, le=100_000_000)
+    batch_size: int = Field(256, ge=1, le=65536)
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+
+
+class EvaluationSpec(_Strict):
+    episodes: int = Field(50, ge=1, le=10_000)
+    held_out_base_seed: int = Field(1_000_000, ge=0, le=2**31 - 1)
+    success_metric: Literal["success_rate"] = "success_rate"
+
+
+# --------------------------------------------------------------------------------------------------
+# The manifest
+
+
+class Manifest(_Strict):
+    name: Name
+    version: Annotated[str, Field(pattern=r"^\d+(\.\d+){0,2}$")] = "1.0"
+    description: str = Field("", max_length=2000)
+    embodiment: EmbodimentSpec = Field(default_factory=EmbodimentSpec)
+    task: TaskSpec
+    cameras: list[CameraSpec] = Field(min_length=1, max_length=8)
+    stressors: StressorSpec = Field(default_factory=StressorSpec)
+    horizon: int = Field(ge=10, le=MAX_HORIZON, description="control steps per episode")
+    control_hz: int = Field(20, ge=1, le=240)
+    physics_hz: int = Field(500, ge=10, le=4000)
+    seeds: SeedSpec = Field(default_factory=SeedSpec)
+    world_model: WorldModelSpec = Field(default_factory=WorldModelSpec)
+    branching: BranchingSpec = Field(default_factory=BranchingSpec)
+    checks: ChecksSpec = Field(default_factory=ChecksSpec)
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.physics_hz % self.control_hz:
+            raise ValueError(
+                f"physics_hz ({self.physics_hz}) must be a multiple of control_hz ({self.control_hz})"
+            )
+        camera_names = [c.name for c in self.cameras]
+        if len(set(camera_names)) != len(camera_names):
+            raise ValueError(f"camera names must be unique, got {camera_names}")
+        if self.world_model.camera is not None and self.world_model.camera not in camera_names:
+            raise ValueError(f"world_model.camera {self.world_model.camera!r} is not among {camera_names}")
+        late = [k for k in self.branching.at_steps if k >= self.horizon]
+        if late:
+            raise ValueError(f"branching.at_steps {late} must be below horizon ({self.horizon})")
+        valid_keys = set(LOW_DIM_KEYS)
+        suffix = {"rgb": "rgb", "depth": "depth", "segmentation": "seg"}
+        for cam in self.cameras:
+            valid_keys.update(f"{cam.name}_{suffix[o]}" for o in cam.outputs)
+        unknown = [k for k in self.policy.obs_keys if k not in valid_keys]
+        if unknown:
+            raise ValueError(
+                f"policy.obs_keys {unknown} are not observations of this manifest: {sorted(valid_keys)}"
+            )
+        lo, hi = self.seeds.base_seed, self.seeds.base_seed + self.seeds.count
+        e_lo = self.evaluation.held_out_base_seed
+        if e_lo < hi and lo < e_lo + self.evaluation.episodes:
+            raise ValueError(
+                f"evaluation seeds [{e_lo}, {e_lo + self.evaluation.episodes}) "
+                f"overlap the seed range [{lo}, {hi})"
+            )
+        names = [o.name for o in self.task.objects] + [d.name for d in self.stressors.distractors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"object and distractor names must be unique together, got {names}")
+        return self
+
+    @property
+    def substeps(self) -> int:
+        return self.physics_hz // self.control_hz
+
+    @property
+    def world_model_camera(self) -> str:
+        return self.world_model.camera or self.cameras[0].name
+
+    def canonical_json(self) -> str:
+        return json.dumps(
+            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=True
+        )
+
+    def content_hash(self) -> str:
+        """sha256 of the canonical JSON of the validated manifest: formatting and comments do not count."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader (no Python object tags) that also rejects duplicate mapping keys."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first at line {seen[key].start_mark.line + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _node_for(root: yaml.Node | None, loc: Sequence[Any]) -> tuple[yaml.Node | None, list[str | int]]:
+    """Follow a pydantic error location through the YAML node tree.
+
+    Returns the deepest node reached and the location with pydantic's union-member tags dropped.
+    """
+    node, path = root, []
+    for i, part in enumerate(loc):
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            child = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+            if child is not None:
+                node, path = child, [*path, part]
+                continue
+            if i == len(loc) - 1 or all(not isinstance(p, str) or "[" in p for p in loc[i + 1 :]):
+                path.append(part)  # a missing or forbidden key: name it, point at its parent
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node, path = node.value[part], [*path, part]
+    return node, path
+
+
+def _format_path(path: Sequence[str | int]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int) or not part.isidentifier():
+            out += f"[{part!r}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "<root>"
+
+
+def _clean_message(msg: str) -> str:
+    return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+def _validation_lines(err: ValidationError, root: yaml.Node | None, file: str) -> list[str]:
+    lines, seen = [], set()
+    for e in err.errors(include_url=False):
+        node, path = _node_for(root, e["loc"])
+        line = node.start_mark.line + 1 if node is not None else 1
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        else:
+            msg = _clean_message(e["msg"])
+            if e["type"] not in ("value_error", "assertion_error") and "input" in e:
+                msg += f" (got {e['input']!r})" if not isinstance(e["input"], dict | list) else ""
+        text = f"{file}:{line}: {_format_path(path)}: {msg}"
+        if text not in seen:
+            seen.add(text)
+            lines.append(text)
+    return lines
+
+
+def parse_manifest(text: str, file: str = "<string>", base_dir: Path | None = None) -> Manifest:
+    """Validate manifest YAML text. Raises :class:`ManifestError` with ``file:line: path: message`` lines."""
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ManifestError([f"{file}:{line}: <yaml>: {' '.join(str(problem).split())}"]) from None
+    if not isinstance(data, dict):
+        got = "an empty document" if data is None else type(data).__name__
+        raise ManifestError([f"{file}:1: <root>: expected a mapping of manifest fields, got {got}"])
+    try:
+        return Manifest.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise ManifestError(_validation_lines(exc, root, file)) from None
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate a manifest file; asset paths resolve against its folder."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError([f"{path}:0: <file>: cannot read: {exc.strerror or exc}"]) from None
+    return parse_manifest(text, file=str(path), base_dir=path.resolve().parent)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-seed sampling
+
+
+def rng_for(seed: int, stream: str) -> np.random.Generator:
+    """An independent generator per (seed, named stream): adding a stressor never shifts the others."""
+    return np.random.default_rng([seed, zlib.crc32(stream.encode())])

@@ -1,0 +1,1 @@
+"""Simulation backends behind one protocol (Newton headless; Isaac Sim under Kit)."""
