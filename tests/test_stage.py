@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from pxr import Usd, UsdGeom, UsdPhysics, UsdSemantics
 from worldgen.assets import panda
+from worldgen.geometry import quat_from_matrix
 from worldgen.manifest import load_manifest
-from worldgen.stage import camera_prim_path, compile_stage, quat_from_matrix
+from worldgen.stage import camera_prim_path, compile_stage
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from pxr import Gf, Sdf, Usd, UsdGeom, UsdLux, UsdPhysics, UsdSemantics, UsdShad
 
 from . import __version__
 from .assets import panda
+from .geometry import look_at_matrix, quat_from_matrix
 from .manifest import CameraSpec, Manifest, ObjectSpec
 from .scene import SceneSample, sample_scene
 
@@ -38,26 +39,6 @@ HAND_PATH = f"{ROBOT_PATH}/panda_hand"
 OBJECTS_PATH = "/World/Objects"
 CAMERAS_PATH = "/World/Cameras"
 SEMANTIC_INSTANCE = "class"
-
-
-def quat_from_matrix(m: np.ndarray) -> np.ndarray:
-    """Unit quaternion (w, x, y, z) of the rotation part of a 3x3 or 4x4 matrix (column vectors)."""
-    r = np.asarray(m, dtype=float)[:3, :3]
-    trace = np.trace(r)
-    if trace > 0:
-        s = 2.0 * math.sqrt(trace + 1.0)
-        q = [0.25 * s, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s]
-    else:
-        i = int(np.argmax(np.diag(r)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * math.sqrt(1.0 + r[i, i] - r[j, j] - r[k, k])
-        q = [0.0, 0.0, 0.0, 0.0]
-        q[0] = (r[k, j] - r[j, k]) / s
-        q[1 + i] = 0.25 * s
-        q[1 + j] = (r[j, i] + r[i, j]) / s
-        q[1 + k] = (r[k, i] + r[i, k]) / s
-    q = np.asarray(q)
-    return q / np.linalg.norm(q) * (1.0 if q[0] >= 0 else -1.0)
 
 
 def _quat(m: np.ndarray) -> Gf.Quatf:
@@ -133,16 +114,7 @@ def _bind_physics_material(prim: Usd.Prim, material: UsdShade.Material) -> None:
 
 
 def _look_at_quat(position, target) -> Gf.Quatf:
-    """Orientation of a USD camera (looks down -Z, +Y up) at ``position`` facing ``target``."""
-    forward = np.subtract(target, position).astype(float)
-    forward /= np.linalg.norm(forward)
-    up = np.array([0.0, 0.0, 1.0]) if abs(forward[2]) < 0.99 else np.array([1.0, 0.0, 0.0])
-    right = np.cross(forward, up)
-    right /= np.linalg.norm(right)
-    cam_up = np.cross(right, forward)
-    rot = np.eye(4)
-    rot[:3, 0], rot[:3, 1], rot[:3, 2] = right, cam_up, -forward
-    return _quat(rot)
+    return _quat(look_at_matrix(position, target))
 
 
 def camera_apertures(spec: CameraSpec, focal_length: float = 24.0) -> tuple[float, float]:

@@ -44,10 +44,11 @@ LINK_MASSES = [2.9, 4.97, 0.65, 3.23, 3.59, 1.23, 1.67, 0.74]
 HAND_MASS, FINGER_MASS = 0.73, 0.1
 LINK_RADII = [0.07, 0.065, 0.06, 0.06, 0.055, 0.055, 0.05, 0.045]
 
-# Joint-space PD gains per radian (MuJoCo menagerie's Panda uses the same order of magnitude) and
+# Joint-space PD gains per radian: stiffness as in MuJoCo menagerie's Panda, damping near critical for
+# the links' inertia (a larger damping torque saturates the effort limits and makes the arm lag), and
 # effort limits from the datasheet; armature stabilises stiff drives at a 2 ms step.
 STIFFNESS = np.array([4500.0, 4500.0, 3500.0, 3500.0, 2000.0, 2000.0, 2000.0])
-DAMPING = np.array([450.0, 450.0, 350.0, 350.0, 200.0, 200.0, 200.0])
+DAMPING = np.array([100.0, 100.0, 80.0, 80.0, 35.0, 35.0, 35.0])
 MAX_EFFORT = np.array([87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0])
 ARMATURE = 0.1
 FINGER_STIFFNESS, FINGER_DAMPING, FINGER_MAX_FORCE = 2000.0, 100.0, 70.0

@@ -1,0 +1,217 @@
+"""A gymnasium environment over a manifest and a simulation backend.
+
+Observations are a dict of camera images (``<camera>_rgb``, ``<camera>_depth``, ``<camera>_seg``)
+and robomimic-style low-dimensional keys (``robot0_eef_pos``, ``robot0_eef_quat`` (x, y, z, w),
+``robot0_joint_pos``, ``robot0_gripper_qpos``, ``object``). Actions are the manifest's normalised
+action space. The reward is 1 on steps where the task's success predicate holds; an episode
+terminates once it has held for ``hold_steps`` and is truncated at ``horizon``.
+
+Each shipped scenario is registered: ``gymnasium.make("worldgen/pick_cube")``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from .assets import panda
+from .control import ArmController
+from .geometry import wxyz_to_xyzw
+from .manifest import Manifest, load_manifest
+from .sim.base import CameraFrame, SimBackend
+
+SCENARIO_DIR = Path(__file__).resolve().parents[3] / "scenarios"
+OBJECT_FEATURES = (
+    10  # per dynamic object: position (3), quaternion xyzw (4), position relative to the eef (3)
+)
+SUFFIX = {"rgb": "rgb", "depth": "depth", "segmentation": "seg"}
+
+
+class SuccessTracker:
+    """Evaluates the manifest's success predicate on simulator state, step by step."""
+
+    def __init__(self, manifest: Manifest, backend: SimBackend):
+        self.spec = manifest.task.success
+        self.manifest = manifest
+        self.object = manifest.task.object(self.spec.object)
+        self.start_z = backend.body_pose(self.spec.object)[0][2]
+        self.region = next((r for r in manifest.task.regions if r.name == self.spec.region), None)
+        self.streak = 0
+
+    def holds(self, backend: SimBackend) -> bool:
+        pos, _ = backend.body_pose(self.spec.object)
+        if self.spec.predicate == "object_lifted":
+            return bool(pos[2] - self.start_z >= self.spec.min_height)
+        inside = bool(
+            np.all(np.abs(pos[:2] - np.asarray(self.region.center)) <= np.asarray(self.region.half_extents))
+        )
+        low = pos[2] - self.manifest.task.table.height <= self.spec.max_height
+        released = True
+        if self.spec.gripper_open:
+            released = backend.robot_q()[7:].sum() >= min(self.object.size[:2]) + 0.01
+        return inside and low and released
+
+    def update(self, backend: SimBackend) -> bool:
+        """True once the predicate has held for ``hold_steps`` consecutive steps."""
+        self.streak = self.streak + 1 if self.holds(backend) else 0
+        return self.streak >= self.spec.hold_steps
+
+
+def low_dim_observation(manifest: Manifest, backend: SimBackend) -> dict[str, np.ndarray]:
+    eef_pos, eef_quat = backend.body_pose("tcp")
+    q = backend.robot_q()
+    objects = []
+    for obj in manifest.task.objects:
+        if obj.static:
+            continue
+        pos, quat = backend.body_pose(obj.name)
+        objects.append(np.concatenate([pos, wxyz_to_xyzw(quat), pos - eef_pos]))
+    return {
+        "robot0_eef_pos": eef_pos.astype(np.float32),
+        "robot0_eef_quat": wxyz_to_xyzw(eef_quat).astype(np.float32),
+        "robot0_joint_pos": q[:7].astype(np.float32),
+        "robot0_gripper_qpos": q[7:].astype(np.float32),
+        "object": np.concatenate(objects).astype(np.float32),
+    }
+
+
+def camera_observation(manifest: Manifest, frames: dict[str, CameraFrame]) -> dict[str, np.ndarray]:
+    obs = {}
+    for cam in manifest.cameras:
+        frame = frames[cam.name]
+        for output in cam.outputs:
+            obs[f"{cam.name}_{SUFFIX[output]}"] = getattr(frame, SUFFIX[output])
+    return obs
+
+
+def observation_space(manifest: Manifest, cameras: bool) -> gym.spaces.Dict:
+    n_objects = sum(not o.static for o in manifest.task.objects)
+    box = gym.spaces.Box
+    spaces: dict[str, gym.Space] = {
+        "robot0_eef_pos": box(-np.inf, np.inf, (3,), np.float32),
+        "robot0_eef_quat": box(-1.0, 1.0, (4,), np.float32),
+        "robot0_joint_pos": box(panda.JOINT_LOWER.astype(np.float32), panda.JOINT_UPPER.astype(np.float32)),
+        "robot0_gripper_qpos": box(0.0, panda.FINGER_MAX, (2,), np.float32),
+        "object": box(-np.inf, np.inf, (OBJECT_FEATURES * n_objects,), np.float32),
+    }
+    if cameras:
+        for cam in manifest.cameras:
+            w, h = cam.resolution
+            for output in cam.outputs:
+                key = f"{cam.name}_{SUFFIX[output]}"
+                if output == "rgb":
+                    spaces[key] = box(0, 255, (h, w, 3), np.uint8)
+                elif output == "depth":
+                    spaces[key] = box(0.0, 1.0, (h, w, 1), np.float32)
+                else:
+                    spaces[key] = box(0, 255, (h, w, 1), np.uint8)
+    return gym.spaces.Dict(spaces)
+
+
+class WorldgenEnv(gym.Env):
+    """``reset(seed=s)`` builds the scene of seed ``s`` (the manifest's randomised values for ``s``)."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(
+        self,
+        manifest: Manifest | str | Path,
+        backend: SimBackend | None = None,
+        cameras: bool = True,
+        render_mode: str | None = None,
+        device: str | None = None,
+    ):
+        self.manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+        if backend is None:
+            from .sim.newton import NewtonBackend
+
+            backend = NewtonBackend(self.manifest, device=device, render=cameras or render_mode is not None)
+        self.backend = backend
+        self.cameras = cameras
+        self.render_mode = render_mode
+        self.metadata = {**self.metadata, "render_fps": self.manifest.control_hz}
+        table = self.manifest.task.table
+        base = self.manifest.embodiment.base_position
+        self.controller = ArmController(self.manifest.embodiment, np.array([base[0], base[1], table.height]))
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (self.manifest.embodiment.action_dim,), np.float32)
+        self.observation_space = observation_space(self.manifest, cameras)
+        self.steps = 0
+        self.scene_seed: int | None = None
+        self._frames: dict[str, CameraFrame] = {}
+
+    # -- gymnasium API -------------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self.scene_seed = int(seed) if seed is not None else int(self.np_random.integers(0, 2**31 - 1))
+        self.backend.reset(self.scene_seed)
+        q = self.backend.robot_q()
+        self.controller.reset(panda.HOME_Q, q[7])
+        self.success = SuccessTracker(self.manifest, self.backend)
+        self.steps = 0
+        return self._observe(), self._info(False)
+
+    def step(self, action):
+        targets = self.controller.apply(np.asarray(action, dtype=np.float64))
+        self.backend.step(targets)
+        self.steps += 1
+        holds = self.success.holds(self.backend)
+        done = self.success.update(self.backend)
+        truncated = self.steps >= self.manifest.horizon and not done
+        return self._observe(), float(holds), done, truncated, self._info(done)
+
+    def render(self):
+        if self.render_mode != "rgb_array":
+            return None
+        frames = self._frames or self.backend.render()
+        first = self.manifest.cameras[0].name
+        return frames[first].rgb
+
+    def close(self) -> None:
+        self.backend.close()
+
+    # -- state for exact replay -------------------------------------------------------------------------
+
+    def get_state(self) -> np.ndarray:
+        """Backend state + controller state + [steps, success streak]."""
+        return np.concatenate(
+            [self.backend.get_state(), self.controller.get_state(), [self.steps, self.success.streak]]
+        )
+
+    def set_state(self, state: np.ndarray) -> None:
+        state = np.asarray(state, dtype=np.float64)
+        n = ArmController.STATE_DIM + 2
+        self.backend.set_state(state[:-n])
+        self.controller.set_state(state[-n:-2])
+        self.steps, self.success.streak = int(state[-2]), int(state[-1])
+        self._frames = {}
+
+    # -- helpers ----------------------------------------------------------------------------------------
+
+    def _observe(self) -> dict[str, np.ndarray]:
+        obs = low_dim_observation(self.manifest, self.backend)
+        self._frames = {}
+        if self.cameras:
+            self._frames = self.backend.render()
+            obs.update(camera_observation(self.manifest, self._frames))
+        return obs
+
+    def _info(self, success: bool) -> dict[str, Any]:
+        return {"success": success, "scene_seed": self.scene_seed, "steps": self.steps}
+
+
+def register_scenarios() -> list[str]:
+    """Register ``worldgen/<name>`` for every shipped scenario; returns the ids."""
+    ids = []
+    for path in sorted(SCENARIO_DIR.glob("*.yaml")):
+        env_id = f"worldgen/{path.stem}"
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point="worldgen.envs:WorldgenEnv", kwargs={"manifest": str(path)})
+        ids.append(env_id)
+    return ids
+
+
+register_scenarios()
