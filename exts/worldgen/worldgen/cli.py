@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -49,6 +50,97 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_seed(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .dataset import DatasetError
+    from .pipeline import run_seed_stage
+
+    load_manifest(args.manifest)  # report manifest problems before any heavy import
+    bar = tqdm(total=None, unit="demo", desc="seed", dynamic_ncols=True, disable=args.quiet)
+    stats = {"frames": 0, "seconds": 0.0, "ok": 0, "done": 0}
+
+    def progress(result, done, total):
+        bar.total = total
+        stats["done"] += 1
+        if result.demo is not None:
+            stats["frames"] += result.demo.num_samples + 1
+            stats["ok"] += int(bool(result.demo.attrs["success"]))
+        stats["seconds"] += result.seconds
+        bar.set_postfix(
+            frames_per_s=f"{stats['frames'] / max(stats['seconds'], 1e-9):.1f}",
+            success=f"{stats['ok']}/{stats['done']}",
+        )
+        bar.update(1)
+
+    started = time.perf_counter()
+    try:
+        writer = run_seed_stage(
+            args.manifest,
+            args.output,
+            n=args.n,
+            workers=args.workers,
+            ray_address=args.ray_address,
+            cameras=not args.no_cameras,
+            progress=progress,
+        )
+    except DatasetError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        bar.close()
+    successes = sum(bool(d["attrs"].get("success")) for d in writer.demos.values())
+    print(
+        f"wrote {args.output}: {len(writer)} demos ({successes} successful, {len(writer.discarded)} discarded) "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
+    return EXIT_OK
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .dataset import DatasetError, DatasetReader
+    from .report import contact_sheet, demo_gif
+
+    out = Path(args.output) if args.output else Path(str(args.dataset) + ".inspect")
+    try:
+        reader = DatasetReader(args.dataset)
+    except DatasetError as exc:
+        raise UsageError(str(exc)) from None
+    with reader:
+        summary = reader.summary()
+        print(
+            f"{summary['file']}: {summary['demos']} demos, {summary['samples']} samples, "
+            f"success {summary['success_rate']:.0%}, sources {summary['sources']}, "
+            f"manifest {summary['manifest_hash'][:12]}"
+        )
+        print(f"  masks: {summary['masks']}")
+        print(
+            f"  actions: {summary['action_dim']}-D; obs: "
+            + ", ".join(f"{k} {tuple(v)}" for k, v in sorted(summary["obs"].items()))
+        )
+        if summary["discarded"]:
+            print(f"  discarded: {summary['discarded']}")
+        written = 0
+        for name, group in reader.iter_demos(args.mask):
+            if written >= args.max_demos:
+                break
+            if not any(k.endswith(("_rgb", "_depth", "_seg")) for k in group["obs"]):
+                continue
+            out.mkdir(parents=True, exist_ok=True)
+            contact_sheet(group).save(out / f"{name}.png")
+            demo_gif(group, out / f"{name}.gif")
+            written += 1
+        if written:
+            print(f"  wrote contact sheets and GIFs of {written} demos to {out}/")
+    return EXIT_OK
+
+
+def _count_arg(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 1000000, got {value}")
+    return value
+
+
 def _seed_arg(text: str) -> int:
     value = int(text)
     if not 0 <= value < 2**31:
@@ -76,6 +168,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", metavar="STAGE", help="output .usda (default NAME_seedN.usda)")
     p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("seed", help="record scripted-expert seed trajectories into an HDF5 dataset")
+    p.add_argument("manifest", metavar="MANIFEST", help="scenario manifest YAML file")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="DATASET", help="HDF5 file (resumed if it exists)"
+    )
+    p.add_argument("--n", type=_count_arg, help="number of seeds (default: the manifest's seeds.count)")
+    p.add_argument("--workers", type=_count_arg, default=1, help="Ray worker processes (default 1: no Ray)")
+    p.add_argument("--ray-address", help="connect to a Ray cluster instead of starting a local one")
+    p.add_argument("--no-cameras", action="store_true", help="low-dimensional observations only")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_seed)
+
+    p = sub.add_parser("inspect", help="summarise a dataset; write a contact sheet PNG and a GIF per demo")
+    p.add_argument("dataset", metavar="DATASET", help="HDF5 dataset")
+    p.add_argument("-o", "--output", metavar="DIR", help="picture folder (default DATASET.inspect)")
+    p.add_argument("--mask", help="only demos in this mask (train, valid, seed, synthetic, passed)")
+    p.add_argument("--max-demos", type=_count_arg, default=8, help="pictures for at most this many demos")
+    p.set_defaults(func=_cmd_inspect)
     return parser
 
 

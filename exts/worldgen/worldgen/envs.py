@@ -60,6 +60,11 @@ class SuccessTracker:
         return self.streak >= self.spec.hold_steps
 
 
+def _unit_xyzw(quat_wxyz: np.ndarray) -> np.ndarray:
+    q = wxyz_to_xyzw(quat_wxyz / np.linalg.norm(quat_wxyz))
+    return np.clip(q, -1.0, 1.0)
+
+
 def low_dim_observation(manifest: Manifest, backend: SimBackend) -> dict[str, np.ndarray]:
     eef_pos, eef_quat = backend.body_pose("tcp")
     q = backend.robot_q()
@@ -68,10 +73,10 @@ def low_dim_observation(manifest: Manifest, backend: SimBackend) -> dict[str, np
         if obj.static:
             continue
         pos, quat = backend.body_pose(obj.name)
-        objects.append(np.concatenate([pos, wxyz_to_xyzw(quat), pos - eef_pos]))
+        objects.append(np.concatenate([pos, _unit_xyzw(quat), pos - eef_pos]))
     return {
         "robot0_eef_pos": eef_pos.astype(np.float32),
-        "robot0_eef_quat": wxyz_to_xyzw(eef_quat).astype(np.float32),
+        "robot0_eef_quat": _unit_xyzw(eef_quat).astype(np.float32),
         "robot0_joint_pos": q[:7].astype(np.float32),
         "robot0_gripper_qpos": q[7:].astype(np.float32),
         "object": np.concatenate(objects).astype(np.float32),
@@ -93,8 +98,11 @@ def observation_space(manifest: Manifest, cameras: bool) -> gym.spaces.Dict:
     spaces: dict[str, gym.Space] = {
         "robot0_eef_pos": box(-np.inf, np.inf, (3,), np.float32),
         "robot0_eef_quat": box(-1.0, 1.0, (4,), np.float32),
-        "robot0_joint_pos": box(panda.JOINT_LOWER.astype(np.float32), panda.JOINT_UPPER.astype(np.float32)),
-        "robot0_gripper_qpos": box(0.0, panda.FINGER_MAX, (2,), np.float32),
+        # Joint limits are soft in the solver: allow a little overshoot.
+        "robot0_joint_pos": box(
+            (panda.JOINT_LOWER - 0.1).astype(np.float32), (panda.JOINT_UPPER + 0.1).astype(np.float32)
+        ),
+        "robot0_gripper_qpos": box(-0.01, panda.FINGER_MAX + 0.01, (2,), np.float32),
         "object": box(-np.inf, np.inf, (OBJECT_FEATURES * n_objects,), np.float32),
     }
     if cameras:

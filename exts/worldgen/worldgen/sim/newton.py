@@ -213,7 +213,23 @@ class NewtonBackend:
         self._check_diverged()
         return self.get_state()
 
+    def _mujoco_instability_warnings(self) -> int:
+        """MuJoCo's CPU solver resets its data when it meets a bad qpos/qvel/qacc (and warns), which would
+        hide a blow-up behind a clean state: count those warnings instead."""
+        if self.device != "cpu":
+            return 0
+        import mujoco
+
+        kinds = (
+            mujoco.mjtWarning.mjWARN_BADQPOS,
+            mujoco.mjtWarning.mjWARN_BADQVEL,
+            mujoco.mjtWarning.mjWARN_BADQACC,
+        )
+        return sum(int(self.solver.mj_data.warning[int(k)].number) for k in kinds)
+
     def _check_diverged(self) -> None:
+        if self._mujoco_instability_warnings() > 0:
+            raise SimDiverged(f"MuJoCo reported non-finite or huge qpos/qvel/qacc at t={self.time:.3f}s")
         q, qd = self.state_a.joint_q.numpy(), self.state_a.joint_qd.numpy()
         if not (np.all(np.isfinite(q)) and np.all(np.isfinite(qd))):
             raise SimDiverged(f"non-finite joint state at t={self.time:.3f}s")

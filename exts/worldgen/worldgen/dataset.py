@@ -1,0 +1,335 @@
+"""HDF5 datasets in robomimic's layout with Isaac Lab's attributes and worldgen's provenance.
+
+On-disk layout (one file once a run completes)::
+
+    /data                attrs: total, env_args (JSON: env_name, type=2, env_kwargs),
+                                worldgen (JSON: manifest_hash, manifest, code_version),
+                                depth_range (JSON: camera -> [near, far] metres),
+                                segmentation (JSON: instance id table), discarded (JSON list)
+    /data/demo_<i>       attrs: num_samples, seed, success, source ("sim" | "world_model"), parent,
+                                branch_step, noise_seed, model, check_scores (JSON), check_passed,
+                                scene (JSON of the sampled scene)
+      actions (T, A) float32 in [-1, 1]   rewards (T,)   dones (T,)   states (T, S) float64
+      obs/<key>, next_obs/<key>   (T, ...) images chunked per frame and gzip-compressed
+    /mask/<name>         arrays of demo names (bytes): train, valid, seed, synthetic, passed
+
+While a run is in progress every complete demo lives in its own shard file under ``<file>.parts/``
+and the main file holds HDF5 external links to them (h5py and robomimic follow those unchanged). Each
+shard and each rewrite of the main file goes to a temporary name and is renamed into place, so a
+killed run (even ``kill -9``) leaves a main file whose every demo reads back. :meth:`finalize`
+copies the demos into one self-contained file and removes the shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import __version__
+
+ENV_TYPE_ISAAC_LAB = 2  # robomimic's EnvType for Isaac Lab / "gym-like" environments
+IMAGE_SUFFIXES = ("_rgb", "_depth", "_seg")
+MASKS = ("train", "valid", "seed", "synthetic", "passed")
+
+
+@dataclass
+class Demo:
+    """One trajectory. ``obs`` holds T+1 observations: ``obs[t]`` is seen before ``actions[t]``."""
+
+    actions: np.ndarray
+    states: np.ndarray
+    obs: dict[str, np.ndarray]
+    rewards: np.ndarray
+    dones: np.ndarray
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.actions.shape[0])
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be appended to or read as asked (names the file and the reason)."""
+
+
+def _atomic_h5(path: Path):
+    """A temporary file beside ``path``; the caller renames it over ``path`` once it is closed."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a dataset is as readable as any file
+    return Path(tmp)
+
+
+def _write_array(group: h5py.Group, name: str, data: np.ndarray) -> None:
+    data = np.ascontiguousarray(data)
+    if name.endswith(IMAGE_SUFFIXES) and data.ndim >= 3:
+        group.create_dataset(
+            name,
+            data=data,
+            chunks=(1, *data.shape[1:]),
+            compression="gzip",
+            compression_opts=4,
+            shuffle=True,
+            track_times=False,
+        )
+    else:
+        group.create_dataset(name, data=data, track_times=False)
+
+
+def _json_attr(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return "" if value is None else value
+
+
+def _write_demo(group: h5py.Group, demo: Demo) -> None:
+    t = demo.num_samples
+    for key, arr in demo.obs.items():
+        if arr.shape[0] != t + 1:
+            raise ValueError(f"obs/{key} has {arr.shape[0]} rows, expected T+1 = {t + 1}")
+    _write_array(group, "actions", demo.actions.astype(np.float32))
+    _write_array(group, "states", demo.states.astype(np.float64))
+    _write_array(group, "rewards", demo.rewards.astype(np.float32))
+    _write_array(group, "dones", demo.dones.astype(np.uint8))
+    obs, next_obs = group.create_group("obs"), group.create_group("next_obs")
+    for key, arr in sorted(demo.obs.items()):
+        _write_array(obs, key, arr[:-1])
+        _write_array(next_obs, key, arr[1:])
+    group.attrs["num_samples"] = t
+    for key, value in sorted(demo.attrs.items()):
+        group.attrs[key] = _json_attr(value)
+
+
+def _names(group: h5py.Group) -> list[str]:
+    return sorted((k for k in group if k.startswith("demo_")), key=lambda k: int(k.split("_")[1]))
+
+
+class DatasetWriter:
+    """Appends demos one by one; creates the file or resumes one written for the same manifest."""
+
+    def __init__(self, path: str | Path, header: dict[str, Any]):
+        """``header``: env_args, worldgen (with manifest_hash), depth_range and segmentation."""
+        self.path = Path(path)
+        self.parts = self.path.with_name(self.path.name + ".parts")
+        self.header = header
+        self.demos: dict[str, dict[str, Any]] = {}  # name -> {"file": relative shard or "", "attrs": ...}
+        self.discarded: list[dict[str, Any]] = []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            self._resume()
+
+    def _resume(self) -> None:
+        try:
+            f = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise DatasetError(f"{self.path}: not a readable HDF5 file ({exc})") from None
+        with f:
+            if "data" not in f:
+                raise DatasetError(f"{self.path}: no /data group; not a worldgen dataset")
+            info = json.loads(f["data"].attrs.get("worldgen", "{}"))
+            want = self.header["worldgen"]["manifest_hash"]
+            if info.get("manifest_hash") != want:
+                raise DatasetError(
+                    f"{self.path}: written for manifest {str(info.get('manifest_hash'))[:12]}, "
+                    f"not {want[:12]}; choose another output"
+                )
+            self.discarded = json.loads(f["data"].attrs.get("discarded", "[]"))
+            for name in _names(f["data"]):
+                link = f["data"].get(name, getlink=True)
+                shard = link.filename if isinstance(link, h5py.ExternalLink) else ""
+                try:
+                    attrs = dict(f["data"][name].attrs)
+                except KeyError:  # a link whose shard is gone: that demo was never complete
+                    continue
+                self.demos[name] = {"file": shard, "attrs": attrs}
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.demos)
+
+    def done_seeds(self, source: str = "sim") -> set[int]:
+        """Seeds already written as ``source`` demos, or discarded."""
+        seeds = {int(d["attrs"]["seed"]) for d in self.demos.values() if d["attrs"].get("source") == source}
+        return seeds | {int(d["seed"]) for d in self.discarded}
+
+    def next_index(self) -> int:
+        return 1 + max((int(n.split("_")[1]) for n in self.demos), default=-1)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def append(self, demo: Demo, name: str | None = None) -> str:
+        """Write one demo as a shard, then republish the main file. Returns the demo's name."""
+        name = name or f"demo_{self.next_index()}"
+        if name in self.demos:
+            raise DatasetError(f"{self.path}: {name} already exists")
+        self.parts.mkdir(exist_ok=True)
+        shard = self.parts / f"{name}.hdf5"
+        tmp = _atomic_h5(shard)
+        with h5py.File(tmp, "w", track_order=True) as f:
+            _write_demo(f.create_group(f"data/{name}"), demo)
+        os.replace(tmp, shard)
+        attrs = {"num_samples": demo.num_samples, **{k: _json_attr(v) for k, v in demo.attrs.items()}}
+        self.demos[name] = {"file": f"{self.parts.name}/{shard.name}", "attrs": attrs}
+        self._publish()
+        return name
+
+    def discard(self, seed: int, reason: str) -> None:
+        """Record a trajectory that was not written (e.g. the simulation diverged)."""
+        self.discarded.append({"seed": int(seed), "reason": reason})
+        self._publish()
+
+    def _masks(self) -> dict[str, list[str]]:
+        names = sorted(self.demos, key=lambda k: int(k.split("_")[1]))
+        attrs = {n: self.demos[n]["attrs"] for n in names}
+        seed = [n for n in names if attrs[n].get("source") == "sim"]
+        synthetic = [n for n in names if attrs[n].get("source") == "world_model"]
+        passed = [n for n in names if bool(attrs[n].get("check_passed", False))]
+        usable = [n for n in seed if bool(attrs[n].get("success", False))]
+        # Every tenth successful seed demo validates; with two to nine, the last one does.
+        valid = [n for i, n in enumerate(usable) if i % 10 == 9]
+        if not valid and len(usable) > 1:
+            valid = usable[-1:]
+        train = [n for n in usable if n not in valid]
+        return {"train": train, "valid": valid, "seed": seed, "synthetic": synthetic, "passed": passed}
+
+    def _write_header(self, f: h5py.File) -> h5py.Group:
+        data = f.create_group("data")
+        data.attrs["total"] = int(sum(int(d["attrs"]["num_samples"]) for d in self.demos.values()))
+        for key in ("env_args", "worldgen", "depth_range", "segmentation"):
+            data.attrs[key] = json.dumps(self.header[key], sort_keys=True)
+        data.attrs["discarded"] = json.dumps(sorted(self.discarded, key=lambda d: d["seed"]), sort_keys=True)
+        for mask, names in self._masks().items():
+            f.create_dataset(f"mask/{mask}", data=np.array(names, dtype="S"), track_times=False)
+        return data
+
+    def _publish(self) -> None:
+        """Rewrite the main file (links + attrs + masks) under a temporary name and rename it."""
+        embedded = [n for n, d in self.demos.items() if not d["file"]]
+        if embedded:
+            # Demos inside an earlier finalized file: a hard link keeps that file as a shard while
+            # the main file is replaced.
+            self.parts.mkdir(exist_ok=True)
+            base = self.parts / "base.hdf5"
+            if not base.exists():
+                os.link(self.path, base)
+            for n in embedded:
+                self.demos[n]["file"] = f"{self.parts.name}/{base.name}"
+        tmp = _atomic_h5(self.path)
+        with h5py.File(tmp, "w") as f:
+            data = self._write_header(f)
+            for name in sorted(self.demos, key=lambda k: int(k.split("_")[1])):
+                data[name] = h5py.ExternalLink(self.demos[name]["file"], f"/data/{name}")
+        os.replace(tmp, self.path)
+
+    def finalize(self) -> None:
+        """Copy every demo into one self-contained file and remove the shards."""
+        if not self.parts.exists():
+            if not self.path.exists():
+                self._publish()
+            return
+        tmp = _atomic_h5(self.path)
+        with h5py.File(tmp, "w") as out, h5py.File(self.path, "r") as src:
+            data = self._write_header(out)
+            for name in sorted(self.demos, key=lambda k: int(k.split("_")[1])):
+                src.copy(src[f"data/{name}"], data, name=name)
+        os.replace(tmp, self.path)
+        shutil.rmtree(self.parts)
+        for d in self.demos.values():
+            d["file"] = ""
+
+
+class DatasetReader:
+    """Read a worldgen (or any robomimic-layout) dataset."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise DatasetError(f"{self.path}: not a readable HDF5 file ({exc})") from None
+        if "data" not in self.file:
+            self.file.close()
+            raise DatasetError(f"{self.path}: no /data group; not a robomimic-layout dataset")
+        self.data = self.file["data"]
+
+    def __enter__(self) -> DatasetReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.file.close()
+
+    def attr_json(self, key: str, default: Any = None) -> Any:
+        value = self.data.attrs.get(key)
+        return default if value is None else json.loads(value)
+
+    @property
+    def names(self) -> list[str]:
+        return _names(self.data)
+
+    def mask(self, name: str) -> list[str]:
+        if f"mask/{name}" not in self.file:
+            raise DatasetError(f"{self.path}: no mask {name!r}; have {sorted(self.file.get('mask', {}))}")
+        return [n.decode() for n in self.file[f"mask/{name}"][()]]
+
+    def iter_demos(self, mask: str | None = None) -> Iterator[tuple[str, h5py.Group]]:
+        """(name, group) for each demo, in index order, optionally restricted to a mask."""
+        names = self.names if mask is None else sorted(self.mask(mask), key=lambda k: int(k.split("_")[1]))
+        for name in names:
+            yield name, self.data[name]
+
+    def summary(self) -> dict[str, Any]:
+        demos = list(self.iter_demos())
+        first = demos[0][1] if demos else None
+        obs = {k: list(first["obs"][k].shape[1:]) for k in first["obs"]} if first is not None else {}
+        return {
+            "file": str(self.path),
+            "demos": len(demos),
+            "samples": int(sum(int(g.attrs["num_samples"]) for _, g in demos)),
+            "success_rate": float(np.mean([bool(g.attrs.get("success", False)) for _, g in demos]))
+            if demos
+            else 0.0,
+            "sources": sorted({str(g.attrs.get("source", "")) for _, g in demos}),
+            "masks": {k: len(self.file[f"mask/{k}"]) for k in self.file.get("mask", {})},
+            "action_dim": int(first["actions"].shape[1]) if first is not None else 0,
+            "obs": obs,
+            "discarded": self.attr_json("discarded", []),
+            "manifest_hash": self.attr_json("worldgen", {}).get("manifest_hash", ""),
+        }
+
+
+def dataset_header(manifest, instances: list[dict], manifest_text: str) -> dict[str, Any]:
+    """The /data attributes of a dataset written for ``manifest``."""
+    return {
+        "env_args": {
+            "env_name": f"worldgen/{manifest.name}",
+            "type": ENV_TYPE_ISAAC_LAB,
+            "env_kwargs": {
+                "manifest": manifest.name,
+                "control_hz": manifest.control_hz,
+                "horizon": manifest.horizon,
+                "action_space": manifest.embodiment.action_space,
+            },
+        },
+        "worldgen": {
+            "manifest_hash": manifest.content_hash(),
+            "manifest": manifest_text,
+            "code_version": __version__,
+        },
+        "depth_range": {c.name: [c.near, c.far] for c in manifest.cameras},
+        "segmentation": instances,
+    }

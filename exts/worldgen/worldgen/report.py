@@ -1,0 +1,95 @@
+"""Pictures of datasets: contact sheets (PNG) and GIFs of demos, with depth and segmentation shown in
+false colour. Plain numpy + Pillow, so it runs wherever the core does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+from PIL import Image
+
+SHEET_FRAMES = 6
+
+
+def instance_palette(n: int = 256) -> np.ndarray:
+    """Distinct colours per instance id (id 0, background, is black)."""
+    ids = np.arange(n, dtype=np.uint32)
+    # Spread ids over the hue circle with the golden ratio; fixed, so colours match across images.
+    hue = (ids * 0.61803398875) % 1.0
+    k = (np.array([5.0, 3.0, 1.0])[None, :] + hue[:, None] * 6.0) % 6.0
+    rgb = 1.0 - 0.75 * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
+    palette = (rgb * 255).astype(np.uint8)
+    palette[0] = 0
+    return palette
+
+
+PALETTE = instance_palette()
+
+
+def depth_to_rgb(depth: np.ndarray) -> np.ndarray:
+    """Normalised depth (..., 1) in [0, 1] to a near-bright, far-dark false colour image."""
+    d = np.clip(depth[..., 0], 0.0, 1.0)
+    near = 1.0 - d
+    rgb = np.stack([near**0.5, near**1.5, 0.35 + 0.4 * d], axis=-1)
+    return (rgb * 255).astype(np.uint8)
+
+
+def seg_to_rgb(seg: np.ndarray) -> np.ndarray:
+    return PALETTE[seg[..., 0].astype(np.int64) % len(PALETTE)]
+
+
+def _as_rgb(key: str, frames: np.ndarray) -> np.ndarray:
+    if key.endswith("_depth"):
+        return depth_to_rgb(frames)
+    if key.endswith("_seg"):
+        return seg_to_rgb(frames)
+    return frames
+
+
+def image_keys(group: h5py.Group) -> list[str]:
+    return [k for k in group["obs"] if k.endswith(("_rgb", "_depth", "_seg")) and group["obs"][k].ndim == 4]
+
+
+def contact_sheet(group: h5py.Group, frames: int = SHEET_FRAMES) -> Image.Image:
+    """Rows: each image observation; columns: frames evenly spaced over the demo."""
+    keys = image_keys(group)
+    if not keys:
+        raise ValueError("the demo has no image observations")
+    t = group["obs"][keys[0]].shape[0]
+    picks = np.unique(np.linspace(0, t - 1, min(frames, t)).round().astype(int))
+    height = max(group["obs"][k].shape[1] for k in keys)
+    rows = []
+    for key in keys:
+        tiles = _as_rgb(key, group["obs"][key][picks])
+        tiles = [
+            np.asarray(
+                Image.fromarray(tile).resize((tile.shape[1] * height // tile.shape[0], height), Image.NEAREST)
+            )
+            for tile in tiles
+        ]
+        rows.append(np.concatenate(tiles, axis=1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    return Image.fromarray(np.concatenate(rows, axis=0))
+
+
+def demo_gif(group: h5py.Group, path: Path, fps: int = 10, stride: int = 2) -> Path:
+    """An animated GIF of the demo's colour cameras side by side."""
+    keys = [k for k in image_keys(group) if k.endswith("_rgb")] or image_keys(group)[:1]
+    height = max(group["obs"][k].shape[1] for k in keys)
+    clips = []
+    for key in keys:
+        frames = _as_rgb(key, group["obs"][key][::stride])
+        clips.append(
+            [
+                np.asarray(
+                    Image.fromarray(f).resize((f.shape[1] * height // f.shape[0], height), Image.NEAREST)
+                )
+                for f in frames
+            ]
+        )
+    images = [Image.fromarray(np.concatenate(row, axis=1)) for row in zip(*clips, strict=True)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 * stride / fps), loop=0)
+    return path
