@@ -90,8 +90,8 @@ def _cmd_seed(args: argparse.Namespace) -> int:
         bar.close()
     successes = sum(bool(d["attrs"].get("success")) for d in writer.demos.values())
     print(
-        f"wrote {args.output}: {len(writer)} demos ({successes} successful, {len(writer.discarded)} discarded) "
-        f"in {time.perf_counter() - started:.1f} s"
+        f"wrote {args.output}: {len(writer)} demos ({successes} successful, "
+        f"{len(writer.discarded)} discarded) in {time.perf_counter() - started:.1f} s"
     )
     return EXIT_OK
 

@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             manifest, args.seed, out / "stages" / f"{manifest.name}_seed{args.seed}.usda"
         )
         stage_lines.append(
-            f"  {manifest.name:<20} hash {manifest.content_hash()[:12]}  {_stage_summary(stage_path)}  -> {stage_path}"
+            f"  {manifest.name:<20} hash {manifest.content_hash()[:12]}  "
+            f"{_stage_summary(stage_path)}  -> {stage_path}"
         )
 
     seed_lines = []
