@@ -35,7 +35,8 @@ def Path_is_absolute(link):  # noqa: N802
 
 def test_import_worldgen_pulls_in_no_kit():
     code = (
-        "import sys, worldgen, worldgen.cli, worldgen.stage, worldgen.app, worldgen.manifest;"
+        "import sys, worldgen, worldgen.cli, worldgen.stage, worldgen.app, worldgen.manifest, worldgen.envs,"
+        " worldgen.dataset, worldgen.pipeline, worldgen.sim.newton, worldgen.sim.isaac;"
         "bad=[m for m in sys.modules if m.split('.')[0] in ('omni','isaacsim','carb')];"
         "print(','.join(bad))"
     )
@@ -59,3 +60,11 @@ def test_app_controller_validates_and_compiles(tmp_path):
     bad.write_text("name: x\n")
     app.state.manifest_path = str(bad)
     assert not app.validate() and app.state.errors and app.compile() is None
+
+
+def test_isaac_backend_fails_clearly_outside_kit():
+    from worldgen.manifest import load_manifest
+    from worldgen.sim.isaac import IsaacBackend
+
+    with pytest.raises(RuntimeError, match="inside Isaac Sim"):
+        IsaacBackend(load_manifest(ROOT / "scenarios" / "pick_cube.yaml"))

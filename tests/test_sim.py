@@ -149,3 +149,22 @@ def test_diverging_state_is_detected(fault):
     targets = np.concatenate([backend.robot_q()[:7], [0.04, 0.04]])
     with pytest.raises(SimDiverged):
         backend.step(np.nan_to_num(targets))
+
+
+def test_distractor_crosses_the_view(envs):
+    env = envs["bin_pick_occluded"]
+    drone = next(r["id"] for r in instance_table(env.manifest) if r["class"] == "distractor")
+    obs, _ = env.reset(seed=0)
+    centroids = []
+    for _ in range(60):
+        obs, *_ = env.step(np.zeros(7))
+        for cam in env.manifest.cameras:
+            ys, xs = np.nonzero(obs[f"{cam.name}_seg"][..., 0] == drone)
+            if xs.size:
+                centroids.append((cam.name, xs.mean(), ys.mean()))
+    assert centroids, "the distractor never appeared in any camera"
+    by_cam = {}
+    for name, x, y in centroids:
+        by_cam.setdefault(name, []).append((x, y))
+    moved = max(np.ptp(np.array(v), axis=0).max() for v in by_cam.values())
+    assert moved > 3.0  # pixels: it crosses, it does not sit still

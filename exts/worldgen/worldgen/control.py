@@ -27,13 +27,12 @@ def solve_ik(target: np.ndarray, q_init: np.ndarray, iterations: int = IK_ITERAT
     """Damped least squares from ``q_init`` towards a 4x4 TCP pose in the base frame."""
     q = np.array(q_init, dtype=float)
     for _ in range(iterations):
-        pose = panda.tcp_pose(q)
+        pose, jac = panda.tcp_pose_and_jacobian(q)
         err = np.concatenate(
             [target[:3, 3] - pose[:3, 3], axis_angle_from_rotation(target[:3, :3] @ pose[:3, :3].T)]
         )
         if np.linalg.norm(err) < 1e-6:
             break
-        jac = panda.tcp_jacobian(q)
         dq = jac.T @ np.linalg.solve(jac @ jac.T + IK_DAMPING**2 * np.eye(6), err)
         q = np.clip(q + dq, panda.JOINT_LOWER, panda.JOINT_UPPER)
     return q

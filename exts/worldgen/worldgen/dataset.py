@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,20 +72,42 @@ def _atomic_h5(path: Path):
     return Path(tmp)
 
 
+GZIP_LEVEL = 1  # images: fast deflate; level 4 saved ~4 % of the bytes for ~30 % more time
+
+
+def _is_image(name: str, data: np.ndarray) -> bool:
+    return name.endswith(IMAGE_SUFFIXES) and data.ndim >= 3
+
+
 def _write_array(group: h5py.Group, name: str, data: np.ndarray) -> None:
-    data = np.ascontiguousarray(data)
-    if name.endswith(IMAGE_SUFFIXES) and data.ndim >= 3:
-        group.create_dataset(
+    group.create_dataset(name, data=np.ascontiguousarray(data), track_times=False)
+
+
+def _compressed_frame(frame: np.ndarray) -> bytes:
+    """One chunk as HDF5's shuffle + deflate filter pipeline stores it."""
+    raw = np.ascontiguousarray(frame).view(np.uint8).reshape(-1, frame.dtype.itemsize)
+    return zlib.compress(raw.T.tobytes(), GZIP_LEVEL)
+
+
+def _write_frames(obs: h5py.Group, next_obs: h5py.Group, name: str, frames: np.ndarray) -> None:
+    """Images chunked per frame and compressed once: obs/<name>[t] and next_obs/<name>[t-1] share
+    frame t's compressed chunk (written directly, so the pair costs one compression, not two)."""
+    t = frames.shape[0] - 1
+    chunks = [_compressed_frame(f) for f in frames]
+    zero = (0,) * (frames.ndim - 1)
+    for group, offset in ((obs, 0), (next_obs, 1)):
+        ds = group.create_dataset(
             name,
-            data=data,
-            chunks=(1, *data.shape[1:]),
+            shape=(t, *frames.shape[1:]),
+            dtype=frames.dtype,
+            chunks=(1, *frames.shape[1:]),
             compression="gzip",
-            compression_opts=4,
+            compression_opts=GZIP_LEVEL,
             shuffle=True,
             track_times=False,
         )
-    else:
-        group.create_dataset(name, data=data, track_times=False)
+        for i in range(t):
+            ds.id.write_direct_chunk((i, *zero), chunks[i + offset])
 
 
 def _json_attr(value: Any) -> Any:
@@ -104,8 +127,11 @@ def _write_demo(group: h5py.Group, demo: Demo) -> None:
     _write_array(group, "dones", demo.dones.astype(np.uint8))
     obs, next_obs = group.create_group("obs"), group.create_group("next_obs")
     for key, arr in sorted(demo.obs.items()):
-        _write_array(obs, key, arr[:-1])
-        _write_array(next_obs, key, arr[1:])
+        if _is_image(key, arr[1:]):
+            _write_frames(obs, next_obs, key, arr)
+        else:
+            _write_array(obs, key, arr[:-1])
+            _write_array(next_obs, key, arr[1:])
     group.attrs["num_samples"] = t
     for key, value in sorted(demo.attrs.items()):
         group.attrs[key] = _json_attr(value)

@@ -86,24 +86,29 @@ def link_frames(q: np.ndarray) -> list[np.ndarray]:
     return frames
 
 
-def tcp_pose(q: np.ndarray) -> np.ndarray:
-    """4x4 pose of the tool centre point relative to the base."""
-    tcp = link_frames(q)[-1].copy()
+def _tcp(frames: list[np.ndarray]) -> np.ndarray:
+    tcp = frames[-1].copy()
     tcp[:3, 3] += tcp[:3, 2] * HAND_TO_TCP
     return tcp
 
 
+def tcp_pose(q: np.ndarray) -> np.ndarray:
+    """4x4 pose of the tool centre point relative to the base."""
+    return _tcp(link_frames(q))
+
+
+def tcp_pose_and_jacobian(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """TCP pose and its geometric 6x7 Jacobian (linear; angular) in the base frame, from one FK pass."""
+    frames = link_frames(q)
+    tcp = _tcp(frames)
+    z = np.stack([f[:3, 2] for f in frames[1:8]], axis=1)
+    o = np.stack([f[:3, 3] for f in frames[1:8]], axis=1)
+    return tcp, np.vstack([np.cross(z.T, tcp[:3, 3] - o.T).T, z])
+
+
 def tcp_jacobian(q: np.ndarray) -> np.ndarray:
     """Geometric 6x7 Jacobian (linear; angular) of the TCP in the base frame."""
-    frames = link_frames(q)
-    p = tcp_pose(q)[:3, 3]
-    jac = np.zeros((6, 7))
-    for i in range(7):
-        z = frames[i + 1][:3, 2]
-        o = frames[i + 1][:3, 3]
-        jac[:3, i] = np.cross(z, p - o)
-        jac[3:, i] = z
-    return jac
+    return tcp_pose_and_jacobian(q)[1]
 
 
 @dataclass(frozen=True)

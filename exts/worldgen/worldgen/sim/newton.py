@@ -16,7 +16,7 @@ import numpy as np
 from pxr import Usd
 
 from ..assets import panda
-from ..geometry import look_at_matrix, quat_from_matrix, wxyz_to_xyzw, xyzw_to_wxyz
+from ..geometry import look_at_matrix, matrix_from_quat, quat_from_matrix, wxyz_to_xyzw, xyzw_to_wxyz
 from ..manifest import CameraSpec, Manifest
 from ..scene import SceneSample, sample_scene
 from ..stage import HAND_PATH, OBJECTS_PATH, ROBOT_PATH, build_stage
@@ -41,6 +41,7 @@ class _Camera:
     color: object
     depth: object
     shape_index: object
+    transform: object = None  # cached world pose of a fixed camera
 
 
 class NewtonBackend:
@@ -148,10 +149,8 @@ class NewtonBackend:
             (0.2 * scale, 0.2 * scale, 0.225 * scale), (0.05 * scale, 0.05 * scale, 0.06 * scale)
         )
         self.sensor.default_render_config.enable_shadows = True
-        shape_lut = np.array(
-            [instance_id_for_prim(self.instances, label) for label in self.model.shape_label], dtype=np.uint8
-        )
-        self._shape_lut = np.concatenate([shape_lut, [0]]).astype(np.uint8)  # last entry: no hit
+        shape_lut = [instance_id_for_prim(self.instances, label) for label in self.model.shape_label]
+        self._shape_lut = np.array([*shape_lut, 0], dtype=np.uint8)  # last entry: no hit (index 0xFFFFFFFF)
         cameras = {}
         samples = {c.name: c for c in self.scene.cameras}
         for spec in self.manifest.cameras:
@@ -290,29 +289,31 @@ class NewtonBackend:
         index = self._hand if name in ("hand", "tcp") else self._objects[name]
         pos, quat = body_q[index, :3].astype(np.float64), xyzw_to_wxyz(body_q[index, 3:].astype(np.float64))
         if name == "tcp":
-            from ..geometry import matrix_from_quat
-
             pos = pos + matrix_from_quat(quat)[:, 2] * panda.HAND_TO_TCP
         return pos, quat
 
     # -- rendering --------------------------------------------------------------------------------
 
     def _camera_transform(self, cam: _Camera):
+        """World pose of the camera as a one-element Warp array; fixed cameras reuse theirs."""
         import warp as wp
 
+        if cam.spec.mount == "world" and cam.transform is not None:
+            return cam.transform
         pose = cam.local
         if cam.spec.mount == "wrist":
             hand = self.state_a.body_q.numpy()[self._hand]
-            from ..geometry import matrix_from_quat
-
             world_hand = np.eye(4)
             world_hand[:3, :3] = matrix_from_quat(xyzw_to_wxyz(hand[3:]))
             world_hand[:3, 3] = hand[:3]
             pose = world_hand @ cam.local
         q = wxyz_to_xyzw(quat_from_matrix(pose))
-        return wp.array(
+        transform = wp.array(
             [wp.transformf(wp.vec3f(*pose[:3, 3]), wp.quatf(*q))], dtype=wp.transformf, device=self.device
         )
+        if cam.spec.mount == "world":
+            cam.transform = transform
+        return transform
 
     def render(self, cameras: Sequence[str] | None = None) -> dict[str, CameraFrame]:
         if not self.render_enabled:
@@ -337,10 +338,7 @@ class NewtonBackend:
             if "depth" in outputs:
                 frame.depth = normalize_depth(cam.depth.numpy()[0], cam.spec.near, cam.spec.far)[..., None]
             if "segmentation" in outputs:
-                index = cam.shape_index.numpy()[0].astype(np.int64)
-                index = np.where(
-                    (index < 0) | (index >= len(self._shape_lut) - 1), len(self._shape_lut) - 1, index
-                )
+                index = np.minimum(cam.shape_index.numpy()[0], len(self._shape_lut) - 1)  # no hit: last entry
                 frame.seg = self._shape_lut[index][..., None]
             frames[name] = frame
         return frames
