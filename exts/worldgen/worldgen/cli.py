@@ -134,6 +134,33 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .checks.gate import gate_dataset
+    from .dataset import DatasetError
+    from .report import heatmap_image
+
+    try:
+        report = gate_dataset(
+            args.dataset,
+            mask=args.mask,
+            calibrate_mask=args.calibrate_mask,
+            camera=args.camera,
+            backend=args.backend,
+        )
+    except DatasetError as exc:
+        raise UsageError(str(exc)) from None
+    print(
+        f"{args.dataset}: checked {report.checked} demos on camera {report.camera}: "
+        f"{report.passed} passed, {report.checked - report.passed} flagged"
+    )
+    print(report.table())
+    if report.heatmap is not None:
+        out = Path(args.heatmap) if args.heatmap else Path(str(args.dataset) + ".violations.png")
+        heatmap_image(report.heatmap).save(out)
+        print(f"violation heat map: {out}")
+    return EXIT_OK
+
+
 def _count_arg(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 1_000_000:
@@ -187,6 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", help="only demos in this mask (train, valid, seed, synthetic, passed)")
     p.add_argument("--max-demos", type=_count_arg, default=8, help="pictures for at most this many demos")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser(
+        "check", help="physics-consistency checks: score, gate and write verdicts into a dataset"
+    )
+    p.add_argument("dataset", metavar="DATASET", help="HDF5 dataset (updated in place, atomically)")
+    p.add_argument("--mask", help="check only this mask, e.g. synthetic (default: every demo)")
+    p.add_argument(
+        "--calibrate-mask", default="seed", help="simulator clips that set thresholds (default seed)"
+    )
+    p.add_argument("--camera", help="camera to check (default: the manifest's world-model camera)")
+    p.add_argument("--backend", choices=["warp", "numpy"], default="warp", help="kernels or numpy references")
+    p.add_argument("--heatmap", metavar="PNG", help="where to write the violation heat map")
+    p.set_defaults(func=_cmd_check)
     return parser
 
 

@@ -1,7 +1,7 @@
 """`make demo`: the main job on the shipped scenarios, with a short summary of what it did.
 
 Each capability joins here as it lands. Outputs go under data/demo/ (git-ignored):
-stages/ (USD), seeds/ (HDF5 datasets), inspect/ (contact sheets and GIFs).
+stages/ (USD), seeds/ (HDF5 datasets, with check verdicts), inspect/ (contact sheets and GIFs).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pxr import Usd, UsdGeom, UsdPhysics
 
+from .checks.gate import gate_dataset
 from .dataset import DatasetError, DatasetReader
 from .manifest import load_manifest
 from .pipeline import run_seed_stage
@@ -29,6 +30,26 @@ def _stage_summary(path: Path) -> str:
     joints = sum(1 for p in stage.Traverse() if p.IsA(UsdPhysics.Joint))
     cameras = sum(1 for p in stage.Traverse() if p.IsA(UsdGeom.Camera))
     return f"{bodies} rigid bodies, {joints} joints, {cameras} cameras"
+
+
+def _corruptions_caught(dataset: Path, thresholds: dict[str, float]) -> str:
+    import h5py
+    import numpy as np
+
+    from .checks import clip_from_demo, run_checks
+    from .checks.corrupt import DEFECTS, corrupt
+    from .checks.gate import dataset_manifest
+
+    with h5py.File(dataset, "r") as f:
+        manifest = dataset_manifest(f, dataset)
+        clip = clip_from_demo(f["data/demo_0"], manifest)
+    rng = np.random.default_rng(0)
+    caught = []
+    for defect in DEFECTS:
+        bad, _ = corrupt(clip, defect, "moderate", rng)
+        if any(r.verdict == "failed" for r in run_checks(bad, thresholds).values()):
+            caught.append(defect)
+    return f"{len(caught)}/{len(DEFECTS)} ({', '.join(caught)})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +101,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{summary['success_rate']:.0%}, {len(summary['obs'])} obs keys, {seconds:.0f} s  -> {dataset}"
         )
 
+    check_lines = []
+    for path in paths:
+        dataset = out / "seeds" / f"{path.stem}.hdf5"
+        report = gate_dataset(dataset)
+        caught = _corruptions_caught(dataset, report.thresholds)
+        check_lines.append(
+            f"  {path.stem:<20} {report.passed}/{report.checked} seed clips pass on {report.camera}; "
+            f"corruptions caught: {caught}"
+        )
+
     print("\nworldgen demo")
     print(f"1. validated and compiled {len(stage_lines)} shipped scenarios to USD (seed {args.seed}):")
     print("\n".join(stage_lines))
@@ -89,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("\n".join(seed_lines))
     print(f"   contact sheets and GIFs: {out / 'inspect'}/<scenario>/")
+    print(
+        "3. physics-consistency checks (Warp kernels), thresholds calibrated on the seed clips, verdicts "
+        "written into each dataset; then a corrupted copy of one clip per defect class (moderate):"
+    )
+    print("\n".join(check_lines))
     print(f"done in {time.perf_counter() - started:.0f} s; outputs under {out}/")
     return 0
 

@@ -93,3 +93,11 @@ def demo_gif(group: h5py.Group, path: Path, fps: int = 10, stride: int = 2) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 * stride / fps), loop=0)
     return path
+
+
+def heatmap_image(counts: np.ndarray, scale: int = 4) -> Image.Image:
+    """Per-pixel violation counts as a black-red-yellow-white image, upscaled ``scale`` times."""
+    x = counts / counts.max() if counts.max() > 0 else counts
+    rgb = np.stack([np.clip(3 * x, 0, 1), np.clip(3 * x - 1, 0, 1), np.clip(3 * x - 2, 0, 1)], axis=-1)
+    image = Image.fromarray((rgb * 255).astype(np.uint8))
+    return image.resize((counts.shape[1] * scale, counts.shape[0] * scale), Image.NEAREST)

@@ -1,0 +1,132 @@
+"""What the checks look at: one camera's frames of one demo, with the camera model and the tracked
+objects' physical facts (size, support height) from the manifest and the demo's sampled scene."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..geometry import look_at_matrix
+from ..manifest import Manifest
+from ..sim.base import ROBOT, instance_table
+
+
+@dataclass(frozen=True)
+class PinholeCamera:
+    """A fixed pinhole camera: looks down its -Z, +Y up; pixel (u, v) has its centre at (u+.5, v+.5)
+    and v grows downwards. ``depth`` is the distance along the optical axis."""
+
+    width: int
+    height: int
+    fx: float
+    fy: float
+    rotation: np.ndarray  # camera-to-world 3x3
+    position: np.ndarray  # world
+
+    @classmethod
+    def from_spec(cls, spec, position, look_at) -> PinholeCamera:
+        w, h = spec.resolution
+        fy = (h / 2) / math.tan(math.radians(spec.fov) / 2)
+        return cls(w, h, fy, fy, look_at_matrix(position, look_at), np.asarray(position, dtype=float))
+
+    def unproject(self, depth: np.ndarray) -> np.ndarray:
+        """World points (..., H, W, 3) of a metric depth image (..., H, W)."""
+        v, u = np.meshgrid(np.arange(self.height), np.arange(self.width), indexing="ij")
+        x = (u + 0.5 - self.width / 2) / self.fx * depth
+        y = -(v + 0.5 - self.height / 2) / self.fy * depth
+        cam = np.stack([x, y, -depth], axis=-1)
+        return cam @ self.rotation.T + self.position
+
+    def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pixel columns, rows (float) and depth of world points (..., 3)."""
+        cam = (np.asarray(points) - self.position) @ self.rotation
+        depth = -cam[..., 2]
+        u = cam[..., 0] / np.maximum(depth, 1e-9) * self.fx + self.width / 2 - 0.5
+        v = -cam[..., 1] / np.maximum(depth, 1e-9) * self.fy + self.height / 2 - 0.5
+        return u, v, depth
+
+
+@dataclass(frozen=True)
+class TrackedObject:
+    instance: int  # segmentation id
+    name: str
+    size: tuple[float, float, float]
+    support_top: float  # z of the surface it rests on (metres)
+
+
+@dataclass
+class Clip:
+    """(T, H, W) frames of one camera. Missing inputs are None; the checks that need them skip."""
+
+    fps: float
+    rgb: np.ndarray | None = None  # (T, H, W, 3) uint8
+    depth: np.ndarray | None = None  # (T, H, W) float32 metres along the optical axis; 0 = no surface
+    seg: np.ndarray | None = None  # (T, H, W) uint8 instance ids
+    camera: PinholeCamera | None = None  # None for a moving (wrist) camera: no 3-D checks
+    objects: list[TrackedObject] = field(default_factory=list)
+    static_ids: tuple[int, ...] = ()  # instances that never move (ground, table, bins, regions)
+    robot_id: int = ROBOT
+
+    @property
+    def frames(self) -> int:
+        for a in (self.rgb, self.depth, self.seg):
+            if a is not None:
+                return int(a.shape[0])
+        return 0
+
+
+def tracked_objects(manifest: Manifest, scene: dict) -> list[TrackedObject]:
+    table = instance_table(manifest)
+    ids = {row["name"]: row["id"] for row in table}
+    placed = {o["name"]: o for o in scene["objects"]}
+    out = []
+    for obj in manifest.task.objects:
+        if obj.static:
+            continue
+        top = manifest.task.table.height
+        if obj.support != "table":
+            support = manifest.task.object(obj.support)
+            base = placed[support.name]["position"][2] - support.size[2] / 2
+            top = base + (support.wall_thickness if support.shape == "bin" else support.size[2])
+        out.append(TrackedObject(ids[obj.name], obj.name, tuple(obj.size), top))
+    return out
+
+
+def static_instances(manifest: Manifest) -> tuple[int, ...]:
+    rows = instance_table(manifest)
+    static_names = {"ground", "table"} | {o.name for o in manifest.task.objects if o.static}
+    static_names |= {r.name for r in manifest.task.regions}
+    return tuple(r["id"] for r in rows if r["name"] in static_names)
+
+
+def clip_from_demo(group, manifest: Manifest, camera: str | None = None, depth_range=None) -> Clip:
+    """A :class:`Clip` of a dataset demo (an h5py group) for ``camera`` (default: the world-model camera)."""
+    camera = camera or manifest.world_model_camera
+    spec = next(c for c in manifest.cameras if c.name == camera)
+    obs = group["obs"]
+
+    def frames(key):
+        return obs[key][()] if key in obs else None
+
+    rgb, depth, seg = frames(f"{camera}_rgb"), frames(f"{camera}_depth"), frames(f"{camera}_seg")
+    near, far = depth_range or (spec.near, spec.far)
+    if depth is not None:
+        d = depth[..., 0].astype(np.float32)
+        depth = np.where(d >= 1.0, 0.0, near + d * (far - near)).astype(np.float32)
+    scene = json.loads(group.attrs["scene"]) if "scene" in group.attrs else None
+    model = None
+    if spec.mount == "world" and scene is not None:
+        sample = next(c for c in scene["cameras"] if c["name"] == camera)
+        model = PinholeCamera.from_spec(spec, sample["position"], sample["look_at"])
+    return Clip(
+        fps=float(manifest.control_hz),
+        rgb=rgb,
+        depth=depth,
+        seg=None if seg is None else seg[..., 0],
+        camera=model,
+        objects=tracked_objects(manifest, scene) if scene is not None else [],
+        static_ids=static_instances(manifest),
+    )

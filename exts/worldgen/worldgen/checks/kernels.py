@@ -1,0 +1,266 @@
+"""Warp kernels that reduce a clip's frames to the per-frame, per-instance statistics the checks score.
+
+One thread per (frame, pixel); results land in small (T, 256) tables through atomics. Each launch
+function returns numpy arrays with the same names and shapes as its reference in ``reference.py``.
+Runs on CPU or CUDA (``device``); integer counts match the reference exactly, float sums to rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import warp as wp
+
+N_IDS = 256  # instance ids are uint8
+
+wp.config.quiet = True
+
+
+@wp.kernel
+def mask_change_counts_kernel(
+    seg: wp.array3d(dtype=wp.uint8),
+    depth: wp.array3d(dtype=wp.float32),
+    tol: wp.float32,
+    area: wp.array2d(dtype=wp.int32),
+    border: wp.array2d(dtype=wp.int32),
+    lost_to_nearer: wp.array2d(dtype=wp.int32),
+    gained_from_nearer: wp.array2d(dtype=wp.int32),
+):
+    """Mask areas, border contact, and label changes that a nearer surface arriving/leaving explains."""
+    t, v, u = wp.tid()
+    cur = int(seg[t, v, u])
+    wp.atomic_add(area, t, cur, 1)
+    if v == 0 or u == 0 or v == seg.shape[1] - 1 or u == seg.shape[2] - 1:
+        wp.atomic_add(border, t, cur, 1)
+    if t > 0:
+        prev = int(seg[t - 1, v, u])
+        if prev != cur:
+            d0 = depth[t - 1, v, u]
+            d1 = depth[t, v, u]
+            if d1 > 0.0 and (d0 <= 0.0 or d1 < d0 - tol):
+                wp.atomic_add(lost_to_nearer, t, prev, 1)
+            if d0 > 0.0 and (d1 <= 0.0 or d0 < d1 - tol):
+                wp.atomic_add(gained_from_nearer, t, cur, 1)
+
+
+@wp.kernel
+def object_points_kernel(
+    seg: wp.array3d(dtype=wp.uint8),
+    depth: wp.array3d(dtype=wp.float32),
+    fx: wp.float32,
+    fy: wp.float32,
+    rotation: wp.mat33,
+    position: wp.vec3,
+    sums: wp.array2d(dtype=wp.vec3d),
+    counts: wp.array2d(dtype=wp.int32),
+    z_max_um: wp.array2d(dtype=wp.int32),
+    z_min_um: wp.array2d(dtype=wp.int32),
+):
+    """Back-project every pixel to the world and accumulate per-instance centroid sums and z extent.
+
+    The extent is kept in integer micrometres: integer atomics are exact under Warp's multi-threaded
+    CPU launches, where a float max/min could lose an update."""
+    t, v, u = wp.tid()
+    d = depth[t, v, u]
+    if d <= 0.0:
+        return
+    i = int(seg[t, v, u])
+    x = (float(u) + 0.5 - float(seg.shape[2]) * 0.5) / fx * d
+    y = -(float(v) + 0.5 - float(seg.shape[1]) * 0.5) / fy * d
+    p = rotation * wp.vec3(x, y, -d) + position
+    wp.atomic_add(sums, t, i, wp.vec3d(wp.float64(p[0]), wp.float64(p[1]), wp.float64(p[2])))
+    wp.atomic_add(counts, t, i, 1)
+    z_um = int(wp.round(p[2] * 1.0e6))
+    wp.atomic_max(z_max_um, t, i, z_um)
+    wp.atomic_min(z_min_um, t, i, z_um)
+
+
+@wp.func
+def rgb_distance(rgb: wp.array4d(dtype=wp.uint8), ta: int, tb: int, v: int, u: int) -> float:
+    d = 0.0
+    for c in range(3):
+        d = wp.max(d, wp.abs(float(rgb[ta, v, u, c]) - float(rgb[tb, v, u, c])))
+    return d
+
+
+@wp.kernel
+def flicker_counts_kernel(rgb: wp.array4d(dtype=wp.uint8), tau: wp.float32, counts: wp.array(dtype=wp.int32)):
+    """Pixels of frame t that jump away from t-1 and back at t+1 while t-1 and t+1 agree."""
+    k, v, u = wp.tid()
+    t = k + 1
+    if (
+        rgb_distance(rgb, t, t - 1, v, u) > tau
+        and rgb_distance(rgb, t, t + 1, v, u) > tau
+        and rgb_distance(rgb, t + 1, t - 1, v, u) < 0.5 * tau
+    ):
+        wp.atomic_add(counts, t, 1)
+
+
+@wp.kernel
+def static_depth_counts_kernel(
+    seg: wp.array3d(dtype=wp.uint8),
+    depth: wp.array3d(dtype=wp.float32),
+    is_static: wp.array(dtype=wp.int32),
+    tol: wp.float32,
+    total: wp.array(dtype=wp.int32),
+    changed: wp.array(dtype=wp.int32),
+):
+    """Pixels showing the same static instance in frames t-1 and t, and how many changed depth."""
+    k, v, u = wp.tid()
+    t = k + 1
+    a = int(seg[t - 1, v, u])
+    if a != int(seg[t, v, u]) or is_static[a] == 0:
+        return
+    d0 = depth[t - 1, v, u]
+    d1 = depth[t, v, u]
+    if d0 <= 0.0 or d1 <= 0.0:
+        return
+    wp.atomic_add(total, t, 1)
+    if wp.abs(d1 - d0) > tol:
+        wp.atomic_add(changed, t, 1)
+
+
+@wp.kernel
+def boundary_edge_counts_kernel(
+    seg: wp.array3d(dtype=wp.uint8),
+    depth: wp.array3d(dtype=wp.float32),
+    is_tracked: wp.array(dtype=wp.int32),
+    edge: wp.float32,
+    boundary: wp.array2d(dtype=wp.int32),
+    edged: wp.array2d(dtype=wp.int32),
+):
+    """Neighbour pairs across a tracked object's outline, and those with a depth step at least ``edge``."""
+    t, v, u = wp.tid()
+    i = int(seg[t, v, u])
+    if is_tracked[i] == 0:
+        return
+    d = depth[t, v, u]
+    for n in range(4):
+        dv = 0
+        du = 0
+        if n == 0:
+            dv = -1
+        elif n == 1:
+            dv = 1
+        elif n == 2:
+            du = -1
+        else:
+            du = 1
+        vv = v + dv
+        uu = u + du
+        if vv >= 0 and uu >= 0 and vv < seg.shape[1] and uu < seg.shape[2]:
+            if int(seg[t, vv, uu]) != i:
+                wp.atomic_add(boundary, t, i, 1)
+                dn = depth[t, vv, uu]
+                if dn <= 0.0 or wp.abs(dn - d) >= edge:
+                    wp.atomic_add(edged, t, i, 1)
+
+
+def _zeros(shape, dtype, device):
+    return wp.zeros(shape, dtype=dtype, device=device)
+
+
+def as_warp(array, dtype, device: str = "cpu"):
+    """A Warp view of a numpy array (no copy on CPU when the layout allows); Warp arrays pass through,
+    so a caller can upload a clip once and run every kernel on it."""
+    if isinstance(array, wp.array):
+        return array
+    return wp.array(np.ascontiguousarray(array), dtype=dtype, device=device, copy=device != "cpu")
+
+
+def mask_change_counts(
+    seg: np.ndarray, depth: np.ndarray, tol: float, device: str = "cpu"
+) -> dict[str, np.ndarray]:
+    t = seg.shape[0]
+    out = {
+        k: _zeros((t, N_IDS), wp.int32, device)
+        for k in ("area", "border", "lost_to_nearer", "gained_from_nearer")
+    }
+    wp.launch(
+        mask_change_counts_kernel,
+        dim=seg.shape,
+        inputs=[as_warp(seg, wp.uint8, device), as_warp(depth, wp.float32, device), tol],
+        outputs=[out["area"], out["border"], out["lost_to_nearer"], out["gained_from_nearer"]],
+        device=device,
+    )
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def object_points(seg: np.ndarray, depth: np.ndarray, camera, device: str = "cpu") -> dict[str, np.ndarray]:
+    t = seg.shape[0]
+    sums = _zeros((t, N_IDS), wp.vec3d, device)  # float64: thousands of points per instance
+    counts = _zeros((t, N_IDS), wp.int32, device)
+    z_max = wp.full((t, N_IDS), -(2**31) + 1, dtype=wp.int32, device=device)
+    z_min = wp.full((t, N_IDS), 2**31 - 1, dtype=wp.int32, device=device)
+    wp.launch(
+        object_points_kernel,
+        dim=seg.shape,
+        inputs=[
+            as_warp(seg, wp.uint8, device),
+            as_warp(depth, wp.float32, device),
+            float(camera.fx),
+            float(camera.fy),
+            wp.mat33(*np.asarray(camera.rotation, dtype=np.float32).reshape(-1)),
+            wp.vec3(*np.asarray(camera.position, dtype=np.float32)),
+        ],
+        outputs=[sums, counts, z_max, z_min],
+        device=device,
+    )
+    empty = counts.numpy() == 0
+    z_max_m = np.where(empty, -1e9, z_max.numpy() * 1e-6).astype(np.float32)
+    z_min_m = np.where(empty, 1e9, z_min.numpy() * 1e-6).astype(np.float32)
+    return {"sums": sums.numpy(), "counts": counts.numpy(), "z_max": z_max_m, "z_min": z_min_m}
+
+
+def flicker_counts(rgb: np.ndarray, tau: float, device: str = "cpu") -> np.ndarray:
+    counts = _zeros(rgb.shape[0], wp.int32, device)
+    if rgb.shape[0] >= 3:
+        wp.launch(
+            flicker_counts_kernel,
+            dim=(rgb.shape[0] - 2, rgb.shape[1], rgb.shape[2]),
+            inputs=[as_warp(rgb, wp.uint8, device), tau],
+            outputs=[counts],
+            device=device,
+        )
+    return counts.numpy()
+
+
+def static_depth_counts(
+    seg: np.ndarray, depth: np.ndarray, is_static: np.ndarray, tol: float, device: str = "cpu"
+) -> dict[str, np.ndarray]:
+    total = _zeros(seg.shape[0], wp.int32, device)
+    changed = _zeros(seg.shape[0], wp.int32, device)
+    if seg.shape[0] >= 2:
+        wp.launch(
+            static_depth_counts_kernel,
+            dim=(seg.shape[0] - 1, seg.shape[1], seg.shape[2]),
+            inputs=[
+                as_warp(seg, wp.uint8, device),
+                as_warp(depth, wp.float32, device),
+                wp.array(is_static.astype(np.int32), dtype=wp.int32, device=device),
+                tol,
+            ],
+            outputs=[total, changed],
+            device=device,
+        )
+    return {"total": total.numpy(), "changed": changed.numpy()}
+
+
+def boundary_edge_counts(
+    seg: np.ndarray, depth: np.ndarray, is_tracked: np.ndarray, edge: float, device: str = "cpu"
+) -> dict[str, np.ndarray]:
+    t = seg.shape[0]
+    boundary = _zeros((t, N_IDS), wp.int32, device)
+    edged = _zeros((t, N_IDS), wp.int32, device)
+    wp.launch(
+        boundary_edge_counts_kernel,
+        dim=seg.shape,
+        inputs=[
+            as_warp(seg, wp.uint8, device),
+            as_warp(depth, wp.float32, device),
+            wp.array(is_tracked.astype(np.int32), dtype=wp.int32, device=device),
+            edge,
+        ],
+        outputs=[boundary, edged],
+        device=device,
+    )
+    return {"boundary": boundary.numpy(), "edged": edged.numpy()}
