@@ -147,7 +147,8 @@ def boundary_edge_counts_kernel(
             du = 1
         vv = v + dv
         uu = u + du
-        if vv >= 0 and uu >= 0 and vv < seg.shape[1] and uu < seg.shape[2]:
+        # Nested, not "and": Warp does not short-circuit, and the read below must stay in bounds.
+        if vv >= 0 and uu >= 0 and vv < seg.shape[1] and uu < seg.shape[2]:  # noqa: SIM102
             if int(seg[t, vv, uu]) != i:
                 wp.atomic_add(boundary, t, i, 1)
                 dn = depth[t, vv, uu]
