@@ -104,11 +104,13 @@ def clip_statistics(clip: Clip, backend: str = "warp", device: str = "cpu") -> d
     is_static = np.zeros(256, np.int32)
     is_static[list(clip.static_ids)] = 1
     if seg is not None and depth is not None:
-        stats["mask"] = k.mask_change_counts(seg, depth, OCCLUSION_TOL, device=device)
-        stats["static_depth"] = k.static_depth_counts(seg, depth, is_static, STATIC_DEPTH_TOL, device=device)
-        stats["edges"] = k.boundary_edge_counts(seg, depth, tracked, EDGE_STEP, device=device)
+        stats.update(
+            k.pixel_counts(
+                seg, depth, is_static, tracked, OCCLUSION_TOL, STATIC_DEPTH_TOL, EDGE_STEP, device=device
+            )
+        )
         if clip.camera is not None:
-            stats["points"] = k.object_points(seg, depth, clip.camera, device=device)
+            stats["points"] = k.object_points(seg, depth, tracked, clip.camera, device=device)
     if rgb is not None:
         stats["flicker"] = {"counts": k.flicker_counts(rgb, FLICKER_TAU, device=device)}
     return stats

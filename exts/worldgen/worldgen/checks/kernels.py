@@ -15,18 +15,20 @@ N_IDS = 256  # instance ids are uint8
 wp.config.quiet = True
 
 
-@wp.kernel
-def mask_change_counts_kernel(
+@wp.func
+def count_mask_change(
     seg: wp.array3d(dtype=wp.uint8),
     depth: wp.array3d(dtype=wp.float32),
     tol: wp.float32,
+    t: int,
+    v: int,
+    u: int,
     area: wp.array2d(dtype=wp.int32),
     border: wp.array2d(dtype=wp.int32),
     lost_to_nearer: wp.array2d(dtype=wp.int32),
     gained_from_nearer: wp.array2d(dtype=wp.int32),
 ):
     """Mask areas, border contact, and label changes that a nearer surface arriving/leaving explains."""
-    t, v, u = wp.tid()
     cur = int(seg[t, v, u])
     wp.atomic_add(area, t, cur, 1)
     if v == 0 or u == 0 or v == seg.shape[1] - 1 or u == seg.shape[2] - 1:
@@ -42,10 +44,101 @@ def mask_change_counts_kernel(
                 wp.atomic_add(gained_from_nearer, t, cur, 1)
 
 
+@wp.func
+def count_static_depth(
+    seg: wp.array3d(dtype=wp.uint8),
+    depth: wp.array3d(dtype=wp.float32),
+    is_static: wp.array(dtype=wp.int32),
+    tol: wp.float32,
+    t: int,
+    v: int,
+    u: int,
+    total: wp.array(dtype=wp.int32),
+    changed: wp.array(dtype=wp.int32),
+):
+    """Pixels showing the same static instance in frames t-1 and t, and how many changed depth."""
+    a = int(seg[t - 1, v, u])
+    if a != int(seg[t, v, u]) or is_static[a] == 0:
+        return
+    d0 = depth[t - 1, v, u]
+    d1 = depth[t, v, u]
+    if d0 <= 0.0 or d1 <= 0.0:
+        return
+    wp.atomic_add(total, t, 1)
+    if wp.abs(d1 - d0) > tol:
+        wp.atomic_add(changed, t, 1)
+
+
+@wp.func
+def count_boundary_edges(
+    seg: wp.array3d(dtype=wp.uint8),
+    depth: wp.array3d(dtype=wp.float32),
+    is_tracked: wp.array(dtype=wp.int32),
+    edge: wp.float32,
+    t: int,
+    v: int,
+    u: int,
+    boundary: wp.array2d(dtype=wp.int32),
+    edged: wp.array2d(dtype=wp.int32),
+):
+    """Neighbour pairs across a tracked object's outline, and those with a depth step at least ``edge``."""
+    i = int(seg[t, v, u])
+    if is_tracked[i] == 0:
+        return
+    d = depth[t, v, u]
+    for n in range(4):
+        dv = 0
+        du = 0
+        if n == 0:
+            dv = -1
+        elif n == 1:
+            dv = 1
+        elif n == 2:
+            du = -1
+        else:
+            du = 1
+        vv = v + dv
+        uu = u + du
+        # Nested, not "and": Warp does not short-circuit, and the read below must stay in bounds.
+        if vv >= 0 and uu >= 0 and vv < seg.shape[1] and uu < seg.shape[2]:  # noqa: SIM102
+            if int(seg[t, vv, uu]) != i:
+                wp.atomic_add(boundary, t, i, 1)
+                dn = depth[t, vv, uu]
+                if dn <= 0.0 or wp.abs(dn - d) >= edge:
+                    wp.atomic_add(edged, t, i, 1)
+
+
+@wp.kernel
+def pixel_counts_kernel(
+    seg: wp.array3d(dtype=wp.uint8),
+    depth: wp.array3d(dtype=wp.float32),
+    is_static: wp.array(dtype=wp.int32),
+    is_tracked: wp.array(dtype=wp.int32),
+    occlusion_tol: wp.float32,
+    static_tol: wp.float32,
+    edge_step: wp.float32,
+    area: wp.array2d(dtype=wp.int32),
+    border: wp.array2d(dtype=wp.int32),
+    lost_to_nearer: wp.array2d(dtype=wp.int32),
+    gained_from_nearer: wp.array2d(dtype=wp.int32),
+    static_total: wp.array(dtype=wp.int32),
+    static_changed: wp.array(dtype=wp.int32),
+    boundary: wp.array2d(dtype=wp.int32),
+    edged: wp.array2d(dtype=wp.int32),
+):
+    """The segmentation + depth counts of one pixel, in one pass over the clip."""
+    t, v, u = wp.tid()
+    count_mask_change(seg, depth, occlusion_tol, t, v, u, area, border, lost_to_nearer, gained_from_nearer)
+    if t > 0:
+        count_static_depth(seg, depth, is_static, static_tol, t, v, u, static_total, static_changed)
+    count_boundary_edges(seg, depth, is_tracked, edge_step, t, v, u, boundary, edged)
+
+
 @wp.kernel
 def object_points_kernel(
     seg: wp.array3d(dtype=wp.uint8),
     depth: wp.array3d(dtype=wp.float32),
+    is_tracked: wp.array(dtype=wp.int32),
     fx: wp.float32,
     fy: wp.float32,
     rotation: wp.mat33,
@@ -55,15 +148,15 @@ def object_points_kernel(
     z_max_um: wp.array2d(dtype=wp.int32),
     z_min_um: wp.array2d(dtype=wp.int32),
 ):
-    """Back-project every pixel to the world and accumulate per-instance centroid sums and z extent.
+    """Back-project tracked objects' pixels to the world; accumulate centroid sums and z extent.
 
     The extent is kept in integer micrometres: integer atomics are exact under Warp's multi-threaded
     CPU launches, where a float max/min could lose an update."""
     t, v, u = wp.tid()
-    d = depth[t, v, u]
-    if d <= 0.0:
-        return
     i = int(seg[t, v, u])
+    d = depth[t, v, u]
+    if d <= 0.0 or is_tracked[i] == 0:
+        return
     x = (float(u) + 0.5 - float(seg.shape[2]) * 0.5) / fx * d
     y = -(float(v) + 0.5 - float(seg.shape[1]) * 0.5) / fy * d
     p = rotation * wp.vec3(x, y, -d) + position
@@ -95,67 +188,6 @@ def flicker_counts_kernel(rgb: wp.array4d(dtype=wp.uint8), tau: wp.float32, coun
         wp.atomic_add(counts, t, 1)
 
 
-@wp.kernel
-def static_depth_counts_kernel(
-    seg: wp.array3d(dtype=wp.uint8),
-    depth: wp.array3d(dtype=wp.float32),
-    is_static: wp.array(dtype=wp.int32),
-    tol: wp.float32,
-    total: wp.array(dtype=wp.int32),
-    changed: wp.array(dtype=wp.int32),
-):
-    """Pixels showing the same static instance in frames t-1 and t, and how many changed depth."""
-    k, v, u = wp.tid()
-    t = k + 1
-    a = int(seg[t - 1, v, u])
-    if a != int(seg[t, v, u]) or is_static[a] == 0:
-        return
-    d0 = depth[t - 1, v, u]
-    d1 = depth[t, v, u]
-    if d0 <= 0.0 or d1 <= 0.0:
-        return
-    wp.atomic_add(total, t, 1)
-    if wp.abs(d1 - d0) > tol:
-        wp.atomic_add(changed, t, 1)
-
-
-@wp.kernel
-def boundary_edge_counts_kernel(
-    seg: wp.array3d(dtype=wp.uint8),
-    depth: wp.array3d(dtype=wp.float32),
-    is_tracked: wp.array(dtype=wp.int32),
-    edge: wp.float32,
-    boundary: wp.array2d(dtype=wp.int32),
-    edged: wp.array2d(dtype=wp.int32),
-):
-    """Neighbour pairs across a tracked object's outline, and those with a depth step at least ``edge``."""
-    t, v, u = wp.tid()
-    i = int(seg[t, v, u])
-    if is_tracked[i] == 0:
-        return
-    d = depth[t, v, u]
-    for n in range(4):
-        dv = 0
-        du = 0
-        if n == 0:
-            dv = -1
-        elif n == 1:
-            dv = 1
-        elif n == 2:
-            du = -1
-        else:
-            du = 1
-        vv = v + dv
-        uu = u + du
-        # Nested, not "and": Warp does not short-circuit, and the read below must stay in bounds.
-        if vv >= 0 and uu >= 0 and vv < seg.shape[1] and uu < seg.shape[2]:  # noqa: SIM102
-            if int(seg[t, vv, uu]) != i:
-                wp.atomic_add(boundary, t, i, 1)
-                dn = depth[t, vv, uu]
-                if dn <= 0.0 or wp.abs(dn - d) >= edge:
-                    wp.atomic_add(edged, t, i, 1)
-
-
 def _zeros(shape, dtype, device):
     return wp.zeros(shape, dtype=dtype, device=device)
 
@@ -168,25 +200,50 @@ def as_warp(array, dtype, device: str = "cpu"):
     return wp.array(np.ascontiguousarray(array), dtype=dtype, device=device, copy=device != "cpu")
 
 
-def mask_change_counts(
-    seg: np.ndarray, depth: np.ndarray, tol: float, device: str = "cpu"
-) -> dict[str, np.ndarray]:
+def pixel_counts(
+    seg: np.ndarray,
+    depth: np.ndarray,
+    is_static: np.ndarray,
+    is_tracked: np.ndarray,
+    occlusion_tol: float,
+    static_tol: float,
+    edge_step: float,
+    device: str = "cpu",
+) -> dict[str, dict[str, np.ndarray]]:
+    """Mask-change, static-depth and outline-edge counts (see the ``count_*`` functions)."""
     t = seg.shape[0]
-    out = {
+    mask = {
         k: _zeros((t, N_IDS), wp.int32, device)
         for k in ("area", "border", "lost_to_nearer", "gained_from_nearer")
     }
+    static = {k: _zeros(t, wp.int32, device) for k in ("total", "changed")}
+    edges = {k: _zeros((t, N_IDS), wp.int32, device) for k in ("boundary", "edged")}
     wp.launch(
-        mask_change_counts_kernel,
+        pixel_counts_kernel,
         dim=seg.shape,
-        inputs=[as_warp(seg, wp.uint8, device), as_warp(depth, wp.float32, device), tol],
-        outputs=[out["area"], out["border"], out["lost_to_nearer"], out["gained_from_nearer"]],
+        inputs=[
+            as_warp(seg, wp.uint8, device),
+            as_warp(depth, wp.float32, device),
+            as_warp(is_static.astype(np.int32), wp.int32, device),
+            as_warp(is_tracked.astype(np.int32), wp.int32, device),
+            occlusion_tol,
+            static_tol,
+            edge_step,
+        ],
+        outputs=[*mask.values(), *static.values(), *edges.values()],
         device=device,
     )
-    return {k: v.numpy() for k, v in out.items()}
+    return {
+        "mask": {k: v.numpy() for k, v in mask.items()},
+        "static_depth": {k: v.numpy() for k, v in static.items()},
+        "edges": {k: v.numpy() for k, v in edges.items()},
+    }
 
 
-def object_points(seg: np.ndarray, depth: np.ndarray, camera, device: str = "cpu") -> dict[str, np.ndarray]:
+def object_points(
+    seg: np.ndarray, depth: np.ndarray, is_tracked: np.ndarray, camera, device: str = "cpu"
+) -> dict[str, np.ndarray]:
+    """Per tracked instance and frame: sum of its surface points (world), their count and z extent."""
     t = seg.shape[0]
     sums = _zeros((t, N_IDS), wp.vec3d, device)  # float64: thousands of points per instance
     counts = _zeros((t, N_IDS), wp.int32, device)
@@ -198,6 +255,7 @@ def object_points(seg: np.ndarray, depth: np.ndarray, camera, device: str = "cpu
         inputs=[
             as_warp(seg, wp.uint8, device),
             as_warp(depth, wp.float32, device),
+            as_warp(is_tracked.astype(np.int32), wp.int32, device),
             float(camera.fx),
             float(camera.fy),
             wp.mat33(*np.asarray(camera.rotation, dtype=np.float32).reshape(-1)),
@@ -223,45 +281,3 @@ def flicker_counts(rgb: np.ndarray, tau: float, device: str = "cpu") -> np.ndarr
             device=device,
         )
     return counts.numpy()
-
-
-def static_depth_counts(
-    seg: np.ndarray, depth: np.ndarray, is_static: np.ndarray, tol: float, device: str = "cpu"
-) -> dict[str, np.ndarray]:
-    total = _zeros(seg.shape[0], wp.int32, device)
-    changed = _zeros(seg.shape[0], wp.int32, device)
-    if seg.shape[0] >= 2:
-        wp.launch(
-            static_depth_counts_kernel,
-            dim=(seg.shape[0] - 1, seg.shape[1], seg.shape[2]),
-            inputs=[
-                as_warp(seg, wp.uint8, device),
-                as_warp(depth, wp.float32, device),
-                wp.array(is_static.astype(np.int32), dtype=wp.int32, device=device),
-                tol,
-            ],
-            outputs=[total, changed],
-            device=device,
-        )
-    return {"total": total.numpy(), "changed": changed.numpy()}
-
-
-def boundary_edge_counts(
-    seg: np.ndarray, depth: np.ndarray, is_tracked: np.ndarray, edge: float, device: str = "cpu"
-) -> dict[str, np.ndarray]:
-    t = seg.shape[0]
-    boundary = _zeros((t, N_IDS), wp.int32, device)
-    edged = _zeros((t, N_IDS), wp.int32, device)
-    wp.launch(
-        boundary_edge_counts_kernel,
-        dim=seg.shape,
-        inputs=[
-            as_warp(seg, wp.uint8, device),
-            as_warp(depth, wp.float32, device),
-            wp.array(is_tracked.astype(np.int32), dtype=wp.int32, device=device),
-            edge,
-        ],
-        outputs=[boundary, edged],
-        device=device,
-    )
-    return {"boundary": boundary.numpy(), "edged": edged.numpy()}

@@ -42,20 +42,25 @@ def mask_change_counts(
     return out
 
 
-def object_points(seg: np.ndarray, depth: np.ndarray, camera, device: str = "cpu") -> dict[str, np.ndarray]:
+def object_points(
+    seg: np.ndarray, depth: np.ndarray, is_tracked: np.ndarray, camera, device: str = "cpu"
+) -> dict[str, np.ndarray]:
     t = seg.shape[0]
-    points = camera.unproject(depth.astype(np.float64))
-    valid = depth > 0
     ids = seg.astype(np.int64)
-    frames = np.broadcast_to(np.arange(t)[:, None, None], seg.shape)
-    key = (frames * N_IDS + ids)[valid]
+    valid = (depth > 0) & (is_tracked[ids] != 0)
+    frames_v, rows, cols = np.nonzero(valid)
+    d = depth[valid].astype(np.float64)
+    x = (cols + 0.5 - camera.width / 2) / camera.fx * d
+    y = -(rows + 0.5 - camera.height / 2) / camera.fy * d
+    world = np.stack([x, y, -d], axis=-1) @ camera.rotation.T + camera.position
+    key = frames_v * N_IDS + ids[valid]
     sums = np.zeros((t * N_IDS, 3))
     for axis in range(3):
-        sums[:, axis] = np.bincount(key, weights=points[..., axis][valid], minlength=t * N_IDS)
+        sums[:, axis] = np.bincount(key, weights=world[:, axis], minlength=t * N_IDS)
     z_max = np.full(t * N_IDS, -1e9)
     z_min = np.full(t * N_IDS, 1e9)
-    np.maximum.at(z_max, key, points[..., 2][valid])
-    np.minimum.at(z_min, key, points[..., 2][valid])
+    np.maximum.at(z_max, key, world[:, 2])
+    np.minimum.at(z_min, key, world[:, 2])
     return {
         "sums": sums.reshape(t, N_IDS, 3),
         "counts": np.bincount(key, minlength=t * N_IDS).reshape(t, N_IDS).astype(np.int32),
@@ -116,3 +121,20 @@ def boundary_edge_counts(
         boundary += np.bincount(flat_b, minlength=t * N_IDS).reshape(t, N_IDS)
         edged += np.bincount(flat_e, minlength=t * N_IDS).reshape(t, N_IDS)
     return {"boundary": boundary.astype(np.int32), "edged": edged.astype(np.int32)}
+
+
+def pixel_counts(
+    seg: np.ndarray,
+    depth: np.ndarray,
+    is_static: np.ndarray,
+    is_tracked: np.ndarray,
+    occlusion_tol: float,
+    static_tol: float,
+    edge_step: float,
+    device: str = "cpu",
+) -> dict[str, dict[str, np.ndarray]]:
+    return {
+        "mask": mask_change_counts(seg, depth, occlusion_tol),
+        "static_depth": static_depth_counts(seg, depth, is_static, static_tol),
+        "edges": boundary_edge_counts(seg, depth, is_tracked, edge_step),
+    }
