@@ -1,0 +1,143 @@
+"""World-model training data from a worldgen dataset: one camera's frames as multi-channel tensors
+(RGB + depth + a mask per tracked object, in [-1, 1]), actions, and a low-dimensional state.
+
+``frames_from_obs`` / ``obs_from_frames`` convert between the dataset's observations and model frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+STATE_KEYS = ("robot0_eef_pos", "robot0_gripper_qpos", "object")
+
+
+def frames_from_obs(
+    rgb: np.ndarray, depth: np.ndarray, seg: np.ndarray, instances: list[int], resolution: tuple[int, int]
+) -> torch.Tensor:
+    """(T, H, W, 3) uint8, (T, H, W, 1) depth in [0, 1], (T, H, W, 1) ids -> (T, C, h, w) in [-1, 1]."""
+    w, h = resolution
+    color = torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    dep = torch.from_numpy(depth).permute(0, 3, 1, 2).float() * 2.0 - 1.0
+    masks = [torch.from_numpy(seg[..., 0] == i).float()[:, None] * 2.0 - 1.0 for i in instances]
+    dense = F.interpolate(torch.cat([color, dep], 1), size=(h, w), mode="area")
+    parts = [dense]
+    if masks:
+        parts.append(F.interpolate(torch.cat(masks, 1), size=(h, w), mode="nearest"))
+    return torch.cat(parts, 1).clamp(-1.0, 1.0)
+
+
+def obs_from_frames(frames: torch.Tensor, instances: list[int]) -> dict[str, np.ndarray]:
+    """Model frames (T, C, h, w) -> rgb uint8 (T, h, w, 3), depth (T, h, w, 1) in [0, 1], seg (T, h, w, 1)."""
+    x = frames.detach().float().clamp(-1.0, 1.0)
+    rgb = ((x[:, :3] + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    depth = ((x[:, 3:4] + 1.0) / 2.0).permute(0, 2, 3, 1).numpy().astype(np.float32)
+    seg = np.zeros((*x.shape[:1], *x.shape[2:], 1), dtype=np.uint8)
+    if instances:
+        logits = x[:, 4 : 4 + len(instances)]
+        best = logits.argmax(1).numpy()
+        on = (logits.max(1).values > 0).numpy()
+        seg[..., 0] = np.where(on, np.asarray(instances, dtype=np.uint8)[best], 0)
+    return {"rgb": rgb, "depth": depth, "seg": seg}
+
+
+@dataclass
+class Normalization:
+    state_mean: list[float]
+    state_std: list[float]
+
+    def normalize(self, state: torch.Tensor) -> torch.Tensor:
+        return (state - torch.tensor(self.state_mean)) / torch.tensor(self.state_std)
+
+    def denormalize(self, state: torch.Tensor) -> torch.Tensor:
+        return state * torch.tensor(self.state_std) + torch.tensor(self.state_mean)
+
+
+def low_dim_state(group: h5py.Group) -> np.ndarray:
+    """(T+1, S) state: the observations, then the last next_obs."""
+    parts = []
+    for key in STATE_KEYS:
+        obs, nxt = group["obs"][key][()], group["next_obs"][key][-1:]
+        parts.append(np.concatenate([obs, nxt]).astype(np.float32))
+    return np.concatenate(parts, axis=1)
+
+
+@dataclass
+class Episode:
+    name: str
+    frames: torch.Tensor  # (T+1, C, h, w)
+    actions: torch.Tensor  # (T, A)
+    states: torch.Tensor  # (T+1, S), raw
+
+
+class WorldModelData:
+    """Every demo of a mask held in memory (small datasets: tens of demos at 64 x 64)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        mask: str,
+        camera: str,
+        resolution: tuple[int, int],
+        instances: list[int],
+        context_frames: int,
+    ):
+        self.path, self.mask, self.camera = Path(path), mask, camera
+        self.instances, self.context = instances, context_frames
+        self.episodes: list[Episode] = []
+        digest = hashlib.sha256()
+        with h5py.File(self.path, "r") as f:
+            names = sorted((n.decode() for n in f[f"mask/{mask}"][()]), key=lambda n: int(n.split("_")[1]))
+            digest.update(f["data"].attrs["worldgen"].encode())
+            for name in names:
+                g = f["data"][name]
+                obs, nxt = g["obs"], g["next_obs"]
+
+                def full(key, obs=obs, nxt=nxt):
+                    return np.concatenate([obs[key][()], nxt[key][-1:]])
+
+                frames = frames_from_obs(
+                    full(f"{camera}_rgb"),
+                    full(f"{camera}_depth"),
+                    full(f"{camera}_seg"),
+                    instances,
+                    resolution,
+                )
+                actions = torch.from_numpy(g["actions"][()].astype(np.float32))
+                states = torch.from_numpy(low_dim_state(g))
+                self.episodes.append(Episode(name, frames, actions, states))
+                digest.update(name.encode())
+        if not self.episodes:
+            raise ValueError(f"{self.path}: mask {mask!r} holds no demos")
+        self.data_hash = digest.hexdigest()
+        self.index = [(e, t) for e, ep in enumerate(self.episodes) for t in range(ep.actions.shape[0])]
+
+    def normalization(self) -> Normalization:
+        states = torch.cat([ep.states for ep in self.episodes])
+        return Normalization(states.mean(0).tolist(), states.std(0).clamp_min(1e-3).tolist())
+
+    def window(self, episode: Episode, t: int) -> dict[str, torch.Tensor]:
+        """Context frames t-K+1..t (the first frame repeated before 0), actions t-K+1..t (zeros before 0),
+        the state at t, and the targets: frame t+1 and the state at t+1."""
+        k = self.context
+        idx = torch.clamp(torch.arange(t - k + 1, t + 1), min=0)
+        actions = episode.actions[torch.clamp(torch.arange(t - k + 1, t + 1), min=0)].clone()
+        actions[torch.arange(t - k + 1, t + 1) < 0] = 0.0
+        return {
+            "context": episode.frames[idx],
+            "actions": actions,
+            "state": episode.states[t],
+            "next_frame": episode.frames[t + 1],
+            "next_state": episode.states[t + 1],
+        }
+
+    def batch(self, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        picks = torch.randint(len(self.index), (size,), generator=generator).tolist()
+        items = [self.window(self.episodes[self.index[i][0]], self.index[i][1]) for i in picks]
+        return {key: torch.stack([item[key] for item in items]) for key in items[0]}
