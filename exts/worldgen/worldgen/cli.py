@@ -161,6 +161,58 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_train_wm(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from world_models.train import train_world_model
+
+    bar = tqdm(total=args.steps, unit="step", desc="train-wm", dynamic_ncols=True, disable=args.quiet)
+
+    def progress(step, frame_loss, state_loss, rate):
+        bar.n = step
+        bar.set_postfix(loss=f"{frame_loss:.4f}", state=f"{state_loss:.4f}", samples_per_s=f"{rate:.1f}")
+        bar.refresh()
+
+    try:
+        result = train_world_model(
+            args.dataset,
+            args.output,
+            steps=args.steps,
+            pretrained=args.from_pretrained,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            progress=progress,
+        )
+    except (ValueError, KeyError) as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        bar.close()
+    last = result["validation"][-1] if result["validation"] else {}
+    print(f"checkpoint {args.output} at step {result['step']}; validation {last}")
+    return EXIT_OK
+
+
+def _cmd_branch(args: argparse.Namespace) -> int:
+    from world_models.branch import branch_dataset
+
+    at = [int(x) for x in args.at.split(",") if x.strip()]
+    writer = branch_dataset(
+        args.dataset,
+        args.checkpoint,
+        args.output,
+        per_seed=args.per_seed,
+        at_steps=at,
+        action_noise=args.action_noise,
+        horizon=args.horizon,
+        base_seed=args.seed,
+    )
+    synthetic = sum(d["attrs"].get("source") == "world_model" for d in writer.demos.values())
+    print(
+        f"wrote {args.output}: {synthetic} world-model branches beside {len(writer) - synthetic} seed demos"
+    )
+    return EXIT_OK
+
+
 def _count_arg(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 1_000_000:
@@ -227,6 +279,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["warp", "numpy"], default="warp", help="kernels or numpy references")
     p.add_argument("--heatmap", metavar="PNG", help="where to write the violation heat map")
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("train-wm", help="post-train the action-conditioned world model on a dataset")
+    p.add_argument("dataset", metavar="DATASET", help="HDF5 dataset with train and valid masks")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="CKPT", help="checkpoint folder (resumed if present)"
+    )
+    p.add_argument(
+        "--from", dest="from_pretrained", metavar="LOCAL_PRETRAINED", help="local diffusers folder"
+    )
+    p.add_argument("--steps", type=_count_arg, help="training steps (default: the manifest's)")
+    p.add_argument("--batch-size", type=_count_arg, help="default: the manifest's")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train_wm)
+
+    p = sub.add_parser("branch", help="sample world-model futures from seed states into a dataset")
+    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("-o", "--output", required=True, metavar="SYNTH", help="seed demos + branches (resumed)")
+    p.add_argument("--per-seed", type=_count_arg, default=4, help="branches per seed demo and step")
+    p.add_argument("--at", default="10", help="comma-separated branch steps")
+    p.add_argument("--action-noise", type=float, default=0.0, help="std of noise on normalised actions")
+    p.add_argument("--horizon", type=_count_arg, default=8, help="steps per branch")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the branch noise")
+    p.set_defaults(func=_cmd_branch)
     return parser
 
 

@@ -1,0 +1,171 @@
+"""World model on tiny configs: forward/backward, overfitting one batch, save/load, resume, branching
+that regenerates exactly, and branches gated by the checks."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from worldgen.cli import main
+from worldgen.pipeline import run_seed_stage
+
+from world_models.branch import WorldModelSampler, noise_seed
+from world_models.data import Normalization, frames_from_obs, obs_from_frames
+from world_models.modeling_unet_world_model import UNetWorldModel
+from world_models.train import edm_loss, make_scheduler, train_world_model
+
+from .conftest import ROOT
+
+TINY = dict(
+    frame_channels=5,
+    context_frames=2,
+    action_dim=7,
+    state_dim=15,
+    resolution=16,
+    block_out_channels=(16, 32),
+    layers_per_block=1,
+    hidden_dim=32,
+)
+
+
+def _batch(b=4, c=5, k=2, res=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "context": torch.rand(b, k, c, res, res, generator=g) * 2 - 1,
+        "actions": torch.rand(b, k, 7, generator=g) * 2 - 1,
+        "state": torch.randn(b, 15, generator=g),
+        "next_frame": torch.rand(b, c, res, res, generator=g) * 2 - 1,
+        "next_state": torch.randn(b, 15, generator=g),
+    }
+
+
+NORM = Normalization([0.0] * 15, [1.0] * 15)
+
+
+def test_forward_backward_and_overfitting_one_batch():
+    torch.manual_seed(0)
+    model = UNetWorldModel(**TINY)
+    scheduler = make_scheduler()
+    batch = _batch()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(60):
+        frame_loss, state_loss = edm_loss(
+            model, scheduler, batch, torch.Generator().manual_seed(step % 4), NORM
+        )
+        opt.zero_grad()
+        (frame_loss + state_loss).backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+        opt.step()
+        losses.append(float(frame_loss + state_loss))
+    assert np.mean(losses[-8:]) < 0.5 * np.mean(losses[:8]), losses
+
+
+def test_save_load_round_trip_reproduces_outputs(tmp_path):
+    torch.manual_seed(1)
+    model = UNetWorldModel(**TINY).eval()
+    b = _batch()
+    args = (b["next_frame"], torch.full((4,), 0.1), b["context"], b["actions"], b["state"])
+    model.save_pretrained(tmp_path / "m")
+    loaded = UNetWorldModel.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        assert torch.equal(model(*args), loaded(*args))
+        assert torch.equal(
+            model.predict_state_delta(b["actions"], b["state"]),
+            loaded.predict_state_delta(b["actions"], b["state"]),
+        )
+    assert (tmp_path / "m" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_frames_round_trip_through_model_channels():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    depth = rng.uniform(0, 1, (3, 16, 16, 1)).astype(np.float32)
+    seg = rng.choice(np.array([0, 4, 6], np.uint8), (3, 16, 16, 1))
+    frames = frames_from_obs(rgb, depth, seg, [4, 6], (16, 16))
+    assert frames.shape == (3, 6, 16, 16) and frames.min() >= -1 and frames.max() <= 1
+    back = obs_from_frames(frames, [4, 6])
+    assert np.array_equal(back["seg"], seg)
+    assert np.abs(back["rgb"].astype(int) - rgb).max() <= 1
+    assert np.allclose(back["depth"], depth, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wm")
+    dataset = root / "seeds.hdf5"
+    run_seed_stage(ROOT / "scenarios" / "push_to_target.yaml", dataset, n=3)
+    ckpt = root / "ckpt"
+    result = train_world_model(dataset, ckpt, steps=6, batch_size=4, checkpoint_every=3)
+    return dataset, ckpt, result
+
+
+def test_training_writes_a_resumable_checkpoint(trained):
+    dataset, ckpt, result = trained
+    assert result["step"] == 6 and len(result["validation"]) == 2
+    meta = json.loads((ckpt / "worldgen.json").read_text())
+    assert meta["camera"] == "front" and meta["step"] == 6 and len(meta["data_hash"]) == 64
+    assert (ckpt / "model" / "config.json").is_file()
+    again = train_world_model(dataset, ckpt, steps=8, batch_size=4, checkpoint_every=4)
+    assert again["step"] == 8 and [v["step"] for v in again["validation"]] == [3, 6, 8]
+
+
+def test_branches_regenerate_exactly_and_differ_by_seed(trained):
+    dataset, ckpt, _ = trained
+    sampler = WorldModelSampler(ckpt)
+    k, c = sampler.meta["context_frames"], sampler.model.config.frame_channels
+    res = sampler.meta["resolution"][0]
+    g = torch.Generator().manual_seed(0)
+    context = torch.rand(k, c, res, res, generator=g) * 2 - 1
+    past = torch.zeros(k, 7)
+    state = torch.tensor(sampler.norm.state_mean)
+    actions = torch.rand(3, 4, 7, generator=g) * 2 - 1
+    seeds = [noise_seed(0, "demo_0", 5, i) for i in range(3)]
+    a_frames, a_states = sampler.rollout(context, past, state, actions, seeds)
+    b_frames, b_states = sampler.rollout(context, past, state, actions, seeds)
+    assert a_frames.shape == (3, 4, c, res, res) and a_states.shape == (3, 4, 15)
+    assert torch.equal(a_frames, b_frames) and torch.equal(a_states, b_states)
+    assert not torch.equal(a_frames[0], a_frames[1])  # other noise seed, other future
+    same_actions = actions[:1].repeat(3, 1, 1)
+    c_frames, _ = sampler.rollout(context, past, state, same_actions, [seeds[0]] * 3)
+    # Identical rows of one batch agree to float rounding, not bitwise (the CPU kernels block by batch
+    # position): exact regeneration needs the recorded batch layout, which branches store.
+    assert torch.allclose(c_frames[0], c_frames[1], atol=1e-4)
+
+
+def test_branch_cli_writes_synthetic_demos_that_the_checks_gate(trained, tmp_path, capsys):
+    dataset, ckpt, _ = trained
+    synth = tmp_path / "synth.hdf5"
+    code = main(
+        [
+            "branch",
+            str(dataset),
+            str(ckpt),
+            "-o",
+            str(synth),
+            "--per-seed",
+            "2",
+            "--at",
+            "3",
+            "--horizon",
+            "4",
+        ]
+    )
+    assert code == 0
+    with h5py.File(synth, "r") as f:
+        synthetic = [n.decode() for n in f["mask/synthetic"][()]]
+        assert len(synthetic) == 2 * len(f["mask/seed"])
+        demo = f["data"][synthetic[0]]
+        assert demo.attrs["source"] == "world_model" and int(demo.attrs["branch_step"]) == 3
+        assert demo["obs/front_rgb"].shape == (4, 96, 96, 3) and demo["actions"].shape == (4, 7)
+        assert int(demo.attrs["noise_seed"]) == noise_seed(0, demo.attrs["parent"], 3, 0)
+        assert len(demo.attrs["model"]) == 64
+    assert main(["check", str(synth), "--mask", "synthetic"]) == 0
+    with h5py.File(synth, "r") as f:
+        for name in (n.decode() for n in f["mask/synthetic"][()]):
+            scores = json.loads(f["data"][name].attrs["check_scores"])
+            assert scores["flicker"]["verdict"] in ("passed", "failed")
+            assert "check_confidence" in f["data"][name].attrs  # two siblings per parent and step

@@ -1,0 +1,230 @@
+"""Branch stochastic futures from seed states with a trained world model.
+
+From a seed demo's frames up to step k, N futures are sampled autoregressively (batched: one U-Net
+call per denoising step for all N), each from its own noise seed derived from
+(base seed, demo, k, i), under the seed's actions or Gaussian-perturbed ones. Same record, same
+batch layout -> the same branch, bit for bit. Branches are written as ``source="world_model"`` demos
+with ``parent``, ``branch_step``, ``noise_seed``, ``model`` (checkpoint hash) and the batch layout.
+They carry the predicted frames of the world-model camera (resized to the camera's resolution) and the
+predicted low-dimensional keys; their reset state is the parent's ``states[branch_step]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from worldgen.dataset import DatasetWriter, Demo
+from worldgen.manifest import rng_for
+
+from .data import STATE_KEYS, Normalization, frames_from_obs, low_dim_state, obs_from_frames
+from .modeling_unet_world_model import UNetWorldModel
+from .train import make_scheduler
+
+
+def checkpoint_hash(ckpt: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted((ckpt / "model").iterdir()):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def noise_seed(base_seed: int, demo: str, step: int, index: int) -> int:
+    """The noise seed of branch ``index`` from ``demo`` at ``step``: stable, independent per branch."""
+    ss = np.random.SeedSequence([base_seed, int(demo.split("_")[1]), step, index])
+    return int(ss.generate_state(1, dtype=np.uint32)[0])
+
+
+class WorldModelSampler:
+    """A trained checkpoint ready to roll out futures."""
+
+    def __init__(self, ckpt: str | Path, sampling_steps: int | None = None):
+        self.ckpt = Path(ckpt)
+        self.meta = json.loads((self.ckpt / "worldgen.json").read_text())
+        self.model = UNetWorldModel.from_pretrained(self.ckpt / "model").eval()
+        self.norm = Normalization(**self.meta["normalization"])
+        self.steps = sampling_steps or self.meta["scheduler"]["sampling_steps"]
+        self.scheduler = make_scheduler()
+        self.hash = checkpoint_hash(self.ckpt)
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        context: torch.Tensor,
+        past_actions: torch.Tensor,
+        state: torch.Tensor,
+        actions: torch.Tensor,
+        seeds: list[int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Futures for N noise seeds, batched.
+
+        context (K, C, h, w) frames up to the branch step; past_actions (K, A) actions before it
+        (zeros where none); state (S,) raw; actions (N, H, A) future actions per branch.
+        Returns frames (N, H, C, h, w) and raw states (N, H, S).
+        """
+        n, horizon = actions.shape[:2]
+        k = self.meta["context_frames"]
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        frames = context[None].repeat(n, 1, 1, 1, 1)
+        acts = torch.cat([past_actions[None].repeat(n, 1, 1), actions], dim=1)
+        states = self.norm.normalize(state)[None].repeat(n, 1)
+        out_frames, out_states = [], []
+        shape = context.shape[1:]
+        for j in range(horizon):
+            window = frames[:, -k:]
+            a = acts[:, j + 1 : j + 1 + k]
+            self.scheduler.set_timesteps(self.steps)
+            x = (
+                torch.stack([torch.randn(shape, generator=g) for g in generators])
+                * self.scheduler.init_noise_sigma
+            )
+            for t in self.scheduler.timesteps:
+                model_input = self.scheduler.scale_model_input(x, t)
+                out = self.model(model_input, t.expand(n), window, a, states)
+                x = self.scheduler.step(out, t, x).prev_sample
+            nxt = (window[:, -1] + x).clamp(-1.0, 1.0)
+            states = states + self.model.predict_state_delta(a, states)
+            frames = torch.cat([frames, nxt[:, None]], dim=1)
+            out_frames.append(nxt)
+            out_states.append(self.norm.denormalize(states))
+        return torch.stack(out_frames, 1), torch.stack(out_states, 1)
+
+
+def _state_obs(states: np.ndarray, layout: dict[str, int]) -> dict[str, np.ndarray]:
+    out, start = {}, 0
+    for key in STATE_KEYS:
+        out[key] = states[:, start : start + layout[key]].astype(np.float32)
+        start += layout[key]
+    return out
+
+
+def branch_dataset(
+    dataset: str | Path,
+    ckpt: str | Path,
+    out: str | Path,
+    per_seed: int,
+    at_steps: list[int],
+    action_noise: float = 0.0,
+    horizon: int | None = None,
+    base_seed: int = 0,
+    progress=None,
+) -> DatasetWriter:
+    """Copy the dataset's seed demos to ``out`` and append ``per_seed`` branches per seed and step."""
+    sampler = WorldModelSampler(ckpt)
+    meta = sampler.meta
+    camera, instances, k = meta["camera"], meta["instances"], meta["context_frames"]
+    horizon = horizon or 8
+    dataset = Path(dataset)
+    with h5py.File(dataset, "r") as f:
+        header = {
+            key: json.loads(f["data"].attrs[key])
+            for key in ("env_args", "worldgen", "depth_range", "segmentation")
+        }
+        writer = DatasetWriter(out, header)
+        seed_names = sorted((n.decode() for n in f["mask/seed"][()]), key=lambda n: int(n.split("_")[1]))
+        for name in seed_names:
+            if name not in writer.demos:
+                g = f["data"][name]
+                obs = {key: np.concatenate([g["obs"][key][()], g["next_obs"][key][-1:]]) for key in g["obs"]}
+                writer.append(
+                    Demo(
+                        g["actions"][()],
+                        g["states"][()],
+                        obs,
+                        g["rewards"][()],
+                        g["dones"][()],
+                        {k2: _attr(v) for k2, v in g.attrs.items() if k2 != "num_samples"},
+                    ),
+                    name,
+                )
+        done = {
+            (d["attrs"].get("parent"), int(d["attrs"].get("branch_step", -1)))
+            for d in writer.demos.values()
+            if d["attrs"].get("source") == "world_model"
+        }
+        layout = {key: f["data"][seed_names[0]]["obs"][key].shape[1] for key in STATE_KEYS}
+        w, h = f["data"][seed_names[0]]["obs"][f"{camera}_rgb"].shape[2:0:-1]
+        for name in seed_names:
+            g = f["data"][name]
+            if not bool(g.attrs.get("success", False)):
+                continue
+            obs, nxt = g["obs"], g["next_obs"]
+            full = {
+                s: np.concatenate([obs[f"{camera}_{s}"][()], nxt[f"{camera}_{s}"][-1:]])
+                for s in ("rgb", "depth", "seg")
+            }
+            frames = frames_from_obs(
+                full["rgb"], full["depth"], full["seg"], instances, tuple(meta["resolution"])
+            )
+            actions = torch.from_numpy(g["actions"][()].astype(np.float32))
+            states = torch.from_numpy(low_dim_state(g))
+            t_count = actions.shape[0]
+            for step in at_steps:
+                if step + horizon > t_count or (name, step) in done:
+                    continue
+                idx = torch.clamp(torch.arange(step - k + 1, step + 1), min=0)
+                past_idx = torch.arange(step - k, step)
+                past = actions[past_idx.clamp(min=0)].clone()
+                past[past_idx < 0] = 0.0
+                seeds = [noise_seed(base_seed, name, step, i) for i in range(per_seed)]
+                future = actions[step : step + horizon][None].repeat(per_seed, 1, 1)
+                for i in range(per_seed):
+                    rng = rng_for(seeds[i], "action_noise")
+                    future[i] += torch.from_numpy(
+                        rng.normal(0.0, action_noise, future[i].shape).astype(np.float32)
+                    )
+                future = future.clamp(-1.0, 1.0)
+                pred_frames, pred_states = sampler.rollout(frames[idx], past, states[step], future, seeds)
+                for i in range(per_seed):
+                    seq = torch.cat(
+                        [frames[step : step + 1], pred_frames[i]]
+                    )  # T+1 frames from the branch step
+                    seq = F.interpolate(seq, size=(h, w), mode="nearest")
+                    picture = obs_from_frames(seq, instances)
+                    low = _state_obs(
+                        np.concatenate([states[step : step + 1].numpy(), pred_states[i].numpy()]), layout
+                    )
+                    demo = Demo(
+                        actions=future[i].numpy(),
+                        states=np.zeros((horizon, 0)),
+                        obs={
+                            f"{camera}_rgb": picture["rgb"],
+                            f"{camera}_depth": picture["depth"],
+                            f"{camera}_seg": picture["seg"],
+                            **low,
+                        },
+                        rewards=np.zeros(horizon, np.float32),
+                        dones=np.zeros(horizon, np.uint8),
+                        attrs={
+                            "seed": int(g.attrs["seed"]),
+                            "success": False,
+                            "source": "world_model",
+                            "parent": name,
+                            "branch_step": step,
+                            "noise_seed": seeds[i],
+                            "model": sampler.hash,
+                            "batch_layout": json.dumps({"size": per_seed, "index": i}),
+                            "scene": _attr(g.attrs["scene"]),
+                        },
+                    )
+                    writer.append(demo)
+                if progress is not None:
+                    progress(name, step, per_seed)
+    writer.finalize()
+    return writer
+
+
+def _attr(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, str) and value.startswith(("[", "{")):
+        return json.loads(value)
+    return value
