@@ -169,3 +169,49 @@ def test_branch_cli_writes_synthetic_demos_that_the_checks_gate(trained, tmp_pat
             scores = json.loads(f["data"][name].attrs["check_scores"])
             assert scores["flicker"]["verdict"] in ("passed", "failed")
             assert "check_confidence" in f["data"][name].attrs  # two siblings per parent and step
+
+
+def test_metrics_known_values():
+    from world_models.metrics import mask_iou, psnr, ssim
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (24, 24, 3)).astype(np.uint8)
+    assert ssim(x, x) == pytest.approx(1.0)
+    y = np.clip(x.astype(int) + 10, 0, 255).astype(np.uint8)
+    mse = np.mean((x.astype(float) - y.astype(float)) ** 2)
+    assert psnr(x, y) == pytest.approx(10 * np.log10(255**2 / mse))
+    assert ssim(x, 255 - x) < 0.5
+    a = np.zeros((4, 4), np.uint8)
+    b = np.zeros((4, 4), np.uint8)
+    a[:2], b[1:3] = 5, 5
+    assert mask_iou(a, b, 5) == pytest.approx(4 / 12) and mask_iou(a, b, 9) is None
+
+
+def test_eval_wm_replays_branches_in_simulation(trained, tmp_path, capsys):
+    dataset, ckpt, _ = trained
+    synth = tmp_path / "synth.hdf5"
+    assert (
+        main(
+            [
+                "branch",
+                str(dataset),
+                str(ckpt),
+                "-o",
+                str(synth),
+                "--per-seed",
+                "2",
+                "--at",
+                "2",
+                "--horizon",
+                "3",
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "eval.json"
+    assert main(["eval-wm", str(synth), str(ckpt), "-o", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["branches"] == 6 and set(report["per_step"]["psnr"]) == {"1", "2", "3"}
+    # The copy-last baseline of step 1 compares the simulator's frame with the branch's first frame.
+    assert 10 < report["per_step"]["copy_last_psnr"]["1"] < 60
+    assert "action_sensitivity_psnr_gap" in report and out.with_suffix(".png").is_file()

@@ -213,6 +213,26 @@ def _cmd_branch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_eval_wm(args: argparse.Namespace) -> int:
+    from world_models.metrics import evaluate_branches
+
+    out = Path(args.output) if args.output else Path(str(args.dataset) + ".eval-wm.json")
+    report = evaluate_branches(args.dataset, args.checkpoint, out)
+    steps = report["per_step"]
+    print(
+        f"{report['branches']} branches replayed in simulation on camera {report['camera']}; "
+        f"action-sensitivity PSNR gap {report.get('action_sensitivity_psnr_gap', float('nan')):.2f} dB"
+    )
+    print(f"{'ahead':>5} {'psnr':>7} {'copy-last':>9} {'ssim':>6} {'depth m':>8} {'iou':>6}")
+    for j in sorted(steps["psnr"]):
+        print(
+            f"{j:>5} {steps['psnr'][j]:>7.2f} {steps['copy_last_psnr'][j]:>9.2f} {steps['ssim'][j]:>6.3f} "
+            f"{steps['depth_abs_m'][j]:>8.4f} {steps.get('mask_iou', {}).get(j, float('nan')):>6.3f}"
+        )
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return EXIT_OK
+
+
 def _count_arg(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 1_000_000:
@@ -304,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon", type=_count_arg, default=8, help="steps per branch")
     p.add_argument("--seed", type=int, default=0, help="base seed of the branch noise")
     p.set_defaults(func=_cmd_branch)
+
+    p = sub.add_parser("eval-wm", help="replay world-model branches in simulation and score them")
+    p.add_argument("dataset", metavar="SYNTH", help="dataset with synthetic branches (worldgen branch)")
+    p.add_argument("checkpoint", nargs="?", metavar="CKPT", help="adds the action-sensitivity gap")
+    p.add_argument("-o", "--output", metavar="JSON", help="default SYNTH.eval-wm.json (+ .png plot)")
+    p.set_defaults(func=_cmd_eval_wm)
     return parser
 
 

@@ -8,11 +8,12 @@ Runs on CPU or CUDA (``device``); integer counts match the reference exactly, fl
 from __future__ import annotations
 
 import numpy as np
-import warp as wp
+
+from ..warp_setup import quiet_warp
+
+wp = quiet_warp()
 
 N_IDS = 256  # instance ids are uint8
-
-wp.config.quiet = True
 
 
 @wp.func

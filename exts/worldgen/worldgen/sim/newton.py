@@ -48,9 +48,9 @@ class NewtonBackend:
     """One scene at a time; ``reset(seed)`` rebuilds the model from that seed's stage (~0.1 s warm)."""
 
     def __init__(self, manifest: Manifest, device: str | None = None, render: bool = True):
-        import warp as wp
+        from ..warp_setup import quiet_warp
 
-        wp.config.quiet = True
+        quiet_warp()
         self.manifest = manifest
         self.device = device or default_device()
         self.render_enabled = render
