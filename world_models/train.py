@@ -161,7 +161,9 @@ def train_world_model(
             resolution=resolution[0],
         )
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=1e-4)
-    ema = EMAModel(model.parameters(), decay=EMA_DECAY)
+    # EMA warm-up (decay 1 - (1 + step)^(-2/3), capped): short CPU budgets would otherwise average in
+    # the untrained start for most of the run.
+    ema = EMAModel(model.parameters(), decay=EMA_DECAY, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
     scheduler = make_scheduler()
     start, history = 0, []
     if (out / "training_state.safetensors").exists():
@@ -172,6 +174,7 @@ def train_world_model(
         _restore_optimizer(optimizer, tensors)
         state = json.loads((out / "training_state.json").read_text())
         start, history = int(state["step"]), state.get("validation", [])
+        ema.optimization_step = int(state.get("ema_step", start))
     meta = {
         "preset": "unet",
         "camera": camera,
@@ -214,6 +217,12 @@ def train_world_model(
                 ema,
                 optimizer,
                 {**meta, "step": done},
-                {"step": done, "lr": spec.learning_rate, "batch_size": batch_size, "validation": history},
+                {
+                    "step": done,
+                    "ema_step": int(ema.optimization_step),
+                    "lr": spec.learning_rate,
+                    "batch_size": batch_size,
+                    "validation": history,
+                },
             )
     return {"step": max(start, steps), "validation": history, "out": str(out)}
