@@ -1,0 +1,158 @@
+"""The ``cosmos`` backbone: diffusers' ``CosmosTransformer3DModel`` (the Cosmos-Predict2 Video2World
+architecture) with action conditioning, as NVIDIA's action-conditioned Predict2 adds it: an MLP embeds
+the action chunk and its output is added to the timestep embedding (before its norm) and to the
+adaLN-LoRA embedding. The parent's modules and state-dict keys are unchanged, so a local
+Cosmos-Predict2 Video2World folder in diffusers format loads as it is; only ``action_embedder.*`` is
+new. Post-training a pretrained model starts the new layers at zero (it then equals its base model);
+from scratch they get a small non-zero init, which learns faster.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from diffusers import CosmosTransformer3DModel
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.transformers import transformer_cosmos
+from torch import nn
+
+
+def _install_padding_mask_resize() -> None:
+    """``concat_padding_mask`` resizes the mask with torchvision, which cannot load beside CPU torch;
+    nearest-neighbour ``F.interpolate`` computes the same mask."""
+    if getattr(transformer_cosmos, "transforms", None) is not None:
+        return
+
+    def resize(mask: torch.Tensor, size: list[int], interpolation=None) -> torch.Tensor:
+        return F.interpolate(mask, size=tuple(size), mode="nearest")
+
+    transformer_cosmos.transforms = types.SimpleNamespace(
+        functional=types.SimpleNamespace(resize=resize),
+        InterpolationMode=types.SimpleNamespace(NEAREST="nearest"),
+    )
+
+
+class ActionEmbedder(nn.Module):
+    def __init__(self, action_dim: int, hidden_size: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(action_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, 4 * hidden_size)
+        )
+
+    def forward(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, action_dim) -> additions to the timestep embedding (B, H) and the adaLN-LoRA one (B, 3H)."""
+        out = self.net(actions)
+        hidden = out.shape[-1] // 4
+        return out[:, :hidden], out[:, hidden:]
+
+
+class CosmosWorldModel(CosmosTransformer3DModel):
+    @register_to_config
+    def __init__(
+        self,
+        action_dim: int = 7,
+        action_chunk: int = 4,
+        # The parent's configuration, spelled out so that from_pretrained passes a base folder's config on.
+        in_channels: int = 16,
+        out_channels: int = 16,
+        num_attention_heads: int = 32,
+        attention_head_dim: int = 128,
+        num_layers: int = 28,
+        mlp_ratio: float = 4.0,
+        text_embed_dim: int = 1024,
+        adaln_lora_dim: int = 256,
+        max_size: tuple[int, int, int] = (128, 240, 240),
+        patch_size: tuple[int, int, int] = (1, 2, 2),
+        rope_scale: tuple[float, float, float] = (2.0, 1.0, 1.0),
+        concat_padding_mask: bool = True,
+        extra_pos_embed_type: str | None = "learnable",
+        use_crossattn_projection: bool = False,
+        crossattn_proj_in_channels: int = 1024,
+        encoder_hidden_states_channels: int = 1024,
+        controlnet_block_every_n: int | None = None,
+        img_context_dim_in: int | None = None,
+        img_context_num_tokens: int = 256,
+        img_context_dim_out: int = 2048,
+    ):
+        super().__init__(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            num_attention_heads=num_attention_heads,
+            attention_head_dim=attention_head_dim,
+            num_layers=num_layers,
+            mlp_ratio=mlp_ratio,
+            text_embed_dim=text_embed_dim,
+            adaln_lora_dim=adaln_lora_dim,
+            max_size=max_size,
+            patch_size=patch_size,
+            rope_scale=rope_scale,
+            concat_padding_mask=concat_padding_mask,
+            extra_pos_embed_type=extra_pos_embed_type,
+            use_crossattn_projection=use_crossattn_projection,
+            crossattn_proj_in_channels=crossattn_proj_in_channels,
+            encoder_hidden_states_channels=encoder_hidden_states_channels,
+            controlnet_block_every_n=controlnet_block_every_n,
+            img_context_dim_in=img_context_dim_in,
+            img_context_num_tokens=img_context_num_tokens,
+            img_context_dim_out=img_context_dim_out,
+        )
+        _install_padding_mask_resize()
+        hidden = self.config.num_attention_heads * self.config.attention_head_dim
+        self.action_embedder = ActionEmbedder(action_dim * action_chunk, hidden)
+        self.init_action_layers(zero=False)
+        self._actions: torch.Tensor | None = None
+        embed = self.time_embed
+        original = embed.forward
+
+        def forward_with_actions(hidden_states: torch.Tensor, timestep: torch.Tensor):
+            if self._actions is None:
+                return original(hidden_states, timestep)
+            proj = embed.time_proj(timestep).type_as(hidden_states)
+            add_t, add_lora = self.action_embedder(self._actions.flatten(1).type_as(hidden_states))
+            if add_t.shape[0] != proj.shape[0]:  # per-frame timesteps: B*T rows
+                reps = proj.shape[0] // add_t.shape[0]
+                add_t, add_lora = add_t.repeat_interleave(reps, 0), add_lora.repeat_interleave(reps, 0)
+            return embed.t_embedder(proj) + add_lora, embed.norm(proj + add_t)
+
+        embed.forward = forward_with_actions
+
+    def init_action_layers(self, zero: bool) -> None:
+        """Zero the last action layer (post-training: the model starts as its base) or give it a small
+        non-zero init (from scratch)."""
+        last = self.action_embedder.net[-1]
+        with torch.no_grad():
+            if zero:
+                last.weight.zero_()
+            else:
+                nn.init.normal_(last.weight, std=1e-3)
+            last.bias.zero_()
+
+    @classmethod
+    def from_base(cls, path: str, action_dim: int, action_chunk: int, **kwargs) -> CosmosWorldModel:
+        """Load a Cosmos-Predict2 Video2World transformer folder (diffusers format) and add zeroed action
+        layers. New layers that ``from_pretrained`` leaves on the meta device are materialised here."""
+        model = cls.from_pretrained(path, action_dim=action_dim, action_chunk=action_chunk, **kwargs)
+        if any(p.is_meta for p in model.action_embedder.parameters()):
+            model.action_embedder.to_empty(device="cpu")
+            for layer in model.action_embedder.net:
+                if isinstance(layer, nn.Linear):
+                    layer.reset_parameters()
+        model.init_action_layers(zero=True)
+        return model
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        actions: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """The parent's forward; ``actions`` (B, action_chunk, action_dim) condition every frame."""
+        self._actions = actions
+        try:
+            return super().forward(hidden_states, timestep, encoder_hidden_states, **kwargs)
+        finally:
+            self._actions = None
