@@ -116,14 +116,18 @@ def test_missing_inputs_are_skipped_never_passed():
     assert results["teleport"].verdict == "skipped" and results["permanence"].verdict != "skipped"
 
 
+def _calibrated(clips) -> dict[str, float]:
+    scores = defaultdict(list)
+    for clip in clips:
+        for check, (score, _) in clip_scores(clip, clip_statistics(clip)).items():
+            scores[check].append(score)
+    return thresholds_from_scores(scores)
+
+
 def test_untouched_seed_clips_pass_calibrated_checks(seed_clips):
     # Calibrate on the first half of each scenario's seeds; the held-out half must not be flagged.
     for name, (_, clips) in seed_clips.items():
-        scores = defaultdict(list)
-        for clip in clips[:4]:
-            for check, (score, _) in clip_scores(clip, clip_statistics(clip)).items():
-                scores[check].append(score)
-        thresholds = thresholds_from_scores(scores)
+        thresholds = _calibrated(clips[:4])
         for clip in clips[4:]:
             failed = {k: r.score for k, r in run_checks(clip, thresholds).items() if r.verdict == "failed"}
             assert not failed, (name, failed)
@@ -133,11 +137,7 @@ def test_corruption_suite_is_caught_at_moderate_strength(seed_clips):
     rng = np.random.default_rng(1)
     caught, total = defaultdict(int), defaultdict(int)
     for _, clips in seed_clips.values():
-        scores = defaultdict(list)
-        for clip in clips[:4]:
-            for check, (score, _) in clip_scores(clip, clip_statistics(clip)).items():
-                scores[check].append(score)
-        thresholds = thresholds_from_scores(scores)
+        thresholds = _calibrated(clips[:4])
         for clip in clips[4:]:
             for defect in DEFECTS:
                 bad, record = corrupt(clip, defect, "moderate", rng)

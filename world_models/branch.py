@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from worldgen.dataset import DatasetWriter, Demo
 from worldgen.manifest import rng_for
 
-from .data import STATE_KEYS, Normalization, frames_from_obs, low_dim_state, obs_from_frames
+from .data import STATE_KEYS, Episode, Normalization, obs_from_frames
 from .modeling_unet_world_model import UNetWorldModel
 from .train import make_scheduler
 
@@ -154,24 +154,13 @@ def branch_dataset(
             g = f["data"][name]
             if not bool(g.attrs.get("success", False)):
                 continue
-            obs, nxt = g["obs"], g["next_obs"]
-            full = {
-                s: np.concatenate([obs[f"{camera}_{s}"][()], nxt[f"{camera}_{s}"][-1:]])
-                for s in ("rgb", "depth", "seg")
-            }
-            frames = frames_from_obs(
-                full["rgb"], full["depth"], full["seg"], instances, tuple(meta["resolution"])
-            )
-            actions = torch.from_numpy(g["actions"][()].astype(np.float32))
-            states = torch.from_numpy(low_dim_state(g))
+            episode = Episode.load(g, camera, instances, tuple(meta["resolution"]))
+            frames, actions = episode.frames, episode.actions
             t_count = actions.shape[0]
             for step in at_steps:
                 if step + horizon > t_count or (name, step) in done:
                     continue
-                idx = torch.clamp(torch.arange(step - k + 1, step + 1), min=0)
-                past_idx = torch.arange(step - k, step)
-                past = actions[past_idx.clamp(min=0)].clone()
-                past[past_idx < 0] = 0.0
+                context, past, state = episode.history(step, k)
                 seeds = [noise_seed(base_seed, name, step, i) for i in range(per_seed)]
                 future = actions[step : step + horizon][None].repeat(per_seed, 1, 1)
                 for i in range(per_seed):
@@ -180,16 +169,14 @@ def branch_dataset(
                         rng.normal(0.0, action_noise, future[i].shape).astype(np.float32)
                     )
                 future = future.clamp(-1.0, 1.0)
-                pred_frames, pred_states = sampler.rollout(frames[idx], past, states[step], future, seeds)
+                pred_frames, pred_states = sampler.rollout(context, past, state, future, seeds)
                 for i in range(per_seed):
                     seq = torch.cat(
                         [frames[step : step + 1], pred_frames[i]]
                     )  # T+1 frames from the branch step
                     seq = F.interpolate(seq, size=(h, w), mode="nearest")
                     picture = obs_from_frames(seq, instances)
-                    low = _state_obs(
-                        np.concatenate([states[step : step + 1].numpy(), pred_states[i].numpy()]), layout
-                    )
+                    low = _state_obs(np.concatenate([state[None].numpy(), pred_states[i].numpy()]), layout)
                     demo = Demo(
                         actions=future[i].numpy(),
                         states=np.zeros((horizon, 0)),

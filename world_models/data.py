@@ -75,6 +75,32 @@ class Episode:
     actions: torch.Tensor  # (T, A)
     states: torch.Tensor  # (T+1, S), raw
 
+    @classmethod
+    def load(
+        cls, group: h5py.Group, camera: str, instances: list[int], resolution: tuple[int, int]
+    ) -> Episode:
+        """A dataset demo (h5py group) as model frames, actions and raw states."""
+        obs, nxt = group["obs"], group["next_obs"]
+        full = {
+            s: np.concatenate([obs[f"{camera}_{s}"][()], nxt[f"{camera}_{s}"][-1:]])
+            for s in ("rgb", "depth", "seg")
+        }
+        return cls(
+            name=group.name.rsplit("/", 1)[-1],
+            frames=frames_from_obs(full["rgb"], full["depth"], full["seg"], instances, resolution),
+            actions=torch.from_numpy(group["actions"][()].astype(np.float32)),
+            states=torch.from_numpy(low_dim_state(group)),
+        )
+
+    def history(self, step: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What a rollout from ``step`` starts from: frames step-k+1..step (the first repeated before 0),
+        the actions step-k..step-1 (zeros before 0), and the raw state at ``step``."""
+        frames = self.frames[torch.clamp(torch.arange(step - k + 1, step + 1), min=0)]
+        index = torch.arange(step - k, step)
+        past = self.actions[index.clamp(min=0)].clone()
+        past[index < 0] = 0.0
+        return frames, past, self.states[step]
+
 
 class WorldModelData:
     """Every demo of a mask held in memory (small datasets: tens of demos at 64 x 64)."""
@@ -125,14 +151,11 @@ class WorldModelData:
     def window(self, episode: Episode, t: int) -> dict[str, torch.Tensor]:
         """Context frames t-K+1..t (the first frame repeated before 0), actions t-K+1..t (zeros before 0),
         the state at t, and the targets: frame t+1 and the state at t+1."""
-        k = self.context
-        idx = torch.clamp(torch.arange(t - k + 1, t + 1), min=0)
-        actions = episode.actions[torch.clamp(torch.arange(t - k + 1, t + 1), min=0)].clone()
-        actions[torch.arange(t - k + 1, t + 1) < 0] = 0.0
+        context, past, state = episode.history(t, self.context)
         return {
-            "context": episode.frames[idx],
-            "actions": actions,
-            "state": episode.states[t],
+            "context": context,
+            "actions": torch.cat([past[1:], episode.actions[t : t + 1]]),
+            "state": state,
             "next_frame": episode.frames[t + 1],
             "next_state": episode.states[t + 1],
         }

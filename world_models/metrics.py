@@ -146,7 +146,7 @@ def _action_sensitivity(ckpt, synth: Path, branches: list[dict], truth_rgb: dict
     """Mean PSNR (vs the simulator) with the branch's own actions minus with its actions reversed in time,
     same context and noise: how much the model's frames depend on the actions."""
     from .branch import WorldModelSampler
-    from .data import frames_from_obs, low_dim_state, obs_from_frames
+    from .data import Episode, obs_from_frames
 
     sampler = WorldModelSampler(ckpt)
     meta = sampler.meta
@@ -154,26 +154,11 @@ def _action_sensitivity(ckpt, synth: Path, branches: list[dict], truth_rgb: dict
     gaps = []
     with h5py.File(synth, "r") as f:
         for b in branches:
-            parent = f["data"][b["parent"]]
-            obs = {
-                s: np.concatenate(
-                    [parent["obs"][f"{camera}_{s}"][()], parent["next_obs"][f"{camera}_{s}"][-1:]]
-                )
-                for s in ("rgb", "depth", "seg")
-            }
-            frames = frames_from_obs(
-                obs["rgb"], obs["depth"], obs["seg"], instances, tuple(meta["resolution"])
-            )
-            actions = torch.from_numpy(parent["actions"][()].astype(np.float32))
-            states = torch.from_numpy(low_dim_state(parent))
-            step = b["step"]
-            idx = torch.clamp(torch.arange(step - k + 1, step + 1), min=0)
-            past_idx = torch.arange(step - k, step)
-            past = actions[past_idx.clamp(min=0)].clone()
-            past[past_idx < 0] = 0.0
+            episode = Episode.load(f["data"][b["parent"]], camera, instances, tuple(meta["resolution"]))
+            context, past, state = episode.history(b["step"], k)
             own = torch.from_numpy(b["actions"])[None]
             both = torch.cat([own, own.flip(1)])
-            pred, _ = sampler.rollout(frames[idx], past, states[step], both, [b["noise_seed"]] * 2)
+            pred, _ = sampler.rollout(context, past, state, both, [b["noise_seed"]] * 2)
             h, w = truth_rgb[b["name"]].shape[1:3]
             scores = []
             for i in range(2):
