@@ -111,6 +111,10 @@ def test_training_writes_a_resumable_checkpoint(trained):
     assert (ckpt / "model" / "config.json").is_file()
     again = train_world_model(dataset, ckpt, steps=8, batch_size=4, checkpoint_every=4)
     assert again["step"] == 8 and [v["step"] for v in again["validation"]] == [3, 6, 8]
+    meta["data_hash"] = "0" * 64  # as if the checkpoint came from other data
+    (ckpt / "worldgen.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="other data"):
+        train_world_model(dataset, ckpt, steps=9, batch_size=4)
 
 
 def test_branches_regenerate_exactly_and_differ_by_seed(trained):

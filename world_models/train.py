@@ -167,6 +167,15 @@ def train_world_model(
     scheduler = make_scheduler()
     start, history = 0, []
     if (out / "training_state.safetensors").exists():
+        previous = json.loads((out / "worldgen.json").read_text())
+        if (previous.get("data_hash"), previous.get("manifest_hash")) != (
+            train.data_hash,
+            manifest.content_hash(),
+        ):
+            raise ValueError(
+                f"{out}: checkpoint was trained on other data or another manifest; "
+                "choose a new output folder to train afresh"
+            )
         tensors = load_file(out / "training_state.safetensors")
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         for i, p in enumerate(ema.shadow_params):

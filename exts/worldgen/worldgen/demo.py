@@ -63,7 +63,15 @@ def _world_model_step(out: Path, steps: int) -> str:
     ckpt = out / "world_model" / "push_to_target"
     synth = out / "synthetic" / "push_to_target.hdf5"
     t0 = time.perf_counter()
-    result = train_world_model(seeds, ckpt, steps=steps, batch_size=8, checkpoint_every=max(steps // 2, 1))
+    try:
+        result = train_world_model(
+            seeds, ckpt, steps=steps, batch_size=8, checkpoint_every=max(steps // 2, 1)
+        )
+    except ValueError:  # trained on an earlier recording of the seeds: start over
+        shutil.rmtree(ckpt)
+        result = train_world_model(
+            seeds, ckpt, steps=steps, batch_size=8, checkpoint_every=max(steps // 2, 1)
+        )
     train_s = time.perf_counter() - t0
     if synth.exists():  # branches belong to one checkpoint: start over
         synth.unlink()
