@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from worldgen.dataset import DatasetWriter, Demo
+from worldgen.dataset import DatasetWriter, Demo, demo_index, demo_names
 from worldgen.manifest import rng_for
 
 from .data import STATE_KEYS, Episode, Normalization, obs_from_frames
@@ -37,7 +37,7 @@ def checkpoint_hash(ckpt: Path) -> str:
 
 def noise_seed(base_seed: int, demo: str, step: int, index: int) -> int:
     """The noise seed of branch ``index`` from ``demo`` at ``step``: stable, independent per branch."""
-    ss = np.random.SeedSequence([base_seed, int(demo.split("_")[1]), step, index])
+    ss = np.random.SeedSequence([base_seed, demo_index(demo), step, index])
     return int(ss.generate_state(1, dtype=np.uint32)[0])
 
 
@@ -127,7 +127,7 @@ def branch_dataset(
             for key in ("env_args", "worldgen", "depth_range", "segmentation")
         }
         writer = DatasetWriter(out, header)
-        seed_names = sorted((n.decode() for n in f["mask/seed"][()]), key=lambda n: int(n.split("_")[1]))
+        seed_names = demo_names(f, "seed")
         for name in seed_names:
             if name not in writer.demos:
                 g = f["data"][name]

@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
+from worldgen.dataset import demo_names
 
 STATE_KEYS = ("robot0_eef_pos", "robot0_gripper_qpos", "object")
 
@@ -119,7 +120,7 @@ class WorldModelData:
         self.episodes: list[Episode] = []
         digest = hashlib.sha256()
         with h5py.File(self.path, "r") as f:
-            names = sorted((n.decode() for n in f[f"mask/{mask}"][()]), key=lambda n: int(n.split("_")[1]))
+            names = demo_names(f, mask)
             digest.update(f["data"].attrs["worldgen"].encode())
             for name in names:
                 g = f["data"][name]

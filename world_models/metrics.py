@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from worldgen.checks.gate import dataset_manifest
+from worldgen.dataset import demo_names
 
 
 def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
@@ -72,7 +73,7 @@ def evaluate_branches(
     synth = Path(synth)
     with h5py.File(synth, "r") as f:
         manifest = dataset_manifest(f, synth)
-        names = [n.decode() for n in f["mask/synthetic"][()]]
+        names = demo_names(f, "synthetic")
         branches = []
         for name in names:
             g = f["data"][name]

@@ -137,8 +137,20 @@ def _write_demo(group: h5py.Group, demo: Demo) -> None:
         group.attrs[key] = _json_attr(value)
 
 
-def _names(group: h5py.Group) -> list[str]:
-    return sorted((k for k in group if k.startswith("demo_")), key=lambda k: int(k.split("_")[1]))
+def demo_index(name: str) -> int:
+    """The ``i`` of ``demo_<i>``: demos sort by it, as robomimic sorts them."""
+    return int(name.split("_")[1])
+
+
+def demo_names(f: h5py.File, mask: str | None = None) -> list[str]:
+    """The demos of a dataset, or of one of its masks, in index order."""
+    if mask is None:
+        names = [k for k in f["data"] if k.startswith("demo_")]
+    elif f"mask/{mask}" not in f:
+        raise DatasetError(f"{f.filename}: no mask {mask!r}; have {sorted(f.get('mask', {}))}")
+    else:
+        names = [n.decode() for n in f[f"mask/{mask}"][()]]
+    return sorted(names, key=demo_index)
 
 
 class DatasetWriter:
@@ -171,7 +183,7 @@ class DatasetWriter:
                     f"not {want[:12]}; choose another output"
                 )
             self.discarded = json.loads(f["data"].attrs.get("discarded", "[]"))
-            for name in _names(f["data"]):
+            for name in demo_names(f):
                 link = f["data"].get(name, getlink=True)
                 shard = link.filename if isinstance(link, h5py.ExternalLink) else ""
                 try:
@@ -191,7 +203,7 @@ class DatasetWriter:
         return seeds | {int(d["seed"]) for d in self.discarded}
 
     def next_index(self) -> int:
-        return 1 + max((int(n.split("_")[1]) for n in self.demos), default=-1)
+        return 1 + max((demo_index(n) for n in self.demos), default=-1)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -217,7 +229,7 @@ class DatasetWriter:
         self._publish()
 
     def _masks(self) -> dict[str, list[str]]:
-        names = sorted(self.demos, key=lambda k: int(k.split("_")[1]))
+        names = sorted(self.demos, key=demo_index)
         attrs = {n: self.demos[n]["attrs"] for n in names}
         seed = [n for n in names if attrs[n].get("source") == "sim"]
         synthetic = [n for n in names if attrs[n].get("source") == "world_model"]
@@ -255,7 +267,7 @@ class DatasetWriter:
         tmp = _atomic_h5(self.path)
         with h5py.File(tmp, "w") as f:
             data = self._write_header(f)
-            for name in sorted(self.demos, key=lambda k: int(k.split("_")[1])):
+            for name in sorted(self.demos, key=demo_index):
                 data[name] = h5py.ExternalLink(self.demos[name]["file"], f"/data/{name}")
         os.replace(tmp, self.path)
 
@@ -268,7 +280,7 @@ class DatasetWriter:
         tmp = _atomic_h5(self.path)
         with h5py.File(tmp, "w") as out, h5py.File(self.path, "r") as src:
             data = self._write_header(out)
-            for name in sorted(self.demos, key=lambda k: int(k.split("_")[1])):
+            for name in sorted(self.demos, key=demo_index):
                 src.copy(src[f"data/{name}"], data, name=name)
         os.replace(tmp, self.path)
         shutil.rmtree(self.parts)
@@ -305,17 +317,14 @@ class DatasetReader:
 
     @property
     def names(self) -> list[str]:
-        return _names(self.data)
+        return demo_names(self.file)
 
     def mask(self, name: str) -> list[str]:
-        if f"mask/{name}" not in self.file:
-            raise DatasetError(f"{self.path}: no mask {name!r}; have {sorted(self.file.get('mask', {}))}")
-        return [n.decode() for n in self.file[f"mask/{name}"][()]]
+        return demo_names(self.file, name)
 
     def iter_demos(self, mask: str | None = None) -> Iterator[tuple[str, h5py.Group]]:
         """(name, group) for each demo, in index order, optionally restricted to a mask."""
-        names = self.names if mask is None else sorted(self.mask(mask), key=lambda k: int(k.split("_")[1]))
-        for name in names:
+        for name in demo_names(self.file, mask):
             yield name, self.data[name]
 
     def summary(self) -> dict[str, Any]:

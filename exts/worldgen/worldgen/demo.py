@@ -8,6 +8,7 @@ world_model/ (checkpoint, fidelity report), synthetic/ (seed demos + world-model
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import sys
 import time
@@ -62,16 +63,15 @@ def _world_model_step(out: Path, steps: int) -> str:
     seeds = out / "seeds" / "push_to_target.hdf5"
     ckpt = out / "world_model" / "push_to_target"
     synth = out / "synthetic" / "push_to_target.hdf5"
+    train = functools.partial(
+        train_world_model, seeds, ckpt, steps=steps, batch_size=8, checkpoint_every=max(steps // 2, 1)
+    )
     t0 = time.perf_counter()
     try:
-        result = train_world_model(
-            seeds, ckpt, steps=steps, batch_size=8, checkpoint_every=max(steps // 2, 1)
-        )
+        result = train()
     except ValueError:  # trained on an earlier recording of the seeds: start over
         shutil.rmtree(ckpt)
-        result = train_world_model(
-            seeds, ckpt, steps=steps, batch_size=8, checkpoint_every=max(steps // 2, 1)
-        )
+        result = train()
     train_s = time.perf_counter() - t0
     if synth.exists():  # branches belong to one checkpoint: start over
         synth.unlink()

@@ -166,10 +166,10 @@ class WorldgenEnv(gym.Env):
         targets = self.controller.apply(np.asarray(action, dtype=np.float64))
         self.backend.step(targets)
         self.steps += 1
-        holds = self.success.holds(self.backend)
         done = self.success.update(self.backend)
+        reward = float(self.success.streak > 0)  # the predicate holds at this step
         truncated = self.steps >= self.manifest.horizon and not done
-        return self._observe(), float(holds), done, truncated, self._info(done)
+        return self._observe(), reward, done, truncated, self._info(done)
 
     def render(self):
         if self.render_mode != "rgb_array":

@@ -51,6 +51,12 @@ def image_keys(group: h5py.Group) -> list[str]:
     return [k for k in group["obs"] if k.endswith(("_rgb", "_depth", "_seg")) and group["obs"][k].ndim == 4]
 
 
+def _to_height(image: np.ndarray, height: int) -> np.ndarray:
+    """Nearest-neighbour rescale of an (H, W, 3) image to ``height`` rows, keeping its aspect ratio."""
+    width = image.shape[1] * height // image.shape[0]
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.NEAREST))
+
+
 def contact_sheet(group: h5py.Group, frames: int = SHEET_FRAMES) -> Image.Image:
     """Rows: each image observation; columns: frames evenly spaced over the demo."""
     keys = image_keys(group)
@@ -62,12 +68,7 @@ def contact_sheet(group: h5py.Group, frames: int = SHEET_FRAMES) -> Image.Image:
     rows = []
     for key in keys:
         tiles = _as_rgb(key, group["obs"][key][picks])
-        tiles = [
-            np.asarray(
-                Image.fromarray(tile).resize((tile.shape[1] * height // tile.shape[0], height), Image.NEAREST)
-            )
-            for tile in tiles
-        ]
+        tiles = [_to_height(tile, height) for tile in tiles]
         rows.append(np.concatenate(tiles, axis=1))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
@@ -81,14 +82,7 @@ def demo_gif(group: h5py.Group, path: Path, fps: int = 10, stride: int = 2) -> P
     clips = []
     for key in keys:
         frames = _as_rgb(key, group["obs"][key][::stride])
-        clips.append(
-            [
-                np.asarray(
-                    Image.fromarray(f).resize((f.shape[1] * height // f.shape[0], height), Image.NEAREST)
-                )
-                for f in frames
-            ]
-        )
+        clips.append([_to_height(f, height) for f in frames])
     images = [Image.fromarray(np.concatenate(row, axis=1)) for row in zip(*clips, strict=True)]
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 * stride / fps), loop=0)

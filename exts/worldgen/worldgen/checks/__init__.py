@@ -129,20 +129,19 @@ def _robot_near(seg: np.ndarray, instance: int, robot: int) -> np.ndarray:
     return near
 
 
-def _longest_run(flags: np.ndarray) -> tuple[int, list[int]]:
-    best, best_frames, run = 0, [], []
-    for t, f in enumerate(flags):
-        run = [*run, t] if f else []
-        if len(run) > best:
-            best, best_frames = len(run), list(run)
-    return best, best_frames
+def _longest_run(flags: np.ndarray) -> int:
+    best = run = 0
+    for f in flags:
+        run = run + 1 if f else 0
+        best = max(best, run)
+    return best
 
 
 def clip_scores(clip: Clip, stats: dict[str, dict]) -> dict[str, tuple[float | None, np.ndarray | None]]:
     """Per check: (score, per-frame scores) or (None, None) when the inputs are missing."""
     t_count = clip.frames
     out: dict[str, tuple[float | None, np.ndarray | None]] = {name: (None, None) for name in CHECK_NAMES}
-    objs = [o for o in clip.objects]
+    objs = clip.objects
 
     if "mask" in stats and objs:
         m = stats["mask"]
@@ -185,8 +184,7 @@ def clip_scores(clip: Clip, stats: dict[str, dict]) -> dict[str, tuple[float | N
         out["acceleration"] = (float(accel.max(initial=0.0)), accel)
         finite = np.where(np.isfinite(sink), sink, 0.0)
         out["penetration"] = (float(max(finite.max(initial=0.0), 0.0)), np.maximum(finite, 0.0))
-        run, _ = _longest_run(floating > 0)
-        out["floating"] = (float(run), floating)
+        out["floating"] = (float(_longest_run(floating > 0)), floating)
 
     if "flicker" in stats:
         h, w = clip.rgb.shape[1:3]
@@ -231,10 +229,11 @@ def run_checks(
             results[name] = CheckResult("skipped", reason=f"needs {missing}")
             continue
         limit = float(thresholds[name])
-        bad = [int(t) for t in np.nonzero(per_frame > limit)[0]] if name != "floating" else []
-        if name == "floating" and score > limit:
-            bad = [int(t) for t in np.nonzero(per_frame > 0)[0]]
-        results[name] = CheckResult("failed" if score > limit else "passed", float(score), limit, bad)
+        failed = score > limit
+        # floating's threshold is a run length; its per-frame values mark the floating frames themselves.
+        flagged = per_frame > (0.0 if name == "floating" else limit)
+        bad = [int(t) for t in np.nonzero(flagged)[0]] if failed else []
+        results[name] = CheckResult("failed" if failed else "passed", float(score), limit, bad)
     return results
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..geometry import look_at_matrix
 from ..manifest import Manifest
+from ..scene import ObjectSample, support_top
 from ..sim.base import ROBOT, instance_table
 
 
@@ -79,20 +80,14 @@ class Clip:
 
 
 def tracked_objects(manifest: Manifest, scene: dict) -> list[TrackedObject]:
-    table = instance_table(manifest)
-    ids = {row["name"]: row["id"] for row in table}
-    placed = {o["name"]: o for o in scene["objects"]}
-    out = []
-    for obj in manifest.task.objects:
-        if obj.static:
-            continue
-        top = manifest.task.table.height
-        if obj.support != "table":
-            support = manifest.task.object(obj.support)
-            base = placed[support.name]["position"][2] - support.size[2] / 2
-            top = base + (support.wall_thickness if support.shape == "bin" else support.size[2])
-        out.append(TrackedObject(ids[obj.name], obj.name, tuple(obj.size), top))
-    return out
+    """The dynamic task objects of a demo, from its recorded scene (``SceneSample.to_dict()``)."""
+    ids = {row["name"]: row["id"] for row in instance_table(manifest)}
+    placed = {o["name"]: ObjectSample(**o) for o in scene["objects"]}
+    return [
+        TrackedObject(ids[obj.name], obj.name, tuple(obj.size), support_top(manifest, obj, placed))
+        for obj in manifest.task.objects
+        if not obj.static
+    ]
 
 
 def static_instances(manifest: Manifest) -> tuple[int, ...]:

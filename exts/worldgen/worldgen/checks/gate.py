@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..dataset import DatasetError
+from ..dataset import DatasetError, demo_index, demo_names
 from ..manifest import Manifest, parse_manifest
 from . import CHECK_NAMES, clip_from_demo, clip_scores, clip_statistics, run_checks, thresholds_from_scores
 
@@ -52,16 +52,6 @@ def dataset_manifest(f: h5py.File, path: Path) -> Manifest:
         raise DatasetError(f"{path}: no usable worldgen manifest in /data attrs ({exc})") from None
 
 
-def _names(f: h5py.File, mask: str | None) -> list[str]:
-    if mask is None:
-        names = [n for n in f["data"] if n.startswith("demo_")]
-    else:
-        if f"mask/{mask}" not in f:
-            raise DatasetError(f"no mask {mask!r} in the dataset; have {sorted(f.get('mask', {}))}")
-        names = [n.decode() for n in f[f"mask/{mask}"][()]]
-    return sorted(names, key=lambda n: int(n.split("_")[1]))
-
-
 def calibrate(
     f: h5py.File, manifest: Manifest, mask: str = "seed", camera: str | None = None
 ) -> dict[str, float]:
@@ -69,7 +59,7 @@ def calibrate(
     scores: dict[str, list[float]] = defaultdict(list)
     ranges = json.loads(f["data"].attrs.get("depth_range", "{}"))
     cam = camera or manifest.world_model_camera
-    for name in _names(f, mask):
+    for name in demo_names(f, mask):
         clip = clip_from_demo(f["data"][name], manifest, cam, ranges.get(cam))
         for check, (score, _) in clip_scores(clip, clip_statistics(clip)).items():
             if score is not None:
@@ -125,7 +115,7 @@ def gate_dataset(
         thresholds = calibrate(f, manifest, calibrate_mask, cam)
         ranges = json.loads(f["data"].attrs.get("depth_range", "{}"))
         report = GateReport(thresholds=thresholds, camera=cam)
-        for name in _names(f, mask):
+        for name in demo_names(f, mask):
             group = f["data"][name]
             clip = clip_from_demo(group, manifest, cam, ranges.get(cam))
             results = run_checks(clip, thresholds, manifest.checks.enabled, backend=backend, device=device)
@@ -170,7 +160,7 @@ def _write_verdicts(path: Path, report: GateReport) -> None:
                 if name in confidence:
                     group.attrs["check_confidence"] = confidence[name]
             passed = [n for n in f["data"] if bool(f["data"][n].attrs.get("check_passed", False))]
-            passed.sort(key=lambda n: int(n.split("_")[1]))
+            passed.sort(key=demo_index)
             if "mask/passed" in f:
                 del f["mask/passed"]
             f.create_dataset("mask/passed", data=np.array(passed, dtype="S"), track_times=False)

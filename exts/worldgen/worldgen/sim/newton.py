@@ -104,6 +104,8 @@ class NewtonBackend:
             [q_start[joint_labels.index(f"{ROBOT_PATH}/joints/{n}")] for n in names]
         )
         self._targets = np.concatenate([panda.HOME_Q, [panda.FINGER_MAX, panda.FINGER_MAX]])
+        # Every joint coordinate's target; only the robot's drives read theirs.
+        self._target_q = self.control.joint_target_q.numpy().astype(np.float32)
         self._write_targets(self._targets)
         self._place_distractors()
         self._cameras = self._make_cameras() if self.render_enabled else {}
@@ -174,13 +176,8 @@ class NewtonBackend:
     # -- stepping ---------------------------------------------------------------------------------
 
     def _write_targets(self, targets: np.ndarray) -> None:
-        full = (
-            self.model.joint_q.numpy().copy()
-            if self.control.joint_target_q is None
-            else self.control.joint_target_q.numpy()
-        )
-        full[self._robot_q_index] = targets
-        self.control.joint_target_q.assign(full.astype(np.float32))
+        self._target_q[self._robot_q_index] = targets
+        self.control.joint_target_q.assign(self._target_q)
 
     def _place_distractors(self) -> None:
         if not self._distractor_joints:
