@@ -75,28 +75,37 @@ class WorldModelSampler:
         acts = torch.cat([past_actions[None].repeat(n, 1, 1), actions], dim=1)
         states = self.norm.normalize(state)[None].repeat(n, 1)
         out_frames, out_states = [], []
-        shape = context.shape[1:]
         for j in range(horizon):
-            window = frames[:, -k:]
-            a = acts[:, j + 1 : j + 1 + k]
-            self.scheduler.set_timesteps(self.steps)
-            x = (
-                torch.stack([torch.randn(shape, generator=g) for g in generators])
-                * self.scheduler.init_noise_sigma
-            )
-            for t in self.scheduler.timesteps:
-                model_input = self.scheduler.scale_model_input(x, t)
-                out = self.model(model_input, t.expand(n), window, a, states)
-                x = self.scheduler.step(out, t, x).prev_sample
-            nxt = (window[:, -1] + x).clamp(-1.0, 1.0)
-            states = states + self.model.predict_state_delta(a, states)
+            nxt, states = self.step(frames[:, -k:], acts[:, j + 1 : j + 1 + k], states, generators)
             frames = torch.cat([frames, nxt[:, None]], dim=1)
             out_frames.append(nxt)
             out_states.append(self.norm.denormalize(states))
         return torch.stack(out_frames, 1), torch.stack(out_states, 1)
 
+    @torch.no_grad()
+    def step(
+        self,
+        window: torch.Tensor,
+        actions: torch.Tensor,
+        states: torch.Tensor,
+        generators: list[torch.Generator],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One frame ahead for a batch: window (N, K, C, h, w) the last K frames, actions (N, K, A) the
+        action taken after each of them, states (N, S) normalised. Returns the next frames (N, C, h, w)
+        and the next normalised states (N, S); each generator draws one branch's noise."""
+        n = window.shape[0]
+        self.scheduler.set_timesteps(self.steps)
+        x = torch.stack([torch.randn(window.shape[2:], generator=g) for g in generators])
+        x = x * self.scheduler.init_noise_sigma
+        for t in self.scheduler.timesteps:
+            model_input = self.scheduler.scale_model_input(x, t)
+            out = self.model(model_input, t.expand(n), window, actions, states)
+            x = self.scheduler.step(out, t, x).prev_sample
+        nxt = (window[:, -1] + x).clamp(-1.0, 1.0)
+        return nxt, states + self.model.predict_state_delta(actions, states)
 
-def _state_obs(states: np.ndarray, layout: dict[str, int]) -> dict[str, np.ndarray]:
+
+def state_obs(states: np.ndarray, layout: dict[str, int]) -> dict[str, np.ndarray]:
     out, start = {}, 0
     for key in STATE_KEYS:
         out[key] = states[:, start : start + layout[key]].astype(np.float32)
@@ -176,7 +185,7 @@ def branch_dataset(
                     )  # T+1 frames from the branch step
                     seq = F.interpolate(seq, size=(h, w), mode="nearest")
                     picture = obs_from_frames(seq, instances)
-                    low = _state_obs(np.concatenate([state[None].numpy(), pred_states[i].numpy()]), layout)
+                    low = state_obs(np.concatenate([state[None].numpy(), pred_states[i].numpy()]), layout)
                     demo = Demo(
                         actions=future[i].numpy(),
                         states=np.zeros((horizon, 0)),

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from worldgen.dataset import demo_names
+from worldgen.dataset import dataset_digest, demo_names
 
 STATE_KEYS = ("robot0_eef_pos", "robot0_gripper_qpos", "object")
 
@@ -118,10 +117,9 @@ class WorldModelData:
         self.path, self.mask, self.camera = Path(path), mask, camera
         self.instances, self.context = instances, context_frames
         self.episodes: list[Episode] = []
-        digest = hashlib.sha256()
         with h5py.File(self.path, "r") as f:
             names = demo_names(f, mask)
-            digest.update(f["data"].attrs["worldgen"].encode())
+            self.data_hash = dataset_digest(f, names)
             for name in names:
                 g = f["data"][name]
                 obs, nxt = g["obs"], g["next_obs"]
@@ -139,10 +137,8 @@ class WorldModelData:
                 actions = torch.from_numpy(g["actions"][()].astype(np.float32))
                 states = torch.from_numpy(low_dim_state(g))
                 self.episodes.append(Episode(name, frames, actions, states))
-                digest.update(name.encode())
         if not self.episodes:
             raise ValueError(f"{self.path}: mask {mask!r} holds no demos")
-        self.data_hash = digest.hexdigest()
         self.index = [(e, t) for e, ep in enumerate(self.episodes) for t in range(ep.actions.shape[0])]
 
     def normalization(self) -> Normalization:

@@ -233,6 +233,128 @@ def _cmd_eval_wm(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_train_policy(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=args.steps, unit="step", desc=f"train {args.algo}", dynamic_ncols=True, disable=args.quiet
+    )
+
+    def progress(step, total, value):
+        bar.total = total
+        bar.n = step
+        bar.set_postfix(loss=f"{value:.4f}") if args.algo != "ppo" else bar.set_postfix(ret=f"{value:.2f}")
+        bar.refresh()
+
+    try:
+        if args.algo == "ppo":
+            from policies.ppo import PPOConfig
+            from policies.ppo.training import train_ppo
+
+            manifest = load_manifest(args.manifest) if args.manifest else _dataset_manifest(args.dataset)
+            fields = {
+                "obs_keys": list(manifest.policy.obs_keys),
+                "action_dim": manifest.embodiment.action_dim,
+            }
+            fields.update({k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None})
+            meta = train_ppo(
+                manifest, args.output, PPOConfig(**fields), args.world_model, args.dataset, progress
+            )
+            print(
+                f"PPO ({meta['trained_in']}) {meta['episodes']} episodes: return {meta['first_returns']:.2f} "
+                f"-> {meta['last_returns']:.2f}; policy in {args.output}"
+            )
+        else:
+            from policies.train import train_bc
+
+            overrides = {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed}
+            if args.obs_keys:
+                overrides["obs_keys"] = args.obs_keys.split(",")
+            if args.image_keys:
+                overrides["image_keys"] = args.image_keys.split(",")
+            meta = train_bc(
+                args.dataset, args.output, args.algo, mask=args.mask, progress=progress, **overrides
+            )
+            valid = f", valid loss {meta['valid_loss']:.4f}" if "valid_loss" in meta else ""
+            print(
+                f"{args.algo} on {meta['demos']} demos ({meta['samples']} samples, mask {args.mask}): "
+                f"train loss {meta['train_loss']:.4f}{valid} in {meta['seconds']} s; policy in {args.output}"
+            )
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        bar.close()
+    return EXIT_OK
+
+
+def _dataset_manifest(path: str | None):
+    import h5py
+
+    from .checks.gate import dataset_manifest
+
+    if path is None:
+        raise UsageError("PPO needs --manifest (or a dataset to read the manifest from)")
+    with h5py.File(path, "r") as f:
+        return dataset_manifest(f, Path(path))
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from policies.evaluate import evaluate_policy
+
+    bar = tqdm(total=args.episodes, unit="episode", desc="eval", dynamic_ncols=True, disable=args.quiet)
+    wins = 0
+
+    def progress(episode, done, total):
+        nonlocal wins
+        wins += episode.success
+        bar.total = total
+        bar.n = done
+        bar.set_postfix(success=f"{wins}/{done}")
+        bar.refresh()
+
+    out = Path(args.output) if args.output else Path(args.policy) / "eval"
+    try:
+        report = evaluate_policy(
+            args.policy, args.manifest, args.episodes, out, gifs=not args.no_gifs, progress=progress
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        bar.close()
+    low, high = report["ci95"]
+    print(
+        f"{report['successes']}/{report['episodes']} successes on {report['manifest']} "
+        f"(seeds {report['panel']['base_seed']}..): success rate {report['success_rate']:.2f} "
+        f"[95% CI {low:.2f}, {high:.2f}], mean return {report['mean_return']:.2f}"
+    )
+    print(f"wrote {out / 'eval.json'}" + "".join(f", {p}" for p in report.get("gifs", {}).values()))
+    return EXIT_OK
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from policies.compare import compare, table
+
+    try:
+        result = compare(
+            args.manifest,
+            args.output,
+            seeds=args.seeds,
+            branches=args.branches,
+            algo=args.algo,
+            episodes=args.episodes,
+            wm_steps=args.wm_steps,
+            policy_steps=args.policy_steps,
+            progress=None if args.quiet else lambda text: print(f"compare: {text}", flush=True),
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    print(table(result))
+    print(f"wrote {Path(args.output) / 'compare.json'}, compare.md and compare.png")
+    return EXIT_OK
+
+
 def _count_arg(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 1_000_000:
@@ -330,6 +452,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", nargs="?", metavar="CKPT", help="adds the action-sensitivity gap")
     p.add_argument("-o", "--output", metavar="JSON", help="default SYNTH.eval-wm.json (+ .png plot)")
     p.set_defaults(func=_cmd_eval_wm)
+
+    p = sub.add_parser("train-policy", help="train a BC, diffusion or PPO policy")
+    p.add_argument("dataset", nargs="?", metavar="DATASET", help="HDF5 dataset (BC; PPO in the world model)")
+    p.add_argument("--algo", required=True, choices=["bc-mlp", "bc-image", "diffusion", "ppo"])
+    p.add_argument("-o", "--output", required=True, metavar="POLICY", help="policy folder")
+    p.add_argument(
+        "--mask", default="train", help="BC: the dataset mask to train on (train, seed, passed...)"
+    )
+    p.add_argument("--steps", type=_count_arg, help="gradient steps (BC) or environment steps (PPO)")
+    p.add_argument("--batch-size", type=_count_arg)
+    p.add_argument("--obs-keys", help="comma-separated low-dimensional keys (default: the manifest's)")
+    p.add_argument("--image-keys", help="comma-separated camera keys, e.g. front_rgb")
+    p.add_argument("--manifest", metavar="MANIFEST", help="PPO: the scenario to train in")
+    p.add_argument("--world-model", metavar="CKPT", help="PPO: train inside this world model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train_policy)
+
+    p = sub.add_parser("eval", help="closed-loop evaluation of a policy on held-out seeds in simulation")
+    p.add_argument("policy", metavar="POLICY", help="policy folder (worldgen train-policy)")
+    p.add_argument("manifest", metavar="MANIFEST", help="scenario manifest")
+    p.add_argument("--episodes", type=_count_arg, help="default: the manifest's evaluation.episodes")
+    p.add_argument("-o", "--output", metavar="DIR", help="default POLICY/eval")
+    p.add_argument("--no-gifs", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("compare", help="seed-only vs seed + synthetic policies on one evaluation panel")
+    p.add_argument("manifest", metavar="MANIFEST")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("--seeds", type=_count_arg, default=10, help="seed demos S")
+    p.add_argument("--branches", type=_count_arg, default=4, help="branches per seed and branch step")
+    p.add_argument("--algo", default="bc-mlp", choices=["bc-mlp", "bc-image", "diffusion"])
+    p.add_argument("--episodes", type=_count_arg, help="evaluation panel size")
+    p.add_argument("--wm-steps", type=_count_arg, help="world-model training steps")
+    p.add_argument("--policy-steps", type=_count_arg, help="policy training steps")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_compare)
     return parser
 
 

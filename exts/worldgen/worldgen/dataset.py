@@ -22,6 +22,7 @@ copies the demos into one self-contained file and removes the shards.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -151,6 +152,14 @@ def demo_names(f: h5py.File, mask: str | None = None) -> list[str]:
     else:
         names = [n.decode() for n in f[f"mask/{mask}"][()]]
     return sorted(names, key=demo_index)
+
+
+def dataset_digest(f: h5py.File, names: list[str]) -> str:
+    """Identifies training data: the dataset's manifest and generator record plus the chosen demo names."""
+    digest = hashlib.sha256(f["data"].attrs["worldgen"].encode())
+    for name in names:
+        digest.update(name.encode())
+    return digest.hexdigest()
 
 
 class DatasetWriter:

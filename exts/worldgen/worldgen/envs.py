@@ -30,29 +30,35 @@ OBJECT_FEATURES = (
 SUFFIX = {"rgb": "rgb", "depth": "depth", "segmentation": "seg"}
 
 
+def predicate_holds(manifest: Manifest, object_pos: np.ndarray, fingers: np.ndarray, start_z: float) -> bool:
+    """The task's success predicate on the success object's position and the finger joint positions
+    (``start_z``: the object's height at reset, for ``object_lifted``). Shared by the simulator and by
+    environments that run on predicted state."""
+    spec = manifest.task.success
+    if spec.predicate == "object_lifted":
+        return bool(object_pos[2] - start_z >= spec.min_height)
+    region = next(r for r in manifest.task.regions if r.name == spec.region)
+    offset = np.abs(object_pos[:2] - np.asarray(region.center))
+    inside = bool(np.all(offset <= np.asarray(region.half_extents)))
+    low = object_pos[2] - manifest.task.table.height <= spec.max_height
+    released = True
+    if spec.gripper_open:
+        released = float(np.sum(fingers)) >= min(manifest.task.object(spec.object).size[:2]) + 0.01
+    return inside and low and released
+
+
 class SuccessTracker:
     """Evaluates the manifest's success predicate on simulator state, step by step."""
 
     def __init__(self, manifest: Manifest, backend: SimBackend):
         self.spec = manifest.task.success
         self.manifest = manifest
-        self.object = manifest.task.object(self.spec.object)
         self.start_z = backend.body_pose(self.spec.object)[0][2]
-        self.region = next((r for r in manifest.task.regions if r.name == self.spec.region), None)
         self.streak = 0
 
     def holds(self, backend: SimBackend) -> bool:
         pos, _ = backend.body_pose(self.spec.object)
-        if self.spec.predicate == "object_lifted":
-            return bool(pos[2] - self.start_z >= self.spec.min_height)
-        inside = bool(
-            np.all(np.abs(pos[:2] - np.asarray(self.region.center)) <= np.asarray(self.region.half_extents))
-        )
-        low = pos[2] - self.manifest.task.table.height <= self.spec.max_height
-        released = True
-        if self.spec.gripper_open:
-            released = backend.robot_q()[7:].sum() >= min(self.object.size[:2]) + 0.01
-        return inside and low and released
+        return predicate_holds(self.manifest, pos, backend.robot_q()[7:], self.start_z)
 
     def update(self, backend: SimBackend) -> bool:
         """True once the predicate has held for ``hold_steps`` consecutive steps."""
@@ -81,6 +87,13 @@ def low_dim_observation(manifest: Manifest, backend: SimBackend) -> dict[str, np
         "robot0_gripper_qpos": q[7:].astype(np.float32),
         "object": np.concatenate(objects).astype(np.float32),
     }
+
+
+def object_slice(manifest: Manifest, name: str) -> slice:
+    """Where a dynamic object's features sit in the ``object`` observation."""
+    dynamic = [o.name for o in manifest.task.objects if not o.static]
+    start = dynamic.index(name) * OBJECT_FEATURES
+    return slice(start, start + OBJECT_FEATURES)
 
 
 def camera_observation(manifest: Manifest, frames: dict[str, CameraFrame]) -> dict[str, np.ndarray]:

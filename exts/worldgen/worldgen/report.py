@@ -78,14 +78,16 @@ def contact_sheet(group: h5py.Group, frames: int = SHEET_FRAMES) -> Image.Image:
 def demo_gif(group: h5py.Group, path: Path, fps: int = 10, stride: int = 2) -> Path:
     """An animated GIF of the demo's colour cameras side by side."""
     keys = [k for k in image_keys(group) if k.endswith("_rgb")] or image_keys(group)[:1]
-    height = max(group["obs"][k].shape[1] for k in keys)
-    clips = []
-    for key in keys:
-        frames = _as_rgb(key, group["obs"][key][::stride])
-        clips.append([_to_height(f, height) for f in frames])
+    return frames_gif({k: group["obs"][k][::stride] for k in keys}, path, fps / stride)
+
+
+def frames_gif(frames: dict[str, np.ndarray], path: Path, fps: float = 10) -> Path:
+    """An animated GIF of equally long image sequences (rgb, depth or seg by key suffix) side by side."""
+    height = max(v.shape[1] for v in frames.values())
+    clips = [[_to_height(f, height) for f in _as_rgb(key, v)] for key, v in frames.items()]
     images = [Image.fromarray(np.concatenate(row, axis=1)) for row in zip(*clips, strict=True)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 * stride / fps), loop=0)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     return path
 
 

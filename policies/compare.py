@@ -1,0 +1,168 @@
+"""``compare``: does seed + synthetic data make a better policy than seed data alone, and by how much?
+
+One policy recipe is trained on four datasets and evaluated on the same held-out panel:
+
+(a) ``seeds``           S expert demos from the simulator;
+(b) ``seeds+branches``  (a) plus every world-model branch sampled from them;
+(c) ``seeds+passed``    (a) plus only the branches that passed the physics checks;
+(d) ``sim-oracle``      (a) plus as many extra simulated expert demos as (b) has branches: what the
+                        same amount of extra data gives when it comes from the simulator.
+
+Layout of ``out/``: ``seeds.hdf5``, ``world_model/``, ``synthetic.hdf5`` (seeds + branches, with check
+verdicts and the ``passed`` mask), ``oracle.hdf5``, ``policies/<row>/`` (policy + ``eval.json`` + GIFs),
+``compare.json``, ``compare.md`` and ``compare.png``. Each stage resumes from what is already there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import h5py
+from PIL import Image, ImageDraw
+from worldgen.checks.gate import gate_dataset
+from worldgen.dataset import demo_names
+from worldgen.manifest import load_manifest
+from worldgen.pipeline import run_seed_stage
+
+from .evaluate import evaluate_policy
+from .train import train_bc
+
+ROWS = ("seeds", "seeds+branches", "seeds+passed", "sim-oracle")
+
+
+def _say(progress: Callable[[str], None] | None, text: str) -> None:
+    if progress is not None:
+        progress(text)
+
+
+def compare(
+    manifest_path: str | Path,
+    out: str | Path,
+    seeds: int = 10,
+    branches: int = 4,
+    algo: str = "bc-mlp",
+    episodes: int | None = None,
+    wm_steps: int | None = None,
+    policy_steps: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the four-row comparison; returns (and writes) the table."""
+    from world_models.branch import branch_dataset
+    from world_models.train import train_world_model
+
+    manifest_path, out = Path(manifest_path), Path(out)
+    manifest = load_manifest(manifest_path)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_file, synth, oracle = out / "seeds.hdf5", out / "synthetic.hdf5", out / "oracle.hdf5"
+
+    _say(progress, f"recording {seeds} seed demos")
+    run_seed_stage(manifest_path, seed_file, n=seeds)
+    _say(progress, "training the world model")
+    ckpt = out / "world_model"
+    train_world_model(seed_file, ckpt, steps=wm_steps, checkpoint_every=max((wm_steps or 500) // 2, 1))
+    spec = manifest.branching
+    _say(progress, f"branching {branches} futures per seed at steps {spec.at_steps}")
+    branch_dataset(
+        seed_file, ckpt, synth, branches, spec.at_steps, spec.action_noise, base_seed=manifest.seeds.base_seed
+    )
+    gate = gate_dataset(synth, mask="synthetic")
+    with h5py.File(synth, "r") as f:
+        seed_names, synthetic = demo_names(f, "seed"), demo_names(f, "synthetic")
+        passed = [n for n in demo_names(f, "passed") if n in set(synthetic)]
+    extra = len(synthetic)
+    _say(progress, f"simulating {extra} extra expert demos for the oracle row")
+    run_seed_stage(manifest_path, oracle, n=seeds + extra, cameras=algo == "bc-image")
+
+    datasets = {
+        "seeds": (seed_file, "seed", None),
+        "seeds+branches": (synth, None, None),
+        "seeds+passed": (synth, None, seed_names + passed),
+        "sim-oracle": (oracle, "seed", None),
+    }
+    rows: dict[str, Any] = {}
+    for row, (path, mask, demos) in datasets.items():
+        folder = out / "policies" / row.replace("+", "_")
+        _say(progress, f"{row}: training {algo}")
+        meta = train_bc(path, folder, algo, mask=mask, demos=demos, steps=policy_steps)
+        _say(progress, f"{row}: evaluating")
+        report = evaluate_policy(folder, manifest, episodes, out=folder)
+        rows[row] = {
+            "demos": meta["demos"],
+            "samples": meta["samples"],
+            "success_rate": report["success_rate"],
+            "ci95": report["ci95"],
+            "successes": report["successes"],
+            "episodes": report["episodes"],
+            "mean_return": report["mean_return"],
+            "policy": str(folder),
+        }
+    result = {
+        "manifest": manifest.name,
+        "manifest_hash": manifest.content_hash(),
+        "algo": algo,
+        "seeds": seeds,
+        "branches_per_seed_and_step": branches,
+        "branch_steps": list(spec.at_steps),
+        "synthetic": extra,
+        "passed": len(passed),
+        "check_thresholds": gate.thresholds,
+        "rows": rows,
+    }
+    _write_text(out / "compare.json", json.dumps(result, indent=2) + "\n")
+    _write_text(out / "compare.md", table(result) + "\n")
+    bar_plot(result, out / "compare.png")
+    return result
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        f"{result['manifest']}: {result['algo']} on {result['seeds']} seeds, {result['synthetic']} branches "
+        f"({result['passed']} passed the checks)",
+        "",
+        "| row | demos | samples | success | 95% CI |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, row in result["rows"].items():
+        low, high = row["ci95"]
+        lines.append(
+            f"| {name} | {row['demos']} | {row['samples']} | {row['successes']}/{row['episodes']} "
+            f"({row['success_rate']:.0%}) | [{low:.2f}, {high:.2f}] |"
+        )
+    return "\n".join(lines)
+
+
+def bar_plot(result: dict[str, Any], path: Path, size: tuple[int, int] = (460, 280)) -> Path:
+    """Success rate per row with its 95 % interval as an error bar."""
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    x0, y0, x1, y1 = 40, 20, size[0] - 10, size[1] - 50
+    draw.rectangle([x0, y0, x1, y1], outline="black")
+    for frac in (0.25, 0.5, 0.75):
+        y = y1 - (y1 - y0) * frac
+        draw.line([x0, y, x1, y], fill=(220, 220, 220))
+        draw.text((8, y - 6), f"{frac:.2f}", fill="black")
+    rows = list(result["rows"].items())
+    width = (x1 - x0) / max(len(rows), 1)
+    colors = ("gray", "royalblue", "seagreen", "darkorange")
+    for i, (name, row) in enumerate(rows):
+        left, right = x0 + width * (i + 0.2), x0 + width * (i + 0.8)
+        top = y1 - (y1 - y0) * row["success_rate"]
+        draw.rectangle([left, top, right, y1], fill=colors[i % len(colors)])
+        mid = (left + right) / 2
+        low, high = (y1 - (y1 - y0) * v for v in row["ci95"])
+        draw.line([mid, low, mid, high], fill="black", width=2)
+        draw.text((left, y1 + 6), name, fill="black")
+        draw.text((left, y1 + 20), f"{row['success_rate']:.0%}", fill="black")
+    draw.text((x0, 4), f"{result['manifest']} {result['algo']}: success rate, 95% CI", fill="black")
+    image.save(path)
+    return path

@@ -1,0 +1,167 @@
+"""Closed-loop evaluation in the headless simulator on a held-out panel of seeds.
+
+The panel is ``evaluation.held_out_base_seed + i`` for ``i < episodes``; it must not share a seed with
+the policy's training data. Each episode runs until the task's success predicate has held for
+``hold_steps`` or the horizon. The first success and the first failure are replayed with every camera
+(the simulator replays a seed and its actions bit-identically) and written as GIFs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from worldgen.envs import WorldgenEnv
+from worldgen.manifest import Manifest, load_manifest
+from worldgen.report import frames_gif
+
+from . import load_policy
+from .pretrained import PretrainedPolicy, policy_meta
+
+
+@dataclass
+class Episode:
+    seed: int
+    success: bool
+    ret: float
+    length: int
+    actions: list[list[float]] = field(repr=False, default_factory=list)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval for a binomial proportion (95 % for z = 1.96)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def panel_seeds(manifest: Manifest, episodes: int | None = None) -> list[int]:
+    spec = manifest.evaluation
+    return [spec.held_out_base_seed + i for i in range(episodes or spec.episodes)]
+
+
+def check_contract(policy: PretrainedPolicy, env: WorldgenEnv) -> None:
+    """The policy's observation keys exist in the environment and its actions fit the action space."""
+    space = env.observation_space
+    missing = [k for k in policy.observation_keys if k not in space.spaces]
+    if missing:
+        raise ValueError(f"{env.manifest.name}: the environment has no observation keys {missing}")
+    for key, size in policy.config.low_dim_shapes.items():
+        if space[key].shape[-1] != size:
+            raise ValueError(
+                f"{key}: the policy expects {size} values, the environment gives {space[key].shape}"
+            )
+    if policy.config.action_dim != env.action_space.shape[0]:
+        raise ValueError(
+            f"the policy acts in {policy.config.action_dim} dimensions, "
+            f"the environment in {env.action_space.shape[0]}"
+        )
+
+
+def run_episode(env: WorldgenEnv, policy: PretrainedPolicy, seed: int) -> Episode:
+    obs, _ = env.reset(seed=seed)
+    policy.reset(seed)
+    ret, actions, success = 0.0, [], False
+    while True:
+        action = np.clip(policy.select_action(obs), -1.0, 1.0)
+        obs, reward, terminated, truncated, info = env.step(action)
+        ret += reward
+        actions.append(action.tolist())
+        if terminated or truncated:
+            success = bool(info["success"])
+            break
+    return Episode(seed, success, ret, len(actions), actions)
+
+
+def replay_gif(env: WorldgenEnv, episode: Episode, path: Path) -> Path:
+    """Replay an episode's actions from its seed and write the colour cameras as a GIF."""
+    keys = [k for k in env.observation_space.spaces if k.endswith("_rgb")]
+    obs, _ = env.reset(seed=episode.seed)
+    frames = {k: [obs[k]] for k in keys}
+    for action in episode.actions:
+        obs, *_ = env.step(np.asarray(action, dtype=np.float32))
+        for k in keys:
+            frames[k].append(obs[k])
+    stride = 2
+    return frames_gif(
+        {k: np.stack(v[::stride]) for k, v in frames.items()}, path, env.manifest.control_hz / stride
+    )
+
+
+def evaluate_policy(
+    policy: str | Path | PretrainedPolicy,
+    manifest: str | Path | Manifest,
+    episodes: int | None = None,
+    out: str | Path | None = None,
+    gifs: bool = True,
+    progress: Callable[[Episode, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Success rate with its Wilson 95 % interval, mean return and per-episode records; written to
+    ``out/eval.json`` (plus ``success.gif`` / ``failure.gif``) when ``out`` is given."""
+    meta = policy_meta(policy) if not isinstance(policy, PretrainedPolicy) else {}
+    if not isinstance(policy, PretrainedPolicy):
+        policy = load_policy(policy)
+    manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    seeds = panel_seeds(manifest, episodes)
+    overlap = sorted(set(seeds) & set(meta.get("training_seeds", [])))
+    if overlap:
+        raise ValueError(
+            f"the evaluation panel shares seeds {overlap[:5]} with the policy's training data; "
+            "choose another evaluation.held_out_base_seed"
+        )
+    env = WorldgenEnv(manifest, cameras=policy.needs_cameras)
+    try:
+        check_contract(policy, env)
+        results = []
+        for i, seed in enumerate(seeds, start=1):
+            results.append(run_episode(env, policy, seed))
+            if progress is not None:
+                progress(results[-1], i, len(seeds))
+    finally:
+        env.close()
+    successes = sum(e.success for e in results)
+    low, high = wilson_interval(successes, len(results))
+    report: dict[str, Any] = {
+        "manifest": manifest.name,
+        "manifest_hash": manifest.content_hash(),
+        "policy_manifest_hash": meta.get("manifest_hash"),
+        "algo": meta.get("algo"),
+        "episodes": len(results),
+        "successes": successes,
+        "success_rate": successes / len(results),
+        "ci95": [low, high],
+        "mean_return": float(np.mean([e.ret for e in results])),
+        "mean_length": float(np.mean([e.length for e in results])),
+        "panel": {"base_seed": seeds[0], "count": len(seeds)},
+        "per_episode": [{k: v for k, v in asdict(e).items() if k != "actions"} for e in results],
+    }
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if gifs:
+            chosen = {
+                name: next((e for e in results if e.success == wanted), None)
+                for name, wanted in (("success", True), ("failure", False))
+            }
+            camera_env = WorldgenEnv(manifest, cameras=True)
+            try:
+                report["gifs"] = {
+                    name: str(replay_gif(camera_env, episode, out / f"{name}.gif"))
+                    for name, episode in chosen.items()
+                    if episode is not None
+                }
+            finally:
+                camera_env.close()
+        tmp = out / "eval.json.tmp"
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(tmp, out / "eval.json")
+    return report

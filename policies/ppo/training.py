@@ -1,0 +1,221 @@
+"""PPO with stable-baselines3 on a worldgen environment: the simulator (``WorldgenEnv``) or the world
+model (``world_models.env.WorldModelEnv``), wrapped so SB3 sees one feature vector per step.
+
+Wrappers, outermost last: ``TrainingSeeds`` (simulator only: resets draw scenes from the manifest's
+training seeds, never the evaluation panel) -> ``TaskReward`` (optional dense progress terms) ->
+``LowDimFeatures`` (the policy's observation keys as one vector) -> SB3's ``Monitor``; then
+``VecNormalize`` for observation and return statistics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+from worldgen.envs import object_slice
+from worldgen.manifest import Manifest, load_manifest
+
+from ..observation import low_dim_features
+from .configuration_ppo import PPOConfig
+from .modeling_ppo import CLIP_OBS, PPOPolicy, feature_space
+
+
+class TrainingSeeds(gym.Wrapper):
+    """Each reset without an explicit scene seed draws one of ``seeds``."""
+
+    def __init__(self, env: gym.Env, seeds: list[int]):
+        super().__init__(env)
+        self.seeds = list(seeds)
+        self.rng = np.random.default_rng(0)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        return self.env.reset(seed=int(self.rng.choice(self.seeds)), options=options)
+
+
+class TaskReward(gym.Wrapper):
+    """The success reward plus dense progress terms read from the low-dimensional observation:
+    ``0.1 * reach`` (1 - tanh(5 d), d the hand-to-object distance) and ``0.5 * goal`` (for a region,
+    1 - tanh(5 d) of the object's distance to its centre; for a lift, the height gained over
+    ``min_height``, capped at 1). Works on simulated and on predicted state alike."""
+
+    def __init__(self, env: gym.Env, manifest: Manifest):
+        super().__init__(env)
+        self.manifest = manifest
+        self.slice = object_slice(manifest, manifest.task.success.object)
+        spec = manifest.task.success
+        self.region = next((r for r in manifest.task.regions if r.name == spec.region), None)
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self.start_z = float(obs["object"][self.slice][2])
+        return obs, info
+
+    def progress(self, obs: dict[str, np.ndarray]) -> float:
+        features = obs["object"][self.slice]
+        reach = 1.0 - np.tanh(5.0 * np.linalg.norm(features[7:10]))
+        if self.region is not None:
+            goal = 1.0 - np.tanh(5.0 * np.linalg.norm(features[:2] - np.asarray(self.region.center)))
+        else:
+            goal = np.clip((features[2] - self.start_z) / self.manifest.task.success.min_height, 0.0, 1.0)
+        return float(0.1 * reach + 0.5 * goal)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward + self.progress(obs), terminated, truncated, info
+
+
+class LowDimFeatures(gym.ObservationWrapper):
+    """Dict observation -> the policy's feature vector (quaternions as rotation-matrix columns)."""
+
+    def __init__(self, env: gym.Env, config: PPOConfig):
+        super().__init__(env)
+        self.keys = list(config.obs_keys)
+        self.observation_space = feature_space(config)
+
+    def observation(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        obs = {k: torch.from_numpy(np.asarray(observation[k])) for k in self.keys}
+        return low_dim_features(obs, self.keys).numpy().astype(np.float32)
+
+
+def make_env(
+    manifest: Manifest, config: PPOConfig, world_model: str | Path | None, dataset: str | Path | None
+) -> gym.Env:
+    """The wrapped training environment; fills ``config.low_dim_shapes`` from its observation space."""
+    if world_model is not None:
+        from world_models.env import WorldModelEnv
+
+        if dataset is None:
+            raise ValueError("training in the world model needs the dataset whose seed demos it starts from")
+        env: gym.Env = WorldModelEnv(world_model, dataset)
+    else:
+        from worldgen.envs import WorldgenEnv
+
+        env = TrainingSeeds(WorldgenEnv(manifest, cameras=False), training_seeds(manifest))
+    missing = [k for k in config.obs_keys if k not in env.observation_space.spaces]
+    if missing:
+        raise ValueError(
+            f"the environment has no observation keys {missing}; it has {sorted(env.observation_space)}"
+        )
+    config.low_dim_shapes = {k: int(env.observation_space[k].shape[-1]) for k in config.obs_keys}
+    if config.reward == "shaped":
+        env = TaskReward(env, manifest)
+    return Monitor(LowDimFeatures(env, config))
+
+
+def training_seeds(manifest: Manifest) -> list[int]:
+    return list(range(manifest.seeds.base_seed, manifest.seeds.base_seed + manifest.seeds.count))
+
+
+class _Progress(BaseCallback):
+    def __init__(self, report: Callable[[int, int, float], None] | None, total: int):
+        super().__init__()
+        self.report, self.total, self.returns = report, total, []
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", []):
+            if "episode" in info:
+                self.returns.append(float(info["episode"]["r"]))
+                if self.report is not None:
+                    self.report(self.num_timesteps, self.total, float(np.mean(self.returns[-10:])))
+        return True
+
+
+def train_ppo(
+    manifest: str | Path | Manifest,
+    out: str | Path,
+    config: PPOConfig | None = None,
+    world_model: str | Path | None = None,
+    dataset: str | Path | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train PPO for ``config.steps`` environment steps; write a policy folder to ``out``."""
+    manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    config = config or PPOConfig(
+        obs_keys=list(manifest.policy.obs_keys), action_dim=manifest.embodiment.action_dim
+    )
+    env = make_env(manifest, config, world_model, dataset)
+    torch.manual_seed(config.seed)
+    venv = VecNormalize(
+        DummyVecEnv([lambda: env]),
+        gamma=config.gamma,
+        clip_obs=CLIP_OBS,
+    )
+    venv.seed(config.seed)
+    model = PPO(
+        "MlpPolicy",
+        venv,
+        learning_rate=config.learning_rate,
+        n_steps=config.n_steps,
+        batch_size=config.batch_size,
+        n_epochs=config.n_epochs,
+        gamma=config.gamma,
+        gae_lambda=config.gae_lambda,
+        ent_coef=config.ent_coef,
+        policy_kwargs={"net_arch": {"pi": list(config.net_arch), "vf": list(config.net_arch)}},
+        seed=config.seed,
+        device="cpu",
+        verbose=0,
+    )
+    callback = _Progress(progress, config.steps)
+    started = time.perf_counter()
+    model.learn(total_timesteps=config.steps, callback=callback)
+    policy = PPOPolicy(config)
+    policy.actor_critic.load_state_dict(model.policy.state_dict())
+    policy.obs_mean.copy_(torch.as_tensor(venv.obs_rms.mean, dtype=torch.float32))
+    policy.obs_var.copy_(torch.as_tensor(venv.obs_rms.var, dtype=torch.float32))
+    venv.close()
+    returns = callback.returns
+    meta = {
+        "algo": "ppo",
+        "trained_in": "world_model" if world_model is not None else "simulation",
+        "world_model": str(world_model) if world_model is not None else None,
+        "dataset": str(dataset) if dataset is not None else None,
+        "manifest": manifest.name,
+        "manifest_hash": manifest.content_hash(),
+        "training_seeds": list(
+            range(manifest.seeds.base_seed, manifest.seeds.base_seed + manifest.seeds.count)
+        ),
+        "episodes": len(returns),
+        "first_returns": float(np.mean(returns[:5])) if returns else None,
+        "last_returns": float(np.mean(returns[-5:])) if returns else None,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    policy.eval().save_pretrained(out, meta)
+    return meta
+
+
+def mean_return(
+    manifest: Manifest,
+    act: Callable[[dict[str, np.ndarray]], np.ndarray],
+    seeds: list[int],
+    shaped: bool = True,
+) -> float:
+    """Mean (shaped) return of ``act`` in the simulator over scenes ``seeds``."""
+    from worldgen.envs import WorldgenEnv
+
+    env: gym.Env = WorldgenEnv(manifest, cameras=False)
+    if shaped:
+        env = TaskReward(env, manifest)
+    total = 0.0
+    try:
+        for seed in seeds:
+            obs, _ = env.reset(seed=seed)
+            done = False
+            while not done:
+                obs, reward, terminated, truncated, _ = env.step(act(obs))
+                total += reward
+                done = terminated or truncated
+    finally:
+        env.close()
+    return total / len(seeds)
