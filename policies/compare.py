@@ -51,13 +51,15 @@ def compare(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the four-row comparison; returns (and writes) the table."""
-    from world_models.branch import branch_dataset
+    from world_models.branch import branch_dataset, checkpoint_hash
     from world_models.train import train_world_model
 
     manifest_path, out = Path(manifest_path), Path(out)
     manifest = load_manifest(manifest_path)
     out.mkdir(parents=True, exist_ok=True)
-    seed_file, synth, oracle = out / "seeds.hdf5", out / "synthetic.hdf5", out / "oracle.hdf5"
+    cameras = algo == "bc-image"
+    seed_file, synth = out / "seeds.hdf5", out / "synthetic.hdf5"
+    oracle = out / ("oracle_cameras.hdf5" if cameras else "oracle.hdf5")
 
     _say(progress, f"recording {seeds} seed demos")
     run_seed_stage(manifest_path, seed_file, n=seeds)
@@ -65,6 +67,8 @@ def compare(
     ckpt = out / "world_model"
     train_world_model(seed_file, ckpt, steps=wm_steps, checkpoint_every=max((wm_steps or 500) // 2, 1))
     spec = manifest.branching
+    if synth.exists() and _branch_models(synth) - {checkpoint_hash(ckpt)}:
+        synth.unlink()  # branches of an earlier checkpoint: sample them again
     _say(progress, f"branching {branches} futures per seed at steps {spec.at_steps}")
     branch_dataset(
         seed_file, ckpt, synth, branches, spec.at_steps, spec.action_noise, base_seed=manifest.seeds.base_seed
@@ -75,7 +79,7 @@ def compare(
         passed = [n for n in demo_names(f, "passed") if n in set(synthetic)]
     extra = len(synthetic)
     _say(progress, f"simulating {extra} extra expert demos for the oracle row")
-    run_seed_stage(manifest_path, oracle, n=seeds + extra, cameras=algo == "bc-image")
+    run_seed_stage(manifest_path, oracle, n=seeds + extra, cameras=cameras)
 
     datasets = {
         "seeds": (seed_file, "seed", None),
@@ -116,6 +120,11 @@ def compare(
     _write_text(out / "compare.md", table(result) + "\n")
     bar_plot(result, out / "compare.png")
     return result
+
+
+def _branch_models(path: Path) -> set[str]:
+    with h5py.File(path, "r") as f:
+        return {str(f["data"][n].attrs.get("model", "")) for n in demo_names(f, "synthetic")}
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -117,6 +117,41 @@ def test_training_writes_a_resumable_checkpoint(trained):
         train_world_model(dataset, ckpt, steps=9, batch_size=4)
 
 
+def test_lora_post_training_bf16_and_checkpointing(trained, tmp_path):
+    """LoRA adapters on a frozen pretrained U-Net under bf16 autocast with gradient checkpointing: only
+    adapters and conditioning change, and the saved model (adapters merged) loads as a plain model."""
+    from peft.tuners.lora import LoraLayer
+    from world_models.train import add_lora
+
+    dataset, ckpt, _ = trained
+    base = UNetWorldModel.from_pretrained(ckpt / "model")
+    probe = UNetWorldModel.from_pretrained(ckpt / "model")
+    add_lora(probe, 4)
+    trainable = sum(p.numel() for p in probe.parameters() if p.requires_grad)
+    assert any(isinstance(m, LoraLayer) for m in probe.modules())
+    assert trainable < 0.5 * sum(p.numel() for p in base.parameters())
+    out = tmp_path / "lora"
+    result = train_world_model(
+        dataset,
+        out,
+        steps=3,
+        batch_size=4,
+        pretrained=ckpt / "model",
+        lora_rank=4,
+        mixed_precision="bf16",
+        gradient_checkpointing=True,
+    )
+    assert all(np.isfinite(v["frame_loss"]) for v in result["validation"])
+    tuned = UNetWorldModel.from_pretrained(out / "model")
+    before, after = base.state_dict(), tuned.state_dict()
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(".attentions." in k or ".resnets." in k for k in changed)  # merged adapters
+    assert json.loads((out / "worldgen.json").read_text())["lora_rank"] == 4
+    with pytest.raises(ValueError, match="lora_rank"):
+        train_world_model(dataset, out, steps=4, batch_size=4, pretrained=ckpt / "model")
+
+
 def test_branches_regenerate_exactly_and_differ_by_seed(trained):
     dataset, ckpt, _ = trained
     sampler = WorldModelSampler(ckpt)

@@ -11,6 +11,7 @@ Checkpoint folder layout (nothing pickled):
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -71,6 +72,32 @@ def edm_loss(
     return frame_loss, state_loss
 
 
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]
+
+
+def add_lora(model: UNetWorldModel, rank: int) -> None:
+    """Freeze the U-Net and inject trainable LoRA adapters into its attention and resnet convolutions."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model.unet.requires_grad_(False)
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS), model.unet)
+
+
+def merged_copy(model: UNetWorldModel) -> UNetWorldModel:
+    """The model itself, or with LoRA present a copy with the adapters merged into plain layers."""
+    from peft.tuners.lora import LoraLayer
+
+    if not any(isinstance(m, LoraLayer) for m in model.modules()):
+        return model
+    plain = copy.deepcopy(model)
+    for name, module in list(plain.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(plain.get_submodule(parent), child, module.get_base_layer())
+    return plain
+
+
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     out = {}
     for index, state in optimizer.state_dict()["state"].items():
@@ -108,7 +135,7 @@ def save_checkpoint(
     save_file({**raw, **shadow, **_optimizer_tensors(optimizer)}, staging / "training_state.safetensors")
     ema.store(model.parameters())
     ema.copy_to(model.parameters())
-    model.save_pretrained(staging / "model", safe_serialization=True)
+    merged_copy(model).save_pretrained(staging / "model", safe_serialization=True)
     ema.restore(model.parameters())
     _write_json(staging / "worldgen.json", meta)
     _write_json(staging / "training_state.json", state)
@@ -131,8 +158,19 @@ def train_world_model(
     seed: int = 0,
     checkpoint_every: int = 500,
     progress: Callable[[int, float, float, float], None] | None = None,
+    lora_rank: int | None = None,
+    mixed_precision: str = "no",
+    gradient_checkpointing: bool = False,
 ) -> dict:
-    """Train on ``train``, validate on ``valid``; resumes from ``out`` when it holds a checkpoint."""
+    """Train on ``train``, validate on ``valid``; resumes from ``out`` when it holds a checkpoint.
+
+    ``lora_rank``: freeze the (pretrained) U-Net and train LoRA adapters of that rank on its attention
+    and convolution layers (peft), plus the action/state conditioning in full; the saved ``model/`` has
+    the adapters merged, so it loads as a plain model. ``mixed_precision="bf16"`` runs forward passes
+    under bfloat16 autocast; ``gradient_checkpointing`` recomputes U-Net activations in the backward pass.
+    """
+    if mixed_precision not in ("no", "bf16"):
+        raise ValueError(f"mixed_precision {mixed_precision!r}: expected 'no' or 'bf16'")
     dataset, out = Path(dataset), Path(out)
     with h5py.File(dataset, "r") as f:
         manifest = dataset_manifest(f, dataset)
@@ -160,7 +198,12 @@ def train_world_model(
             state_dim=train.episodes[0].states.shape[1],
             resolution=resolution[0],
         )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=1e-4)
+    if gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    if lora_rank is not None:
+        add_lora(model, lora_rank)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=spec.learning_rate, weight_decay=1e-4)
     # EMA warm-up (decay 1 - (1 + step)^(-2/3), capped): short CPU budgets would otherwise average in
     # the untrained start for most of the run.
     ema = EMAModel(model.parameters(), decay=EMA_DECAY, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
@@ -176,6 +219,8 @@ def train_world_model(
                 f"{out}: checkpoint was trained on other data or another manifest; "
                 "choose a new output folder to train afresh"
             )
+        if previous.get("lora_rank") != lora_rank:
+            raise ValueError(f"{out}: checkpoint was trained with lora_rank {previous.get('lora_rank')}")
         tensors = load_file(out / "training_state.safetensors")
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         for i, p in enumerate(ema.shadow_params):
@@ -194,6 +239,8 @@ def train_world_model(
         "data_hash": train.data_hash,
         "manifest_hash": manifest.content_hash(),
         "scheduler": {"sigma_data": SIGMA_DATA, "sampling_steps": 3},
+        "lora_rank": lora_rank,
+        "mixed_precision": mixed_precision,
     }
     generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
     val_generator = torch.Generator().manual_seed(12345)
@@ -202,10 +249,11 @@ def train_world_model(
     started = time.perf_counter()
     for step in range(start, steps):
         batch = train.batch(batch_size, generator)
-        frame_loss, state_loss = edm_loss(model, scheduler, batch, generator, norm)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed_precision == "bf16"):
+            frame_loss, state_loss = edm_loss(model, scheduler, batch, generator, norm)
         optimizer.zero_grad(set_to_none=True)
         (frame_loss + state_loss).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         ema.step(model.parameters())
         done = step + 1

@@ -44,14 +44,15 @@ class TrainingSeeds(gym.Wrapper):
 
 
 class TaskReward(gym.Wrapper):
-    """The success reward plus dense progress terms read from the low-dimensional observation:
-    ``0.1 * reach`` (1 - tanh(5 d), d the hand-to-object distance) and ``0.5 * goal`` (for a region,
-    1 - tanh(5 d) of the object's distance to its centre; for a lift, the height gained over
-    ``min_height``, capped at 1). Works on simulated and on predicted state alike."""
+    """The success reward plus potential-based shaping (Ng et al. 1999), ``gamma * phi(s') - phi(s)``,
+    which leaves the optimal policy unchanged. ``phi = 0.5 * reach + goal``, read from the
+    low-dimensional observation, so it works on simulated and on predicted state alike: ``reach`` is
+    1 - tanh(5 d) for the hand-to-object distance d; ``goal`` is 1 - tanh(5 d) for the object's distance
+    to the region's centre, or for a lift the height gained over ``min_height`` (capped at 1)."""
 
-    def __init__(self, env: gym.Env, manifest: Manifest):
+    def __init__(self, env: gym.Env, manifest: Manifest, gamma: float = 0.99):
         super().__init__(env)
-        self.manifest = manifest
+        self.manifest, self.gamma = manifest, gamma
         self.slice = object_slice(manifest, manifest.task.success.object)
         spec = manifest.task.success
         self.region = next((r for r in manifest.task.regions if r.name == spec.region), None)
@@ -59,20 +60,24 @@ class TaskReward(gym.Wrapper):
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
         self.start_z = float(obs["object"][self.slice][2])
+        self.last = self.potential(obs)
         return obs, info
 
-    def progress(self, obs: dict[str, np.ndarray]) -> float:
+    def potential(self, obs: dict[str, np.ndarray]) -> float:
         features = obs["object"][self.slice]
         reach = 1.0 - np.tanh(5.0 * np.linalg.norm(features[7:10]))
         if self.region is not None:
             goal = 1.0 - np.tanh(5.0 * np.linalg.norm(features[:2] - np.asarray(self.region.center)))
         else:
             goal = np.clip((features[2] - self.start_z) / self.manifest.task.success.min_height, 0.0, 1.0)
-        return float(0.1 * reach + 0.5 * goal)
+        return float(0.5 * reach + goal)
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        return obs, reward + self.progress(obs), terminated, truncated, info
+        phi = self.potential(obs)
+        shaped = reward + self.gamma * phi - self.last
+        self.last = phi
+        return obs, shaped, terminated, truncated, info
 
 
 class LowDimFeatures(gym.ObservationWrapper):
@@ -109,7 +114,7 @@ def make_env(
         )
     config.low_dim_shapes = {k: int(env.observation_space[k].shape[-1]) for k in config.obs_keys}
     if config.reward == "shaped":
-        env = TaskReward(env, manifest)
+        env = TaskReward(env, manifest, config.gamma)
     return Monitor(LowDimFeatures(env, config))
 
 

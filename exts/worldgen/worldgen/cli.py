@@ -182,6 +182,9 @@ def _cmd_train_wm(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             progress=progress,
+            lora_rank=args.lora_rank,
+            mixed_precision=args.mixed_precision,
+            gradient_checkpointing=args.gradient_checkpointing,
         )
     except (ValueError, KeyError) as exc:
         raise UsageError(str(exc)) from None
@@ -433,6 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_count_arg, help="training steps (default: the manifest's)")
     p.add_argument("--batch-size", type=_count_arg, help="default: the manifest's")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--lora-rank", type=_count_arg, help="train LoRA adapters of this rank (peft) on a frozen U-Net"
+    )
+    p.add_argument("--mixed-precision", choices=["no", "bf16"], default="no", help="bf16 autocast")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_train_wm)
 
