@@ -19,6 +19,8 @@ class PPOConfig(PolicyConfig):
     gae_lambda: float = 0.95
     ent_coef: float = 0.0
     net_arch: list[int] = field(default_factory=lambda: [64, 64])
+    # Initial exploration std exp(-1) = 0.37: with std 1 most sampled actions clip to the box's faces.
+    log_std_init: float = -1.0
     reward: str = "shaped"  # "shaped": task progress terms + success; "success": the predicate only
 
     def __post_init__(self) -> None:

@@ -35,6 +35,7 @@ class PPOPolicy(PretrainedPolicy):
             gym.spaces.Box(-1.0, 1.0, (config.action_dim,), np.float32),
             lambda _: config.learning_rate,
             net_arch={"pi": list(config.net_arch), "vf": list(config.net_arch)},
+            log_std_init=config.log_std_init,
         )
 
     def predict_chunk(self, obs: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:

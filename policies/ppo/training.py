@@ -44,15 +44,15 @@ class TrainingSeeds(gym.Wrapper):
 
 
 class TaskReward(gym.Wrapper):
-    """The success reward plus potential-based shaping (Ng et al. 1999), ``gamma * phi(s') - phi(s)``,
-    which leaves the optimal policy unchanged. ``phi = 0.5 * reach + goal``, read from the
-    low-dimensional observation, so it works on simulated and on predicted state alike: ``reach`` is
-    1 - tanh(5 d) for the hand-to-object distance d; ``goal`` is 1 - tanh(5 d) for the object's distance
-    to the region's centre, or for a lift the height gained over ``min_height`` (capped at 1)."""
+    """The success reward plus dense progress terms read from the low-dimensional observation, so they
+    work on simulated and on predicted state alike: ``0.5 * (reach + goal)`` per step, with ``reach`` =
+    1 - tanh(10 d) for the hand-to-object distance d and ``goal`` = 1 - tanh(5 d) for the object's
+    distance to the region's centre, or for a lift the height gained over ``min_height`` (capped at 1).
+    (Potential-based shaping, the difference of the same terms, taught PPO nothing in 16k CPU steps.)"""
 
-    def __init__(self, env: gym.Env, manifest: Manifest, gamma: float = 0.99):
+    def __init__(self, env: gym.Env, manifest: Manifest):
         super().__init__(env)
-        self.manifest, self.gamma = manifest, gamma
+        self.manifest = manifest
         self.slice = object_slice(manifest, manifest.task.success.object)
         spec = manifest.task.success
         self.region = next((r for r in manifest.task.regions if r.name == spec.region), None)
@@ -60,24 +60,20 @@ class TaskReward(gym.Wrapper):
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
         self.start_z = float(obs["object"][self.slice][2])
-        self.last = self.potential(obs)
         return obs, info
 
-    def potential(self, obs: dict[str, np.ndarray]) -> float:
+    def progress(self, obs: dict[str, np.ndarray]) -> float:
         features = obs["object"][self.slice]
-        reach = 1.0 - np.tanh(5.0 * np.linalg.norm(features[7:10]))
+        reach = 1.0 - np.tanh(10.0 * np.linalg.norm(features[7:10]))
         if self.region is not None:
             goal = 1.0 - np.tanh(5.0 * np.linalg.norm(features[:2] - np.asarray(self.region.center)))
         else:
             goal = np.clip((features[2] - self.start_z) / self.manifest.task.success.min_height, 0.0, 1.0)
-        return float(0.5 * reach + goal)
+        return float(0.5 * (reach + goal))
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        phi = self.potential(obs)
-        shaped = reward + self.gamma * phi - self.last
-        self.last = phi
-        return obs, shaped, terminated, truncated, info
+        return obs, reward + self.progress(obs), terminated, truncated, info
 
 
 class LowDimFeatures(gym.ObservationWrapper):
@@ -114,7 +110,7 @@ def make_env(
         )
     config.low_dim_shapes = {k: int(env.observation_space[k].shape[-1]) for k in config.obs_keys}
     if config.reward == "shaped":
-        env = TaskReward(env, manifest, config.gamma)
+        env = TaskReward(env, manifest)
     return Monitor(LowDimFeatures(env, config))
 
 
@@ -167,7 +163,10 @@ def train_ppo(
         gamma=config.gamma,
         gae_lambda=config.gae_lambda,
         ent_coef=config.ent_coef,
-        policy_kwargs={"net_arch": {"pi": list(config.net_arch), "vf": list(config.net_arch)}},
+        policy_kwargs={
+            "net_arch": {"pi": list(config.net_arch), "vf": list(config.net_arch)},
+            "log_std_init": config.log_std_init,
+        },
         seed=config.seed,
         device="cpu",
         verbose=0,
