@@ -23,12 +23,13 @@ from worldgen.dataset import DatasetWriter, Demo, demo_index, demo_names
 from worldgen.manifest import rng_for
 
 from .data import STATE_KEYS, Episode, Normalization, obs_from_frames
-from .modeling_unet_world_model import UNetWorldModel
-from .train import make_scheduler
+from .train import WORLD_MODELS, make_scheduler
 
 
 def checkpoint_hash(ckpt: Path) -> str:
     digest = hashlib.sha256()
+    meta = json.loads((ckpt / "worldgen.json").read_text())
+    digest.update(json.dumps(meta["scheduler"], sort_keys=True).encode())
     for path in sorted((ckpt / "model").iterdir()):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
@@ -44,13 +45,15 @@ def noise_seed(base_seed: int, demo: str, step: int, index: int) -> int:
 class WorldModelSampler:
     """A trained checkpoint ready to roll out futures."""
 
-    def __init__(self, ckpt: str | Path, sampling_steps: int | None = None):
+    def __init__(self, ckpt: str | Path, sampling_steps: int | None = None, device: str = "cpu"):
         self.ckpt = Path(ckpt)
         self.meta = json.loads((self.ckpt / "worldgen.json").read_text())
-        self.model = UNetWorldModel.from_pretrained(self.ckpt / "model").eval()
+        self.device = torch.device(device)
+        model_class = WORLD_MODELS[self.meta.get("preset", "unet")]
+        self.model = model_class.from_pretrained(self.ckpt / "model").eval().to(self.device)
         self.norm = Normalization(**self.meta["normalization"])
         self.steps = sampling_steps or self.meta["scheduler"]["sampling_steps"]
-        self.scheduler = make_scheduler()
+        self.scheduler = make_scheduler(self.meta["scheduler"]["sigma_data"])
         self.hash = checkpoint_hash(self.ckpt)
 
     @torch.no_grad()
@@ -66,21 +69,21 @@ class WorldModelSampler:
 
         context (K, C, h, w) frames up to the branch step; past_actions (K, A) actions before it
         (zeros where none); state (S,) raw; actions (N, H, A) future actions per branch.
-        Returns frames (N, H, C, h, w) and raw states (N, H, S).
+        Returns frames (N, H, C, h, w) and raw states (N, H, S), on the CPU.
         """
         n, horizon = actions.shape[:2]
         k = self.meta["context_frames"]
         generators = [torch.Generator().manual_seed(s) for s in seeds]
-        frames = context[None].repeat(n, 1, 1, 1, 1)
-        acts = torch.cat([past_actions[None].repeat(n, 1, 1), actions], dim=1)
-        states = self.norm.normalize(state)[None].repeat(n, 1)
+        frames = context.to(self.device)[None].repeat(n, 1, 1, 1, 1)
+        acts = torch.cat([past_actions[None].repeat(n, 1, 1), actions], dim=1).to(self.device)
+        states = self.norm.normalize(state.to(self.device))[None].repeat(n, 1)
         out_frames, out_states = [], []
         for j in range(horizon):
-            nxt, states = self.step(frames[:, -k:], acts[:, j + 1 : j + 1 + k], states, generators)
+            nxt, states = self._step(frames[:, -k:], acts[:, j + 1 : j + 1 + k], states, generators)
             frames = torch.cat([frames, nxt[:, None]], dim=1)
             out_frames.append(nxt)
             out_states.append(self.norm.denormalize(states))
-        return torch.stack(out_frames, 1), torch.stack(out_states, 1)
+        return torch.stack(out_frames, 1).cpu(), torch.stack(out_states, 1).cpu()
 
     @torch.no_grad()
     def step(
@@ -91,15 +94,22 @@ class WorldModelSampler:
         generators: list[torch.Generator],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One frame ahead for a batch: window (N, K, C, h, w) the last K frames, actions (N, K, A) the
-        action taken after each of them, states (N, S) normalised. Returns the next frames (N, C, h, w)
-        and the next normalised states (N, S); each generator draws one branch's noise."""
+        action taken after each of them (raw), states (N, S) normalised. Returns the next frames
+        (N, C, h, w) and the next normalised states (N, S), on the CPU; each (CPU) generator draws one
+        branch's noise."""
+        d = self.device
+        nxt, states = self._step(window.to(d), actions.to(d), states.to(d), generators)
+        return nxt.cpu(), states.cpu()
+
+    def _step(self, window, actions, states, generators):
         n = window.shape[0]
-        self.scheduler.set_timesteps(self.steps)
-        x = torch.stack([torch.randn(window.shape[2:], generator=g) for g in generators])
+        actions = self.norm.normalize_actions(actions)
+        self.scheduler.set_timesteps(self.steps, device=self.device)
+        x = torch.stack([torch.randn(window.shape[2:], generator=g) for g in generators]).to(self.device)
         x = x * self.scheduler.init_noise_sigma
         for t in self.scheduler.timesteps:
             model_input = self.scheduler.scale_model_input(x, t)
-            out = self.model(model_input, t.expand(n), window, actions, states)
+            out = self.model.denoise_next_frame(model_input, t.expand(n), window, actions, states)
             x = self.scheduler.step(out, t, x).prev_sample
         nxt = (window[:, -1] + x).clamp(-1.0, 1.0)
         return nxt, states + self.model.predict_state_delta(actions, states)
@@ -123,9 +133,10 @@ def branch_dataset(
     horizon: int | None = None,
     base_seed: int = 0,
     progress=None,
+    device: str = "cpu",
 ) -> DatasetWriter:
     """Copy the dataset's seed demos to ``out`` and append ``per_seed`` branches per seed and step."""
-    sampler = WorldModelSampler(ckpt)
+    sampler = WorldModelSampler(ckpt, device=device)
     meta = sampler.meta
     camera, instances, k = meta["camera"], meta["instances"], meta["context_frames"]
     horizon = horizon or 8

@@ -51,12 +51,21 @@ def obs_from_frames(frames: torch.Tensor, instances: list[int]) -> dict[str, np.
 class Normalization:
     state_mean: list[float]
     state_std: list[float]
+    action_mean: list[float]
+    action_std: list[float]
 
     def normalize(self, state: torch.Tensor) -> torch.Tensor:
-        return (state - torch.tensor(self.state_mean)) / torch.tensor(self.state_std)
+        return (state - _like(self.state_mean, state)) / _like(self.state_std, state)
 
     def denormalize(self, state: torch.Tensor) -> torch.Tensor:
-        return state * torch.tensor(self.state_std) + torch.tensor(self.state_mean)
+        return state * _like(self.state_std, state) + _like(self.state_mean, state)
+
+    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        return (actions - _like(self.action_mean, actions)) / _like(self.action_std, actions)
+
+
+def _like(values: list[float], x: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(values, dtype=x.dtype, device=x.device)
 
 
 def low_dim_state(group: h5py.Group) -> np.ndarray:
@@ -140,10 +149,50 @@ class WorldModelData:
         if not self.episodes:
             raise ValueError(f"{self.path}: mask {mask!r} holds no demos")
         self.index = [(e, t) for e, ep in enumerate(self.episodes) for t in range(ep.actions.shape[0])]
+        self._stack()
+
+    def _stack(self) -> None:
+        """Every episode's frames, actions and states concatenated, with per-window gather indices, so a
+        batch is a few index operations on whichever device the data lives on (see :meth:`window`)."""
+        k = self.context
+        frame_start = np.cumsum([0] + [ep.frames.shape[0] for ep in self.episodes])
+        action_start = np.cumsum([0] + [ep.actions.shape[0] for ep in self.episodes])
+        zero_action = int(action_start[-1])  # the appended zero row stands for actions before step 0
+        frame_ids, action_ids = [], []
+        for e, t in self.index:
+            steps = np.arange(t - k + 1, t + 1)
+            frame_ids.append(frame_start[e] + np.append(np.maximum(steps, 0), t + 1))
+            action_ids.append(np.where(steps >= 0, action_start[e] + steps, zero_action))
+        self.frames = torch.cat([ep.frames for ep in self.episodes])
+        actions = torch.cat([ep.actions for ep in self.episodes])
+        self.actions = torch.cat([actions, actions.new_zeros(1, actions.shape[1])])
+        self.states = torch.cat([ep.states for ep in self.episodes])
+        self.frame_ids = torch.from_numpy(np.stack(frame_ids))  # (windows, K+1): context, then next
+        self.action_ids = torch.from_numpy(np.stack(action_ids))  # (windows, K)
+
+    def to(self, device: str | torch.device) -> WorldModelData:
+        """Hold the stacked tensors on ``device`` (a GPU trains without a per-step host copy)."""
+        for name in ("frames", "actions", "states", "frame_ids", "action_ids"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
 
     def normalization(self) -> Normalization:
         states = torch.cat([ep.states for ep in self.episodes])
-        return Normalization(states.mean(0).tolist(), states.std(0).clamp_min(1e-3).tolist())
+        actions = torch.cat([ep.actions for ep in self.episodes])
+        # Actions the experts never vary (a fixed gripper, zero rotation) keep a floor of 0.1, so the
+        # perturbed actions of branches stay within a few units.
+        return Normalization(
+            states.mean(0).tolist(),
+            states.std(0).clamp_min(1e-3).tolist(),
+            actions.mean(0).tolist(),
+            actions.std(0).clamp_min(0.1).tolist(),
+        )
+
+    def residual_std(self) -> float:
+        """Std of the frame-to-frame change over every channel (at least 0.01), rounded to 4 digits: the
+        scale of what the model generates."""
+        residuals = torch.cat([ep.frames[1:] - ep.frames[:-1] for ep in self.episodes])
+        return float(f"{max(residuals.std().item(), 0.01):.4g}")
 
     def window(self, episode: Episode, t: int) -> dict[str, torch.Tensor]:
         """Context frames t-K+1..t (the first frame repeated before 0), actions t-K+1..t (zeros before 0),
@@ -158,6 +207,16 @@ class WorldModelData:
         }
 
     def batch(self, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        picks = torch.randint(len(self.index), (size,), generator=generator).tolist()
-        items = [self.window(self.episodes[self.index[i][0]], self.index[i][1]) for i in picks]
-        return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+        """``size`` windows drawn with ``generator``, as :meth:`window` gives them, stacked; on the data's
+        device (the generator's device must be the data's or the CPU)."""
+        picks = torch.randint(len(self.index), (size,), generator=generator, device=generator.device)
+        picks = picks.to(self.frame_ids.device)
+        ids = self.frame_ids[picks]
+        frames = self.frames[ids]
+        return {
+            "context": frames[:, :-1],
+            "actions": self.actions[self.action_ids[picks]],
+            "state": self.states[ids[:, -2]],
+            "next_frame": frames[:, -1],
+            "next_state": self.states[ids[:, -1]],
+        }

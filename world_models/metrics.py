@@ -2,7 +2,11 @@
 from its parent's recorded state at the branch step, and each predicted frame is compared with the
 simulated one, per step ahead: PSNR and SSIM (RGB), depth error, mask IoU per tracked object, and
 state error; beside them the copy-last-frame baseline, the action-sensitivity gap (PSNR with the true
-actions minus PSNR with shuffled actions, same noise) and the diversity across sibling branches."""
+actions minus PSNR with shuffled actions, same noise) and the diversity across sibling branches.
+
+:func:`evaluate_open_loop` scores the same way without a simulator: rollouts under a held-out demo's
+own recorded actions, compared with its recorded frames (the simulator's own output for those actions),
+at the model's resolution. It is what a training machine without Newton can measure."""
 
 from __future__ import annotations
 
@@ -136,34 +140,110 @@ def evaluate_branches(
     if ckpt is not None:
         report["action_sensitivity_psnr_gap"] = _action_sensitivity(ckpt, synth, branches, truth_rgb)
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        plot_psnr(report, out.with_suffix(".png"))
+        write_report(report, out)
+    return report
+
+
+def write_report(report: dict, out: str | Path) -> None:
+    """The report as JSON at ``out`` and its per-step PSNR plot beside it (same name, ``.png``)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    plot_psnr(report, out.with_suffix(".png"))
+
+
+def evaluate_open_loop(
+    dataset: str | Path,
+    ckpt: str | Path,
+    mask: str = "valid",
+    horizon: int = 8,
+    stride: int = 6,
+    device: str = "cpu",
+    out: str | Path | None = None,
+) -> dict:
+    """Roll out from every ``stride``-th step of each demo in ``mask`` under its recorded actions and
+    score each step ahead against the recorded frames, beside copy-last-frame; the action-sensitivity gap
+    uses another window's actions with the same noise. Frames are compared at the model's resolution."""
+    from .branch import WorldModelSampler
+    from .data import Episode, obs_from_frames
+
+    dataset = Path(dataset)
+    sampler = WorldModelSampler(ckpt, device=device)
+    meta = sampler.meta
+    camera, instances, k = meta["camera"], meta["instances"], meta["context_frames"]
+    with h5py.File(dataset, "r") as f:
+        near, far = json.loads(f["data"].attrs["depth_range"])[camera]
+        episodes = [
+            Episode.load(f["data"][name], camera, instances, tuple(meta["resolution"]))
+            for name in demo_names(f, mask)
+        ]
+    windows = [(e, t) for e in episodes for t in range(k, len(e.actions) - horizon + 1, stride)]
+    if len(windows) < 2:
+        raise ValueError(f"{dataset}: mask {mask!r} has {len(windows)} windows of {horizon} steps; need 2")
+    per_step: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    gaps = []
+    for i, (episode, t) in enumerate(windows):
+        context, past, state = episode.history(t, k)
+        other_episode, other_t = windows[(i + len(windows) // 2) % len(windows)]
+        actions = torch.stack(
+            [episode.actions[t : t + horizon], other_episode.actions[other_t : other_t + horizon]]
+        )
+        pred, _ = sampler.rollout(context, past, state, actions, [i, i])
+        truth = obs_from_frames(episode.frames[t + 1 : t + 1 + horizon], instances)
+        last = obs_from_frames(episode.frames[t : t + 1], instances)
+        own, shuffled = (obs_from_frames(p, instances) for p in pred)
+        for j in range(horizon):
+            true = {s: v[j] for s, v in truth.items()}
+            for prefix, frame in (("", {s: v[j] for s, v in own.items()}), ("copy_last_", last)):
+                frame = {s: v[-1] if prefix else v for s, v in frame.items()}
+                for key, value in _frame_metrics(frame, true, instances, far - near).items():
+                    per_step[prefix + key][j + 1].append(value)
+        gaps.append(
+            np.mean([psnr(a, b) for a, b in zip(own["rgb"], truth["rgb"], strict=True)])
+            - np.mean([psnr(a, b) for a, b in zip(shuffled["rgb"], truth["rgb"], strict=True)])
+        )
+    report = {
+        "mode": "open_loop",
+        "mask": mask,
+        "windows": len(windows),
+        "camera": camera,
+        "resolution": meta["resolution"],
+        "per_step": {k: {j: float(np.mean(v)) for j, v in sorted(d.items())} for k, d in per_step.items()},
+        "action_sensitivity_psnr_gap": float(np.mean(gaps)),
+    }
+    if out is not None:
+        write_report(report, out)
     return report
 
 
 def _action_sensitivity(ckpt, synth: Path, branches: list[dict], truth_rgb: dict) -> float:
-    """Mean PSNR (vs the simulator) with the branch's own actions minus with its actions reversed in time,
-    same context and noise: how much the model's frames depend on the actions."""
+    """Mean PSNR (vs the simulator) with the branch's own actions minus with shuffled ones (another branch
+    point's actions; reversed in time when there is only one branch point), same context and noise: how
+    much the model's frames depend on the actions."""
     from .branch import WorldModelSampler
     from .data import Episode, obs_from_frames
 
     sampler = WorldModelSampler(ckpt)
     meta = sampler.meta
     camera, instances, k = meta["camera"], meta["instances"], meta["context_frames"]
+    # Branches are stored grouped by branch point: rotating by one group's size gives each branch the
+    # actions of another point.
+    shift = sum((b["parent"], b["step"]) == (branches[0]["parent"], branches[0]["step"]) for b in branches)
     gaps = []
     with h5py.File(synth, "r") as f:
-        for b in branches:
+        for i, b in enumerate(branches):
             episode = Episode.load(f["data"][b["parent"]], camera, instances, tuple(meta["resolution"]))
             context, past, state = episode.history(b["step"], k)
             own = torch.from_numpy(b["actions"])[None]
-            both = torch.cat([own, own.flip(1)])
-            pred, _ = sampler.rollout(context, past, state, both, [b["noise_seed"]] * 2)
+            if shift < len(branches):
+                other = torch.from_numpy(branches[(i + shift) % len(branches)]["actions"])[None]
+            else:
+                other = own.flip(1)
+            pred, _ = sampler.rollout(context, past, state, torch.cat([own, other]), [b["noise_seed"]] * 2)
             h, w = truth_rgb[b["name"]].shape[1:3]
             scores = []
-            for i in range(2):
-                seq = torch.nn.functional.interpolate(pred[i], size=(h, w), mode="nearest")
+            for j in range(2):
+                seq = torch.nn.functional.interpolate(pred[j], size=(h, w), mode="nearest")
                 rgb = obs_from_frames(seq, instances)["rgb"]
                 scores.append(np.mean([psnr(p, t) for p, t in zip(rgb, truth_rgb[b["name"]], strict=True)]))
             gaps.append(scores[0] - scores[1])

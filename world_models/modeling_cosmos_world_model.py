@@ -2,9 +2,16 @@
 architecture) with action conditioning, as NVIDIA's action-conditioned Predict2 adds it: an MLP embeds
 the action chunk and its output is added to the timestep embedding (before its norm) and to the
 adaLN-LoRA embedding. The parent's modules and state-dict keys are unchanged, so a local
-Cosmos-Predict2 Video2World folder in diffusers format loads as it is; only ``action_embedder.*`` is
-new. Post-training a pretrained model starts the new layers at zero (it then equals its base model);
-from scratch they get a small non-zero init, which learns faster.
+Cosmos-Predict2 Video2World folder in diffusers format loads as it is; only ``action_embedder.*``,
+``state_embedder.*`` and ``state_head.*`` are new. Post-training a pretrained model starts the action
+layers at zero (it then equals its base model); from scratch they get a small non-zero init, which
+learns faster.
+
+As a world model (``denoise_next_frame``, the same contract as the ``unet`` backbone) the K context
+frames and the noisy residual of the next frame form one (K+1)-frame video: the context frames carry
+the condition mask and timestep 0, the last frame the EDM noise level; the robot and object state is
+the single cross-attention token (where Video2World has its text), and a small head predicts the
+next state.
 """
 
 from __future__ import annotations
@@ -49,11 +56,14 @@ class ActionEmbedder(nn.Module):
 
 
 class CosmosWorldModel(CosmosTransformer3DModel):
+    NEW_LAYERS = ("action_embedder", "state_embedder", "state_head")
+
     @register_to_config
     def __init__(
         self,
         action_dim: int = 7,
         action_chunk: int = 4,
+        state_dim: int = 15,
         # The parent's configuration, spelled out so that from_pretrained passes a base folder's config on.
         in_channels: int = 16,
         out_channels: int = 16,
@@ -101,6 +111,15 @@ class CosmosWorldModel(CosmosTransformer3DModel):
         _install_padding_mask_resize()
         hidden = self.config.num_attention_heads * self.config.attention_head_dim
         self.action_embedder = ActionEmbedder(action_dim * action_chunk, hidden)
+        # The state (and the training context-noise level) as one cross-attention token.
+        self.state_embedder = nn.Linear(state_dim + 1, self.config.text_embed_dim)
+        self.state_head = nn.Sequential(
+            nn.Linear(action_dim * action_chunk + state_dim, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, state_dim),
+        )
         self.init_action_layers(zero=False)
         self._actions: torch.Tensor | None = None
         embed = self.time_embed
@@ -130,17 +149,67 @@ class CosmosWorldModel(CosmosTransformer3DModel):
             last.bias.zero_()
 
     @classmethod
+    def for_frames(
+        cls, frame_channels: int, context_frames: int, action_dim: int, state_dim: int, resolution: int
+    ) -> CosmosWorldModel:
+        """A small from-scratch configuration for multi-channel frames (trains on a CPU)."""
+        return cls(
+            action_dim=action_dim,
+            action_chunk=context_frames,
+            state_dim=state_dim,
+            in_channels=frame_channels + 1,  # + the condition mask
+            out_channels=frame_channels,
+            num_attention_heads=4,
+            attention_head_dim=32,
+            num_layers=4,
+            text_embed_dim=128,
+            adaln_lora_dim=32,
+            max_size=(context_frames + 1, resolution, resolution),
+            patch_size=(1, 4, 4),
+            rope_scale=(1.0, 1.0, 1.0),
+        )
+
+    @classmethod
     def from_base(cls, path: str, action_dim: int, action_chunk: int, **kwargs) -> CosmosWorldModel:
         """Load a Cosmos-Predict2 Video2World transformer folder (diffusers format) and add zeroed action
         layers. New layers that ``from_pretrained`` leaves on the meta device are materialised here."""
         model = cls.from_pretrained(path, action_dim=action_dim, action_chunk=action_chunk, **kwargs)
-        if any(p.is_meta for p in model.action_embedder.parameters()):
-            model.action_embedder.to_empty(device="cpu")
-            for layer in model.action_embedder.net:
-                if isinstance(layer, nn.Linear):
-                    layer.reset_parameters()
+        for name in cls.NEW_LAYERS:
+            module = getattr(model, name)
+            if any(p.is_meta for p in module.parameters()):
+                module.to_empty(device="cpu")
+                for layer in module.modules():
+                    if isinstance(layer, nn.Linear):
+                        layer.reset_parameters()
         model.init_action_layers(zero=True)
         return model
+
+    def denoise_next_frame(
+        self,
+        noisy: torch.Tensor,
+        timestep: torch.Tensor,
+        context: torch.Tensor,
+        actions: torch.Tensor,
+        state: torch.Tensor,
+        context_noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """EDM network output for the noisy residual (B, C, H, W); arguments as ``UNetWorldModel.forward``."""
+        b, k, _, h, w = context.shape
+        video = torch.cat([context, noisy[:, None]], dim=1).transpose(1, 2)  # (B, C, K+1, H, W)
+        condition = torch.zeros(b, 1, k + 1, h, w, dtype=video.dtype, device=video.device)
+        condition[:, :, :k] = 1.0
+        timesteps = torch.zeros(b, 1, k + 1, 1, 1, dtype=video.dtype, device=video.device)
+        timesteps[:, 0, -1, 0, 0] = timestep.reshape(-1).to(video.dtype)
+        if context_noise is None:
+            context_noise = torch.zeros(b, dtype=state.dtype, device=state.device)
+        token = self.state_embedder(torch.cat([state, context_noise[:, None]], dim=1))[:, None]
+        padding = torch.zeros(1, 1, h, w, dtype=video.dtype, device=video.device)
+        out = self(video, timesteps, token, actions=actions, condition_mask=condition, padding_mask=padding)
+        return out.sample[:, :, -1]
+
+    def predict_state_delta(self, actions: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Normalised change of the low-dimensional state over the step."""
+        return self.state_head(torch.cat([actions.flatten(1), state], dim=1))
 
     def forward(
         self,

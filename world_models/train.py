@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shutil
 import time
@@ -23,67 +24,102 @@ from pathlib import Path
 import h5py
 import torch
 from diffusers import EDMEulerScheduler
+from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from worldgen.checks.clip import tracked_objects
 from worldgen.checks.gate import dataset_manifest
 
 from .data import Normalization, WorldModelData
+from .modeling_cosmos_world_model import CosmosWorldModel
 from .modeling_unet_world_model import UNetWorldModel
 
-P_MEAN, P_STD = -1.2, 1.2  # EDM's log-normal training noise distribution
-SIGMA_DATA = 0.5
+WorldModel = UNetWorldModel | CosmosWorldModel
+WORLD_MODELS: dict[str, type[WorldModel]] = {"unet": UNetWorldModel, "cosmos": CosmosWorldModel}
+
+# EDM's log-normal training noise (P_mean -1.2, P_std 1.2 for sigma_data 0.5), kept relative to sigma_data
+P_MEAN_OVER_SIGMA_DATA, P_STD = -1.2 - math.log(0.5), 1.2
 EMA_DECAY = 0.999
+CONTEXT_NOISE_MAX = 4.0  # in units of sigma_data
+WARMUP_STEPS = 100
+# Two Euler steps: on push_to_target (1600 steps) 3 steps cost 0.65 dB at 4 steps ahead and 1 step 0.1 dB.
+SAMPLING_STEPS = 2
 
 
-def make_scheduler() -> EDMEulerScheduler:
-    return EDMEulerScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=SIGMA_DATA)
+def make_scheduler(sigma_data: float = 0.5) -> EDMEulerScheduler:
+    """EDM noise levels scaled to the data. The residual to the next frame has a std of a few hundredths
+    in [-1, 1] units; EDM's image defaults (sigma_data 0.5, sigma_max 80) would spend nearly every
+    training sample and sampling step at noise levels that drown it."""
+    return EDMEulerScheduler(sigma_min=0.002, sigma_max=20.0 * sigma_data, sigma_data=sigma_data)
 
 
 def edm_loss(
-    model: UNetWorldModel,
+    model: WorldModel,
     scheduler: EDMEulerScheduler,
     batch: dict,
     generator: torch.Generator,
     norm: Normalization,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(frame loss, state loss) of one batch: EDM-weighted denoising of the residual to the next frame,
-    and MSE of the normalised state change."""
+    and MSE of the normalised state change. The noise is drawn with ``generator`` on its own device (on
+    the GPU, drawing on the host would starve it) and moved to the model's device with the batch."""
+    device = next(model.parameters()).device
+    batch = {key: value.to(device) for key, value in batch.items()}
     last = batch["context"][:, -1]
     residual = batch["next_frame"] - last
     b = residual.shape[0]
-    sigma = torch.exp(P_MEAN + P_STD * torch.randn(b, generator=generator))
-    noise = torch.randn(residual.shape, generator=generator)
+    sigma_data = scheduler.config.sigma_data
+    p_mean = math.log(sigma_data) + P_MEAN_OVER_SIGMA_DATA
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+    sigma = torch.exp(p_mean + P_STD * randn(b))
+    noise = randn(*residual.shape)
     s = sigma.view(-1, 1, 1, 1)
     noisy = residual + s * noise
-    state = norm.normalize(batch["state"])
-    out = model(
+    state, actions = norm.normalize(batch["state"]), norm.normalize_actions(batch["actions"])
+    # Context-noise augmentation (as GameNGen): half the samples see context frames corrupted by noise of
+    # a known level, so the model cannot lean on exact past frames alone: it learns to read the motion
+    # from the actions and to recover from its own imperfect frames in autoregressive rollouts.
+    level = CONTEXT_NOISE_MAX * rand(b)
+    level = level * (rand(b) < 0.5)
+    context_noise = randn(*batch["context"].shape)
+    context = batch["context"] + (level * sigma_data).view(-1, 1, 1, 1, 1) * context_noise
+    out = model.denoise_next_frame(
         scheduler.precondition_inputs(noisy, s),
         scheduler.precondition_noise(sigma),
-        batch["context"],
-        batch["actions"],
+        context,
+        actions,
         state,
+        context_noise=level,
     )
     denoised = scheduler.precondition_outputs(noisy, out, s)
-    weight = (s**2 + SIGMA_DATA**2) / (s * SIGMA_DATA) ** 2
+    weight = (s**2 + sigma_data**2) / (s * sigma_data) ** 2
     frame_loss = (weight * (denoised - residual) ** 2).mean()
     target_delta = norm.normalize(batch["next_state"]) - state
-    state_loss = ((model.predict_state_delta(batch["actions"], state) - target_delta) ** 2).mean()
+    state_loss = ((model.predict_state_delta(actions, state) - target_delta) ** 2).mean()
     return frame_loss, state_loss
 
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]
 
 
-def add_lora(model: UNetWorldModel, rank: int) -> None:
-    """Freeze the U-Net and inject trainable LoRA adapters into its attention and resnet convolutions."""
+def add_lora(model: WorldModel, rank: int) -> None:
+    """Freeze the backbone and inject trainable LoRA adapters into its attention projections (and the
+    U-Net's resnet convolutions); the action and state layers keep training in full."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    model.unet.requires_grad_(False)
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS), model.unet)
+    model.requires_grad_(False)
+    for name in model.NEW_LAYERS:
+        getattr(model, name).requires_grad_(True)
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS), model)
 
 
-def merged_copy(model: UNetWorldModel) -> UNetWorldModel:
+def merged_copy(model: WorldModel) -> WorldModel:
     """The model itself, or with LoRA present a copy with the adapters merged into plain layers."""
     from peft.tuners.lora import LoraLayer
 
@@ -102,7 +138,7 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tens
     out = {}
     for index, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
-            out[f"adam.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+            out[f"adam.{index}.{key}"] = value.cpu() if torch.is_tensor(value) else torch.tensor(value)
     return out
 
 
@@ -123,15 +159,13 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(
-    out: Path, model: UNetWorldModel, ema: EMAModel, optimizer, meta: dict, state: dict
-) -> None:
+def save_checkpoint(out: Path, model: WorldModel, ema: EMAModel, optimizer, meta: dict, state: dict) -> None:
     """Write the whole checkpoint beside the old one, then swap it in."""
     staging = out.with_name(out.name + ".saving")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    raw = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    shadow = {f"ema.{i}": p.detach().clone().contiguous() for i, p in enumerate(ema.shadow_params)}
+    raw = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    shadow = {f"ema.{i}": p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}
     save_file({**raw, **shadow, **_optimizer_tensors(optimizer)}, staging / "training_state.safetensors")
     ema.store(model.parameters())
     ema.copy_to(model.parameters())
@@ -149,6 +183,47 @@ def save_checkpoint(
         os.replace(staging, out)
 
 
+def build_world_model(
+    backbone: str,
+    pretrained: str | Path | None,
+    frame_channels: int,
+    context_frames: int,
+    action_dim: int,
+    state_dim: int,
+    resolution: int,
+) -> WorldModel:
+    """The manifest's backbone, from scratch or from a local folder: a worldgen checkpoint's ``model/``
+    of that backbone, or (cosmos) a Cosmos-Predict2 Video2World transformer in diffusers format, which
+    gets zero-initialised action layers."""
+    cls = WORLD_MODELS[backbone]
+    if pretrained is not None:
+        config = json.loads((Path(pretrained) / "config.json").read_text())
+        if config.get("_class_name") == cls.__name__:
+            return cls.from_pretrained(pretrained)
+        if backbone == "cosmos":
+            return cls.from_base(
+                str(pretrained), action_dim=action_dim, action_chunk=context_frames, state_dim=state_dim
+            )
+        raise ValueError(f"{pretrained}: holds a {config.get('_class_name')}, not a {cls.__name__}")
+    if backbone == "cosmos":
+        return cls.for_frames(frame_channels, context_frames, action_dim, state_dim, resolution)
+    return cls(
+        frame_channels=frame_channels,
+        context_frames=context_frames,
+        action_dim=action_dim,
+        state_dim=state_dim,
+        resolution=resolution,
+    )
+
+
+def _pretrained_sigma_data(pretrained: str | Path | None) -> float | None:
+    """The noise scale a worldgen checkpoint's ``model/`` was trained with, kept when post-training it."""
+    meta = Path(pretrained).parent / "worldgen.json" if pretrained is not None else None
+    if meta is None or not meta.is_file():
+        return None
+    return json.loads(meta.read_text()).get("scheduler", {}).get("sigma_data")
+
+
 def train_world_model(
     dataset: str | Path,
     out: str | Path,
@@ -161,6 +236,7 @@ def train_world_model(
     lora_rank: int | None = None,
     mixed_precision: str = "no",
     gradient_checkpointing: bool = False,
+    device: str = "cpu",
 ) -> dict:
     """Train on ``train``, validate on ``valid``; resumes from ``out`` when it holds a checkpoint.
 
@@ -168,6 +244,8 @@ def train_world_model(
     and convolution layers (peft), plus the action/state conditioning in full; the saved ``model/`` has
     the adapters merged, so it loads as a plain model. ``mixed_precision="bf16"`` runs forward passes
     under bfloat16 autocast; ``gradient_checkpointing`` recomputes U-Net activations in the backward pass.
+    ``device``: where the model trains ("cuda" on a GPU); the data is held and batches and noise are drawn
+    there.
     """
     if mixed_precision not in ("no", "bf16"):
         raise ValueError(f"mixed_precision {mixed_precision!r}: expected 'no' or 'bf16'")
@@ -177,8 +255,6 @@ def train_world_model(
         first = next(iter(f["data"].values()))
         scene = json.loads(first.attrs["scene"])
     spec = manifest.world_model
-    if spec.backbone != "unet":
-        raise ValueError(f"backbone {spec.backbone!r}: only the unet backbone trains here")
     camera = manifest.world_model_camera
     instances = [o.instance for o in tracked_objects(manifest, scene)]
     resolution = tuple(spec.resolution)
@@ -188,18 +264,19 @@ def train_world_model(
     steps = steps or spec.train_steps
     batch_size = batch_size or spec.batch_size
     torch.manual_seed(seed)
-    if pretrained is not None:
-        model = UNetWorldModel.from_pretrained(pretrained)
-    else:
-        model = UNetWorldModel(
-            frame_channels=4 + len(instances),
-            context_frames=spec.context_frames,
-            action_dim=train.episodes[0].actions.shape[1],
-            state_dim=train.episodes[0].states.shape[1],
-            resolution=resolution[0],
-        )
+    model = build_world_model(
+        spec.backbone,
+        pretrained,
+        frame_channels=4 + len(instances),
+        context_frames=spec.context_frames,
+        action_dim=train.episodes[0].actions.shape[1],
+        state_dim=train.episodes[0].states.shape[1],
+        resolution=resolution[0],
+    )
+    device = torch.device(device)
+    model.to(device)
     if gradient_checkpointing:
-        model.unet.enable_gradient_checkpointing()
+        model.enable_gradient_checkpointing()
     if lora_rank is not None:
         add_lora(model, lora_rank)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -207,7 +284,8 @@ def train_world_model(
     # EMA warm-up (decay 1 - (1 + step)^(-2/3), capped): short CPU budgets would otherwise average in
     # the untrained start for most of the run.
     ema = EMAModel(model.parameters(), decay=EMA_DECAY, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
-    scheduler = make_scheduler()
+    sigma_data = _pretrained_sigma_data(pretrained) or train.residual_std()
+    scheduler = make_scheduler(sigma_data)
     start, history = 0, []
     if (out / "training_state.safetensors").exists():
         previous = json.loads((out / "worldgen.json").read_text())
@@ -229,8 +307,15 @@ def train_world_model(
         state = json.loads((out / "training_state.json").read_text())
         start, history = int(state["step"]), state.get("validation", [])
         ema.optimization_step = int(state.get("ema_step", start))
+    # Linear warm-up, then cosine decay to zero at the run's last step (a resumed run with a later last
+    # step follows the longer curve from where it is).
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", spec.learning_rate)
+    lr_schedule = get_cosine_schedule_with_warmup(
+        optimizer, min(WARMUP_STEPS, steps // 10), max(steps, 1), last_epoch=start - 1
+    )
     meta = {
-        "preset": "unet",
+        "preset": spec.backbone,
         "camera": camera,
         "resolution": list(resolution),
         "instances": instances,
@@ -238,23 +323,27 @@ def train_world_model(
         "normalization": asdict(norm),
         "data_hash": train.data_hash,
         "manifest_hash": manifest.content_hash(),
-        "scheduler": {"sigma_data": SIGMA_DATA, "sampling_steps": 3},
+        "scheduler": {"sigma_data": sigma_data, "sampling_steps": SAMPLING_STEPS},
         "lora_rank": lora_rank,
         "mixed_precision": mixed_precision,
     }
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
+    # Batches and noise are drawn on the training device: the same seed gives the same run on the same
+    # machine and device (CPU and GPU runs draw different numbers).
+    train.to(device)
+    generator = torch.Generator(device).manual_seed(seed * 1_000_003 + start)
     val_generator = torch.Generator().manual_seed(12345)
     val_batch = valid.batch(min(64, len(valid.index)), val_generator)
     model.train()
     started = time.perf_counter()
     for step in range(start, steps):
         batch = train.batch(batch_size, generator)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed_precision == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16"):
             frame_loss, state_loss = edm_loss(model, scheduler, batch, generator, norm)
         optimizer.zero_grad(set_to_none=True)
         (frame_loss + state_loss).backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
+        lr_schedule.step()
         ema.step(model.parameters())
         done = step + 1
         if progress is not None:

@@ -185,6 +185,7 @@ def _cmd_train_wm(args: argparse.Namespace) -> int:
             lora_rank=args.lora_rank,
             mixed_precision=args.mixed_precision,
             gradient_checkpointing=args.gradient_checkpointing,
+            device=args.device,
         )
     except (ValueError, KeyError) as exc:
         raise UsageError(str(exc)) from None
@@ -208,6 +209,7 @@ def _cmd_branch(args: argparse.Namespace) -> int:
         action_noise=args.action_noise,
         horizon=args.horizon,
         base_seed=args.seed,
+        device=args.device,
     )
     synthetic = sum(d["attrs"].get("source") == "world_model" for d in writer.demos.values())
     print(
@@ -217,15 +219,32 @@ def _cmd_branch(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_wm(args: argparse.Namespace) -> int:
-    from world_models.metrics import evaluate_branches
+    from world_models.metrics import evaluate_branches, evaluate_open_loop
 
     out = Path(args.output) if args.output else Path(str(args.dataset) + ".eval-wm.json")
-    report = evaluate_branches(args.dataset, args.checkpoint, out)
+    gap = "action-sensitivity PSNR gap {:.2f} dB"
+    if args.open_loop and args.checkpoint is None:
+        raise UsageError("--open-loop needs CKPT")
+    try:
+        if args.open_loop:
+            report = evaluate_open_loop(
+                args.dataset, args.checkpoint, mask=args.mask, device=args.device, out=out
+            )
+        else:
+            report = evaluate_branches(args.dataset, args.checkpoint, out)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.open_loop:
+        print(
+            f"{report['windows']} windows of the {report['mask']} demos rolled out under their recorded "
+            f"actions on camera {report['camera']}; " + gap.format(report["action_sensitivity_psnr_gap"])
+        )
+    else:
+        print(
+            f"{report['branches']} branches replayed in simulation on camera {report['camera']}; "
+            + gap.format(report.get("action_sensitivity_psnr_gap", float("nan")))
+        )
     steps = report["per_step"]
-    print(
-        f"{report['branches']} branches replayed in simulation on camera {report['camera']}; "
-        f"action-sensitivity PSNR gap {report.get('action_sensitivity_psnr_gap', float('nan')):.2f} dB"
-    )
     print(f"{'ahead':>5} {'psnr':>7} {'copy-last':>9} {'ssim':>6} {'depth m':>8} {'iou':>6}")
     for j in sorted(steps["psnr"]):
         print(
@@ -365,6 +384,18 @@ def _count_arg(text: str) -> int:
     return value
 
 
+def _device_arg(text: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected a torch device (cpu, cuda), got {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device on this machine")
+    return text
+
+
 def _seed_arg(text: str) -> int:
     value = int(text)
     if not 0 <= value < 2**31:
@@ -441,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mixed-precision", choices=["no", "bf16"], default="no", help="bf16 autocast")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
+    p.add_argument("--device", type=_device_arg, default="cpu", help="torch device to train on (cpu, cuda)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_train_wm)
 
@@ -453,12 +485,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--action-noise", type=float, default=0.0, help="std of noise on normalised actions")
     p.add_argument("--horizon", type=_count_arg, default=8, help="steps per branch")
     p.add_argument("--seed", type=int, default=0, help="base seed of the branch noise")
+    p.add_argument("--device", type=_device_arg, default="cpu", help="torch device to sample on (cpu, cuda)")
     p.set_defaults(func=_cmd_branch)
 
     p = sub.add_parser("eval-wm", help="replay world-model branches in simulation and score them")
     p.add_argument("dataset", metavar="SYNTH", help="dataset with synthetic branches (worldgen branch)")
     p.add_argument("checkpoint", nargs="?", metavar="CKPT", help="adds the action-sensitivity gap")
     p.add_argument("-o", "--output", metavar="JSON", help="default SYNTH.eval-wm.json (+ .png plot)")
+    p.add_argument(
+        "--open-loop",
+        action="store_true",
+        help="no simulator: SYNTH is a seed dataset; roll CKPT out under its demos' recorded actions "
+        "and score against their recorded frames",
+    )
+    p.add_argument("--mask", default="valid", help="demos scored by --open-loop (default: valid)")
+    p.add_argument("--device", type=_device_arg, default="cpu", help="torch device for --open-loop")
     p.set_defaults(func=_cmd_eval_wm)
 
     p = sub.add_parser("train-policy", help="train a BC, diffusion or PPO policy")
