@@ -109,7 +109,7 @@ def main() -> None:
         "device": args.device,
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "scenario": "push_to_target",
-        "seeds": len(demo_names_of(seeds)) if args.seeds_file else args.seeds,
+        "seeds": _seed_count(seeds) if args.seeds_file else args.seeds,
         "resolution": res,
         "batch_size": batch_size,
         "bf16": args.bf16,
@@ -144,12 +144,12 @@ def main() -> None:
     print(f"wrote {out}")
 
 
-def demo_names_of(path: Path) -> list[str]:
+def _seed_count(path: Path) -> int:
     import h5py
     from worldgen.dataset import demo_names
 
     with h5py.File(path, "r") as f:
-        return demo_names(f, "seed")
+        return len(demo_names(f, "seed"))
 
 
 def _fidelity(report: dict) -> dict:

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageDraw
 from worldgen.checks.gate import dataset_manifest
 from worldgen.dataset import demo_names
+from worldgen.stage import write_atomically
 
 
 def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
@@ -126,7 +127,7 @@ def evaluate_branches(
     report = {
         "branches": len(branches),
         "camera": camera,
-        "per_step": {k: {j: float(np.mean(v)) for j, v in sorted(d.items())} for k, d in per_step.items()},
+        "per_step": _step_means(per_step),
     }
     siblings = defaultdict(list)
     for b in branches:
@@ -140,16 +141,19 @@ def evaluate_branches(
     if ckpt is not None:
         report["action_sensitivity_psnr_gap"] = _action_sensitivity(ckpt, synth, branches, truth_rgb)
     if out is not None:
-        write_report(report, out)
+        _write_report(report, out)
     return report
 
 
-def write_report(report: dict, out: str | Path) -> None:
+def _write_report(report: dict, out: str | Path) -> None:
     """The report as JSON at ``out`` and its per-step PSNR plot beside it (same name, ``.png``)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_atomically(out, (json.dumps(report, indent=2) + "\n").encode())
     plot_psnr(report, out.with_suffix(".png"))
+
+
+def _step_means(per_step: dict[str, dict[int, list[float]]]) -> dict[str, dict[int, float]]:
+    return {key: {j: float(np.mean(v)) for j, v in sorted(d.items())} for key, d in per_step.items()}
 
 
 def evaluate_open_loop(
@@ -190,14 +194,14 @@ def evaluate_open_loop(
         )
         pred, _ = sampler.rollout(context, past, state, actions, [i, i])
         truth = obs_from_frames(episode.frames[t + 1 : t + 1 + horizon], instances)
-        last = obs_from_frames(episode.frames[t : t + 1], instances)
+        first = {s: v[0] for s, v in obs_from_frames(episode.frames[t : t + 1], instances).items()}
         own, shuffled = (obs_from_frames(p, instances) for p in pred)
         for j in range(horizon):
-            true = {s: v[j] for s, v in truth.items()}
-            for prefix, frame in (("", {s: v[j] for s, v in own.items()}), ("copy_last_", last)):
-                frame = {s: v[-1] if prefix else v for s, v in frame.items()}
-                for key, value in _frame_metrics(frame, true, instances, far - near).items():
-                    per_step[prefix + key][j + 1].append(value)
+            true, pred_j = ({s: v[j] for s, v in obs.items()} for obs in (truth, own))
+            for key, value in _frame_metrics(pred_j, true, instances, far - near).items():
+                per_step[key][j + 1].append(value)
+            for key, value in _frame_metrics(first, true, instances, far - near).items():
+                per_step[f"copy_last_{key}"][j + 1].append(value)
         gaps.append(
             np.mean([psnr(a, b) for a, b in zip(own["rgb"], truth["rgb"], strict=True)])
             - np.mean([psnr(a, b) for a, b in zip(shuffled["rgb"], truth["rgb"], strict=True)])
@@ -208,11 +212,11 @@ def evaluate_open_loop(
         "windows": len(windows),
         "camera": camera,
         "resolution": meta["resolution"],
-        "per_step": {k: {j: float(np.mean(v)) for j, v in sorted(d.items())} for k, d in per_step.items()},
+        "per_step": _step_means(per_step),
         "action_sensitivity_psnr_gap": float(np.mean(gaps)),
     }
     if out is not None:
-        write_report(report, out)
+        _write_report(report, out)
     return report
 
 

@@ -29,6 +29,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from worldgen.checks.clip import tracked_objects
 from worldgen.checks.gate import dataset_manifest
+from worldgen.stage import write_atomically
 
 from .data import Normalization, WorldModelData
 from .modeling_cosmos_world_model import CosmosWorldModel
@@ -154,9 +155,7 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def save_checkpoint(out: Path, model: WorldModel, ema: EMAModel, optimizer, meta: dict, state: dict) -> None:
