@@ -32,6 +32,7 @@ RESULTS = ROOT / "bench" / "results"
 
 def main() -> None:
     from world_models.branch import WorldModelSampler, branch_dataset, noise_seed
+    from world_models.data import frame_channels
     from world_models.metrics import evaluate_open_loop
     from world_models.train import train_world_model
 
@@ -75,7 +76,7 @@ def main() -> None:
             shutil.copytree(ckpt, args.keep, dirs_exist_ok=True)
 
         sampler = WorldModelSampler(ckpt, device=args.device)
-        k, c = sampler.meta["context_frames"], sampler.model.config.frame_channels
+        k, c = sampler.meta["context_frames"], frame_channels(sampler.meta["instances"])
         res = sampler.meta["resolution"][0]
         g = torch.Generator().manual_seed(0)
         context = torch.rand(k, c, res, res, generator=g) * 2 - 1

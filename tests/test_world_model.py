@@ -14,7 +14,13 @@ from worldgen.cli import main
 from worldgen.pipeline import run_seed_stage
 
 from world_models.branch import WorldModelSampler, branch_dataset, noise_seed
-from world_models.data import Normalization, WorldModelData, frames_from_obs, obs_from_frames
+from world_models.data import (
+    Normalization,
+    WorldModelData,
+    frame_channels,
+    frames_from_obs,
+    obs_from_frames,
+)
 from world_models.metrics import evaluate_branches, evaluate_open_loop
 from world_models.modeling_unet_world_model import UNetWorldModel
 from world_models.train import edm_loss, make_scheduler, train_world_model
@@ -194,7 +200,7 @@ def test_lora_post_training_bf16_and_checkpointing(trained, tmp_path):
 def test_branches_regenerate_exactly_and_differ_by_seed(trained):
     dataset, ckpt, _ = trained
     sampler = WorldModelSampler(ckpt)
-    k, c = sampler.meta["context_frames"], sampler.model.config.frame_channels
+    k, c = sampler.meta["context_frames"], frame_channels(sampler.meta["instances"])
     res = sampler.meta["resolution"][0]
     g = torch.Generator().manual_seed(0)
     context = torch.rand(k, c, res, res, generator=g) * 2 - 1
@@ -374,17 +380,23 @@ def test_cosmos_backbone_forward_backward_and_action_sensitivity():
     assert not torch.equal(out.detach(), other)
 
 
+def _cosmos_seeds(tmp_path, resolution: int):
+    """Three push_to_target seed demos whose manifest picks the cosmos backbone at this resolution."""
+    manifest = yaml.safe_load((ROOT / "scenarios" / "push_to_target.yaml").read_text())
+    manifest["world_model"].update(backbone="cosmos", resolution=[resolution] * 2, context_frames=2)
+    path = tmp_path / "push_cosmos.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    dataset = tmp_path / "seeds.hdf5"
+    run_seed_stage(path, dataset, n=3)
+    return dataset
+
+
 def test_cosmos_backbone_trains_post_trains_and_branches_through_the_same_commands(tmp_path, capsys):
     """``world_model.backbone: cosmos`` goes through train-wm, resume, --from a Video2World-format folder
     and branch like the unet backbone."""
     from diffusers import CosmosTransformer3DModel
 
-    manifest = yaml.safe_load((ROOT / "scenarios" / "push_to_target.yaml").read_text())
-    manifest["world_model"].update(backbone="cosmos", resolution=[16, 16], context_frames=2)
-    path = tmp_path / "push_cosmos.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    dataset = tmp_path / "seeds.hdf5"
-    run_seed_stage(path, dataset, n=3)
+    dataset = _cosmos_seeds(tmp_path, resolution=16)
     ckpt = tmp_path / "ckpt"
     assert main(["train-wm", str(dataset), "-o", str(ckpt), "--steps", "2", "--batch-size", "2", "-q"]) == 0
     assert train_world_model(dataset, ckpt, steps=3, batch_size=2)["step"] == 3
@@ -441,3 +453,147 @@ def test_cosmos_zero_initialised_action_model_equals_its_base(tmp_path):
             model(x, t, enc, actions=actions, padding_mask=pad).sample,
             again(x, t, enc, actions=actions, padding_mask=pad).sample,
         )
+
+
+def _tiny_wan_vae(z_dim=4, seed=0):
+    """A Wan VAE of 4x downsampling with non-trivial latent statistics (random weights)."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(
+        base_dim=8,
+        z_dim=z_dim,
+        dim_mult=[1, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, False],
+        latents_mean=[0.1 * i for i in range(z_dim)],
+        latents_std=[1.0 + 0.5 * i for i in range(z_dim)],
+    ).eval()
+
+
+def test_wan_codec_encodes_channel_groups_as_one_frame_videos():
+    from world_models.latents import WanFrameCodec
+
+    vae = _tiny_wan_vae()
+    codec = WanFrameCodec(vae, frame_channels=5)  # RGB | depth, mask, padding
+    assert (codec.groups, codec.latent_channels, codec.factor) == (2, 8, 4)
+    frames = torch.rand(3, 5, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    latents = codec.encode(frames)
+    assert latents.shape == (3, 8, 4, 4) and torch.equal(latents, codec.encode(frames))
+    mean, std = torch.tensor(vae.config.latents_mean), torch.tensor(vae.config.latents_std)
+    second = torch.cat([frames[:, 3:], -torch.ones(3, 1, 16, 16)], dim=1)
+    with torch.no_grad():
+        for group, images in enumerate((frames[:, :3], second)):
+            mode = vae.encode(images[:, :, None]).latent_dist.mode()[:, :, 0]
+            expected = (mode - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+            assert torch.allclose(latents[:, 4 * group : 4 * group + 4], expected, atol=1e-5)
+        decoded = codec.decode(latents)
+        raw = vae.decode(vae.encode(frames[:, :3, None]).latent_dist.mode()).sample[:, :, 0]
+    assert decoded.shape == frames.shape
+    assert torch.allclose(decoded[:, :3], raw, atol=1e-5)  # the normalisation is undone exactly
+    with pytest.raises(ValueError, match="6 channels"):
+        codec.encode(torch.zeros(1, 6, 16, 16))
+    with pytest.raises(ValueError, match="divide"):
+        codec.latent_size(18)
+
+
+def test_cosmos_base_widened_for_more_latent_channels_keeps_its_own(tmp_path):
+    """Latents of depth and masks beside RGB: a 4-channel Video2World base takes 7-channel frames; the
+    first 4 output channels are the base's whatever the new inputs hold, and the new outputs start at 0."""
+    from diffusers import CosmosTransformer3DModel
+
+    from world_models.modeling_cosmos_world_model import CosmosWorldModel
+
+    torch.manual_seed(0)
+    base = CosmosTransformer3DModel(**{**COSMOS_TINY, "in_channels": 5}).eval()  # + condition mask
+    base.save_pretrained(tmp_path / "base")
+    model = CosmosWorldModel.from_base(
+        str(tmp_path / "base"), action_dim=7, action_chunk=2, frame_channels=7
+    ).eval()
+    assert (model.config.in_channels, model.config.out_channels) == (8, 7)
+    x, t, enc, actions, pad = _cosmos_inputs()
+    condition = torch.zeros(2, 1, 2, 16, 16)
+    condition[:, :, 0] = 1.0
+    extra = torch.randn(2, 3, 2, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = base(x, t, enc, condition_mask=condition, padding_mask=pad).sample
+        got = model(
+            torch.cat([x, extra], 1), t, enc, actions=actions, condition_mask=condition, padding_mask=pad
+        ).sample
+    assert got.shape == (2, 7, 2, 16, 16)
+    assert torch.allclose(got[:, :4], want, atol=1e-5)
+    assert torch.equal(got[:, 4:], torch.zeros_like(got[:, 4:]))
+    model.save_pretrained(tmp_path / "wm")
+    assert CosmosWorldModel.from_pretrained(tmp_path / "wm").config.out_channels == 7
+    with pytest.raises(ValueError, match="at least 7"):
+        model.widen_frame_channels(5)
+
+
+def test_world_model_trains_branches_and_steps_in_wan_latent_space(trained, tmp_path, capsys):
+    from world_models.env import WorldModelEnv
+
+    dataset, _, _ = trained
+    _tiny_wan_vae().save_pretrained(tmp_path / "vae")
+    ckpt = tmp_path / "ckpt"
+    args = ["train-wm", str(dataset), "-o", str(ckpt), "--batch-size", "2", "-q"]
+    assert main([*args, "--steps", "2", "--vae", str(tmp_path / "vae")]) == 0
+    assert main([*args, "--steps", "3"]) == 0  # resumes in the checkpoint's latent space
+    meta = json.loads((ckpt / "worldgen.json").read_text())
+    assert meta["step"] == 3 and meta["latent"]["channels"] == 8 and meta["latent"]["resolution"] == [16, 16]
+    assert json.loads((ckpt / "model" / "config.json").read_text())["frame_channels"] == 8
+
+    sampler = WorldModelSampler(ckpt)
+    k, c = meta["context_frames"], frame_channels(meta["instances"])
+    g = torch.Generator().manual_seed(0)
+    context = torch.rand(k, c, 64, 64, generator=g) * 2 - 1
+    past, state = torch.zeros(k, 7), torch.tensor(sampler.norm.state_mean)
+    actions = torch.rand(2, 3, 7, generator=g) * 2 - 1
+    a, _ = sampler.rollout(context, past, state, actions, [1, 2])
+    b, _ = sampler.rollout(context, past, state, actions, [1, 2])
+    assert a.shape == (2, 3, c, 64, 64) and torch.equal(a, b) and not torch.equal(a[0], a[1])
+
+    synth = tmp_path / "synth.hdf5"
+    assert main(["branch", str(dataset), str(ckpt), "-o", str(synth), "--per-seed", "2", "--at", "3"]) == 0
+    with h5py.File(synth, "r") as f:
+        demo = f["data"][f["mask/synthetic"][0].decode()]
+        assert demo["obs/front_rgb"].shape[1:] == (96, 96, 3)
+        assert demo.attrs["model"] == sampler.hash
+
+    env = WorldModelEnv(ckpt, dataset, cameras=True)
+    obs, _ = env.reset(seed=0)
+    assert env.frames.shape[-3:] == (8, 16, 16)  # the env keeps latent frames ...
+    obs, *_ = env.step(np.zeros(7, np.float32))
+    assert obs["front_rgb"].shape == (64, 64, 3)  # ... and shows decoded ones
+
+    # Another VAE cannot resume this run; a folder that is no Wan VAE is refused with its name.
+    _tiny_wan_vae(seed=1).save_pretrained(tmp_path / "vae1")
+    capsys.readouterr()
+    assert main([*args, "--steps", "4", "--vae", str(tmp_path / "vae1")]) == 2
+    assert "another latent space" in capsys.readouterr().err
+    assert main([*args, "--steps", "4", "--vae", str(tmp_path)]) == 2
+    assert f"{tmp_path}: not a diffusers model folder" in capsys.readouterr().err
+
+
+def test_cosmos_post_trains_from_a_video2world_pipeline_folder_with_its_vae(tmp_path):
+    """``--from`` a Cosmos-Predict2 Video2World pipeline folder (diffusers layout): its transformer is
+    widened for the depth and mask latents, and its Wan VAE becomes the model's latent space."""
+    from diffusers import CosmosTransformer3DModel
+
+    dataset = _cosmos_seeds(tmp_path, resolution=32)
+    pipeline = tmp_path / "Cosmos-Predict2-tiny-Video2World"
+    torch.manual_seed(0)
+    CosmosTransformer3DModel(**{**COSMOS_TINY, "in_channels": 5, "max_size": (3, 8, 8)}).save_pretrained(
+        pipeline / "transformer"
+    )
+    _tiny_wan_vae().save_pretrained(pipeline / "vae")
+    (pipeline / "model_index.json").write_text(json.dumps({"_class_name": "Cosmos2VideoToWorldPipeline"}))
+    ckpt = tmp_path / "ckpt"
+    result = train_world_model(dataset, ckpt, steps=2, batch_size=2, pretrained=pipeline)
+    assert all(np.isfinite(v["frame_loss"]) for v in result["validation"])
+    config = json.loads((ckpt / "model" / "config.json").read_text())
+    assert (config["_class_name"], config["out_channels"]) == ("CosmosWorldModel", 8)
+    assert (ckpt / "vae" / "config.json").is_file()
+    frames, _ = WorldModelSampler(ckpt).rollout(
+        torch.zeros(2, 5, 32, 32), torch.zeros(2, 7), torch.zeros(15), torch.zeros(1, 2, 7), [0]
+    )
+    assert frames.shape == (1, 2, 5, 32, 32) and torch.isfinite(frames).all()

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from worldgen.dataset import DatasetWriter, Demo, demo_index, demo_names
 from worldgen.manifest import rng_for
 
-from .data import STATE_KEYS, Episode, Normalization, obs_from_frames
+from .data import STATE_KEYS, Episode, Normalization, frame_channels, obs_from_frames
+from .latents import WanFrameCodec
 from .train import WORLD_MODELS, make_scheduler
 
 
@@ -30,8 +31,11 @@ def checkpoint_hash(ckpt: Path) -> str:
     digest = hashlib.sha256()
     meta = json.loads((ckpt / "worldgen.json").read_text())
     digest.update(json.dumps(meta["scheduler"], sort_keys=True).encode())
-    for path in sorted((ckpt / "model").iterdir()):
-        digest.update(path.name.encode())
+    files = sorted((ckpt / "model").iterdir())
+    if (ckpt / "vae").is_dir():  # a model in latent space is only reproducible with its VAE
+        files += sorted((ckpt / "vae").iterdir())
+    for path in files:
+        digest.update((path.name if path.parent.name == "model" else f"vae/{path.name}").encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -43,7 +47,12 @@ def noise_seed(base_seed: int, demo: str, step: int, index: int) -> int:
 
 
 class WorldModelSampler:
-    """A trained checkpoint ready to roll out futures."""
+    """A trained checkpoint ready to roll out futures.
+
+    The model works in its own frame space: pixel frames, or with a ``vae/`` in the checkpoint that VAE's
+    latents. :meth:`rollout` takes and returns pixel frames; :meth:`step` works in model space, with
+    :meth:`encode` / :meth:`decode` between the two.
+    """
 
     def __init__(self, ckpt: str | Path, sampling_steps: int | None = None, device: str = "cpu"):
         self.ckpt = Path(ckpt)
@@ -54,7 +63,23 @@ class WorldModelSampler:
         self.norm = Normalization(**self.meta["normalization"])
         self.steps = sampling_steps or self.meta["scheduler"]["sampling_steps"]
         self.scheduler = make_scheduler(self.meta["scheduler"]["sigma_data"])
+        self.codec = None
+        if self.meta.get("latent"):
+            channels = frame_channels(self.meta["instances"])
+            self.codec = WanFrameCodec.from_pretrained(self.ckpt / "vae", channels).to(self.device)
         self.hash = checkpoint_hash(self.ckpt)
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """Pixel frames (..., C, h, w) -> model frames, on the CPU."""
+        if self.codec is None:
+            return frames
+        return self.codec.encode(frames.flatten(0, -4)).cpu().unflatten(0, frames.shape[:-3])
+
+    def decode(self, frames: torch.Tensor) -> torch.Tensor:
+        """Model frames (..., C', h', w') -> pixel frames, on the CPU."""
+        if self.codec is None:
+            return frames.cpu()
+        return self.codec.decode(frames.flatten(0, -4)).cpu().unflatten(0, frames.shape[:-3])
 
     @torch.no_grad()
     def rollout(
@@ -74,7 +99,7 @@ class WorldModelSampler:
         n, horizon = actions.shape[:2]
         k = self.meta["context_frames"]
         generators = [torch.Generator().manual_seed(s) for s in seeds]
-        frames = context.to(self.device)[None].repeat(n, 1, 1, 1, 1)
+        frames = self.encode(context).to(self.device)[None].repeat(n, 1, 1, 1, 1)
         acts = torch.cat([past_actions[None].repeat(n, 1, 1), actions], dim=1).to(self.device)
         states = self.norm.normalize(state.to(self.device))[None].repeat(n, 1)
         out_frames, out_states = [], []
@@ -83,7 +108,7 @@ class WorldModelSampler:
             frames = torch.cat([frames, nxt[:, None]], dim=1)
             out_frames.append(nxt)
             out_states.append(self.norm.denormalize(states))
-        return torch.stack(out_frames, 1).cpu(), torch.stack(out_states, 1).cpu()
+        return self.decode(torch.stack(out_frames, 1)), torch.stack(out_states, 1).cpu()
 
     @torch.no_grad()
     def step(
@@ -93,7 +118,7 @@ class WorldModelSampler:
         states: torch.Tensor,
         generators: list[torch.Generator],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One frame ahead for a batch: window (N, K, C, h, w) the last K frames, actions (N, K, A) the
+        """One frame ahead for a batch: window (N, K, C, h, w) the last K model frames, actions (N, K, A) the
         action taken after each of them (raw), states (N, S) normalised. Returns the next frames
         (N, C, h, w) and the next normalised states (N, S), on the CPU; each (CPU) generator draws one
         branch's noise."""
@@ -111,7 +136,9 @@ class WorldModelSampler:
             model_input = self.scheduler.scale_model_input(x, t)
             out = self.model.denoise_next_frame(model_input, t.expand(n), window, actions, states)
             x = self.scheduler.step(out, t, x).prev_sample
-        nxt = (window[:, -1] + x).clamp(-1.0, 1.0)
+        nxt = window[:, -1] + x
+        if self.codec is None:  # pixel frames live in [-1, 1]; latents are unbounded
+            nxt = nxt.clamp(-1.0, 1.0)
         return nxt, states + self.model.predict_state_delta(actions, states)
 
 

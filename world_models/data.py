@@ -18,6 +18,11 @@ from worldgen.dataset import dataset_digest, demo_names
 STATE_KEYS = ("robot0_eef_pos", "robot0_gripper_qpos", "object")
 
 
+def frame_channels(instances: list[int]) -> int:
+    """Channels of a model frame: RGB, depth, and one mask per tracked object."""
+    return 4 + len(instances)
+
+
 def frames_from_obs(
     rgb: np.ndarray, depth: np.ndarray, seg: np.ndarray, instances: list[int], resolution: tuple[int, int]
 ) -> torch.Tensor:
@@ -130,22 +135,7 @@ class WorldModelData:
             names = demo_names(f, mask)
             self.data_hash = dataset_digest(f, names)
             for name in names:
-                g = f["data"][name]
-                obs, nxt = g["obs"], g["next_obs"]
-
-                def full(key, obs=obs, nxt=nxt):
-                    return np.concatenate([obs[key][()], nxt[key][-1:]])
-
-                frames = frames_from_obs(
-                    full(f"{camera}_rgb"),
-                    full(f"{camera}_depth"),
-                    full(f"{camera}_seg"),
-                    instances,
-                    resolution,
-                )
-                actions = torch.from_numpy(g["actions"][()].astype(np.float32))
-                states = torch.from_numpy(low_dim_state(g))
-                self.episodes.append(Episode(name, frames, actions, states))
+                self.episodes.append(Episode.load(f["data"][name], camera, instances, resolution))
         if not self.episodes:
             raise ValueError(f"{self.path}: mask {mask!r} holds no demos")
         self.index = [(e, t) for e, ep in enumerate(self.episodes) for t in range(ep.actions.shape[0])]
@@ -169,6 +159,14 @@ class WorldModelData:
         self.states = torch.cat([ep.states for ep in self.episodes])
         self.frame_ids = torch.from_numpy(np.stack(frame_ids))  # (windows, K+1): context, then next
         self.action_ids = torch.from_numpy(np.stack(action_ids))  # (windows, K)
+
+    def encode(self, codec) -> WorldModelData:
+        """Replace every frame by its latent (a :class:`~world_models.latents.WanFrameCodec`), before
+        :meth:`to`: the model then trains in the VAE's latent space."""
+        for episode in self.episodes:
+            episode.frames = codec.encode(episode.frames).cpu()
+        self._stack()
+        return self
 
     def to(self, device: str | torch.device) -> WorldModelData:
         """Hold the stacked tensors on ``device`` (a GPU trains without a per-step host copy)."""

@@ -73,7 +73,7 @@ class WorldModelEnv(gym.Env):
         episode_seed = int(self.np_random.integers(0, 2**31 - 1)) if seed is None else int(seed)
         rng = rng_for(episode_seed, "world_model_env")
         frames, past, state = self.starts[int(rng.integers(len(self.starts)))]
-        self.frames, self.actions = frames[None].clone(), past[None].clone()
+        self.frames, self.actions = self.sampler.encode(frames)[None].clone(), past[None].clone()
         self.state = self.sampler.norm.normalize(state)[None]
         self.generator = torch.Generator().manual_seed(episode_seed)
         self.steps, self.streak = 0, 0
@@ -98,11 +98,11 @@ class WorldModelEnv(gym.Env):
     def render(self):
         if self.render_mode != "rgb_array":
             return None
-        return obs_from_frames(self.frames[0, -1:], self.instances)["rgb"][0]
+        return obs_from_frames(self.sampler.decode(self.frames[0, -1:]), self.instances)["rgb"][0]
 
     def _observe(self, state: np.ndarray) -> dict[str, np.ndarray]:
         obs = {k: v[0] for k, v in state_obs(state, self.layout).items()}
         if self.cameras:
-            picture = obs_from_frames(self.frames[0, -1:], self.instances)
+            picture = obs_from_frames(self.sampler.decode(self.frames[0, -1:]), self.instances)
             obs.update({f"{self.camera}_{name}": value[0] for name, value in picture.items()})
         return obs

@@ -5,7 +5,9 @@ adaLN-LoRA embedding. The parent's modules and state-dict keys are unchanged, so
 Cosmos-Predict2 Video2World folder in diffusers format loads as it is; only ``action_embedder.*``,
 ``state_embedder.*`` and ``state_head.*`` are new. Post-training a pretrained model starts the action
 layers at zero (it then equals its base model); from scratch they get a small non-zero init, which
-learns faster.
+learns faster. In a Wan VAE's latent space (``latents.py``) a frame can have more latent channels than
+the base model (depth and masks beside RGB); ``widen_frame_channels`` adds them without changing what
+the base model computes for its own channels.
 
 As a world model (``denoise_next_frame``, the same contract as the ``unet`` backbone) the K context
 frames and the noisy residual of the next frame form one (K+1)-frame video: the context frames carry
@@ -16,6 +18,7 @@ next state.
 
 from __future__ import annotations
 
+import math
 import types
 
 import torch
@@ -53,6 +56,12 @@ class ActionEmbedder(nn.Module):
         out = self.net(actions)
         hidden = out.shape[-1] // 4
         return out[:, :hidden], out[:, hidden:]
+
+
+def _linear_with(weight: torch.Tensor) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
+    layer.weight.data.copy_(weight)
+    return layer
 
 
 class CosmosWorldModel(CosmosTransformer3DModel):
@@ -170,9 +179,13 @@ class CosmosWorldModel(CosmosTransformer3DModel):
         )
 
     @classmethod
-    def from_base(cls, path: str, action_dim: int, action_chunk: int, **kwargs) -> CosmosWorldModel:
+    def from_base(
+        cls, path: str, action_dim: int, action_chunk: int, frame_channels: int | None = None, **kwargs
+    ) -> CosmosWorldModel:
         """Load a Cosmos-Predict2 Video2World transformer folder (diffusers format) and add zeroed action
-        layers. New layers that ``from_pretrained`` leaves on the meta device are materialised here."""
+        layers. New layers that ``from_pretrained`` leaves on the meta device are materialised here.
+        ``frame_channels`` above the base's latent channels widens the model (:meth:`widen_frame_channels`).
+        """
         model = cls.from_pretrained(path, action_dim=action_dim, action_chunk=action_chunk, **kwargs)
         for name in cls.NEW_LAYERS:
             module = getattr(model, name)
@@ -182,7 +195,30 @@ class CosmosWorldModel(CosmosTransformer3DModel):
                     if isinstance(layer, nn.Linear):
                         layer.reset_parameters()
         model.init_action_layers(zero=True)
+        if frame_channels is not None:
+            model.widen_frame_channels(frame_channels)
         return model
+
+    def widen_frame_channels(self, channels: int) -> None:
+        """Take frames of ``channels`` channels where the base model had fewer (the VAE latents of depth and
+        masks beside those of RGB). The new channels enter the patch embedding through zero weights and
+        leave the output projection as zeros, so the base model's channels behave exactly as before (the
+        InstructPix2Pix way of adding input channels to a pretrained model)."""
+        old = self.config.out_channels
+        if channels == old:
+            return
+        if channels < old:
+            raise ValueError(f"frames of {channels} channels for a model of {old}: expected at least {old}")
+        extra, patch = channels - old, math.prod(self.config.patch_size)
+        # Patch-embedding inputs are channel-major ([frame, condition, padding] x patch); outputs
+        # channel-minor (patch x frame channels).
+        w_in = self.patch_embed.proj.weight.data.unflatten(1, (-1, patch))
+        w_in = torch.cat([w_in[:, :old], w_in.new_zeros(w_in.shape[0], extra, patch), w_in[:, old:]], dim=1)
+        w_out = self.proj_out.weight.data.unflatten(0, (patch, old))
+        w_out = torch.cat([w_out, w_out.new_zeros(patch, extra, w_out.shape[-1])], dim=1)
+        self.patch_embed.proj = _linear_with(w_in.flatten(1))
+        self.proj_out = _linear_with(w_out.flatten(0, 1))
+        self.register_to_config(in_channels=self.config.in_channels + extra, out_channels=channels)
 
     def denoise_next_frame(
         self,

@@ -3,6 +3,7 @@
 Checkpoint folder layout (nothing pickled):
 
     model/                      ``save_pretrained`` of the EMA weights (config.json + safetensors)
+    vae/                        the frozen Wan VAE, when the model works in its latent space
     worldgen.json               preset, camera, resolution, tracked instances, normalisation, data hash,
                                 manifest hash, step
     training_state.safetensors  raw weights, EMA shadow weights and AdamW moments, for resuming
@@ -31,7 +32,8 @@ from worldgen.checks.clip import tracked_objects
 from worldgen.checks.gate import dataset_manifest
 from worldgen.stage import write_atomically
 
-from .data import Normalization, WorldModelData
+from .data import Normalization, WorldModelData, frame_channels
+from .latents import WanFrameCodec
 from .modeling_cosmos_world_model import CosmosWorldModel
 from .modeling_unet_world_model import UNetWorldModel
 
@@ -158,11 +160,23 @@ def _write_json(path: Path, data: dict) -> None:
     write_atomically(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
-def save_checkpoint(out: Path, model: WorldModel, ema: EMAModel, optimizer, meta: dict, state: dict) -> None:
+def save_checkpoint(
+    out: Path,
+    model: WorldModel,
+    ema: EMAModel,
+    optimizer,
+    meta: dict,
+    state: dict,
+    codec: WanFrameCodec | None = None,
+) -> None:
     """Write the whole checkpoint beside the old one, then swap it in."""
     staging = out.with_name(out.name + ".saving")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    if codec is not None and (out / "vae").is_dir():  # frozen: the previous checkpoint's files, linked
+        shutil.copytree(out / "vae", staging / "vae", copy_function=os.link)
+    elif codec is not None:
+        codec.vae.save_pretrained(staging / "vae", safe_serialization=True)
     raw = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     shadow = {f"ema.{i}": p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}
     save_file({**raw, **shadow, **_optimizer_tensors(optimizer)}, staging / "training_state.safetensors")
@@ -198,10 +212,21 @@ def build_world_model(
     if pretrained is not None:
         config = json.loads((Path(pretrained) / "config.json").read_text())
         if config.get("_class_name") == cls.__name__:
-            return cls.from_pretrained(pretrained)
+            model = cls.from_pretrained(pretrained)
+            channels = model.config.get("frame_channels", model.config.get("out_channels"))
+            if channels != frame_channels:
+                raise ValueError(
+                    f"{pretrained}: a model of {channels}-channel frames, these are {frame_channels} "
+                    "(pixel frames and VAE latents do not mix)"
+                )
+            return model
         if backbone == "cosmos":
             return cls.from_base(
-                str(pretrained), action_dim=action_dim, action_chunk=context_frames, state_dim=state_dim
+                str(pretrained),
+                action_dim=action_dim,
+                action_chunk=context_frames,
+                frame_channels=frame_channels,
+                state_dim=state_dim,
             )
         raise ValueError(f"{pretrained}: holds a {config.get('_class_name')}, not a {cls.__name__}")
     if backbone == "cosmos":
@@ -213,6 +238,31 @@ def build_world_model(
         state_dim=state_dim,
         resolution=resolution,
     )
+
+
+def resolve_pretrained(
+    pretrained: str | Path | None, vae: str | Path | None
+) -> tuple[Path | None, Path | None]:
+    """(model folder, VAE folder) from what ``--from`` and ``--vae`` name. ``--from`` may name a model
+    folder, a diffusers pipeline folder (``model_index.json``: its ``transformer/``, and its ``vae/``
+    unless ``--vae`` names one) or a worldgen checkpoint (its ``model/``, and the ``vae/`` it was trained
+    in)."""
+    model, vae = None, Path(vae) if vae is not None else None
+    if pretrained is not None:
+        root = Path(pretrained)
+        if (root / "model_index.json").is_file():
+            model = root / "transformer"
+        elif (root / "worldgen.json").is_file():
+            model = root / "model"
+        else:
+            model, root = root, root.parent
+        bundle = (root / "model_index.json").is_file() or (root / "worldgen.json").is_file()
+        if vae is None and bundle and (root / "vae").is_dir():
+            vae = root / "vae"
+    for folder in (model, vae):
+        if folder is not None and not (folder / "config.json").is_file():
+            raise ValueError(f"{folder}: not a diffusers model folder (no config.json)")
+    return model, vae
 
 
 def _pretrained_sigma_data(pretrained: str | Path | None) -> float | None:
@@ -236,8 +286,12 @@ def train_world_model(
     mixed_precision: str = "no",
     gradient_checkpointing: bool = False,
     device: str = "cpu",
+    vae: str | Path | None = None,
 ) -> dict:
     """Train on ``train``, validate on ``valid``; resumes from ``out`` when it holds a checkpoint.
+
+    ``pretrained`` / ``vae``: see :func:`resolve_pretrained`. With a (local) Wan VAE the model learns in
+    its latent space (:mod:`world_models.latents`) and the VAE is saved, frozen, in the checkpoint.
 
     ``lora_rank``: freeze the (pretrained) U-Net and train LoRA adapters of that rank on its attention
     and convolution layers (peft), plus the action/state conditioning in full; the saved ``model/`` has
@@ -257,20 +311,37 @@ def train_world_model(
     camera = manifest.world_model_camera
     instances = [o.instance for o in tracked_objects(manifest, scene)]
     resolution = tuple(spec.resolution)
+    pretrained, vae = pretrained or spec.pretrained, vae or spec.vae
+    if vae is None and (out / "worldgen.json").is_file() and (out / "vae").is_dir():
+        vae = out / "vae"  # resuming a run in latent space
+    pretrained, vae = resolve_pretrained(pretrained, vae)
     train = WorldModelData(dataset, "train", camera, resolution, instances, spec.context_frames)
     valid = WorldModelData(dataset, "valid", camera, resolution, instances, spec.context_frames)
     norm = train.normalization()
+    channels, model_resolution, latent = frame_channels(instances), resolution[0], None
+    codec = None
+    if vae is not None:
+        codec = WanFrameCodec.from_pretrained(vae, channels).to(device)
+        model_resolution = codec.latent_size(resolution[0])
+        latent = {
+            "vae_digest": codec.digest(),
+            "channels": codec.latent_channels,
+            "resolution": [codec.latent_size(r) for r in resolution],
+        }
+        train.encode(codec)
+        valid.encode(codec)
+        channels = codec.latent_channels
     steps = steps or spec.train_steps
     batch_size = batch_size or spec.batch_size
     torch.manual_seed(seed)
     model = build_world_model(
         spec.backbone,
         pretrained,
-        frame_channels=4 + len(instances),
+        frame_channels=channels,
         context_frames=spec.context_frames,
         action_dim=train.episodes[0].actions.shape[1],
         state_dim=train.episodes[0].states.shape[1],
-        resolution=resolution[0],
+        resolution=model_resolution,
     )
     device = torch.device(device)
     model.to(device)
@@ -296,6 +367,8 @@ def train_world_model(
                 f"{out}: checkpoint was trained on other data or another manifest; "
                 "choose a new output folder to train afresh"
             )
+        if previous.get("latent") != latent:
+            raise ValueError(f"{out}: checkpoint was trained in another latent space (VAE)")
         if previous.get("lora_rank") != lora_rank:
             raise ValueError(f"{out}: checkpoint was trained with lora_rank {previous.get('lora_rank')}")
         tensors = load_file(out / "training_state.safetensors")
@@ -325,6 +398,7 @@ def train_world_model(
         "scheduler": {"sigma_data": sigma_data, "sampling_steps": SAMPLING_STEPS},
         "lora_rank": lora_rank,
         "mixed_precision": mixed_precision,
+        "latent": latent,
     }
     # Batches and noise are drawn on the training device: the same seed gives the same run on the same
     # machine and device (CPU and GPU runs draw different numbers).
@@ -369,5 +443,6 @@ def train_world_model(
                     "batch_size": batch_size,
                     "validation": history,
                 },
+                codec,
             )
     return {"step": max(start, steps), "validation": history, "out": str(out)}

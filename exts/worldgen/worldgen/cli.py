@@ -186,6 +186,7 @@ def _cmd_train_wm(args: argparse.Namespace) -> int:
             mixed_precision=args.mixed_precision,
             gradient_checkpointing=args.gradient_checkpointing,
             device=args.device,
+            vae=args.vae,
         )
     except (ValueError, KeyError) as exc:
         raise UsageError(str(exc)) from None
@@ -462,7 +463,13 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", required=True, metavar="CKPT", help="checkpoint folder (resumed if present)"
     )
     p.add_argument(
-        "--from", dest="from_pretrained", metavar="LOCAL_PRETRAINED", help="local diffusers folder"
+        "--from",
+        dest="from_pretrained",
+        metavar="LOCAL_PRETRAINED",
+        help="local folder: a model, a diffusers pipeline (its transformer/ and vae/) or a checkpoint",
+    )
+    p.add_argument(
+        "--vae", metavar="LOCAL_WAN_VAE", help="train in the latent space of this local AutoencoderKLWan"
     )
     p.add_argument("--steps", type=_count_arg, help="training steps (default: the manifest's)")
     p.add_argument("--batch-size", type=_count_arg, help="default: the manifest's")

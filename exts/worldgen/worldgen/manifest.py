@@ -434,7 +434,10 @@ class WorldModelSpec(_Strict):
     train_steps: int = Field(2000, ge=1, le=10_000_000)
     batch_size: int = Field(16, ge=1, le=4096)
     learning_rate: float = Field(3e-4, gt=0.0, le=1.0)
-    pretrained: str | None = Field(None, description="local diffusers folder to post-train from")
+    pretrained: str | None = Field(
+        None, description="local folder to post-train from: a model, a diffusers pipeline or a checkpoint"
+    )
+    vae: str | None = Field(None, description="local AutoencoderKLWan folder: learn in its latent space")
 
 
 class BranchingSpec(_Strict):
