@@ -23,7 +23,8 @@ from world_models.data import (
 )
 from world_models.metrics import evaluate_branches, evaluate_open_loop
 from world_models.modeling_unet_world_model import UNetWorldModel
-from world_models.train import edm_loss, make_scheduler, train_world_model
+from world_models.objectives import EDMResidual, RectifiedFlow, objective_for, world_model_loss
+from world_models.train import build_world_model, train_world_model
 
 from .conftest import ROOT
 
@@ -53,16 +54,22 @@ def _batch(b=4, c=5, k=2, res=16, seed=0):
 NORM = Normalization([0.0] * 15, [1.0] * 15, [0.0] * 7, [1.0] * 7)
 
 
-def test_forward_backward_and_overfitting_one_batch():
+@pytest.mark.parametrize("backbone", ["unet", "cosmos"])
+def test_forward_backward_and_overfitting_one_batch(backbone):
+    """Each backbone with its objective: EDM on the residual (unet), rectified flow on the whole frame as
+    Cosmos-Predict2 (cosmos)."""
     torch.manual_seed(0)
-    model = UNetWorldModel(**TINY)
-    scheduler = make_scheduler()
+    model = build_world_model(backbone, None, 5, 2, 7, 15, 16)
+    if backbone == "unet":
+        model = UNetWorldModel(**TINY)
+    objective = objective_for(backbone, 0.5)
+    assert objective.name == {"unet": "edm_residual", "cosmos": "rectified_flow"}[backbone]
     batch = _batch()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for step in range(60):
-        frame_loss, state_loss = edm_loss(
-            model, scheduler, batch, torch.Generator().manual_seed(step % 4), NORM
+        frame_loss, state_loss = world_model_loss(
+            model, objective, batch, torch.Generator().manual_seed(step % 4), NORM
         )
         loss = frame_loss + state_loss
         opt.zero_grad()
@@ -71,6 +78,35 @@ def test_forward_backward_and_overfitting_one_batch():
         opt.step()
         losses.append(loss.item())
     assert np.mean(losses[-8:]) < 0.5 * np.mean(losses[:8]), losses
+
+
+class _Oracle:
+    """A denoiser that knows the next frame: sampling with it must land on that frame exactly."""
+
+    def __init__(self, objective, target: torch.Tensor):
+        self.objective, self.target = objective, target
+
+    def denoise_next_frame(self, x, timestep, window, actions, states):
+        t = timestep.view(-1, 1, 1, 1)
+        if self.objective.name == "rectified_flow":  # x = (1 - t) x0 + t eps: velocity eps - x0
+            return (x - self.target) / t
+        sch, residual = self.objective.scheduler, self.target - window[:, -1]
+        sigma = torch.exp(4.0 * t)  # EDM's c_noise = log(sigma) / 4
+        raw = x * (sigma**2 + sch.config.sigma_data**2).sqrt()  # undo c_in
+        zero = torch.zeros_like(raw)  # precondition_outputs(raw, F) = c_skip raw + c_out F
+        c_skip_raw = sch.precondition_outputs(raw, zero, sigma)
+        c_out = sch.precondition_outputs(zero, torch.ones_like(raw), sigma)
+        return (residual - c_skip_raw) / c_out
+
+
+@pytest.mark.parametrize("objective", [EDMResidual(0.05), RectifiedFlow(0.05)], ids=lambda o: o.name)
+def test_sampling_with_an_exact_denoiser_reaches_the_target(objective):
+    g = torch.Generator().manual_seed(0)
+    window = torch.rand(3, 2, 5, 8, 8, generator=g) * 2 - 1
+    target = (window[:, -1] + 0.05 * torch.randn(3, 5, 8, 8, generator=g)).clamp(-1, 1)
+    noise = torch.randn(3, 5, 8, 8, generator=g)
+    out = objective.sample(_Oracle(objective, target), window, None, None, noise)
+    assert torch.allclose(out, target, atol=1e-4), (out - target).abs().max()
 
 
 def test_save_load_round_trip_reproduces_outputs(tmp_path):

@@ -24,7 +24,8 @@ from worldgen.manifest import rng_for
 
 from .data import STATE_KEYS, Episode, Normalization, frame_channels, obs_from_frames
 from .latents import WanFrameCodec
-from .train import WORLD_MODELS, make_scheduler
+from .objectives import objective_from_config
+from .train import WORLD_MODELS
 
 
 def checkpoint_hash(ckpt: Path) -> str:
@@ -61,8 +62,9 @@ class WorldModelSampler:
         model_class = WORLD_MODELS[self.meta.get("preset", "unet")]
         self.model = model_class.from_pretrained(self.ckpt / "model").eval().to(self.device)
         self.norm = Normalization(**self.meta["normalization"])
-        self.steps = sampling_steps or self.meta["scheduler"]["sampling_steps"]
-        self.scheduler = make_scheduler(self.meta["scheduler"]["sigma_data"])
+        self.objective = objective_from_config(self.meta["scheduler"])
+        if sampling_steps is not None:
+            self.objective.sampling_steps = sampling_steps
         self.codec = None
         if self.meta.get("latent"):
             channels = frame_channels(self.meta["instances"])
@@ -127,16 +129,9 @@ class WorldModelSampler:
         return nxt.cpu(), states.cpu()
 
     def _step(self, window, actions, states, generators):
-        n = window.shape[0]
         actions = self.norm.normalize_actions(actions)
-        self.scheduler.set_timesteps(self.steps, device=self.device)
-        x = torch.stack([torch.randn(window.shape[2:], generator=g) for g in generators]).to(self.device)
-        x = x * self.scheduler.init_noise_sigma
-        for t in self.scheduler.timesteps:
-            model_input = self.scheduler.scale_model_input(x, t)
-            out = self.model.denoise_next_frame(model_input, t.expand(n), window, actions, states)
-            x = self.scheduler.step(out, t, x).prev_sample
-        nxt = window[:, -1] + x
+        noise = torch.stack([torch.randn(window.shape[2:], generator=g) for g in generators]).to(self.device)
+        nxt = self.objective.sample(self.model, window, actions, states, noise)
         if self.codec is None:  # pixel frames live in [-1, 1]; latents are unbounded
             nxt = nxt.clamp(-1.0, 1.0)
         return nxt, states + self.model.predict_state_delta(actions, states)

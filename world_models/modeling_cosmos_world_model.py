@@ -10,10 +10,10 @@ the base model (depth and masks beside RGB); ``widen_frame_channels`` adds them 
 the base model computes for its own channels.
 
 As a world model (``denoise_next_frame``, the same contract as the ``unet`` backbone) the K context
-frames and the noisy residual of the next frame form one (K+1)-frame video: the context frames carry
-the condition mask and timestep 0, the last frame the EDM noise level; the robot and object state is
-the single cross-attention token (where Video2World has its text), and a small head predicts the
-next state.
+frames and the noisy next frame form one (K+1)-frame video: the context frames carry the condition mask
+and timestep 0, the last frame its flow time t; the network predicts the velocity of the whole frame, as
+Predict2 was trained (``objectives.RectifiedFlow``). The robot and object state is the single
+cross-attention token (where Video2World has its text), and a small head predicts the next state.
 """
 
 from __future__ import annotations
@@ -229,7 +229,8 @@ class CosmosWorldModel(CosmosTransformer3DModel):
         state: torch.Tensor,
         context_noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """EDM network output for the noisy residual (B, C, H, W); arguments as ``UNetWorldModel.forward``."""
+        """Network output for the noisy next frame (B, C, H, W) at flow time ``timestep`` (B,); the other
+        arguments as ``UNetWorldModel.forward``."""
         b, k, _, h, w = context.shape
         video = torch.cat([context, noisy[:, None]], dim=1).transpose(1, 2)  # (B, C, K+1, H, W)
         condition = torch.zeros(b, 1, k + 1, h, w, dtype=video.dtype, device=video.device)

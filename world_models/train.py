@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import shutil
 import time
@@ -24,7 +23,6 @@ from pathlib import Path
 
 import h5py
 import torch
-from diffusers import EDMEulerScheduler
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
@@ -32,80 +30,23 @@ from worldgen.checks.clip import tracked_objects
 from worldgen.checks.gate import dataset_manifest
 from worldgen.stage import write_atomically
 
-from .data import Normalization, WorldModelData, frame_channels
+from .data import WorldModelData, frame_channels
 from .latents import WanFrameCodec
 from .modeling_cosmos_world_model import CosmosWorldModel
 from .modeling_unet_world_model import UNetWorldModel
+from .objectives import (
+    BACKBONE_OBJECTIVE,
+    Objective,
+    objective_for,
+    objective_from_config,
+    world_model_loss,
+)
 
 WorldModel = UNetWorldModel | CosmosWorldModel
 WORLD_MODELS: dict[str, type[WorldModel]] = {"unet": UNetWorldModel, "cosmos": CosmosWorldModel}
 
-# EDM's log-normal training noise (P_mean -1.2, P_std 1.2 for sigma_data 0.5), kept relative to sigma_data
-P_MEAN_OVER_SIGMA_DATA, P_STD = -1.2 - math.log(0.5), 1.2
 EMA_DECAY = 0.999
-CONTEXT_NOISE_MAX = 4.0  # in units of sigma_data
 WARMUP_STEPS = 100
-# Two Euler steps: on push_to_target (1600 steps) 3 steps cost 0.65 dB at 4 steps ahead and 1 step 0.1 dB.
-SAMPLING_STEPS = 2
-
-
-def make_scheduler(sigma_data: float = 0.5) -> EDMEulerScheduler:
-    """EDM noise levels scaled to the data. The residual to the next frame has a std of a few hundredths
-    in [-1, 1] units; EDM's image defaults (sigma_data 0.5, sigma_max 80) would spend nearly every
-    training sample and sampling step at noise levels that drown it."""
-    return EDMEulerScheduler(sigma_min=0.002, sigma_max=20.0 * sigma_data, sigma_data=sigma_data)
-
-
-def edm_loss(
-    model: WorldModel,
-    scheduler: EDMEulerScheduler,
-    batch: dict,
-    generator: torch.Generator,
-    norm: Normalization,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(frame loss, state loss) of one batch: EDM-weighted denoising of the residual to the next frame,
-    and MSE of the normalised state change. The noise is drawn with ``generator`` on its own device (on
-    the GPU, drawing on the host would starve it) and moved to the model's device with the batch."""
-    device = next(model.parameters()).device
-    batch = {key: value.to(device) for key, value in batch.items()}
-    last = batch["context"][:, -1]
-    residual = batch["next_frame"] - last
-    b = residual.shape[0]
-    sigma_data = scheduler.config.sigma_data
-    p_mean = math.log(sigma_data) + P_MEAN_OVER_SIGMA_DATA
-
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(shape, generator=generator, device=generator.device).to(device)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(shape, generator=generator, device=generator.device).to(device)
-
-    sigma = torch.exp(p_mean + P_STD * randn(b))
-    noise = randn(*residual.shape)
-    s = sigma.view(-1, 1, 1, 1)
-    noisy = residual + s * noise
-    state, actions = norm.normalize(batch["state"]), norm.normalize_actions(batch["actions"])
-    # Context-noise augmentation (as GameNGen): half the samples see context frames corrupted by noise of
-    # a known level, so the model cannot lean on exact past frames alone: it learns to read the motion
-    # from the actions and to recover from its own imperfect frames in autoregressive rollouts.
-    level = CONTEXT_NOISE_MAX * rand(b)
-    level = level * (rand(b) < 0.5)
-    context_noise = randn(*batch["context"].shape)
-    context = batch["context"] + (level * sigma_data).view(-1, 1, 1, 1, 1) * context_noise
-    out = model.denoise_next_frame(
-        scheduler.precondition_inputs(noisy, s),
-        scheduler.precondition_noise(sigma),
-        context,
-        actions,
-        state,
-        context_noise=level,
-    )
-    denoised = scheduler.precondition_outputs(noisy, out, s)
-    weight = (s**2 + sigma_data**2) / (s * sigma_data) ** 2
-    frame_loss = (weight * (denoised - residual) ** 2).mean()
-    target_delta = norm.normalize(batch["next_state"]) - state
-    state_loss = ((model.predict_state_delta(actions, state) - target_delta) ** 2).mean()
-    return frame_loss, state_loss
 
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]
@@ -265,12 +206,14 @@ def resolve_pretrained(
     return model, vae
 
 
-def _pretrained_sigma_data(pretrained: str | Path | None) -> float | None:
-    """The noise scale a worldgen checkpoint's ``model/`` was trained with, kept when post-training it."""
-    meta = Path(pretrained).parent / "worldgen.json" if pretrained is not None else None
+def _pretrained_objective(pretrained: Path | None, backbone: str) -> Objective | None:
+    """The objective (and its noise scale) a worldgen checkpoint's ``model/`` was trained with, kept when
+    post-training it."""
+    meta = pretrained.parent / "worldgen.json" if pretrained is not None else None
     if meta is None or not meta.is_file():
         return None
-    return json.loads(meta.read_text()).get("scheduler", {}).get("sigma_data")
+    objective = objective_from_config(json.loads(meta.read_text())["scheduler"])
+    return objective if objective.name == BACKBONE_OBJECTIVE[backbone] else None
 
 
 def train_world_model(
@@ -354,8 +297,9 @@ def train_world_model(
     # EMA warm-up (decay 1 - (1 + step)^(-2/3), capped): short CPU budgets would otherwise average in
     # the untrained start for most of the run.
     ema = EMAModel(model.parameters(), decay=EMA_DECAY, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
-    sigma_data = _pretrained_sigma_data(pretrained) or train.residual_std()
-    scheduler = make_scheduler(sigma_data)
+    objective = _pretrained_objective(pretrained, spec.backbone) or objective_for(
+        spec.backbone, train.residual_std()
+    )
     start, history = 0, []
     if (out / "training_state.safetensors").exists():
         previous = json.loads((out / "worldgen.json").read_text())
@@ -395,7 +339,7 @@ def train_world_model(
         "normalization": asdict(norm),
         "data_hash": train.data_hash,
         "manifest_hash": manifest.content_hash(),
-        "scheduler": {"sigma_data": sigma_data, "sampling_steps": SAMPLING_STEPS},
+        "scheduler": objective.config(),
         "lora_rank": lora_rank,
         "mixed_precision": mixed_precision,
         "latent": latent,
@@ -411,7 +355,7 @@ def train_world_model(
     for step in range(start, steps):
         batch = train.batch(batch_size, generator)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16"):
-            frame_loss, state_loss = edm_loss(model, scheduler, batch, generator, norm)
+            frame_loss, state_loss = world_model_loss(model, objective, batch, generator, norm)
         optimizer.zero_grad(set_to_none=True)
         (frame_loss + state_loss).backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -425,8 +369,8 @@ def train_world_model(
         if done % checkpoint_every == 0 or done == steps:
             with torch.no_grad():
                 model.eval()
-                v_frame, v_state = edm_loss(
-                    model, scheduler, val_batch, torch.Generator().manual_seed(7), norm
+                v_frame, v_state = world_model_loss(
+                    model, objective, val_batch, torch.Generator().manual_seed(7), norm
                 )
                 model.train()
             history.append({"step": done, "frame_loss": float(v_frame), "state_loss": float(v_state)})

@@ -1,0 +1,184 @@
+"""How a backbone turns noise into the next frame: its training loss and its sampler, on diffusers'
+schedulers.
+
+- ``edm_residual`` (the ``unet`` backbone): EDM (Karras et al. 2022) on the *residual* from the last
+  context frame, with EDM preconditioning and Euler sampling from ``EDMEulerScheduler``; the noise
+  levels are scaled to the measured std of the frame-to-frame change (``sigma_data``).
+- ``rectified_flow`` (the ``cosmos`` backbone): the parameterisation Cosmos-Predict2 was trained with.
+  The noisy input is ``(1 - t) x0 + t eps``, the timestep is ``t`` in [0, 1] and the network predicts the
+  velocity ``eps - x0`` of the *whole* next frame (Predict2's ``c_in = 1 - t, c_out = -t`` preconditioning
+  written in flow space); sampling is Euler on ``FlowMatchEulerDiscreteScheduler``. A pretrained
+  Video2World transformer sees what it was trained on, so post-training starts from what it knows.
+
+Both share the rest of :func:`world_model_loss`: context-noise augmentation and the next-state head.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from diffusers import EDMEulerScheduler, FlowMatchEulerDiscreteScheduler
+
+from .data import Normalization
+
+# EDM's log-normal training noise (P_mean -1.2, P_std 1.2 for sigma_data 0.5), kept relative to sigma_data
+P_MEAN_OVER_SIGMA_DATA, P_STD = -1.2 - math.log(0.5), 1.2
+CONTEXT_NOISE_MAX = 4.0  # in units of the frame-to-frame change
+# Two Euler steps: on push_to_target (1600 steps) 3 steps cost 0.65 dB at 4 steps ahead and 1 step 0.1 dB.
+EDM_SAMPLING_STEPS = 2
+# A whole frame from pure noise takes more steps than a small residual (Predict2 samples with 35); not
+# measured here with pretrained weights, which cannot be downloaded on these machines.
+FLOW_SAMPLING_STEPS = 8
+
+Draw = Callable[..., torch.Tensor]
+
+
+class Objective(Protocol):
+    name: str
+    sampling_steps: int
+    context_noise_unit: float
+
+    def config(self) -> dict: ...
+
+    def noise_target(self, next_frame: torch.Tensor, last: torch.Tensor, randn: Draw) -> dict: ...
+
+    def frame_loss(self, model, noised: dict, context, actions, state, level) -> torch.Tensor: ...
+
+    def sample(self, model, window, actions, states, noise: torch.Tensor) -> torch.Tensor: ...
+
+
+class EDMResidual:
+    name = "edm_residual"
+
+    def __init__(self, sigma_data: float = 0.5, sampling_steps: int = EDM_SAMPLING_STEPS):
+        self.sigma_data, self.sampling_steps = sigma_data, sampling_steps
+        self.context_noise_unit = sigma_data
+        # The residual has a std of a few hundredths in [-1, 1] units; EDM's image defaults (sigma_data 0.5,
+        # sigma_max 80) would spend nearly every training sample and sampling step drowning it.
+        self.scheduler = EDMEulerScheduler(
+            sigma_min=0.002, sigma_max=20.0 * sigma_data, sigma_data=sigma_data
+        )
+
+    def config(self) -> dict:
+        return {"objective": self.name, "sigma_data": self.sigma_data, "sampling_steps": self.sampling_steps}
+
+    def noise_target(self, next_frame, last, randn):
+        residual = next_frame - last
+        s = torch.exp(math.log(self.sigma_data) + P_MEAN_OVER_SIGMA_DATA + P_STD * randn(residual.shape[0]))
+        s = s.view(-1, 1, 1, 1)
+        return {"target": residual, "sigma": s, "noisy": residual + s * randn(*residual.shape)}
+
+    def frame_loss(self, model, noised, context, actions, state, level):
+        sch, s, noisy = self.scheduler, noised["sigma"], noised["noisy"]
+        out = model.denoise_next_frame(
+            sch.precondition_inputs(noisy, s),
+            sch.precondition_noise(s.flatten()),
+            context,
+            actions,
+            state,
+            context_noise=level,
+        )
+        denoised = sch.precondition_outputs(noisy, out, s)
+        weight = (s**2 + self.sigma_data**2) / (s * self.sigma_data) ** 2
+        return (weight * (denoised - noised["target"]) ** 2).mean()
+
+    def sample(self, model, window, actions, states, noise):
+        sch, n = self.scheduler, window.shape[0]
+        sch.set_timesteps(self.sampling_steps, device=window.device)
+        x = noise * sch.init_noise_sigma
+        for t in sch.timesteps:
+            out = model.denoise_next_frame(sch.scale_model_input(x, t), t.expand(n), window, actions, states)
+            x = sch.step(out, t, x).prev_sample
+        return window[:, -1] + x
+
+
+class RectifiedFlow:
+    name = "rectified_flow"
+
+    def __init__(self, context_noise_unit: float = 0.05, sampling_steps: int = FLOW_SAMPLING_STEPS):
+        self.context_noise_unit, self.sampling_steps = context_noise_unit, sampling_steps
+        self.scheduler = FlowMatchEulerDiscreteScheduler()
+
+    def config(self) -> dict:
+        return {
+            "objective": self.name,
+            "context_noise_unit": self.context_noise_unit,
+            "sampling_steps": self.sampling_steps,
+        }
+
+    def noise_target(self, next_frame, last, randn):
+        # Logit-normal t (as SD3 trains rectified flows): most samples at mid noise, where the task is hard.
+        t = torch.sigmoid(randn(next_frame.shape[0])).view(-1, 1, 1, 1)
+        noise = randn(*next_frame.shape)
+        return {"t": t, "noisy": (1.0 - t) * next_frame + t * noise, "velocity": noise - next_frame}
+
+    def frame_loss(self, model, noised, context, actions, state, level):
+        t = noised["t"].flatten()
+        velocity = model.denoise_next_frame(noised["noisy"], t, context, actions, state, context_noise=level)
+        return ((velocity - noised["velocity"]) ** 2).mean()
+
+    def sample(self, model, window, actions, states, noise):
+        sch, n = self.scheduler, window.shape[0]
+        sch.set_timesteps(self.sampling_steps, device=window.device)
+        x = noise
+        for i, t in enumerate(sch.timesteps):
+            sigma = sch.sigmas[i].to(x.device, x.dtype).expand(n)  # the flow time t in [0, 1]
+            velocity = model.denoise_next_frame(x, sigma, window, actions, states)
+            x = sch.step(velocity, t, x).prev_sample
+        return x
+
+
+BACKBONE_OBJECTIVE = {"unet": "edm_residual", "cosmos": "rectified_flow"}
+
+
+def objective_for(backbone: str, frame_change_std: float) -> Objective:
+    """A backbone's objective, scaled to the measured std of the frame-to-frame change."""
+    if BACKBONE_OBJECTIVE[backbone] == "rectified_flow":
+        return RectifiedFlow(context_noise_unit=frame_change_std)
+    return EDMResidual(sigma_data=frame_change_std)
+
+
+def objective_from_config(config: dict) -> Objective:
+    """The objective a checkpoint's ``worldgen.json`` records under ``scheduler`` (EDM when it names none:
+    checkpoints from before the choice existed)."""
+    if config.get("objective", "edm_residual") == "rectified_flow":
+        return RectifiedFlow(config["context_noise_unit"], config["sampling_steps"])
+    return EDMResidual(config["sigma_data"], config["sampling_steps"])
+
+
+def world_model_loss(
+    model,
+    objective: Objective,
+    batch: dict,
+    generator: torch.Generator,
+    norm: Normalization,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(frame loss, state loss) of one batch: the objective's denoising loss for the next frame, and MSE
+    of the normalised state change. Noise is drawn with ``generator`` on its own device (on the GPU,
+    drawing on the host would starve it) and moved to the model's device with the batch."""
+    device = next(model.parameters()).device
+    batch = {key: value.to(device) for key, value in batch.items()}
+    b = batch["next_frame"].shape[0]
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+    state, actions = norm.normalize(batch["state"]), norm.normalize_actions(batch["actions"])
+    noised = objective.noise_target(batch["next_frame"], batch["context"][:, -1], randn)
+    # Context-noise augmentation (as GameNGen): half the samples see context frames corrupted by noise of
+    # a known level, so the model cannot lean on exact past frames alone: it learns to read the motion
+    # from the actions and to recover from its own imperfect frames in autoregressive rollouts.
+    level = CONTEXT_NOISE_MAX * rand(b)
+    level = level * (rand(b) < 0.5)
+    unit = objective.context_noise_unit
+    context = batch["context"] + (level * unit).view(-1, 1, 1, 1, 1) * randn(*batch["context"].shape)
+    frame_loss = objective.frame_loss(model, noised, context, actions, state, level)
+    target_delta = norm.normalize(batch["next_state"]) - state
+    state_loss = ((model.predict_state_delta(actions, state) - target_delta) ** 2).mean()
+    return frame_loss, state_loss
