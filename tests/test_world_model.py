@@ -184,6 +184,20 @@ def test_training_writes_a_resumable_checkpoint(trained):
         train_world_model(dataset, ckpt, steps=9, batch_size=4)
 
 
+def test_time_limit_stops_with_a_checkpoint_and_an_interrupted_swap_resumes(trained, tmp_path):
+    dataset, _, _ = trained
+    out = tmp_path / "ckpt"
+    train_world_model(dataset, out, steps=3, batch_size=4)
+    out.rename(tmp_path / "ckpt.old")  # as if killed between save_checkpoint's two renames
+    first = train_world_model(dataset, out, steps=9, batch_size=4, checkpoint_every=3, time_limit=0.0)
+    assert first["stopped_early"] and first["step"] == 4  # resumed at 3 from ckpt.old, then out of time
+    assert json.loads((out / "worldgen.json").read_text())["step"] == 4
+    assert not (tmp_path / "ckpt.old").exists()
+    rest = train_world_model(dataset, out, steps=9, batch_size=4, checkpoint_every=3)
+    assert rest["step"] == 9 and not rest["stopped_early"]
+    assert [v["step"] for v in rest["validation"]] == [3, 4, 6, 9]
+
+
 def test_batches_gather_the_windows_they_index(trained):
     """The vectorised batch is the per-window reference, stacked, for windows near episode starts too."""
     dataset = trained[0]

@@ -47,6 +47,7 @@ WORLD_MODELS: dict[str, type[WorldModel]] = {"unet": UNetWorldModel, "cosmos": C
 
 EMA_DECAY = 0.999
 WARMUP_STEPS = 100
+PROGRESS_EVERY = 10  # steps between progress reports
 
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]
@@ -230,8 +231,12 @@ def train_world_model(
     gradient_checkpointing: bool = False,
     device: str = "cpu",
     vae: str | Path | None = None,
+    time_limit: float | None = None,
 ) -> dict:
     """Train on ``train``, validate on ``valid``; resumes from ``out`` when it holds a checkpoint.
+
+    ``time_limit`` (seconds of training): stop early with a checkpoint at the step reached, so a job
+    under a wall-clock limit resumes from there on its next run (``stopped_early`` in the result).
 
     ``pretrained`` / ``vae``: see :func:`resolve_pretrained`. With a (local) Wan VAE the model learns in
     its latent space (:mod:`world_models.latents`) and the VAE is saved, frozen, in the checkpoint.
@@ -301,6 +306,9 @@ def train_world_model(
         spec.backbone, train.residual_std()
     )
     start, history = 0, []
+    old = out.with_name(out.name + ".old")
+    if not out.exists() and old.is_dir():  # interrupted between the two renames of save_checkpoint
+        os.replace(old, out)
     if (out / "training_state.safetensors").exists():
         previous = json.loads((out / "worldgen.json").read_text())
         if (previous.get("data_hash"), previous.get("manifest_hash")) != (
@@ -352,6 +360,7 @@ def train_world_model(
     val_batch = valid.batch(min(64, len(valid.index)), val_generator)
     model.train()
     started = time.perf_counter()
+    done, out_of_time = start, False
     for step in range(start, steps):
         batch = train.batch(batch_size, generator)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16"):
@@ -363,10 +372,12 @@ def train_world_model(
         lr_schedule.step()
         ema.step(model.parameters())
         done = step + 1
-        if progress is not None:
+        # Reading the loss waits for the device: every step, that would serialise a GPU run.
+        if progress is not None and (done % PROGRESS_EVERY == 0 or done == steps):
             rate = (done - start) * batch_size / (time.perf_counter() - started)
             progress(done, frame_loss.item(), state_loss.item(), rate)
-        if done % checkpoint_every == 0 or done == steps:
+        out_of_time = time_limit is not None and time.perf_counter() - started >= time_limit
+        if done % checkpoint_every == 0 or done == steps or out_of_time:
             with torch.no_grad():
                 model.eval()
                 v_frame, v_state = world_model_loss(
@@ -389,4 +400,6 @@ def train_world_model(
                 },
                 codec,
             )
-    return {"step": max(start, steps), "validation": history, "out": str(out)}
+        if out_of_time:
+            break
+    return {"step": done, "validation": history, "out": str(out), "stopped_early": out_of_time}

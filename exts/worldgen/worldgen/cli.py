@@ -187,6 +187,7 @@ def _cmd_train_wm(args: argparse.Namespace) -> int:
             gradient_checkpointing=args.gradient_checkpointing,
             device=args.device,
             vae=args.vae,
+            time_limit=args.time_limit * 60 if args.time_limit else None,
         )
     except (ValueError, KeyError) as exc:
         raise UsageError(str(exc)) from None
@@ -194,6 +195,8 @@ def _cmd_train_wm(args: argparse.Namespace) -> int:
         bar.close()
     last = result["validation"][-1] if result["validation"] else {}
     print(f"checkpoint {args.output} at step {result['step']}; validation {last}")
+    if result["stopped_early"]:
+        print("time limit reached: the same command again resumes from this checkpoint")
     return EXIT_OK
 
 
@@ -385,6 +388,13 @@ def _count_arg(text: str) -> int:
     return value
 
 
+def _minutes_arg(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1e6:
+        raise argparse.ArgumentTypeError(f"expected minutes above 0, got {text}")
+    return value
+
+
 def _device_arg(text: str) -> str:
     import torch
 
@@ -474,6 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_count_arg, help="training steps (default: the manifest's)")
     p.add_argument("--batch-size", type=_count_arg, help="default: the manifest's")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--time-limit",
+        type=_minutes_arg,
+        metavar="MINUTES",
+        help="stop with a checkpoint after this much training; the next run resumes from it",
+    )
     p.add_argument(
         "--lora-rank", type=_count_arg, help="train LoRA adapters of this rank (peft) on a frozen U-Net"
     )
