@@ -16,7 +16,6 @@ verdicts and the ``passed`` mask), ``oracle.hdf5``, ``policies/<row>/`` (policy 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import h5py
 from PIL import Image, ImageDraw
 from worldgen.checks.gate import gate_dataset
 from worldgen.dataset import demo_names
+from worldgen.files import write_atomically
 from worldgen.manifest import load_manifest
 from worldgen.pipeline import run_seed_stage
 
@@ -128,9 +128,7 @@ def _branch_models(path: Path) -> set[str]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomically(path, text.encode())
 
 
 def table(result: dict[str, Any]) -> str:

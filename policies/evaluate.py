@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from worldgen.envs import WorldgenEnv
+from worldgen.files import write_atomically
 from worldgen.manifest import Manifest, load_manifest
 from worldgen.report import frames_gif
 
@@ -161,7 +161,5 @@ def evaluate_policy(
                 }
             finally:
                 camera_env.close()
-        tmp = out / "eval.json.tmp"
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp, out / "eval.json")
+        write_atomically(out / "eval.json", (json.dumps(report, indent=2) + "\n").encode())
     return report

@@ -12,8 +12,6 @@ A policy folder::
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections import deque
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
+from worldgen.files import staging_folder, swap_in_folder
 
 CONFIG_NAME, WEIGHTS_NAME, META_NAME = "config.json", "model.safetensors", "worldgen.json"
 
@@ -111,22 +110,13 @@ class PretrainedPolicy(nn.Module):
     def save_pretrained(self, directory: str | Path, meta: dict[str, Any] | None = None) -> Path:
         """Write the folder beside any old one, then swap it in, so a crash leaves one or the other."""
         directory = Path(directory)
-        staging = directory.with_name(directory.name + ".saving")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        staging = staging_folder(directory)
         config = {"type": self.name, **asdict(self.config)}
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         save_model(self, str(staging / WEIGHTS_NAME))
         if meta is not None:
             (staging / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if directory.exists():
-            old = directory.with_name(directory.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-            os.replace(staging, directory)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, directory)
+        swap_in_folder(staging, directory)
         return directory
 
     @classmethod

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageDraw
 from worldgen.checks.gate import dataset_manifest
 from worldgen.dataset import demo_names
-from worldgen.stage import write_atomically
+from worldgen.files import write_atomically
 
 
 def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:

@@ -28,7 +28,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from worldgen.checks.clip import tracked_objects
 from worldgen.checks.gate import dataset_manifest
-from worldgen.stage import write_atomically
+from worldgen.files import recover_folder, staging_folder, swap_in_folder, write_atomically
 
 from .data import WorldModelData, frame_channels
 from .latents import WanFrameCodec
@@ -102,6 +102,13 @@ def _write_json(path: Path, data: dict) -> None:
     write_atomically(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)
+
+
 def save_checkpoint(
     out: Path,
     model: WorldModel,
@@ -112,11 +119,9 @@ def save_checkpoint(
     codec: WanFrameCodec | None = None,
 ) -> None:
     """Write the whole checkpoint beside the old one, then swap it in."""
-    staging = out.with_name(out.name + ".saving")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = staging_folder(out)
     if codec is not None and (out / "vae").is_dir():  # frozen: the previous checkpoint's files, linked
-        shutil.copytree(out / "vae", staging / "vae", copy_function=os.link)
+        shutil.copytree(out / "vae", staging / "vae", copy_function=_link_or_copy)
     elif codec is not None:
         codec.vae.save_pretrained(staging / "vae", safe_serialization=True)
     raw = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -128,14 +133,7 @@ def save_checkpoint(
     ema.restore(model.parameters())
     _write_json(staging / "worldgen.json", meta)
     _write_json(staging / "training_state.json", state)
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(staging, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(staging, out)
+    swap_in_folder(staging, out)
 
 
 def build_world_model(
@@ -306,9 +304,7 @@ def train_world_model(
         spec.backbone, train.residual_std()
     )
     start, history = 0, []
-    old = out.with_name(out.name + ".old")
-    if not out.exists() and old.is_dir():  # interrupted between the two renames of save_checkpoint
-        os.replace(old, out)
+    recover_folder(out)  # a run killed while swapping in a checkpoint goes on from the previous one
     if (out / "training_state.safetensors").exists():
         previous = json.loads((out / "worldgen.json").read_text())
         if (previous.get("data_hash"), previous.get("manifest_hash")) != (

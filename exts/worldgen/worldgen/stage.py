@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ from pxr import Gf, Sdf, Usd, UsdGeom, UsdLux, UsdPhysics, UsdSemantics, UsdShad
 
 from . import __version__
 from .assets import panda
+from .files import write_atomically
 from .geometry import look_at_matrix, quat_from_matrix
 from .manifest import CameraSpec, Manifest, ObjectSpec
 from .scene import SceneSample, sample_scene
@@ -440,19 +439,6 @@ def build_stage(manifest: Manifest, scene: SceneSample, base_dir: Path | None = 
 def camera_prim_path(manifest: Manifest, name: str) -> str:
     spec = next(c for c in manifest.cameras if c.name == name)
     return f"{HAND_PATH if spec.mount == 'wrist' else CAMERAS_PATH}/{name}"
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it, so a reader never sees a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def compile_stage(
