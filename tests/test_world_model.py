@@ -303,6 +303,10 @@ def test_branch_cli_writes_synthetic_demos_that_the_checks_gate(trained, tmp_pat
             scores = json.loads(f["data"][name].attrs["check_scores"])
             assert scores["flicker"]["verdict"] in ("passed", "failed")
             assert "check_confidence" in f["data"][name].attrs  # two siblings per parent and step
+    capsys.readouterr()
+    missing = tmp_path / "no_ckpt"
+    assert main(["branch", str(dataset), str(missing), "-o", str(tmp_path / "x.hdf5")]) == 2
+    assert f"{missing}: not a world-model checkpoint" in capsys.readouterr().err
 
 
 def test_metrics_known_values():

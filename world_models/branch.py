@@ -28,9 +28,20 @@ from .objectives import objective_from_config
 from .train import WORLD_MODELS
 
 
+def checkpoint_meta(ckpt: Path) -> dict:
+    """A world-model checkpoint's ``worldgen.json``; a clear error when the folder is not one."""
+    path = Path(ckpt) / "worldgen.json"
+    if not path.is_file():
+        raise ValueError(f"{ckpt}: not a world-model checkpoint (no worldgen.json; see worldgen train-wm)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
 def checkpoint_hash(ckpt: Path) -> str:
     digest = hashlib.sha256()
-    meta = json.loads((ckpt / "worldgen.json").read_text())
+    meta = checkpoint_meta(ckpt)
     digest.update(json.dumps(meta["scheduler"], sort_keys=True).encode())
     files = sorted((ckpt / "model").iterdir())
     if (ckpt / "vae").is_dir():  # a model in latent space is only reproducible with its VAE
@@ -57,7 +68,7 @@ class WorldModelSampler:
 
     def __init__(self, ckpt: str | Path, sampling_steps: int | None = None, device: str = "cpu"):
         self.ckpt = Path(ckpt)
-        self.meta = json.loads((self.ckpt / "worldgen.json").read_text())
+        self.meta = checkpoint_meta(self.ckpt)
         self.device = torch.device(device)
         model_class = WORLD_MODELS[self.meta.get("preset", "unet")]
         self.model = model_class.from_pretrained(self.ckpt / "model").eval().to(self.device)

@@ -47,7 +47,8 @@ class WanFrameCodec:
     def from_pretrained(cls, path: str | Path, frame_channels: int) -> WanFrameCodec:
         config = json.loads((Path(path) / "config.json").read_text())
         if config.get("_class_name") != "AutoencoderKLWan":
-            raise ValueError(f"{path}: holds a {config.get('_class_name')}, not an AutoencoderKLWan")
+            name = config.get("_class_name")
+            raise ValueError(f"{path}: config.json names {name}; expected AutoencoderKLWan")
         return cls(AutoencoderKLWan.from_pretrained(path), frame_channels)
 
     def to(self, device: str | torch.device) -> WanFrameCodec:

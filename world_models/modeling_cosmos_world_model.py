@@ -161,7 +161,8 @@ class CosmosWorldModel(CosmosTransformer3DModel):
     def for_frames(
         cls, frame_channels: int, context_frames: int, action_dim: int, state_dim: int, resolution: int
     ) -> CosmosWorldModel:
-        """A small from-scratch configuration for multi-channel frames (trains on a CPU)."""
+        """A small from-scratch configuration for multi-channel frames. It runs on a CPU (tests, pipeline
+        checks); learning to draw whole frames from scratch takes GPU-scale training."""
         return cls(
             action_dim=action_dim,
             action_chunk=context_frames,

@@ -189,7 +189,7 @@ def _cmd_train_wm(args: argparse.Namespace) -> int:
             vae=args.vae,
             time_limit=args.time_limit * 60 if args.time_limit else None,
         )
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, OSError) as exc:
         raise UsageError(str(exc)) from None
     finally:
         bar.close()
@@ -204,17 +204,20 @@ def _cmd_branch(args: argparse.Namespace) -> int:
     from world_models.branch import branch_dataset
 
     at = [int(x) for x in args.at.split(",") if x.strip()]
-    writer = branch_dataset(
-        args.dataset,
-        args.checkpoint,
-        args.output,
-        per_seed=args.per_seed,
-        at_steps=at,
-        action_noise=args.action_noise,
-        horizon=args.horizon,
-        base_seed=args.seed,
-        device=args.device,
-    )
+    try:
+        writer = branch_dataset(
+            args.dataset,
+            args.checkpoint,
+            args.output,
+            per_seed=args.per_seed,
+            at_steps=at,
+            action_noise=args.action_noise,
+            horizon=args.horizon,
+            base_seed=args.seed,
+            device=args.device,
+        )
+    except (ValueError, OSError) as exc:  # OSError: a missing dataset, unreadable weights
+        raise UsageError(str(exc)) from None
     synthetic = sum(d["attrs"].get("source") == "world_model" for d in writer.demos.values())
     print(
         f"wrote {args.output}: {synthetic} world-model branches beside {len(writer) - synthetic} seed demos"
@@ -236,7 +239,7 @@ def _cmd_eval_wm(args: argparse.Namespace) -> int:
             )
         else:
             report = evaluate_branches(args.dataset, args.checkpoint, out)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         raise UsageError(str(exc)) from None
     if args.open_loop:
         print(
