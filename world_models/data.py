@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from worldgen.dataset import dataset_digest, demo_names
 
+from .latents import WanFrameCodec
+
 STATE_KEYS = ("robot0_eef_pos", "robot0_gripper_qpos", "object")
 
 
@@ -160,9 +162,9 @@ class WorldModelData:
         self.frame_ids = torch.from_numpy(np.stack(frame_ids))  # (windows, K+1): context, then next
         self.action_ids = torch.from_numpy(np.stack(action_ids))  # (windows, K)
 
-    def encode(self, codec) -> WorldModelData:
-        """Replace every frame by its latent (a :class:`~world_models.latents.WanFrameCodec`), before
-        :meth:`to`: the model then trains in the VAE's latent space."""
+    def encode(self, codec: WanFrameCodec) -> WorldModelData:
+        """Replace every frame by its VAE latent, before :meth:`to`: the model then trains in the VAE's
+        latent space."""
         for episode in self.episodes:
             episode.frames = codec.encode(episode.frames).cpu()
         self._stack()

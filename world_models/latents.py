@@ -63,7 +63,7 @@ class WanFrameCodec:
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = frames.shape
+        c, h, w = frames.shape[1:]
         if c != self.frame_channels:
             raise ValueError(f"frames have {c} channels; the codec was built for {self.frame_channels}")
         device = self.mean.device
@@ -81,7 +81,7 @@ class WanFrameCodec:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = latents.shape
+        h, w = latents.shape[-2:]
         out = []
         for chunk in latents.split(CHUNK):
             z = chunk.to(self.mean.device, torch.float32).reshape(-1, self.vae.config.z_dim, h, w)
