@@ -31,6 +31,8 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def main() -> None:
+    from worldgen.files import write_atomically
+
     from world_models.branch import WorldModelSampler, branch_dataset, noise_seed
     from world_models.data import frame_channels
     from world_models.metrics import evaluate_open_loop
@@ -124,8 +126,7 @@ def main() -> None:
         "fidelity_replayed": _fidelity(replayed) if replayed else None,
     }
     out = RESULTS / ("wm_throughput.json" if args.device == "cpu" else "wm_throughput_cuda.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_atomically(out, (json.dumps(result, indent=2) + "\n").encode())
     print(
         f"training {samples_per_s:.1f} samples/s ({budget_steps} steps, {train_s:.0f} s); branching "
         f"{result['branch_frames_per_s_batched_16']:.1f} frames/s batched vs "

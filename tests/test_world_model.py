@@ -591,6 +591,7 @@ def test_world_model_trains_branches_and_steps_in_wan_latent_space(trained, tmp_
     ckpt = tmp_path / "ckpt"
     args = ["train-wm", str(dataset), "-o", str(ckpt), "--batch-size", "2", "-q"]
     assert main([*args, "--steps", "2", "--vae", str(tmp_path / "vae")]) == 0
+    ckpt.rename(tmp_path / "ckpt.old")  # as if killed while swapping in a checkpoint
     assert main([*args, "--steps", "3"]) == 0  # resumes in the checkpoint's latent space
     meta = json.loads((ckpt / "worldgen.json").read_text())
     assert meta["step"] == 3 and meta["latent"]["channels"] == 8 and meta["latent"]["resolution"] == [16, 16]

@@ -249,6 +249,7 @@ def train_world_model(
     if mixed_precision not in ("no", "bf16"):
         raise ValueError(f"mixed_precision {mixed_precision!r}: expected 'no' or 'bf16'")
     dataset, out = Path(dataset), Path(out)
+    recover_folder(out)  # a run killed while swapping in a checkpoint goes on from the previous one
     with h5py.File(dataset, "r") as f:
         manifest = dataset_manifest(f, dataset)
         first = next(iter(f["data"].values()))
@@ -304,7 +305,6 @@ def train_world_model(
         spec.backbone, train.residual_std()
     )
     start, history = 0, []
-    recover_folder(out)  # a run killed while swapping in a checkpoint goes on from the previous one
     if (out / "training_state.safetensors").exists():
         previous = json.loads((out / "worldgen.json").read_text())
         if (previous.get("data_hash"), previous.get("manifest_hash")) != (
