@@ -23,7 +23,14 @@ from world_models.data import (
 )
 from world_models.metrics import evaluate_branches, evaluate_open_loop
 from world_models.modeling_unet_world_model import UNetWorldModel
-from world_models.objectives import EDMResidual, RectifiedFlow, objective_for, world_model_loss
+from world_models.objectives import (
+    EDM_IMAGE_LOG_SIGMA,
+    EDMResidual,
+    RectifiedFlow,
+    objective_for,
+    objective_from_config,
+    world_model_loss,
+)
 from world_models.train import build_world_model, train_world_model
 
 from .conftest import ROOT
@@ -109,6 +116,34 @@ def test_sampling_with_an_exact_denoiser_reaches_the_target(objective):
     assert torch.allclose(out, target, atol=1e-4), (out - target).abs().max()
 
 
+class _InputRecorder:
+    """A denoiser that predicts no change and records the (preconditioned) inputs it is given."""
+
+    def __init__(self):
+        self.inputs = []
+
+    def denoise_next_frame(self, x, timestep, window, actions, states):
+        self.inputs.append(x)
+        return torch.zeros_like(x)
+
+
+def test_edm_sampler_starts_from_the_noise_level_the_network_was_trained_on():
+    # The first network input is c_in(sigma_max) * x_T: unit std when x_T ~ N(0, sigma_max^2), as in
+    # training. diffusers' init_noise_sigma is sqrt(sigma_max^2 + 1), 1.6x too loud at sigma_max 0.8.
+    objective, recorder = EDMResidual(0.04), _InputRecorder()
+    noise = torch.randn(4, 5, 32, 32, generator=torch.Generator().manual_seed(0))
+    objective.sample(recorder, torch.zeros(4, 2, 5, 32, 32), None, None, noise)
+    assert abs(float(recorder.inputs[0].std()) - 1.0) < 0.02
+
+
+def test_objective_config_round_trips_and_old_checkpoints_keep_their_training_noise():
+    objective = EDMResidual(0.04)
+    again = objective_from_config(json.loads(json.dumps(objective.config())))
+    assert again.config() == objective.config()
+    old = objective_from_config({"sigma_data": 0.04, "sampling_steps": 2})
+    assert old.train_log_sigma == EDM_IMAGE_LOG_SIGMA != objective.train_log_sigma
+
+
 def test_save_load_round_trip_reproduces_outputs(tmp_path):
     torch.manual_seed(1)
     model = UNetWorldModel(**TINY).eval()
@@ -174,7 +209,7 @@ def test_training_writes_a_resumable_checkpoint(trained):
     assert meta["camera"] == "front" and meta["step"] == 6 and len(meta["data_hash"]) == 64
     assert (ckpt / "model" / "config.json").is_file()
     # Noise levels follow the measured frame-to-frame change; actions and states are normalised.
-    assert 0.005 < meta["scheduler"]["sigma_data"] < 0.2 and meta["scheduler"]["sampling_steps"] == 2
+    assert 0.005 < meta["scheduler"]["sigma_data"] < 0.2 and meta["scheduler"]["sampling_steps"] == 1
     assert len(meta["normalization"]["action_std"]) == 7 and min(meta["normalization"]["action_std"]) >= 0.1
     again = train_world_model(dataset, ckpt, steps=8, batch_size=4, checkpoint_every=4)
     assert again["step"] == 8 and [v["step"] for v in again["validation"]] == [3, 6, 8]
@@ -375,22 +410,23 @@ def test_eval_wm_open_loop_scores_recorded_actions_without_the_simulator(trained
 @pytest.mark.slow
 @pytest.mark.timeout(2700)
 def test_unet_beats_copy_last_frame_at_4_steps_on_push_to_target(tmp_path):
-    """The issue's CPU bar: the unet backbone trained on 20 push_to_target seeds at 64 x 64 (the manifest's
-    2000 steps, about 12 minutes on 2 idle cores). Rolled out under the held-out demos' recorded actions it
-    beats copy-last-frame 4 steps ahead and scores better under those actions than under another window's;
-    its branches, replayed in the simulator, beat copy-last-frame 4 steps ahead too."""
+    """The issue's CPU bar, with margin: the unet backbone trained on 20 push_to_target seeds at 64 x 64 (the
+    manifest's 2000 steps, about 12 minutes on 2 idle cores). Rolled out under the held-out demos' recorded
+    actions it beats copy-last-frame by 3 dB 4 and 8 steps ahead (the bench measured +5.9 / +6.0) and scores
+    1 dB better under those actions than under another window's (+2.6); its branches, replayed in the
+    simulator, beat copy-last-frame by 1.5 dB 4 steps ahead (+3.0)."""
     dataset = tmp_path / "seeds.hdf5"
     run_seed_stage(ROOT / "scenarios" / "push_to_target.yaml", dataset, n=20)
     ckpt = tmp_path / "ckpt"
     train_world_model(dataset, ckpt, checkpoint_every=1000)
     open_loop = evaluate_open_loop(dataset, ckpt, horizon=8)
     per_step = open_loop["per_step"]
-    assert per_step["psnr"][4] > per_step["copy_last_psnr"][4], per_step
-    assert open_loop["action_sensitivity_psnr_gap"] > 0, open_loop["action_sensitivity_psnr_gap"]
+    assert all(per_step["psnr"][j] > per_step["copy_last_psnr"][j] + 3.0 for j in (4, 8)), per_step
+    assert open_loop["action_sensitivity_psnr_gap"] > 1.0, open_loop["action_sensitivity_psnr_gap"]
     synth = tmp_path / "synth.hdf5"
     branch_dataset(dataset, ckpt, synth, per_seed=4, at_steps=[10, 30], horizon=8)
     per_step = evaluate_branches(synth, ckpt)["per_step"]
-    assert per_step["psnr"][4] > per_step["copy_last_psnr"][4], per_step
+    assert per_step["psnr"][4] > per_step["copy_last_psnr"][4] + 1.5, per_step
 
 
 COSMOS_TINY = dict(
