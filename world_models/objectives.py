@@ -24,14 +24,13 @@ from diffusers import EDMEulerScheduler, FlowMatchEulerDiscreteScheduler
 
 from .data import Normalization
 
-# Training noise levels: ln(sigma / sigma_data) ~ N(mean, std). The sampler makes its prediction at
-# sigma_max = 20 sigma_data from pure noise (its second step, at sigma_min, only polishes), so training
-# is centred there and above (sigma ~ 33 sigma_data), where the residual is hidden and the network must
-# predict it from the context and the actions. EDM's image default (mean ln 0.6, i.e. P_mean -1.2 at
-# sigma_data 0.5) spends most samples denoising half-visible residuals, which this sampler never asks
-# for. Open-loop PSNR over copy-last 8 steps ahead on push_to_target (56 seeds, 1600 CPU steps) for
-# means -0.5 / 1.0 / 1.7 / 2.5 / 3.5: +1.1 / +3.9 / +5.3 / +6.0 / +6.5 dB; action-sensitivity gap
-# +0.2 / +2.3 / +3.6 / +4.3 / +4.8 dB.
+# Training noise levels: ln(sigma / sigma_data) ~ N(mean, std). The sampler makes its prediction from
+# pure noise at sigma_max = 20 sigma_data, so training is centred there and above (sigma ~ 33 sigma_data),
+# where the residual is hidden and the network must predict it from the context and the actions. EDM's
+# image default (mean ln 0.6, i.e. P_mean -1.2 at sigma_data 0.5) spends most samples denoising
+# half-visible residuals, which this sampler never asks for. Open-loop PSNR over copy-last 8 steps ahead
+# on push_to_target (56 seeds, 1600 CPU steps) for means -0.5 / 1.0 / 1.7 / 2.5 / 3.5: +1.1 / +3.9 /
+# +5.3 / +6.0 / +6.5 dB; action-sensitivity gap +0.2 / +2.3 / +3.6 / +4.3 / +4.8 dB.
 TRAIN_LOG_SIGMA_MEAN, TRAIN_LOG_SIGMA_STD = 3.5, 1.2
 EDM_IMAGE_LOG_SIGMA = (-1.2 - math.log(0.5), 1.2)  # what checkpoints from before the choice trained with
 CONTEXT_NOISE_MAX = 4.0  # in units of the frame-to-frame change
