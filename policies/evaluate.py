@@ -44,9 +44,10 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def panel_seeds(manifest: Manifest, episodes: int | None = None) -> list[int]:
+def panel_seeds(manifest: Manifest, episodes: int | None = None, offset: int = 0) -> list[int]:
+    """Held-out seeds ``held_out_base_seed + offset + i``; ``offset`` gives replicates disjoint panels."""
     spec = manifest.evaluation
-    return [spec.held_out_base_seed + i for i in range(episodes or spec.episodes)]
+    return [spec.held_out_base_seed + offset + i for i in range(episodes or spec.episodes)]
 
 
 def check_contract(policy: PretrainedPolicy, env: WorldgenEnv) -> None:
@@ -104,6 +105,7 @@ def evaluate_policy(
     out: str | Path | None = None,
     gifs: bool = True,
     progress: Callable[[Episode, int, int], None] | None = None,
+    panel_offset: int = 0,
 ) -> dict[str, Any]:
     """Success rate with its Wilson 95 % interval, mean return and per-episode records; written to
     ``out/eval.json`` (plus ``success.gif`` / ``failure.gif``) when ``out`` is given."""
@@ -111,7 +113,7 @@ def evaluate_policy(
     if not isinstance(policy, PretrainedPolicy):
         policy = load_policy(policy)
     manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
-    seeds = panel_seeds(manifest, episodes)
+    seeds = panel_seeds(manifest, episodes, panel_offset)
     overlap = sorted(set(seeds) & set(meta.get("training_seeds", [])))
     if overlap:
         raise ValueError(

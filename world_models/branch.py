@@ -245,6 +245,7 @@ def branch_dataset(
                             "seed": int(g.attrs["seed"]),
                             "success": False,
                             "source": "world_model",
+                            "recipe": "perturb",
                             "parent": name,
                             "branch_step": step,
                             "noise_seed": seeds[i],

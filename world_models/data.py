@@ -119,7 +119,10 @@ class Episode:
 
 
 class WorldModelData:
-    """Every demo of a mask held in memory (small datasets: tens of demos at 64 x 64)."""
+    """Every demo of a mask held in memory (small datasets: tens of demos at 64 x 64).
+
+    ``extra_masks``: masks added when the dataset has them, e.g. ``play`` (non-expert simulator
+    rollouts: real dynamics, so world-model training data, never policy labels)."""
 
     def __init__(
         self,
@@ -129,12 +132,16 @@ class WorldModelData:
         resolution: tuple[int, int],
         instances: list[int],
         context_frames: int,
+        extra_masks: tuple[str, ...] = (),
     ):
         self.path, self.mask, self.camera = Path(path), mask, camera
         self.instances, self.context = instances, context_frames
         self.episodes: list[Episode] = []
         with h5py.File(self.path, "r") as f:
             names = demo_names(f, mask)
+            for extra in extra_masks:
+                if f"mask/{extra}" in f:
+                    names += [n for n in demo_names(f, extra) if n not in names]
             self.data_hash = dataset_digest(f, names)
             for name in names:
                 self.episodes.append(Episode.load(f["data"][name], camera, instances, resolution))

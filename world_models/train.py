@@ -262,7 +262,9 @@ def train_world_model(
     if vae is None and (out / "worldgen.json").is_file() and (out / "vae").is_dir():
         vae = out / "vae"  # resuming a run in latent space
     pretrained, vae = resolve_pretrained(pretrained, vae)
-    train = WorldModelData(dataset, "train", camera, resolution, instances, spec.context_frames)
+    train = WorldModelData(
+        dataset, "train", camera, resolution, instances, spec.context_frames, extra_masks=("play",)
+    )
     valid = WorldModelData(dataset, "valid", camera, resolution, instances, spec.context_frames)
     norm = train.normalization()
     channels, model_resolution, latent = frame_channels(instances), resolution[0], None

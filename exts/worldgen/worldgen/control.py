@@ -52,6 +52,19 @@ class ArmController:
         self.q_target = panda.HOME_Q.copy()
         self.finger_target = panda.FINGER_MAX
 
+    @classmethod
+    def for_manifest(cls, manifest) -> ArmController:
+        """The controller of a manifest's robot, based on the table top at its base position."""
+        base = manifest.embodiment.base_position
+        return cls(manifest.embodiment, np.array([base[0], base[1], manifest.task.table.height]))
+
+    @classmethod
+    def from_env_state(cls, manifest, env_state: np.ndarray) -> ArmController:
+        """The controller as it was when ``WorldgenEnv.get_state`` returned ``env_state``."""
+        controller = cls.for_manifest(manifest)
+        controller.set_state(np.asarray(env_state)[-(cls.STATE_DIM + 2) : -2])
+        return controller
+
     @property
     def action_dim(self) -> int:
         return self.embodiment.action_dim

@@ -40,7 +40,7 @@ from . import __version__
 
 ENV_TYPE_ISAAC_LAB = 2  # robomimic's EnvType for Isaac Lab / "gym-like" environments
 IMAGE_SUFFIXES = ("_rgb", "_depth", "_seg")
-MASKS = ("train", "valid", "seed", "synthetic", "passed")
+MASKS = ("train", "valid", "seed", "synthetic", "passed", "play")
 
 
 @dataclass
@@ -53,6 +53,9 @@ class Demo:
     rewards: np.ndarray
     dones: np.ndarray
     attrs: dict[str, Any] = field(default_factory=dict)
+    # Per-step arrays beside ``actions`` (T, ...), e.g. ``executed_actions`` where the labels are not
+    # what was executed (recovery demos: noisy actions executed, the labeler's actions as labels).
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def num_samples(self) -> int:
@@ -126,6 +129,10 @@ def _write_demo(group: h5py.Group, demo: Demo) -> None:
     _write_array(group, "states", demo.states.astype(np.float64))
     _write_array(group, "rewards", demo.rewards.astype(np.float32))
     _write_array(group, "dones", demo.dones.astype(np.uint8))
+    for key, arr in sorted(demo.extras.items()):
+        if arr.shape[0] != t:
+            raise ValueError(f"{key} has {arr.shape[0]} rows, expected T = {t}")
+        _write_array(group, key, arr)
     obs, next_obs = group.create_group("obs"), group.create_group("next_obs")
     for key, arr in sorted(demo.obs.items()):
         if _is_image(key, arr[1:]):
@@ -136,6 +143,27 @@ def _write_demo(group: h5py.Group, demo: Demo) -> None:
     group.attrs["num_samples"] = t
     for key, value in sorted(demo.attrs.items()):
         group.attrs[key] = _json_attr(value)
+
+
+STANDARD_ARRAYS = ("actions", "states", "rewards", "dones")
+
+
+def read_demo(group: h5py.Group) -> Demo:
+    """A stored demo as :class:`Demo`: T+1 observations (``obs``, then the last ``next_obs``), its
+    attributes as stored (so appending it elsewhere writes the same bytes) and any extra arrays."""
+    obs = {k: np.concatenate([group["obs"][k][()], group["next_obs"][k][-1:]]) for k in group["obs"]}
+    extras = {
+        k: group[k][()] for k in group if k not in STANDARD_ARRAYS and isinstance(group[k], h5py.Dataset)
+    }
+    return Demo(
+        group["actions"][()],
+        group["states"][()],
+        obs,
+        group["rewards"][()],
+        group["dones"][()],
+        {k: v for k, v in group.attrs.items() if k != "num_samples"},
+        extras,
+    )
 
 
 def demo_index(name: str) -> int:
@@ -240,8 +268,11 @@ class DatasetWriter:
     def _masks(self) -> dict[str, list[str]]:
         names = sorted(self.demos, key=demo_index)
         attrs = {n: self.demos[n]["attrs"] for n in names}
-        seed = [n for n in names if attrs[n].get("source") == "sim"]
+        # Expert demos; a generation recipe executed in the simulator (its ceiling) is not one.
+        seed = [n for n in names if attrs[n].get("source") == "sim" and not attrs[n].get("recipe", "")]
         synthetic = [n for n in names if attrs[n].get("source") == "world_model"]
+        # Non-expert simulator rollouts ("play"): world-model training data, never policy labels.
+        play = [n for n in names if attrs[n].get("source") == "play"]
         passed = [n for n in names if bool(attrs[n].get("check_passed", False))]
         usable = [n for n in seed if bool(attrs[n].get("success", False))]
         # Every tenth successful seed demo validates; with two to nine, the last one does.
@@ -249,7 +280,14 @@ class DatasetWriter:
         if not valid and len(usable) > 1:
             valid = usable[-1:]
         train = [n for n in usable if n not in valid]
-        return {"train": train, "valid": valid, "seed": seed, "synthetic": synthetic, "passed": passed}
+        return {
+            "train": train,
+            "valid": valid,
+            "seed": seed,
+            "synthetic": synthetic,
+            "passed": passed,
+            "play": play,
+        }
 
     def _write_header(self, f: h5py.File) -> h5py.Group:
         data = f.create_group("data")

@@ -47,6 +47,28 @@ def predicate_holds(manifest: Manifest, object_pos: np.ndarray, fingers: np.ndar
     return inside and low and released
 
 
+def predicate_steps(
+    manifest: Manifest, objects: np.ndarray, fingers: np.ndarray, start_z: float
+) -> np.ndarray:
+    """Whether the success predicate holds at each of T steps, from (T, ``object`` features) and
+    (T, 2) finger positions (simulated or predicted)."""
+    sl = object_slice(manifest, manifest.task.success.object)
+    return np.array(
+        [predicate_holds(manifest, o[sl][:3], g, start_z) for o, g in zip(objects, fingers, strict=True)]
+    )
+
+
+def success_step(holds: np.ndarray, hold_steps: int) -> int:
+    """The number of steps after which the predicate has held for ``hold_steps`` consecutive steps
+    (``holds[t]``: it holds after step t + 1), or -1 if it never does."""
+    streak = 0
+    for t, h in enumerate(holds):
+        streak = streak + 1 if h else 0
+        if streak >= hold_steps:
+            return t + 1
+    return -1
+
+
 class SuccessTracker:
     """Evaluates the manifest's success predicate on simulator state, step by step."""
 
@@ -154,9 +176,7 @@ class WorldgenEnv(gym.Env):
         self.cameras = cameras
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": self.manifest.control_hz}
-        table = self.manifest.task.table
-        base = self.manifest.embodiment.base_position
-        self.controller = ArmController(self.manifest.embodiment, np.array([base[0], base[1], table.height]))
+        self.controller = ArmController.for_manifest(self.manifest)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (self.manifest.embodiment.action_dim,), np.float32)
         self.observation_space = observation_space(self.manifest, cameras)
         self.steps = 0
@@ -209,6 +229,10 @@ class WorldgenEnv(gym.Env):
         self.controller.set_state(state[-n:-2])
         self.steps, self.success.streak = int(state[-2]), int(state[-1])
         self._frames = {}
+
+    def observe(self) -> dict[str, np.ndarray]:
+        """The observation of the current state (after :meth:`set_state`)."""
+        return self._observe()
 
     # -- helpers ----------------------------------------------------------------------------------------
 

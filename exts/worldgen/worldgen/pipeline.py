@@ -4,6 +4,7 @@ last complete demo when the output already exists."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import DatasetWriter, Demo, dataset_header
+from .dataset import DatasetWriter, Demo, dataset_header, demo_names, read_demo
 from .manifest import Manifest, load_manifest
 from .sim.base import SimDiverged, instance_table
 
@@ -28,23 +29,35 @@ def _stack_obs(observations: list[dict[str, np.ndarray]]) -> dict[str, np.ndarra
     return {key: np.stack([o[key] for o in observations]) for key in observations[0]}
 
 
-def record_expert_episode(env, seed: int) -> EpisodeResult:
-    """Run the scripted expert on ``seed`` until success or the horizon; one demo with T+1 observations."""
-    from .experts import make_expert
+Actor = Callable[[dict[str, np.ndarray], int], tuple[np.ndarray, np.ndarray]]
 
+
+def record_episode(
+    env,
+    seed: int,
+    act: Actor,
+    attrs: dict,
+    start_state: np.ndarray | None = None,
+    steps: int | None = None,
+) -> EpisodeResult:
+    """Run ``act(obs, t) -> (executed action, label)`` from the scene of ``seed`` (or from
+    ``start_state``, a state of that scene) until success, the horizon or ``steps``; one demo with T+1
+    observations whose ``actions`` are the labels (``executed_actions`` beside them where they differ)."""
     started = time.perf_counter()
     try:
         obs, _ = env.reset(seed=seed)
-        expert = make_expert(env)
-        expert.reset(seed)
-        observations, states, actions, rewards, dones = [obs], [], [], [], []
+        if start_state is not None:
+            env.set_state(start_state)
+            obs = env.observe()
+        observations, states, executed, labels, rewards, dones = [obs], [], [], [], [], []
         success = False
-        for _ in range(env.manifest.horizon):
+        for t in range(steps or env.manifest.horizon - env.steps):
             states.append(env.get_state())
-            action = expert.act()
+            action, label = act(obs, t)
             obs, reward, terminated, truncated, info = env.step(action)
             observations.append(obs)
-            actions.append(action)
+            executed.append(action)
+            labels.append(label)
             rewards.append(reward)
             dones.append(terminated)
             success = bool(info["success"])
@@ -52,8 +65,10 @@ def record_expert_episode(env, seed: int) -> EpisodeResult:
                 break
     except SimDiverged as exc:
         return EpisodeResult(seed, None, f"simulation diverged: {exc}", time.perf_counter() - started)
+    executed_actions = np.asarray(executed, dtype=np.float32)
+    label_actions = np.asarray(labels, dtype=np.float32)
     demo = Demo(
-        actions=np.asarray(actions, dtype=np.float32),
+        actions=label_actions,
         states=np.asarray(states, dtype=np.float64),
         obs=_stack_obs(observations),
         rewards=np.asarray(rewards, dtype=np.float32),
@@ -61,16 +76,58 @@ def record_expert_episode(env, seed: int) -> EpisodeResult:
         attrs={
             "seed": seed,
             "success": success,
-            "source": "sim",
-            "parent": "",
-            "branch_step": -1,
-            "noise_seed": -1,
-            "model": "",
             "sim_backend": type(env.backend).__name__,
             "scene": env.backend.scene.to_dict(),
+            **attrs,
         },
+        extras={}
+        if np.array_equal(executed_actions, label_actions)
+        else {"executed_actions": executed_actions},
     )
     return EpisodeResult(seed, demo, "", time.perf_counter() - started)
+
+
+def record_expert_episode(env, seed: int) -> EpisodeResult:
+    """Run the scripted expert on ``seed`` until success or the horizon; one demo with T+1 observations."""
+    from .experts import make_expert, object_poses
+
+    expert = make_expert(env.manifest)
+
+    def act(obs, t):
+        if t == 0:
+            expert.reset(seed, object_poses(env))
+        action = expert.act(env.controller.commanded_tcp_world(), object_poses(env))
+        return action, action
+
+    attrs = {"source": "sim", "parent": "", "branch_step": -1, "noise_seed": -1, "model": ""}
+    return record_episode(env, seed, act, attrs)
+
+
+def record_play_episode(
+    env, seed: int, parent: str, parent_actions: np.ndarray, action_noise: float, noise_seed: int
+) -> EpisodeResult:
+    """A non-expert "play" rollout: a recorded demo's actions replayed open loop from its scene with
+    Gaussian noise of ``action_noise`` on the translation channels, so the commanded pose random-walks
+    around the demo's path. World-model training data (``source="play"``), never policy labels."""
+    from .manifest import rng_for
+
+    rng = rng_for(noise_seed, "play")
+
+    def act(obs, t):
+        action = np.array(parent_actions[t], dtype=np.float32)
+        action[:3] += rng.normal(0.0, action_noise, 3).astype(np.float32)
+        action = np.clip(action, -1.0, 1.0)
+        return action, action
+
+    attrs = {
+        "source": "play",
+        "parent": parent,
+        "branch_step": 0,
+        "noise_seed": noise_seed,
+        "action_noise": action_noise,
+        "model": "",
+    }
+    return record_episode(env, seed, act, attrs, steps=len(parent_actions))
 
 
 class SeedWorker:
@@ -124,5 +181,55 @@ def run_seed_stage(
             writer.append(result.demo, name=f"demo_{result.seed - manifest.seeds.base_seed}")
         if progress is not None:
             progress(result, done, total)
+    writer.finalize()
+    return writer
+
+
+def run_play_stage(
+    manifest: Manifest,
+    dataset: str | Path,
+    output: str | Path,
+    action_noise: list[float],
+    cameras: bool = True,
+    progress: Callable[[EpisodeResult, int, int], None] | None = None,
+) -> DatasetWriter:
+    """``output``: the dataset's demos, plus one play rollout per successful seed demo and noise level
+    (the seed's actions with that much noise, from its scene; noise seed from the demo and level).
+    Resumes: rollouts already in ``output`` are kept."""
+    import h5py
+
+    from .envs import WorldgenEnv
+
+    with h5py.File(dataset, "r") as f:
+        header = {
+            key: json.loads(f["data"].attrs[key])
+            for key in ("env_args", "worldgen", "depth_range", "segmentation")
+        }
+        writer = DatasetWriter(output, header)
+        parents = {}
+        for name in demo_names(f):
+            group = f["data"][name]
+            if name not in writer.demos:
+                writer.append(read_demo(group), name)
+            if group.attrs.get("source") == "sim" and bool(group.attrs.get("success", False)):
+                parents[name] = (int(group.attrs["seed"]), group["actions"][()])
+    done = {
+        (d["attrs"].get("parent"), float(d["attrs"].get("action_noise", -1))) for d in writer.demos.values()
+    }
+    todo = [(n, s) for n in parents for s in action_noise if (n, float(s)) not in done]
+    env = WorldgenEnv(manifest, cameras=cameras)
+    try:
+        for i, (name, sigma) in enumerate(todo, start=1):
+            seed, actions = parents[name]
+            noise_seed = int(np.random.SeedSequence([seed, round(sigma * 1000)]).generate_state(1)[0])
+            result = record_play_episode(env, seed, name, actions, sigma, noise_seed)
+            if result.demo is None:
+                writer.discard(seed, result.reason)
+            else:
+                writer.append(result.demo)
+            if progress is not None:
+                progress(result, i, len(todo))
+    finally:
+        env.close()
     writer.finalize()
     return writer

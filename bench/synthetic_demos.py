@@ -1,0 +1,374 @@
+"""Does seed + synthetic data make a better policy than seed data alone? The experiment, row by row.
+
+One policy recipe (``--algo``, ``--policy-steps`` gradient steps, the same in every row) is trained on
+each dataset below with ``--replicates`` training seeds; replicate r is evaluated closed loop on its own
+``--episodes`` held-out seeds (``evaluation.held_out_base_seed + r * episodes + i``), and the replicates
+are pooled (Wilson 95 % intervals on the pooled episodes):
+
+    seeds              the S seed demos (simulator, scripted expert)
+    +perturb (WM)      + world-model branches under the parent's noisy actions, labelled with them:
+                       the negative control (today's branches)
+    +recover (WM)      + recovery attempts in the world model: the expert acts on the predicted state
+                       under executed-action noise, its clean actions are the labels, kept when the
+                       predicted state meets the success predicate (world_models.generate)
+    +recover (sim)     + the same attempts executed in the simulator: the ceiling of the recipe
+    sim oracle         + as many new-scene expert demos as +recover (WM) accepted
+
+The world model trains on the seed demos plus ``--play`` non-expert play rollouts per seed (the seed's
+actions replayed with noise; a column of the table). Gain recovered = (recover WM - seeds) /
+(recover sim - seeds). Every accepted world-model demo is replayed in the simulator (a diagnostic,
+never a filter): the predicted-success precision.
+
+Every stage resumes from what ``--out`` holds; each (row, replicate) result is written as it finishes.
+Figures: bench/results/synthetic_demos[_<tag>].json / .md / .png.
+
+    python bench/synthetic_demos.py --scenario push_to_target --out data/experiments/push
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+ROWS = ("seeds", "+perturb (WM)", "+recover (WM)", "+recover (sim)", "sim oracle")
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def _slug(row: str) -> str:
+    return row.replace("+", "plus_").replace(" (", "_").replace(")", "").replace(" ", "_").lower()
+
+
+def prepare(args, manifest_path: Path, out: Path) -> dict:
+    """Seeds, play rollouts, world model and the generated datasets; returns their counts."""
+    from worldgen.dataset import demo_names
+    from worldgen.manifest import load_manifest
+    from worldgen.pipeline import run_play_stage, run_seed_stage
+
+    from world_models.branch import branch_dataset
+    from world_models.generate import RecoverSpec, recover_in_simulator, recover_in_world_model
+    from world_models.train import train_world_model
+
+    manifest = load_manifest(manifest_path)
+    stats_path = out / "stages.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+
+    def stage(name, fn):
+        if name in stats:
+            return stats[name]
+        started = time.perf_counter()
+        say(f"{name} ...")
+        value = fn() or {}
+        stats[name] = {**value, "seconds": round(time.perf_counter() - started, 1)}
+        stats_path.write_text(json.dumps(stats, indent=2) + "\n")
+        say(f"{name}: {stats[name]}")
+        return stats[name]
+
+    seeds = out / "seeds.hdf5"
+    stage("seeds", lambda: {"demos": len(run_seed_stage(manifest_path, seeds, n=args.seeds))})
+    wm_train = out / "wm_train.hdf5"
+    noise = [0.15, 0.3][: args.play]
+    stage("play", lambda: {"rollouts": len(run_play_stage(manifest, seeds, wm_train, noise)) - args.seeds})
+    ckpt = out / "wm"
+
+    def train():
+        result = train_world_model(wm_train, ckpt, steps=args.wm_steps, time_limit=args.wm_time_limit * 60)
+        if result.get("stopped_early"):
+            sys.exit("world model stopped at its time limit: run again to resume")
+        last = result["validation"][-1] if result.get("validation") else None
+        return {"steps": result["step"], "last_validation": last}
+
+    stage("world_model", train)
+    spec = RecoverSpec(
+        per_seed=args.recover_per_seed,
+        start_steps=tuple(args.recover_starts),
+        action_noise=args.recover_noise,
+        base_seed=manifest.seeds.base_seed,
+    )
+    b = manifest.branching
+
+    def perturb():
+        branch_dataset(
+            seeds,
+            ckpt,
+            out / "perturb.hdf5",
+            b.per_seed,
+            b.at_steps,
+            b.action_noise,
+            horizon=manifest.world_model.horizon,
+            base_seed=manifest.seeds.base_seed,
+        )
+        with h5py.File(out / "perturb.hdf5", "r") as f:
+            return {"attempts": len(demo_names(f, "synthetic")), "accepted": len(demo_names(f, "synthetic"))}
+
+    stage("perturb", perturb)
+    stage("recover_wm", lambda: recover_in_world_model(seeds, ckpt, out / "recover_wm.hdf5", spec))
+    stage("recover_sim", lambda: recover_in_simulator(seeds, out / "recover_sim.hdf5", spec))
+    extra = stats["recover_wm"]["accepted"]
+    stage(
+        "oracle",
+        lambda: {
+            "demos": len(
+                run_seed_stage(manifest_path, out / "oracle.hdf5", n=args.seeds + extra, cameras=False)
+            )
+        },
+    )
+    stage("replay", lambda: replay_all(manifest, out / "recover_wm.hdf5", seeds))
+    return stats
+
+
+def replay_all(manifest, synth: Path, seeds: Path) -> dict:
+    """Replay every accepted world-model demo in the simulator from its parent's state."""
+    from worldgen.dataset import demo_names
+    from worldgen.envs import WorldgenEnv
+
+    from world_models.generate import replay_demo
+
+    env = WorldgenEnv(manifest, cameras=False)
+    records = []
+    with h5py.File(synth, "r") as f, h5py.File(seeds, "r") as s:
+        for name in demo_names(f, "synthetic"):
+            g = f["data"][name]
+            parent = s["data"][str(g.attrs["parent"])]
+            rec = replay_demo(env, parent["states"][()], g, int(g.attrs["seed"]))
+            records.append({"demo": name, "predicted_success": bool(g.attrs["success"]), **rec})
+    env.close()
+    predicted = [r for r in records if r["predicted_success"]]
+    real = [r for r in records if r["replay_success"]]
+    both = sum(r["replay_success"] for r in predicted)
+    return {
+        "replayed": len(records),
+        "predicted_successes": len(predicted),
+        "replay_successes": len(real),
+        "precision": both / max(len(predicted), 1),
+        "recall": both / max(len(real), 1),
+        "object_error_end_median_m": float(np.median([r["object_error_end"] for r in predicted] or [0])),
+        "per_demo": records,
+    }
+
+
+def row_datasets(out: Path) -> dict[str, tuple[Path, str | None, list[str] | None]]:
+    """Each row's dataset, mask and demo names (generated attempts: only those that succeeded)."""
+    from world_models.generate import accepted_demos
+
+    return {
+        "seeds": (out / "seeds.hdf5", "seed", None),
+        "+perturb (WM)": (out / "perturb.hdf5", None, None),
+        "+recover (WM)": (out / "recover_wm.hdf5", None, accepted_demos(out / "recover_wm.hdf5")),
+        "+recover (sim)": (out / "recover_sim.hdf5", None, accepted_demos(out / "recover_sim.hdf5")),
+        "sim oracle": (out / "oracle.hdf5", "seed", None),
+    }
+
+
+def run_cell(task: tuple) -> dict:
+    """Train one replicate of one row and evaluate it (runs in a worker process)."""
+    from worldgen.manifest import load_manifest
+
+    from policies.evaluate import evaluate_policy
+    from policies.train import train_bc
+
+    row, rep, path, mask, demos, folder, algo, steps, episodes, manifest_path = task
+    started = time.perf_counter()
+    meta = train_bc(path, folder, algo, mask=mask, demos=demos, steps=steps, seed=rep)
+    trained = time.perf_counter() - started
+    report = evaluate_policy(
+        folder, load_manifest(manifest_path), episodes, gifs=False, panel_offset=rep * episodes
+    )
+    return {
+        "row": row,
+        "replicate": rep,
+        "demos": meta["demos"],
+        "samples": meta["samples"],
+        "successes": report["successes"],
+        "episodes": report["episodes"],
+        "panel": report["panel"],
+        "train_seconds": round(trained, 1),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenario", default="push_to_target")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--tag", default="", help="suffix of the results files")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--play", type=int, default=2, help="play rollouts per seed demo (0-2)")
+    parser.add_argument("--wm-steps", type=int, help="world-model steps (default: the manifest's)")
+    parser.add_argument("--wm-time-limit", type=float, default=60.0, help="minutes per call")
+    parser.add_argument("--recover-per-seed", type=int, default=4)
+    parser.add_argument("--recover-starts", type=int, nargs="+", default=[0])
+    parser.add_argument("--recover-noise", type=float, default=0.1)
+    parser.add_argument("--algo", default="bc-mlp")
+    parser.add_argument("--policy-steps", type=int, default=2000)
+    parser.add_argument("--replicates", type=int, default=2)
+    parser.add_argument("--episodes", type=int, default=50, help="held-out episodes per replicate")
+    parser.add_argument("--workers", type=int, default=2, help="evaluation processes")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS))
+    args = parser.parse_args()
+
+    manifest_path = ROOT / "scenarios" / f"{args.scenario}.yaml"
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    stats = prepare(args, manifest_path, out)
+    cells_dir = out / "cells"
+    cells_dir.mkdir(exist_ok=True)
+    datasets = row_datasets(out)
+    tasks = []
+    for row in args.rows:
+        for rep in range(args.replicates):
+            cell = cells_dir / f"{_slug(row)}_r{rep}.json"
+            if not cell.exists():
+                path, mask, demos = datasets[row]
+                folder = out / "policies" / f"{_slug(row)}_r{rep}"
+                tasks.append(
+                    (
+                        row,
+                        rep,
+                        str(path),
+                        mask,
+                        demos,
+                        str(folder),
+                        args.algo,
+                        args.policy_steps,
+                        args.episodes,
+                        str(manifest_path),
+                    )
+                )
+    say(f"{len(tasks)} (row, replicate) cells to train and evaluate on {args.workers} processes")
+    with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+        for result in pool.imap_unordered(run_cell, tasks):
+            cell = cells_dir / f"{_slug(result['row'])}_r{result['replicate']}.json"
+            cell.write_text(json.dumps(result, indent=2) + "\n")
+            say(
+                f"{result['row']} r{result['replicate']}: {result['successes']}/{result['episodes']} "
+                f"({result['seconds']:.0f} s)"
+            )
+    write_results(args, stats, out)
+
+
+def write_results(args, stats: dict, out: Path) -> None:
+    from policies.evaluate import wilson_interval
+
+    rows = {}
+    for row in args.rows:
+        cells = [
+            json.loads((out / "cells" / f"{_slug(row)}_r{r}.json").read_text())
+            for r in range(args.replicates)
+        ]
+        k, n = sum(c["successes"] for c in cells), sum(c["episodes"] for c in cells)
+        rows[row] = {
+            "successes": k,
+            "episodes": n,
+            "success_rate": k / n,
+            "ci95": list(wilson_interval(k, n)),
+            "per_replicate": [f"{c['successes']}/{c['episodes']}" for c in cells],
+            "demos": cells[0]["demos"],
+            "samples": cells[0]["samples"],
+            "seconds": round(sum(c["seconds"] for c in cells), 1),
+        }
+    gen = {"+perturb (WM)": "perturb", "+recover (WM)": "recover_wm", "+recover (sim)": "recover_sim"}
+    for row, key in gen.items():
+        if row in rows:
+            s = stats[key]
+            rows[row]["accepted"] = f"{s['accepted']}/{s['attempts']}"
+            rows[row]["generation_seconds"] = s["seconds"]
+    seeds_rate = rows["seeds"]["success_rate"]
+    gain = None
+    if "+recover (WM)" in rows and "+recover (sim)" in rows:
+        ceiling = rows["+recover (sim)"]["success_rate"] - seeds_rate
+        gain = (rows["+recover (WM)"]["success_rate"] - seeds_rate) / ceiling if ceiling > 0 else None
+    replay = {k: v for k, v in stats["replay"].items() if k != "per_demo"}
+    result = {
+        "scenario": args.scenario,
+        "algo": args.algo,
+        "policy_steps": args.policy_steps,
+        "seed_demos": args.seeds,
+        "play_rollouts": stats["play"]["rollouts"],
+        "world_model": stats["world_model"],
+        "recover": {
+            "per_seed": args.recover_per_seed,
+            "starts": args.recover_starts,
+            "action_noise": args.recover_noise,
+        },
+        "replicates": args.replicates,
+        "episodes_per_replicate": args.episodes,
+        "rows": rows,
+        "gain_recovered": gain,
+        "replay_of_accepted_wm_demos": replay,
+        "machine": f"{multiprocessing.cpu_count()} CPU cores, no GPU",
+    }
+    tag = f"_{args.tag}" if args.tag else ""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"synthetic_demos{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"synthetic_demos{tag}.md").write_text(table(result) + "\n")
+    bar_plot(result, RESULTS / f"synthetic_demos{tag}.png")
+    print(table(result))
+
+
+def table(result: dict) -> str:
+    lines = [
+        f"{result['scenario']}, {result['algo']} ({result['policy_steps']} steps), "
+        f"{result['seed_demos']} seed demos, "
+        f"{result['play_rollouts']} play rollouts for the world model; {result['replicates']} replicates x "
+        f"{result['episodes_per_replicate']} held-out episodes pooled",
+        "",
+        "| row | demos | samples | accepted | success | 95 % CI | per replicate |",
+        "|---|---:|---:|---:|---|---|---|",
+    ]
+    for row, r in result["rows"].items():
+        lo, hi = r["ci95"]
+        lines.append(
+            f"| {row} | {r['demos']} | {r['samples']} | {r.get('accepted', '')} "
+            f"| {r['successes']}/{r['episodes']}"
+            f" = {100 * r['success_rate']:.0f} % | [{lo:.2f}, {hi:.2f}] | {', '.join(r['per_replicate'])} |"
+        )
+    gain = result["gain_recovered"]
+    rp = result["replay_of_accepted_wm_demos"]
+    lines += [
+        "",
+        f"gain recovered: {'n/a' if gain is None else f'{gain:.2f}'}; world-model attempts replayed in the "
+        f"simulator: predicted-success precision {100 * rp['precision']:.0f} % "
+        f"(of {rp['predicted_successes']} predicted), recall {100 * rp['recall']:.0f} % "
+        f"(of {rp['replay_successes']} that succeed in replay), {rp['replayed']} attempts",
+    ]
+    return "\n".join(lines)
+
+
+def bar_plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    names = list(rows)
+    rates = np.array([rows[n]["success_rate"] for n in names])
+    lo = rates - np.array([rows[n]["ci95"][0] for n in names])
+    hi = np.array([rows[n]["ci95"][1] for n in names]) - rates
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=120)
+    ax.bar(names, 100 * rates, yerr=100 * np.stack([lo, hi]), capsize=4, color="#4c78a8")
+    ax.set_ylabel("success on held-out episodes (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(
+        f"{result['scenario']}, {result['algo']}: {rows[names[0]]['episodes']} episodes per row, 95 % CI"
+    )
+    ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Experts that survive perturbation, play rollouts, and the recover recipe in the world model and in the
+simulator, on tiny real configs (real Newton, a real 6-step world model, real HDF5)."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+from worldgen.control import ArmController
+from worldgen.dataset import demo_names, read_demo
+from worldgen.envs import WorldgenEnv, predicate_steps, success_step
+from worldgen.experts import make_expert, object_poses, poses_from_object_obs
+from worldgen.manifest import load_manifest
+from worldgen.pipeline import run_play_stage, run_seed_stage
+
+from world_models.data import WorldModelData
+from world_models.generate import (
+    Parent,
+    RecoverSpec,
+    accepted_demos,
+    recover_in_simulator,
+    recover_in_world_model,
+    replay_demo,
+    seed_parents,
+)
+from world_models.train import train_world_model
+
+from .conftest import ROOT
+
+PUSH = ROOT / "scenarios" / "push_to_target.yaml"
+
+
+@pytest.fixture(scope="module")
+def push():
+    return load_manifest(PUSH)
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gen") / "seeds.hdf5"
+    run_seed_stage(PUSH, path, n=2)
+    return path
+
+
+@pytest.fixture(scope="module")
+def world_model(seeds, push, tmp_path_factory):
+    root = tmp_path_factory.mktemp("wm")
+    train = root / "wm_train.hdf5"
+    run_play_stage(push, seeds, train, [0.3])
+    ckpt = root / "ckpt"
+    train_world_model(train, ckpt, steps=6, batch_size=4, checkpoint_every=6)
+    return train, ckpt
+
+
+def test_success_step_counts_consecutive_holds():
+    assert success_step(np.array([0, 1, 1, 0, 1, 1, 1, 0], bool), 3) == 7
+    assert success_step(np.array([1, 1, 0, 1, 1], bool), 3) == -1
+    assert success_step(np.array([], bool), 1) == -1
+
+
+def test_expert_replans_the_approach_from_the_objects_current_pose(push):
+    expert = make_expert(push)
+    start = {"block": (np.array([0.44, 0.0, 0.42]), np.array([1.0, 0.0, 0.0, 0.0]))}
+    expert.reset(3, start)
+    push_end = expert.waypoints[2].position.copy()
+    moved = {"block": (np.array([0.44, 0.05, 0.42]), start["block"][1])}
+    # Sit on each waypoint until the push segment begins, with the block moved meanwhile.
+    for _ in range(200):
+        if expert.index == 2:
+            break
+        wp = expert.waypoints[expert.index]
+        pose = np.eye(4)
+        pose[:3, 3], pose[:3, :3] = wp.position, _tcp_rotation(wp.yaw)
+        expert.act(pose, moved)
+    assert expert.index == 2
+    replanned = expert.waypoints[1].position
+    assert not np.allclose(expert.waypoints[2].position, push_end)
+    # The push now ends on the line from the moved block to the goal, behind it as before.
+    goal = np.asarray(push.task.regions[0].center)
+    direction = (expert.waypoints[2].position[:2] - replanned[:2]) / np.linalg.norm(
+        expert.waypoints[2].position[:2] - replanned[:2]
+    )
+    to_goal = (goal - moved["block"][0][:2]) / np.linalg.norm(goal - moved["block"][0][:2])
+    assert np.dot(direction, to_goal) > 0.99
+
+
+def _tcp_rotation(yaw: float) -> np.ndarray:
+    from worldgen.experts import DOWN
+    from worldgen.geometry import rot_z
+
+    return rot_z(yaw) @ DOWN
+
+
+def test_expert_succeeds_under_action_noise(push):
+    """The expert advanced only on an exact match and never succeeded under noise (0/40); with a
+    tolerance it completes noisy pushes."""
+    env = WorldgenEnv(push, cameras=False)
+    successes = 0
+    for seed in range(3):
+        env.reset(seed=seed)
+        expert = make_expert(push)
+        expert.reset(seed, object_poses(env))
+        rng = np.random.default_rng(seed)
+        for _ in range(push.horizon):
+            action = expert.act(env.controller.commanded_tcp_world(), object_poses(env))
+            action[:3] += rng.normal(0.0, 0.1, 3)
+            *_, terminated, truncated, info = env.step(np.clip(action, -1, 1))
+            if terminated or truncated:
+                break
+        successes += info["success"]
+    env.close()
+    assert successes == 3
+
+
+def test_play_rollouts_train_the_world_model_but_are_no_policy_data(world_model, seeds):
+    train, _ = world_model
+    with h5py.File(train, "r") as f:
+        play = demo_names(f, "play")
+        assert len(play) == 2
+        assert not set(play) & (set(demo_names(f, "seed")) | set(demo_names(f, "train")))
+        g = f["data"][play[0]]
+        assert g.attrs["source"] == "play" and g.attrs["parent"] in demo_names(f, "seed")
+    push = load_manifest(PUSH)
+    data = WorldModelData(train, "train", "front", (64, 64), [4], push.world_model.context_frames, ("play",))
+    assert len(data.episodes) == len(demo_names(h5py.File(train, "r"), "train")) + 2
+
+
+def test_recover_in_world_model_labels_are_the_expert_on_the_predicted_state(world_model, seeds, tmp_path):
+    _, ckpt = world_model
+    spec = RecoverSpec(per_seed=2, start_steps=(0, 20), action_noise=0.2)
+    out = tmp_path / "recover.hdf5"
+    counts = recover_in_world_model(seeds, ckpt, out, spec)
+    manifest = load_manifest(PUSH)
+    with h5py.File(seeds, "r") as s:
+        parents = {p.name: p for p in seed_parents(s)}
+    assert counts["attempts"] == 2 * 2 * len(parents)
+    with h5py.File(out, "r") as f:
+        generated = demo_names(f, "synthetic")
+        assert len(generated) == counts["attempts"]
+        for name in generated:
+            g = f["data"][name]
+            demo = read_demo(g)
+            assert g.attrs["recipe"] == "recover" and g.attrs["labeler"] == "expert"
+            executed = demo.extras["executed_actions"]
+            assert np.array_equal(executed[:, 3:], demo.actions[:, 3:])  # noise on translation only
+            assert not np.array_equal(executed[:, :3], demo.actions[:, :3])
+            # Replaying the expert along the predicted states and the executed actions gives the labels.
+            parent: Parent = parents[str(g.attrs["parent"])]
+            step = int(g.attrs["branch_step"])
+            expert = parent.expert_at(manifest, step)
+            controller = ArmController.from_env_state(manifest, parent.demo.states[step])
+            for t in range(demo.num_samples):
+                label = expert.act(
+                    controller.commanded_tcp_world(), poses_from_object_obs(manifest, demo.obs["object"][t])
+                )
+                np.testing.assert_allclose(label, demo.actions[t], atol=1e-5)
+                controller.apply(executed[t].astype(np.float64))
+            # The verdict is the success predicate on the predicted state.
+            holds = predicate_steps(
+                manifest,
+                demo.obs["object"][1:],
+                demo.obs["robot0_gripper_qpos"][1:],
+                float(parent.object_obs[0][2]),
+            )
+            end = success_step(holds, manifest.task.success.hold_steps)
+            assert bool(g.attrs["success"]) == (end >= 0)
+            assert (name in accepted_demos(out)) == bool(g.attrs["success"])
+            if end < 0:  # a failed attempt runs to the horizon
+                assert demo.num_samples == manifest.horizon - step
+    # Same record, same batch layout: the same bytes.
+    again = tmp_path / "again.hdf5"
+    recover_in_world_model(seeds, ckpt, again, spec)
+    with h5py.File(out, "r") as a, h5py.File(again, "r") as b:
+        for name in demo_names(a):
+            for key in ("actions", "executed_actions", "obs/object", "obs/front_rgb"):
+                if key in a["data"][name]:
+                    assert np.array_equal(a["data"][name][key][()], b["data"][name][key][()]), (name, key)
+
+
+def test_recover_in_simulator_succeeds_and_replays_exactly(seeds, tmp_path, robomimic):
+    out = tmp_path / "recover_sim.hdf5"
+    spec = RecoverSpec(per_seed=1, start_steps=(5,), action_noise=0.1)
+    counts = recover_in_simulator(seeds, out, spec)
+    assert counts == {"attempts": 2, "accepted": 2}
+    manifest = load_manifest(PUSH)
+    env = WorldgenEnv(manifest, cameras=False)
+    with h5py.File(out, "r") as f, h5py.File(seeds, "r") as s:
+        seed_names = demo_names(f, "seed")
+        assert len(seed_names) == 2 and len(accepted_demos(out)) == 4
+        generated = [n for n in demo_names(f) if n not in seed_names]
+        for name in generated:
+            g = f["data"][name]
+            assert g.attrs["source"] == "sim" and g.attrs["recipe"] == "recover"
+            parent = s["data"][str(g.attrs["parent"])]
+            result = replay_demo(env, parent["states"][()], g, int(g.attrs["seed"]))
+            assert result["replay_success"] and result["object_error_max"] < 1e-6
+    env.close()
+    obs_utils, sequence_dataset = robomimic
+    obs_utils.initialize_obs_utils_with_obs_specs({"obs": {"low_dim": ["robot0_eef_pos", "object"]}})
+    ds = sequence_dataset(
+        hdf5_path=str(out),
+        obs_keys=("robot0_eef_pos", "object"),
+        dataset_keys=("actions",),
+        load_next_obs=True,
+        frame_stack=1,
+        seq_length=4,
+        pad_frame_stack=True,
+        pad_seq_length=True,
+        get_pad_mask=False,
+        goal_mode=None,
+        hdf5_cache_mode="low_dim",
+        hdf5_use_swmr=True,
+        hdf5_normalize_obs=False,
+        filter_by_attribute=None,
+    )
+    assert len(ds) > 0 and ds[0]["actions"].shape == (4, 7)

@@ -1,0 +1,357 @@
+"""Generation recipes: whole task attempts whose labels fit the states they visit.
+
+``recover`` (DART / DAgger in imagination): from a seed demo's state at a start step, the scripted expert
+acts on the world model's *predicted* state (the commanded TCP pose is exact: the controller integrates
+the executed actions; the object poses come from the predicted ``object`` state), Gaussian noise is
+added to the translation of every executed action for ``perturb_steps`` steps, and the expert's clean
+action at each visited state is the label. The attempt runs in the world model until the manifest's
+success predicate has held on the predicted state for ``hold_steps``, or the horizon; only successful
+attempts are kept (acceptance uses the world model alone). ``recover_in_simulator`` runs the same
+attempts (same starts, same expert, same noise) in the simulator: the ceiling of the recipe.
+
+Every generated demo records ``recipe``, ``parent``, ``branch_step`` (the start step), ``noise_seed``,
+``action_noise``, ``perturb_steps``, ``model`` (checkpoint hash) and its ``executed_actions``, so it
+regenerates bit-identically (same record, same batch layout) and replays in the simulator from the
+parent's ``states[branch_step]`` (:func:`replay_demo`, a diagnostic never used for acceptance).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from worldgen.checks.gate import dataset_manifest
+from worldgen.control import ArmController
+from worldgen.dataset import DatasetWriter, Demo, demo_names, read_demo
+from worldgen.envs import WorldgenEnv, object_slice, predicate_steps, success_step
+from worldgen.experts import WaypointExpert, make_expert, object_poses, poses_from_object_obs
+from worldgen.manifest import Manifest, rng_for
+from worldgen.pipeline import record_episode
+
+from .branch import WorldModelSampler, noise_seed, state_obs
+from .data import STATE_KEYS, Episode, obs_from_frames
+
+
+@dataclass(frozen=True)
+class RecoverSpec:
+    """``per_seed`` attempts from each successful seed demo at each of ``start_steps``; noise of
+    ``action_noise`` (std, normalised units) on the executed translation for the first ``perturb_steps``
+    steps of an attempt (``None``: all of them)."""
+
+    per_seed: int = 4
+    start_steps: tuple[int, ...] = (0,)
+    action_noise: float = 0.1
+    perturb_steps: int | None = None
+    base_seed: int = 0
+
+
+@dataclass
+class Parent:
+    """What an attempt needs of its seed demo."""
+
+    name: str
+    seed: int
+    demo: Demo
+
+    @property
+    def object_obs(self) -> np.ndarray:
+        return self.demo.obs["object"]
+
+    def expert_at(self, manifest: Manifest, step: int) -> WaypointExpert:
+        """The scripted expert as it was at ``step`` of this demo: planned from the scene's first
+        poses, then advanced through the recorded commanded poses."""
+        expert = make_expert(manifest)
+        expert.reset(self.seed, poses_from_object_obs(manifest, self.object_obs[0]))
+        for t in range(step):
+            controller = ArmController.from_env_state(manifest, self.demo.states[t])
+            expert.act(controller.commanded_tcp_world(), poses_from_object_obs(manifest, self.object_obs[t]))
+        return expert
+
+
+def seed_parents(f: h5py.File) -> list[Parent]:
+    """The successful simulator demos of a dataset's ``seed`` mask."""
+    parents = []
+    for name in demo_names(f, "seed"):
+        group = f["data"][name]
+        if bool(group.attrs.get("success", False)):
+            parents.append(Parent(name, int(group.attrs["seed"]), read_demo(group)))
+    return parents
+
+
+def perturbed(label: np.ndarray, rng: np.random.Generator, sigma: float, on: bool) -> np.ndarray:
+    """The executed action: the label with Gaussian noise on its translation channels."""
+    action = np.array(label, dtype=np.float32)
+    if on and sigma > 0:
+        action[:3] += rng.normal(0.0, sigma, 3).astype(np.float32)
+    return np.clip(action, -1.0, 1.0)
+
+
+def attempt_seeds(spec: RecoverSpec, parent: str, step: int) -> list[int]:
+    return [noise_seed(spec.base_seed, parent, step, i) for i in range(spec.per_seed)]
+
+
+def _copy_header(f: h5py.File) -> dict:
+    return {
+        key: json.loads(f["data"].attrs[key])
+        for key in ("env_args", "worldgen", "depth_range", "segmentation")
+    }
+
+
+def _copy_seeds(f: h5py.File, writer: DatasetWriter) -> None:
+    for name in demo_names(f, "seed"):
+        if name not in writer.demos:
+            writer.append(read_demo(f["data"][name]), name)
+
+
+def _done(writer: DatasetWriter) -> set[tuple[str, int]]:
+    return {
+        (str(d["attrs"].get("parent")), int(d["attrs"].get("branch_step", -1)))
+        for d in writer.demos.values()
+        if d["attrs"].get("recipe") == "recover"
+    }
+
+
+def _record_attrs(parent: Parent, step: int, seed: int, spec: RecoverSpec, i: int, model: str) -> dict:
+    return {
+        "seed": parent.seed,
+        "recipe": "recover",
+        "labeler": "expert",
+        "parent": parent.name,
+        "branch_step": step,
+        "noise_seed": seed,
+        "action_noise": spec.action_noise,
+        "perturb_steps": -1 if spec.perturb_steps is None else spec.perturb_steps,
+        "batch_layout": json.dumps({"size": spec.per_seed, "index": i}),
+        "model": model,
+    }
+
+
+def recover_in_world_model(
+    dataset: str | Path,
+    ckpt: str | Path,
+    out: str | Path,
+    spec: RecoverSpec,
+    device: str = "cpu",
+    progress: Callable[[str, int, int, int], None] | None = None,
+) -> dict:
+    """Append the seed demos of ``dataset`` and every recovery attempt to ``out`` (resumes per parent and
+    start step); an attempt's ``success`` is the world model's verdict, and only those that succeeded are
+    meant for training (:func:`accepted_demos`). Returns counts: attempts, accepted."""
+    sampler = WorldModelSampler(ckpt, device=device)
+    meta = sampler.meta
+    camera, instances, k = meta["camera"], meta["instances"], meta["context_frames"]
+    dataset = Path(dataset)
+    with h5py.File(dataset, "r") as f:
+        manifest = dataset_manifest(f, dataset)
+        writer = DatasetWriter(out, _copy_header(f))
+        _copy_seeds(f, writer)
+        parents = seed_parents(f)
+        episodes = {
+            p.name: Episode.load(f["data"][p.name], camera, instances, tuple(meta["resolution"]))
+            for p in parents
+        }
+        first = f["data"][parents[0].name]["obs"]
+        layout = {key: int(first[key].shape[1]) for key in STATE_KEYS}
+        cam_hw = first[f"{camera}_rgb"].shape[1:3]
+    done, counts = _done(writer), {"attempts": 0, "accepted": 0}
+    for parent in parents:
+        for step in spec.start_steps:
+            if (parent.name, step) in done or step >= parent.demo.num_samples:
+                continue
+            demos = _attempts_in_world_model(
+                sampler, manifest, parent, episodes[parent.name], step, spec, layout, k, instances, cam_hw
+            )
+            counts["attempts"] += len(demos)
+            for demo in demos:
+                writer.append(demo)
+            accepted = sum(bool(d.attrs["success"]) for d in demos)
+            counts["accepted"] += accepted
+            if progress is not None:
+                progress(parent.name, step, accepted, len(demos))
+    writer.finalize()
+    return counts
+
+
+@torch.no_grad()
+def _attempts_in_world_model(
+    sampler: WorldModelSampler,
+    manifest: Manifest,
+    parent: Parent,
+    episode: Episode,
+    step: int,
+    spec: RecoverSpec,
+    layout: dict[str, int],
+    k: int,
+    instances: list[int],
+    cam_hw: tuple[int, int],
+) -> list[Demo]:
+    """``per_seed`` attempts from ``parent`` at ``step``, batched: one world-model call per step for all."""
+    n = spec.per_seed
+    seeds = attempt_seeds(spec, parent.name, step)
+    rngs = [rng_for(s, "recover") for s in seeds]
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    expert = parent.expert_at(manifest, step)
+    experts = [copy.deepcopy(expert) for _ in range(n)]
+    controllers = [ArmController.from_env_state(manifest, parent.demo.states[step]) for _ in range(n)]
+    context, past, state = episode.history(step, k)
+    window = sampler.encode(context)[None].repeat(n, 1, 1, 1, 1)
+    actions = past[None].repeat(n, 1, 1)
+    norm_state = sampler.norm.normalize(state)[None].repeat(n, 1)
+    start_z = float(parent.object_obs[0][object_slice(manifest, manifest.task.success.object)][2])
+    hold = manifest.task.success.hold_steps
+    raw = [state.numpy()[None].repeat(n, 0)]  # (n, S) per step, raw units
+    frames, labels, executed, holds = [], [], [], []
+    for j in range(manifest.horizon - step):
+        objects = state_obs(raw[-1], layout)["object"]
+        label = np.stack(
+            [
+                experts[i].act(
+                    controllers[i].commanded_tcp_world(), poses_from_object_obs(manifest, objects[i])
+                )
+                for i in range(n)
+            ]
+        )
+        noisy = spec.perturb_steps is None or j < spec.perturb_steps
+        act = np.stack([perturbed(label[i], rngs[i], spec.action_noise, noisy) for i in range(n)])
+        for i in range(n):
+            controllers[i].apply(act[i].astype(np.float64))
+        actions = torch.cat([actions[:, 1:], torch.from_numpy(act)[:, None]], 1)
+        nxt, norm_state = sampler.step(window, actions, norm_state, generators)
+        window = torch.cat([window[:, 1:], nxt[:, None]], 1)
+        raw.append(sampler.norm.denormalize(norm_state).numpy())
+        frames.append(nxt)
+        labels.append(label)
+        executed.append(act)
+        obs = state_obs(raw[-1], layout)
+        holds.append(
+            [
+                predicate_steps(
+                    manifest, obs["object"][i : i + 1], obs["robot0_gripper_qpos"][i : i + 1], start_z
+                )[0]
+                for i in range(n)
+            ]
+        )
+        ends = [success_step(np.asarray(holds)[:, i], hold) for i in range(n)]
+        if min(ends) >= 0:
+            break
+    states, held = np.stack(raw, 1), np.asarray(holds).T  # (n, T+1, S), (n, T)
+    pictures = sampler.decode(torch.stack(frames, 1))  # (n, T, C, h, w)
+    demos = []
+    for i in range(n):
+        end = success_step(held[i], hold)
+        t = end if end >= 0 else held.shape[1]
+        seq = torch.cat([episode.frames[step : step + 1], pictures[i, :t]])
+        picture = obs_from_frames(F.interpolate(seq, size=cam_hw, mode="nearest"), instances)
+        dones = np.zeros(t, np.uint8)
+        dones[-1] = end >= 0
+        demos.append(
+            Demo(
+                actions=np.stack([a[i] for a in labels[:t]]).astype(np.float32),
+                states=np.zeros((t, 0)),
+                obs={f"{sampler.meta['camera']}_{name}": value for name, value in picture.items()}
+                | state_obs(states[i, : t + 1], layout),
+                rewards=held[i, :t].astype(np.float32),
+                dones=dones,
+                attrs={
+                    **_record_attrs(parent, step, seeds[i], spec, i, sampler.hash),
+                    "success": end >= 0,  # predicted: the world model's verdict, the only one used
+                    "source": "world_model",
+                    "scene": parent.demo.attrs.get("scene", "{}"),
+                },
+                extras={"executed_actions": np.stack([a[i] for a in executed[:t]]).astype(np.float32)},
+            )
+        )
+    return demos
+
+
+def recover_in_simulator(
+    dataset: str | Path,
+    out: str | Path,
+    spec: RecoverSpec,
+    cameras: bool = False,
+    progress: Callable[[str, int, int, int], None] | None = None,
+) -> dict:
+    """The same attempts as :func:`recover_in_world_model` (same starts, expert and noise seeds),
+    executed in the simulator and appended to ``out`` beside the seed demos (``success`` from the
+    simulator)."""
+    dataset = Path(dataset)
+    with h5py.File(dataset, "r") as f:
+        manifest = dataset_manifest(f, dataset)
+        writer = DatasetWriter(out, _copy_header(f))
+        _copy_seeds(f, writer)
+        parents = seed_parents(f)
+    done, counts = _done(writer), {"attempts": 0, "accepted": 0}
+    env = WorldgenEnv(manifest, cameras=cameras)
+    try:
+        for parent in parents:
+            for step in spec.start_steps:
+                if (parent.name, step) in done or step >= parent.demo.num_samples:
+                    continue
+                accepted = 0
+                for i, seed in enumerate(attempt_seeds(spec, parent.name, step)):
+                    expert, rng = parent.expert_at(manifest, step), rng_for(seed, "recover")
+
+                    def act(obs, t, expert=expert, rng=rng):
+                        label = expert.act(env.controller.commanded_tcp_world(), object_poses(env))
+                        noisy = spec.perturb_steps is None or t < spec.perturb_steps
+                        return perturbed(label, rng, spec.action_noise, noisy), label
+
+                    attrs = {**_record_attrs(parent, step, seed, spec, i, ""), "source": "sim"}
+                    result = record_episode(
+                        env, parent.seed, act, attrs, start_state=parent.demo.states[step]
+                    )
+                    counts["attempts"] += 1
+                    if result.demo is None:
+                        continue
+                    writer.append(result.demo)
+                    accepted += bool(result.demo.attrs["success"])
+                counts["accepted"] += accepted
+                if progress is not None:
+                    progress(parent.name, step, accepted, spec.per_seed)
+    finally:
+        env.close()
+    writer.finalize()
+    return counts
+
+
+def accepted_demos(path: str | Path) -> list[str]:
+    """The seed demos and the generated attempts that succeeded: what a policy trains on."""
+    with h5py.File(path, "r") as f:
+        return [
+            n
+            for n in demo_names(f)
+            if not f["data"][n].attrs.get("recipe", "") or bool(f["data"][n].attrs.get("success", False))
+        ]
+
+
+def replay_demo(env: WorldgenEnv, parent_states: np.ndarray, group: h5py.Group, seed: int) -> dict:
+    """Replay a generated demo's executed actions in the simulator from its parent's state at its start
+    step: replay success, and the distance between the replayed and the predicted end-effector and
+    success-object positions (largest over the clip, and at its last step)."""
+    demo = read_demo(group)
+    executed = demo.extras.get("executed_actions", demo.actions)
+    env.reset(seed=seed)
+    env.set_state(parent_states[int(group.attrs["branch_step"])])
+    manifest = env.manifest
+    sl = object_slice(manifest, manifest.task.success.object)
+    eef_err, obj_err, success = [], [], False
+    for t, action in enumerate(executed):
+        obs, _, terminated, truncated, info = env.step(action)
+        eef_err.append(float(np.linalg.norm(obs["robot0_eef_pos"] - demo.obs["robot0_eef_pos"][t + 1])))
+        obj_err.append(float(np.linalg.norm(obs["object"][sl][:3] - demo.obs["object"][t + 1][sl][:3])))
+        success = success or bool(info["success"])
+        if terminated or truncated:
+            break
+    return {
+        "replay_success": success,
+        "eef_error_max": max(eef_err, default=0.0),
+        "object_error_max": max(obj_err, default=0.0),
+        "object_error_end": obj_err[-1] if obj_err else 0.0,
+    }
