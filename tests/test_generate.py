@@ -16,12 +16,14 @@ from worldgen.pipeline import run_play_stage, run_seed_stage
 from world_models.data import WorldModelData
 from world_models.generate import (
     Parent,
+    ParentPathLabeler,
     RecoverSpec,
     accepted_demos,
     recover_in_simulator,
     recover_in_world_model,
     replay_demo,
     seed_parents,
+    tracking_offset,
 )
 from world_models.train import train_world_model
 
@@ -133,6 +135,8 @@ def test_recover_in_world_model_labels_are_the_expert_on_the_predicted_state(wor
     manifest = load_manifest(PUSH)
     with h5py.File(seeds, "r") as s:
         parents = {p.name: p for p in seed_parents(s)}
+    offset = tracking_offset(manifest, list(parents.values()))
+    assert 1e-3 < np.linalg.norm(offset) < 2e-2
     assert counts["attempts"] == 2 * 2 * len(parents)
     with h5py.File(out, "r") as f:
         generated = demo_names(f, "synthetic")
@@ -155,6 +159,11 @@ def test_recover_in_world_model_labels_are_the_expert_on_the_predicted_state(wor
                 )
                 np.testing.assert_allclose(label, demo.actions[t], atol=1e-5)
                 controller.apply(executed[t].astype(np.float64))
+                # The robot's own pose in imagination: the commanded TCP plus the drives' tracking offset.
+                eef = controller.commanded_tcp_world()[:3, 3] + offset
+                np.testing.assert_allclose(demo.obs["robot0_eef_pos"][t + 1], eef, atol=1e-5)
+                rel = demo.obs["object"][t + 1][:3] - demo.obs["robot0_eef_pos"][t + 1]
+                np.testing.assert_allclose(demo.obs["object"][t + 1][7:10], rel, atol=1e-5)
             # The verdict is the success predicate on the predicted state.
             holds = predicate_steps(
                 manifest,
@@ -214,3 +223,19 @@ def test_recover_in_simulator_succeeds_and_replays_exactly(seeds, tmp_path, robo
         filter_by_attribute=None,
     )
     assert len(ds) > 0 and ds[0]["actions"].shape == (4, 7)
+
+
+def test_parent_path_labels_point_back_to_the_parents_path(seeds, push):
+    with h5py.File(seeds, "r") as f:
+        parent = seed_parents(f)[0]
+    step = 10
+    on_path = ParentPathLabeler(push, parent, step)
+    cmd = on_path.path[step].copy()
+    label = on_path.act(cmd, {})
+    # On the path the label is the parent's own pace: the mean of its next LOOKAHEAD translations.
+    np.testing.assert_allclose(label[:3], parent.demo.actions[step : step + 3, :3].mean(0), atol=1e-4)
+    assert label[-1] == parent.demo.actions[step, -1]
+    off = cmd.copy()
+    off[1, 3] += 0.02  # 2 cm to the side of the path
+    label = ParentPathLabeler(push, parent, step).act(off, {})
+    assert label[1] < -0.3  # back toward the path

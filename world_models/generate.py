@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from worldgen.checks.gate import dataset_manifest
 from worldgen.control import ArmController
 from worldgen.dataset import DatasetWriter, Demo, demo_names, read_demo
-from worldgen.envs import WorldgenEnv, object_slice, predicate_steps, success_step
+from worldgen.envs import OBJECT_FEATURES, WorldgenEnv, object_slice, predicate_steps, success_step
 from worldgen.experts import WaypointExpert, make_expert, object_poses, poses_from_object_obs
+from worldgen.geometry import axis_angle_from_rotation
 from worldgen.manifest import Manifest, rng_for
 from worldgen.pipeline import record_episode
 
@@ -50,6 +51,11 @@ class RecoverSpec:
     action_noise: float = 0.1
     perturb_steps: int | None = None
     base_seed: int = 0
+    labeler: str = "expert"  # or "parent": back toward the parent's path (no expert needed)
+    # "controller": the end effector in imagination is the commanded TCP (the controller integrates the
+    # executed actions exactly) plus the mean tracking offset measured on the seed demos; "model": the
+    # world model's own state head. The robot's own pose is known; the world model predicts the world.
+    robot_state: str = "controller"
 
 
 @dataclass
@@ -73,6 +79,65 @@ class Parent:
             controller = ArmController.from_env_state(manifest, self.demo.states[t])
             expert.act(controller.commanded_tcp_world(), poses_from_object_obs(manifest, self.object_obs[t]))
         return expert
+
+
+class ParentPathLabeler:
+    """Diffusion Meets DAgger's labels, which need no expert: the action that brings the commanded TCP
+    back to the parent demo's commanded path ``LOOKAHEAD`` steps ahead of the nearest point on it
+    (spread over those steps, so on the path it is the parent's own pace), with the parent's gripper
+    command at that point."""
+
+    LOOKAHEAD = 3
+    SEARCH = 10  # how far along the path the nearest point is looked for, so the path is never skipped
+
+    def __init__(self, manifest: Manifest, parent: Parent, step: int):
+        self.manifest = manifest
+        states = parent.demo.states
+        self.path = [ArmController.from_env_state(manifest, s).commanded_tcp_world() for s in states]
+        self.gripper = parent.demo.actions[:, -1]
+        self.t = step
+
+    def act(self, commanded_tcp: np.ndarray, poses) -> np.ndarray:
+        emb, last = self.manifest.embodiment, len(self.path) - 1
+        window = range(self.t, min(self.t + self.SEARCH, last) + 1)
+        self.t = min(window, key=lambda k: float(np.linalg.norm(self.path[k][:3, 3] - commanded_tcp[:3, 3])))
+        target = self.path[min(self.t + self.LOOKAHEAD, last)]
+        a_pos = (target[:3, 3] - commanded_tcp[:3, 3]) / (self.LOOKAHEAD * emb.max_translation)
+        rot = axis_angle_from_rotation(target[:3, :3] @ commanded_tcp[:3, :3].T)
+        a_rot = rot / (self.LOOKAHEAD * emb.max_rotation)
+        action = np.concatenate([a_pos, a_rot, [self.gripper[min(self.t, len(self.gripper) - 1)]]])
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+
+def labeler_at(spec: RecoverSpec, manifest: Manifest, parent: Parent, step: int):
+    """The labeler of an attempt from ``parent`` at ``step``: the scripted expert as it was there, or the
+    parent's path."""
+    if spec.labeler == "parent":
+        return ParentPathLabeler(manifest, parent, step)
+    return parent.expert_at(manifest, step)
+
+
+def tracking_offset(manifest: Manifest, parents: list[Parent]) -> np.ndarray:
+    """Mean of (measured end effector - commanded TCP) over the seed demos: the joint drives' static
+    tracking error (about 6 mm on push_to_target; 1.4 mm is left once it is removed)."""
+    gaps = [
+        d.demo.obs["robot0_eef_pos"][t]
+        - ArmController.from_env_state(manifest, s).commanded_tcp_world()[:3, 3]
+        for d in parents
+        for t, s in enumerate(d.demo.states)
+    ]
+    return np.mean(gaps, axis=0)
+
+
+def with_end_effector(states: np.ndarray, eef: np.ndarray, layout: dict[str, int]) -> np.ndarray:
+    """(N, S) raw states with the end effector replaced by ``eef`` (N, 3) and each object's position
+    relative to it recomputed."""
+    out = states.copy()
+    out[:, : layout["robot0_eef_pos"]] = eef
+    start = layout["robot0_eef_pos"] + layout["robot0_gripper_qpos"]
+    for o in range(start, states.shape[1], OBJECT_FEATURES):
+        out[:, o + 7 : o + 10] = out[:, o : o + 3] - eef
+    return out
 
 
 def seed_parents(f: h5py.File) -> list[Parent]:
@@ -110,11 +175,11 @@ def _copy_seeds(f: h5py.File, writer: DatasetWriter) -> None:
             writer.append(read_demo(f["data"][name]), name)
 
 
-def _done(writer: DatasetWriter) -> set[tuple[str, int]]:
+def _done(writer: DatasetWriter, spec: RecoverSpec) -> set[tuple[str, int]]:
     return {
         (str(d["attrs"].get("parent")), int(d["attrs"].get("branch_step", -1)))
         for d in writer.demos.values()
-        if d["attrs"].get("recipe") == "recover"
+        if d["attrs"].get("recipe") == "recover" and d["attrs"].get("labeler") == spec.labeler
     }
 
 
@@ -122,7 +187,8 @@ def _record_attrs(parent: Parent, step: int, seed: int, spec: RecoverSpec, i: in
     return {
         "seed": parent.seed,
         "recipe": "recover",
-        "labeler": "expert",
+        "labeler": spec.labeler,
+        "robot_state": spec.robot_state,
         "parent": parent.name,
         "branch_step": step,
         "noise_seed": seed,
@@ -160,13 +226,24 @@ def recover_in_world_model(
         first = f["data"][parents[0].name]["obs"]
         layout = {key: int(first[key].shape[1]) for key in STATE_KEYS}
         cam_hw = first[f"{camera}_rgb"].shape[1:3]
-    done, counts = _done(writer), {"attempts": 0, "accepted": 0}
+    offset = tracking_offset(manifest, parents) if spec.robot_state == "controller" else None
+    done, counts = _done(writer, spec), {"attempts": 0, "accepted": 0}
     for parent in parents:
         for step in spec.start_steps:
             if (parent.name, step) in done or step >= parent.demo.num_samples:
                 continue
             demos = _attempts_in_world_model(
-                sampler, manifest, parent, episodes[parent.name], step, spec, layout, k, instances, cam_hw
+                sampler,
+                manifest,
+                parent,
+                episodes[parent.name],
+                step,
+                spec,
+                layout,
+                k,
+                instances,
+                cam_hw,
+                offset,
             )
             counts["attempts"] += len(demos)
             for demo in demos:
@@ -191,14 +268,15 @@ def _attempts_in_world_model(
     k: int,
     instances: list[int],
     cam_hw: tuple[int, int],
+    tracking_offset: np.ndarray | None,
 ) -> list[Demo]:
     """``per_seed`` attempts from ``parent`` at ``step``, batched: one world-model call per step for all."""
     n = spec.per_seed
     seeds = attempt_seeds(spec, parent.name, step)
     rngs = [rng_for(s, "recover") for s in seeds]
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    expert = parent.expert_at(manifest, step)
-    experts = [copy.deepcopy(expert) for _ in range(n)]
+    labeler = labeler_at(spec, manifest, parent, step)
+    labelers = [copy.deepcopy(labeler) for _ in range(n)]
     controllers = [ArmController.from_env_state(manifest, parent.demo.states[step]) for _ in range(n)]
     context, past, state = episode.history(step, k)
     window = sampler.encode(context)[None].repeat(n, 1, 1, 1, 1)
@@ -212,7 +290,7 @@ def _attempts_in_world_model(
         objects = state_obs(raw[-1], layout)["object"]
         label = np.stack(
             [
-                experts[i].act(
+                labelers[i].act(
                     controllers[i].commanded_tcp_world(), poses_from_object_obs(manifest, objects[i])
                 )
                 for i in range(n)
@@ -225,7 +303,12 @@ def _attempts_in_world_model(
         actions = torch.cat([actions[:, 1:], torch.from_numpy(act)[:, None]], 1)
         nxt, norm_state = sampler.step(window, actions, norm_state, generators)
         window = torch.cat([window[:, 1:], nxt[:, None]], 1)
-        raw.append(sampler.norm.denormalize(norm_state).numpy())
+        predicted = sampler.norm.denormalize(norm_state).numpy()
+        if tracking_offset is not None:
+            commanded = np.stack([c.commanded_tcp_world()[:3, 3] for c in controllers])
+            predicted = with_end_effector(predicted, commanded + tracking_offset, layout)
+            norm_state = sampler.norm.normalize(torch.from_numpy(predicted))
+        raw.append(predicted)
         frames.append(nxt)
         labels.append(label)
         executed.append(act)
@@ -287,7 +370,7 @@ def recover_in_simulator(
         writer = DatasetWriter(out, _copy_header(f))
         _copy_seeds(f, writer)
         parents = seed_parents(f)
-    done, counts = _done(writer), {"attempts": 0, "accepted": 0}
+    done, counts = _done(writer, spec), {"attempts": 0, "accepted": 0}
     env = WorldgenEnv(manifest, cameras=cameras)
     try:
         for parent in parents:
@@ -296,10 +379,10 @@ def recover_in_simulator(
                     continue
                 accepted = 0
                 for i, seed in enumerate(attempt_seeds(spec, parent.name, step)):
-                    expert, rng = parent.expert_at(manifest, step), rng_for(seed, "recover")
+                    labeler, rng = labeler_at(spec, manifest, parent, step), rng_for(seed, "recover")
 
-                    def act(obs, t, expert=expert, rng=rng):
-                        label = expert.act(env.controller.commanded_tcp_world(), object_poses(env))
+                    def act(obs, t, labeler=labeler, rng=rng):
+                        label = labeler.act(env.controller.commanded_tcp_world(), object_poses(env))
                         noisy = spec.perturb_steps is None or t < spec.perturb_steps
                         return perturbed(label, rng, spec.action_noise, noisy), label
 

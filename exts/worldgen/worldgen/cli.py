@@ -225,6 +225,50 @@ def _cmd_branch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from world_models.generate import RecoverSpec, recover_in_simulator, recover_in_world_model
+
+    starts = _int_list(args.starts, "--starts")
+    if not 0.0 <= args.action_noise <= 1.0:
+        raise UsageError(f"--action-noise {args.action_noise}: expected a std in [0, 1]")
+    if args.checkpoint is None and not args.in_simulator:
+        raise UsageError("a world-model CKPT is needed (or --in-simulator for the recipe's ceiling)")
+    for path in (args.dataset, args.checkpoint):
+        if path is not None and not Path(path).exists():
+            raise UsageError(f"{path}: no such file or folder")
+    spec = RecoverSpec(args.per_seed, tuple(starts), args.action_noise, args.perturb_steps, args.seed)
+
+    def progress(parent: str, step: int, accepted: int, attempts: int) -> None:
+        if not args.quiet:
+            print(f"  {parent} from step {step}: {accepted}/{attempts} attempts succeeded", flush=True)
+
+    try:
+        if args.in_simulator:
+            counts = recover_in_simulator(args.dataset, args.output, spec, progress=progress)
+        else:
+            counts = recover_in_world_model(
+                args.dataset, args.checkpoint, args.output, spec, device=args.device, progress=progress
+            )
+    except (ValueError, OSError) as exc:  # a dataset or checkpoint that is not one, unreadable weights
+        raise UsageError(str(exc)) from None
+    where = "simulator" if args.in_simulator else "world model"
+    print(
+        f"wrote {args.output}: {counts['accepted']}/{counts['attempts']} {args.recipe} attempts in the "
+        f"{where} succeeded (only those are for training: world_models.generate.accepted_demos)"
+    )
+    return EXIT_OK
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: expected comma-separated integers, e.g. 0,20") from None
+    if not values or min(values) < 0:
+        raise UsageError(f"{flag} {text!r}: expected one or more steps >= 0")
+    return values
+
+
 def _cmd_eval_wm(args: argparse.Namespace) -> int:
     from world_models.metrics import evaluate_branches, evaluate_open_loop
 
@@ -513,6 +557,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="base seed of the branch noise")
     p.add_argument("--device", type=_device_arg, default="cpu", help="torch device to sample on (cpu, cuda)")
     p.set_defaults(func=_cmd_branch)
+
+    p = sub.add_parser("generate", help="whole task attempts in the world model, labelled and verified")
+    p.add_argument("dataset", metavar="DATASET", help="seed dataset (its successful seed demos are parents)")
+    p.add_argument("checkpoint", nargs="?", metavar="CKPT", help="world model (not with --in-simulator)")
+    p.add_argument("-o", "--output", required=True, metavar="SYNTH", help="seed demos + attempts (resumed)")
+    p.add_argument("--recipe", choices=["recover"], default="recover", help="perturb: worldgen branch")
+    p.add_argument("--per-seed", type=_count_arg, default=4, help="attempts per seed demo and start step")
+    p.add_argument("--starts", default="0", help="comma-separated start steps")
+    p.add_argument("--action-noise", type=float, default=0.1, help="std of noise on the executed translation")
+    p.add_argument("--perturb-steps", type=_count_arg, help="noise on the first N steps only (default: all)")
+    p.add_argument("--in-simulator", action="store_true", help="the same attempts in the simulator (ceiling)")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the attempts' noise")
+    p.add_argument("--device", type=_device_arg, default="cpu", help="torch device to sample on (cpu, cuda)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("eval-wm", help="replay world-model branches in simulation and score them")
     p.add_argument("dataset", metavar="SYNTH", help="dataset with synthetic branches (worldgen branch)")

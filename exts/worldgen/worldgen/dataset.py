@@ -10,8 +10,10 @@ On-disk layout (one file once a run completes)::
                                 branch_step, noise_seed, model, check_scores (JSON), check_passed,
                                 scene (JSON of the sampled scene)
       actions (T, A) float32 in [-1, 1]   rewards (T,)   dones (T,)   states (T, S) float64
+      executed_actions (T, A)   where the labels are not what was executed (recovery demos)
       obs/<key>, next_obs/<key>   (T, ...) images chunked per frame and gzip-compressed
-    /mask/<name>         arrays of demo names (bytes): train, valid, seed, synthetic, passed
+    /mask/<name>         arrays of demo names (bytes): train, valid, seed (expert demos), synthetic
+                         (world model), passed (checks), play (non-expert rollouts)
 
 While a run is in progress every complete demo lives in its own shard file under ``<file>.parts/``
 and the main file holds HDF5 external links to them (h5py and robomimic follow those unchanged). Each
