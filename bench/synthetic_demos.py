@@ -406,10 +406,14 @@ def bar_plot(result: dict, path: Path) -> None:
     rates = np.array([rows[n]["success_rate"] for n in names])
     lo = rates - np.array([rows[n]["ci95"][0] for n in names])
     hi = np.array([rows[n]["ci95"][1] for n in names]) - rates
-    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=120)
-    ax.bar(names, 100 * rates, yerr=100 * np.stack([lo, hi]), capsize=4, color="#4c78a8")
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    colors = ["#9d9d9d" if n == "seeds" else "#e45756" if "perturb" in n else "#4c78a8" for n in names]
+    ax.bar(names, 100 * rates, yerr=100 * np.stack([lo, hi]), capsize=4, color=colors)
+    ax.axhline(100 * rates[0], color="#555555", linestyle="--", linewidth=1, label="seeds only")
     ax.set_ylabel("success on held-out episodes (%)")
     ax.set_ylim(0, 100)
+    ax.legend(loc="lower right", fontsize=8)
+    plt.setp(ax.get_xticklabels(), rotation=25, ha="right")
     ax.set_title(
         f"{result['scenario']}, {result['algo']}: {rows[names[0]]['episodes']} episodes per row, 95 % CI"
     )

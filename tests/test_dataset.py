@@ -17,7 +17,7 @@ from worldgen.cli import main
 from worldgen.dataset import DatasetError, DatasetReader, DatasetWriter, Demo
 from worldgen.pipeline import run_seed_stage
 
-from .conftest import ROOT
+from .conftest import ROOT, read_with_robomimic
 
 PICK = ROOT / "scenarios" / "pick_cube.yaml"
 PUSH = ROOT / "scenarios" / "push_to_target.yaml"
@@ -104,28 +104,10 @@ def test_reader_and_inspect(pick_dataset, tmp_path, capsys):
 
 
 def test_robomimic_sequence_dataset_reads_it(pick_dataset, robomimic):
-    obs_utils, sequence_dataset = robomimic
     low_dim = ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object"]
-    obs_utils.initialize_obs_utils_with_obs_specs(
-        {"obs": {"low_dim": low_dim, "rgb": ["front_left_rgb"], "depth": ["front_left_depth"]}}
-    )
     for mask in ("train", "valid"):
-        ds = sequence_dataset(
-            hdf5_path=str(pick_dataset),
-            obs_keys=(*low_dim, "front_left_rgb", "front_left_depth"),
-            dataset_keys=("actions", "rewards", "dones"),
-            load_next_obs=True,
-            frame_stack=1,
-            seq_length=10,
-            pad_frame_stack=True,
-            pad_seq_length=True,
-            get_pad_mask=False,
-            goal_mode=None,
-            hdf5_cache_mode="low_dim",
-            hdf5_use_swmr=True,
-            hdf5_normalize_obs=False,
-            filter_by_attribute=mask,
-        )
+        images = ("front_left_rgb", "front_left_depth")
+        ds = read_with_robomimic(robomimic, pick_dataset, low_dim, images, mask=mask)
         assert len(ds) > 0
         item = ds[0]
         assert item["actions"].shape == (10, 7)

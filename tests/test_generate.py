@@ -27,7 +27,7 @@ from world_models.generate import (
 )
 from world_models.train import train_world_model
 
-from .conftest import ROOT
+from .conftest import ROOT, read_with_robomimic
 
 PUSH = ROOT / "scenarios" / "push_to_target.yaml"
 
@@ -204,24 +204,7 @@ def test_recover_in_simulator_succeeds_and_replays_exactly(seeds, tmp_path, robo
             result = replay_demo(env, parent["states"][()], g, int(g.attrs["seed"]))
             assert result["replay_success"] and result["object_error_max"] < 1e-6
     env.close()
-    obs_utils, sequence_dataset = robomimic
-    obs_utils.initialize_obs_utils_with_obs_specs({"obs": {"low_dim": ["robot0_eef_pos", "object"]}})
-    ds = sequence_dataset(
-        hdf5_path=str(out),
-        obs_keys=("robot0_eef_pos", "object"),
-        dataset_keys=("actions",),
-        load_next_obs=True,
-        frame_stack=1,
-        seq_length=4,
-        pad_frame_stack=True,
-        pad_seq_length=True,
-        get_pad_mask=False,
-        goal_mode=None,
-        hdf5_cache_mode="low_dim",
-        hdf5_use_swmr=True,
-        hdf5_normalize_obs=False,
-        filter_by_attribute=None,
-    )
+    ds = read_with_robomimic(robomimic, out, ["robot0_eef_pos", "object"], seq_length=4)
     assert len(ds) > 0 and ds[0]["actions"].shape == (4, 7)
 
 
@@ -231,11 +214,13 @@ def test_parent_path_labels_point_back_to_the_parents_path(seeds, push):
     step = 10
     on_path = ParentPathLabeler(push, parent, step)
     cmd = on_path.path[step].copy()
-    label = on_path.act(cmd, {})
+    on_label = on_path.act(cmd, {})
     # On the path the label is the parent's own pace: the mean of its next LOOKAHEAD translations.
-    np.testing.assert_allclose(label[:3], parent.demo.actions[step : step + 3, :3].mean(0), atol=1e-4)
-    assert label[-1] == parent.demo.actions[step, -1]
+    np.testing.assert_allclose(on_label[:3], parent.demo.actions[step : step + 3, :3].mean(0), atol=1e-4)
+    assert on_label[-1] == parent.demo.actions[step, -1]
     off = cmd.copy()
     off[1, 3] += 0.02  # 2 cm to the side of the path
-    label = ParentPathLabeler(push, parent, step).act(off, {})
-    assert label[1] < -0.3  # back toward the path
+    off_label = ParentPathLabeler(push, parent, step).act(off, {})
+    # The parent's own pace plus the 2 cm back toward the path, spread over the lookahead; nothing else.
+    correction = -0.02 / (ParentPathLabeler.LOOKAHEAD * push.embodiment.max_translation)
+    np.testing.assert_allclose(off_label - on_label, [0, correction, 0, 0, 0, 0, 0], atol=1e-4)

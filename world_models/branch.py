@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from worldgen.dataset import DatasetWriter, Demo, demo_index, demo_names
+from worldgen.dataset import DatasetWriter, Demo, demo_index, demo_names, read_header
 from worldgen.manifest import rng_for
 
 from .data import STATE_KEYS, Episode, Normalization, frame_channels, obs_from_frames
@@ -175,11 +175,7 @@ def branch_dataset(
     horizon = horizon or 8
     dataset = Path(dataset)
     with h5py.File(dataset, "r") as f:
-        header = {
-            key: json.loads(f["data"].attrs[key])
-            for key in ("env_args", "worldgen", "depth_range", "segmentation")
-        }
-        writer = DatasetWriter(out, header)
+        writer = DatasetWriter(out, read_header(f))
         seed_names = demo_names(f, "seed")
         for name in seed_names:
             if name not in writer.demos:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from worldgen.checks.gate import dataset_manifest
 from worldgen.control import ArmController
-from worldgen.dataset import DatasetWriter, Demo, demo_names, read_demo
+from worldgen.dataset import DatasetWriter, Demo, demo_names, read_demo, read_header
 from worldgen.envs import OBJECT_FEATURES, WorldgenEnv, object_slice, predicate_steps, success_step
 from worldgen.experts import WaypointExpert, make_expert, object_poses, poses_from_object_obs
 from worldgen.geometry import axis_angle_from_rotation
@@ -162,17 +162,15 @@ def attempt_seeds(spec: RecoverSpec, parent: str, step: int) -> list[int]:
     return [noise_seed(spec.base_seed, parent, step, i) for i in range(spec.per_seed)]
 
 
-def _copy_header(f: h5py.File) -> dict:
-    return {
-        key: json.loads(f["data"].attrs[key])
-        for key in ("env_args", "worldgen", "depth_range", "segmentation")
-    }
-
-
-def _copy_seeds(f: h5py.File, writer: DatasetWriter) -> None:
+def _start_output(
+    f: h5py.File, dataset: Path, out: str | Path
+) -> tuple[Manifest, DatasetWriter, list[Parent]]:
+    """The dataset's manifest, a writer for ``out`` holding its seed demos, and the parents."""
+    writer = DatasetWriter(out, read_header(f))
     for name in demo_names(f, "seed"):
         if name not in writer.demos:
             writer.append(read_demo(f["data"][name]), name)
+    return dataset_manifest(f, dataset), writer, seed_parents(f)
 
 
 def _done(writer: DatasetWriter, spec: RecoverSpec) -> set[tuple[str, int]]:
@@ -215,10 +213,7 @@ def recover_in_world_model(
     camera, instances, k = meta["camera"], meta["instances"], meta["context_frames"]
     dataset = Path(dataset)
     with h5py.File(dataset, "r") as f:
-        manifest = dataset_manifest(f, dataset)
-        writer = DatasetWriter(out, _copy_header(f))
-        _copy_seeds(f, writer)
-        parents = seed_parents(f)
+        manifest, writer, parents = _start_output(f, dataset, out)
         episodes = {
             p.name: Episode.load(f["data"][p.name], camera, instances, tuple(meta["resolution"]))
             for p in parents
@@ -366,10 +361,7 @@ def recover_in_simulator(
     simulator)."""
     dataset = Path(dataset)
     with h5py.File(dataset, "r") as f:
-        manifest = dataset_manifest(f, dataset)
-        writer = DatasetWriter(out, _copy_header(f))
-        _copy_seeds(f, writer)
-        parents = seed_parents(f)
+        manifest, writer, parents = _start_output(f, dataset, out)
     done, counts = _done(writer, spec), {"attempts": 0, "accepted": 0}
     env = WorldgenEnv(manifest, cameras=cameras)
     try:

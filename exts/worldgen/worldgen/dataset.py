@@ -148,6 +148,12 @@ def _write_demo(group: h5py.Group, demo: Demo) -> None:
 
 
 STANDARD_ARRAYS = ("actions", "states", "rewards", "dones")
+HEADER_KEYS = ("env_args", "worldgen", "depth_range", "segmentation")
+
+
+def read_header(f: h5py.File) -> dict[str, Any]:
+    """A dataset's header (what :class:`DatasetWriter` takes), to write derived datasets with."""
+    return {key: json.loads(f["data"].attrs[key]) for key in HEADER_KEYS}
 
 
 def read_demo(group: h5py.Group) -> Demo:
@@ -294,7 +300,7 @@ class DatasetWriter:
     def _write_header(self, f: h5py.File) -> h5py.Group:
         data = f.create_group("data")
         data.attrs["total"] = int(sum(int(d["attrs"]["num_samples"]) for d in self.demos.values()))
-        for key in ("env_args", "worldgen", "depth_range", "segmentation"):
+        for key in HEADER_KEYS:
             data.attrs[key] = json.dumps(self.header[key], sort_keys=True)
         data.attrs["discarded"] = json.dumps(sorted(self.discarded, key=lambda d: d["seed"]), sort_keys=True)
         for mask, names in self._masks().items():

@@ -4,7 +4,6 @@ last complete demo when the output already exists."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import DatasetWriter, Demo, dataset_header, demo_names, read_demo
+from .dataset import DatasetWriter, Demo, dataset_header, demo_names, read_demo, read_header
 from .manifest import Manifest, load_manifest
 from .sim.base import SimDiverged, instance_table
 
@@ -201,11 +200,7 @@ def run_play_stage(
     from .envs import WorldgenEnv
 
     with h5py.File(dataset, "r") as f:
-        header = {
-            key: json.loads(f["data"].attrs[key])
-            for key in ("env_args", "worldgen", "depth_range", "segmentation")
-        }
-        writer = DatasetWriter(output, header)
+        writer = DatasetWriter(output, read_header(f))
         parents = {}
         for name in demo_names(f):
             group = f["data"][name]
