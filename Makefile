@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: venv
-	$(PY) -m worldgen.demo
+	$(PY) -m worldgen.apps.demo
 
 test: venv
 	$(PY) -m pytest -q

@@ -21,8 +21,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import h5py
 import numpy as np
+from worldgen.dataset import open_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "checks_throughput.json"
@@ -66,7 +66,7 @@ def main() -> None:
             run_seed_stage(path, dataset, n=args.seeds)
             generate_s = time.perf_counter() - t0
             cam = manifest.world_model_camera
-            with h5py.File(dataset, "r") as f:
+            with open_dataset(dataset) as f:
                 ranges = json.loads(f["data"].attrs["depth_range"])
                 clips = [
                     clip_from_demo(f["data"][n], manifest, cam, ranges[cam])

@@ -35,8 +35,8 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
+from worldgen.dataset import open_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -119,7 +119,7 @@ def prepare(args, manifest_path: Path, out: Path) -> dict:
             horizon=manifest.world_model.horizon,
             base_seed=manifest.seeds.base_seed,
         )
-        with h5py.File(out / "perturb.hdf5", "r") as f:
+        with open_dataset(out / "perturb.hdf5") as f:
             return {"attempts": len(demo_names(f, "synthetic")), "accepted": len(demo_names(f, "synthetic"))}
 
     stage("perturb", perturb)
@@ -156,7 +156,7 @@ def replay_all(manifest, synth: Path, seeds: Path) -> dict:
 
     env = WorldgenEnv(manifest, cameras=False)
     records = []
-    with h5py.File(synth, "r") as f, h5py.File(seeds, "r") as s:
+    with open_dataset(synth) as f, open_dataset(seeds) as s:
         for name in demo_names(f, "synthetic"):
             g = f["data"][name]
             parent = s["data"][str(g.attrs["parent"])]

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from worldgen.dataset import open_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -78,8 +79,8 @@ def main() -> None:
             shutil.copytree(ckpt, args.keep, dirs_exist_ok=True)
 
         sampler = WorldModelSampler(ckpt, device=args.device)
-        k, c = sampler.meta["context_frames"], frame_channels(sampler.meta["instances"])
-        res = sampler.meta["resolution"][0]
+        k, c = sampler.meta.context_frames, frame_channels(sampler.meta.instances)
+        res = sampler.meta.resolution[0]
         g = torch.Generator().manual_seed(0)
         context = torch.rand(k, c, res, res, generator=g) * 2 - 1
         past, state = torch.zeros(k, 7), torch.tensor(sampler.norm.state_mean)
@@ -147,10 +148,9 @@ def main() -> None:
 
 
 def _seed_count(path: Path) -> int:
-    import h5py
     from worldgen.dataset import demo_names
 
-    with h5py.File(path, "r") as f:
+    with open_dataset(path) as f:
         return len(demo_names(f, "seed"))
 
 

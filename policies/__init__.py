@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from worldgen.errors import CheckpointError
+
 from .pretrained import CONFIG_NAME, PretrainedPolicy
 
 
@@ -26,7 +28,7 @@ def policy_class(kind: str) -> type[PretrainedPolicy]:
         from .ppo import PPOPolicy
 
         return PPOPolicy
-    raise ValueError(f"unknown policy type {kind!r}")
+    raise CheckpointError(f"unknown policy type {kind!r}")
 
 
 def load_policy(directory: str | Path) -> PretrainedPolicy:
@@ -34,5 +36,5 @@ def load_policy(directory: str | Path) -> PretrainedPolicy:
     directory = Path(directory)
     config = directory / CONFIG_NAME
     if not config.is_file():
-        raise FileNotFoundError(f"{directory}: not a policy folder (no {CONFIG_NAME})")
+        raise CheckpointError(f"{directory}: not a policy folder (no {CONFIG_NAME})")
     return policy_class(json.loads(config.read_text())["type"]).from_pretrained(directory)

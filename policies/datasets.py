@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
-from worldgen.dataset import DatasetError, dataset_digest, demo_names
+from worldgen.dataset import DatasetError, dataset_digest, demo_names, open_dataset
 
 
 class PolicyDataset:
@@ -36,11 +35,7 @@ class PolicyDataset:
         self.obs_keys, self.image_keys = list(obs_keys), list(image_keys or [])
         self.n_obs_steps, self.horizon = n_obs_steps, horizon
         keys = [*self.obs_keys, *self.image_keys]
-        try:
-            f = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise DatasetError(f"{self.path}: not a readable HDF5 file ({exc})") from None
-        with f:
+        with open_dataset(self.path) as f:
             names = demo_names(f, mask)
             if demos is not None:
                 chosen = set(demos)

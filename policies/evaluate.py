@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from worldgen.envs import WorldgenEnv
+from worldgen.errors import ArgumentError, CheckpointError
 from worldgen.files import write_atomically
 from worldgen.manifest import Manifest, load_manifest
 from worldgen.report import frames_gif
@@ -55,14 +56,14 @@ def check_contract(policy: PretrainedPolicy, env: WorldgenEnv) -> None:
     space = env.observation_space
     missing = [k for k in policy.observation_keys if k not in space.spaces]
     if missing:
-        raise ValueError(f"{env.manifest.name}: the environment has no observation keys {missing}")
+        raise CheckpointError(f"{env.manifest.name}: the environment has no observation keys {missing}")
     for key, size in policy.config.low_dim_shapes.items():
         if space[key].shape[-1] != size:
-            raise ValueError(
+            raise CheckpointError(
                 f"{key}: the policy expects {size} values, the environment gives {space[key].shape}"
             )
     if policy.config.action_dim != env.action_space.shape[0]:
-        raise ValueError(
+        raise CheckpointError(
             f"the policy acts in {policy.config.action_dim} dimensions, "
             f"the environment in {env.action_space.shape[0]}"
         )
@@ -116,7 +117,7 @@ def evaluate_policy(
     seeds = panel_seeds(manifest, episodes, panel_offset)
     overlap = sorted(set(seeds) & set(meta.get("training_seeds", [])))
     if overlap:
-        raise ValueError(
+        raise ArgumentError(
             f"the evaluation panel shares seeds {overlap[:5]} with the policy's training data; "
             "choose another evaluation.held_out_base_seed"
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from worldgen.errors import ArgumentError
 
 from .pretrained import PolicyConfig
 
@@ -43,7 +44,7 @@ def image_channels(key: str) -> int:
         return 3
     if key.endswith("_depth"):
         return 1
-    raise ValueError(f"image key {key!r}: expected a camera's '<name>_rgb' or '<name>_depth'")
+    raise ArgumentError(f"image key {key!r}: expected a camera's '<name>_rgb' or '<name>_depth'")
 
 
 class SpatialSoftmax(nn.Module):

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 from diffusers.optimization import get_scheduler
-from worldgen.checks.gate import dataset_manifest
+from worldgen.dataset import DatasetError, dataset_manifest, open_dataset
+from worldgen.errors import ArgumentError
 from worldgen.manifest import Manifest
 
 from .bc import BCConfig, BCPolicy
@@ -68,10 +68,10 @@ def train_bc(
 ) -> dict[str, Any]:
     """Train a behaviour-cloning policy on the demos of ``mask`` (and/or ``demos``); write ``out``."""
     if algo not in BC_ALGORITHMS:
-        raise ValueError(f"algo {algo!r}: expected one of {sorted(BC_ALGORITHMS)}")
+        raise ArgumentError(f"algo {algo!r}: expected one of {sorted(BC_ALGORITHMS)}")
     dataset, out = Path(dataset), Path(out)
-    with h5py.File(dataset, "r") as f:
-        manifest = dataset_manifest(f, dataset)
+    with open_dataset(dataset) as f:
+        manifest = dataset_manifest(f)
         has_valid = "mask/valid" in f and mask == "train" and demos is None
     config = default_config(algo, manifest, **overrides)
     data = PolicyDataset(
@@ -79,7 +79,7 @@ def train_bc(
     )
     config.low_dim_shapes = data.low_dim_shapes
     if data.action_dim != config.action_dim:
-        raise ValueError(
+        raise DatasetError(
             f"{dataset}: actions have {data.action_dim} dimensions, the manifest says {config.action_dim}"
         )
     torch.manual_seed(config.seed)

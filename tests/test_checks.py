@@ -9,6 +9,7 @@ from collections import defaultdict
 import h5py
 import numpy as np
 import pytest
+from worldgen.apps.cli import main
 from worldgen.checks import (
     CHECK_NAMES,
     Clip,
@@ -24,7 +25,6 @@ from worldgen.checks import (
 )
 from worldgen.checks.corrupt import DEFECTS, corrupt
 from worldgen.checks.gate import _confidence, gate_dataset
-from worldgen.cli import main
 from worldgen.manifest import load_manifest
 from worldgen.pipeline import run_seed_stage
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from worldgen.cli import main
+from worldgen.apps.cli import main
 from worldgen.dataset import DatasetError, DatasetReader, DatasetWriter, Demo
 from worldgen.pipeline import run_seed_stage
 
@@ -167,7 +167,7 @@ def test_kill_9_leaves_readable_demos_and_rerun_resumes(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "worldgen.cli",
+        "worldgen.apps.cli",
         "seed",
         str(PUSH),
         "-o",

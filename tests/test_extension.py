@@ -5,7 +5,7 @@ import sys
 import tomllib
 
 import pytest
-from worldgen.app import AppState, WorldgenApp
+from worldgen.apps.window import AppState, WorldgenApp
 
 from .conftest import ROOT
 
@@ -35,8 +35,8 @@ def Path_is_absolute(link):  # noqa: N802
 
 def test_import_worldgen_pulls_in_no_kit():
     code = (
-        "import sys, worldgen, worldgen.cli, worldgen.stage, worldgen.app, worldgen.manifest, worldgen.envs,"
-        " worldgen.dataset, worldgen.pipeline, worldgen.sim.newton, worldgen.sim.isaac;"
+        "import sys, worldgen, worldgen.apps.cli, worldgen.stage, worldgen.apps.window, worldgen.manifest,"
+        " worldgen.envs, worldgen.dataset, worldgen.pipeline, worldgen.sim.newton, worldgen.sim.isaac;"
         "bad=[m for m in sys.modules if m.split('.')[0] in ('omni','isaacsim','carb')];"
         "print(','.join(bad))"
     )

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from worldgen.cli import main
+from worldgen.apps.cli import main
 from worldgen.geometry import matrix_from_quat
 from worldgen.manifest import load_manifest
 from worldgen.pipeline import run_seed_stage
@@ -180,7 +180,7 @@ def test_ppo_trains_in_simulation_and_in_the_world_model(push_demos, tmp_path):
 
 
 def test_compare_reports_four_rows(tmp_path):
-    from policies.compare import ROWS, compare
+    from worldgen.apps.compare import ROWS, compare
 
     result = compare(PUSH, tmp_path, seeds=3, branches=1, episodes=2, wm_steps=2, policy_steps=40)
     assert list(result["rows"]) == list(ROWS)

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from worldgen.cli import main
+from worldgen.apps.cli import main
+from worldgen.errors import CheckpointError
 from worldgen.pipeline import run_seed_stage
 
 from world_models.branch import WorldModelSampler, branch_dataset, noise_seed
+from world_models.checkpoint import read_checkpoint_meta, write_checkpoint_meta
 from world_models.data import (
     Normalization,
     WorldModelData,
@@ -173,9 +175,8 @@ def test_context_noise_level_conditions_the_output():
 
 def test_device_flag_is_checked_before_anything_runs(tmp_path, capsys):
     for device in ("gpu", "cuda:x"):
-        with pytest.raises(SystemExit) as info:
-            main(["train-wm", str(tmp_path / "d.hdf5"), "-o", str(tmp_path / "ckpt"), "--device", device])
-        assert info.value.code == 2 and "--device" in capsys.readouterr().err
+        code = main(["train-wm", "--device", device, str(tmp_path / "d.hdf5"), "-o", str(tmp_path / "ckpt")])
+        assert code == 2 and "--device" in capsys.readouterr().err
     assert not (tmp_path / "ckpt").exists()
 
 
@@ -205,17 +206,16 @@ def trained(tmp_path_factory):
 def test_training_writes_a_resumable_checkpoint(trained):
     dataset, ckpt, result = trained
     assert result["step"] == 6 and len(result["validation"]) == 2
-    meta = json.loads((ckpt / "worldgen.json").read_text())
-    assert meta["camera"] == "front" and meta["step"] == 6 and len(meta["data_hash"]) == 64
+    meta = read_checkpoint_meta(ckpt)
+    assert meta.camera == "front" and meta.step == 6 and len(meta.data_hash) == 64
     assert (ckpt / "model" / "config.json").is_file()
     # Noise levels follow the measured frame-to-frame change; actions and states are normalised.
-    assert 0.005 < meta["scheduler"]["sigma_data"] < 0.2 and meta["scheduler"]["sampling_steps"] == 1
-    assert len(meta["normalization"]["action_std"]) == 7 and min(meta["normalization"]["action_std"]) >= 0.1
+    assert 0.005 < meta.scheduler["sigma_data"] < 0.2 and meta.scheduler["sampling_steps"] == 1
+    assert len(meta.normalization.action_std) == 7 and min(meta.normalization.action_std) >= 0.1
     again = train_world_model(dataset, ckpt, steps=8, batch_size=4, checkpoint_every=4)
     assert again["step"] == 8 and [v["step"] for v in again["validation"]] == [3, 6, 8]
-    meta["data_hash"] = "0" * 64  # as if the checkpoint came from other data
-    (ckpt / "worldgen.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="other data"):
+    write_checkpoint_meta(ckpt, meta.replace(data_hash="0" * 64))  # as if trained on other data
+    with pytest.raises(CheckpointError, match="other data"):
         train_world_model(dataset, ckpt, steps=9, batch_size=4)
 
 
@@ -285,8 +285,8 @@ def test_lora_post_training_bf16_and_checkpointing(trained, tmp_path):
 def test_branches_regenerate_exactly_and_differ_by_seed(trained):
     dataset, ckpt, _ = trained
     sampler = WorldModelSampler(ckpt)
-    k, c = sampler.meta["context_frames"], frame_channels(sampler.meta["instances"])
-    res = sampler.meta["resolution"][0]
+    k, c = sampler.meta.context_frames, frame_channels(sampler.meta.instances)
+    res = sampler.meta.resolution[0]
     g = torch.Generator().manual_seed(0)
     context = torch.rand(k, c, res, res, generator=g) * 2 - 1
     past = torch.zeros(k, 7)
@@ -404,7 +404,7 @@ def test_eval_wm_open_loop_scores_recorded_actions_without_the_simulator(trained
     assert main(["eval-wm", str(dataset), "--open-loop"]) == 2
     assert main(["eval-wm", str(dataset), str(ckpt), "--open-loop", "--mask", "nope"]) == 2
     err = capsys.readouterr().err
-    assert "needs CKPT" in err and "no mask 'nope'" in err and "Traceback" not in err
+    assert "needs CKPT" in err and "invalid choice: 'nope'" in err and "Traceback" not in err
 
 
 @pytest.mark.slow
@@ -490,9 +490,9 @@ def test_cosmos_backbone_trains_post_trains_and_branches_through_the_same_comman
     ckpt = tmp_path / "ckpt"
     assert main(["train-wm", str(dataset), "-o", str(ckpt), "--steps", "2", "--batch-size", "2", "-q"]) == 0
     assert train_world_model(dataset, ckpt, steps=3, batch_size=2)["step"] == 3
-    meta = json.loads((ckpt / "worldgen.json").read_text())
+    meta = read_checkpoint_meta(ckpt)
     config = json.loads((ckpt / "model" / "config.json").read_text())
-    assert meta["preset"] == "cosmos" and config["_class_name"] == "CosmosWorldModel"
+    assert meta.preset == "cosmos" and config["_class_name"] == "CosmosWorldModel"
 
     sampler = WorldModelSampler(ckpt)
     g = torch.Generator().manual_seed(0)
@@ -629,12 +629,12 @@ def test_world_model_trains_branches_and_steps_in_wan_latent_space(trained, tmp_
     assert main([*args, "--steps", "2", "--vae", str(tmp_path / "vae")]) == 0
     ckpt.rename(tmp_path / "ckpt.old")  # as if killed while swapping in a checkpoint
     assert main([*args, "--steps", "3"]) == 0  # resumes in the checkpoint's latent space
-    meta = json.loads((ckpt / "worldgen.json").read_text())
-    assert meta["step"] == 3 and meta["latent"]["channels"] == 8 and meta["latent"]["resolution"] == [16, 16]
+    meta = read_checkpoint_meta(ckpt)
+    assert meta.step == 3 and meta.latent["channels"] == 8 and meta.latent["resolution"] == [16, 16]
     assert json.loads((ckpt / "model" / "config.json").read_text())["frame_channels"] == 8
 
     sampler = WorldModelSampler(ckpt)
-    k, c = meta["context_frames"], frame_channels(meta["instances"])
+    k, c = meta.context_frames, frame_channels(meta.instances)
     g = torch.Generator().manual_seed(0)
     context = torch.rand(k, c, 64, 64, generator=g) * 2 - 1
     past, state = torch.zeros(k, 7), torch.tensor(sampler.norm.state_mean)

@@ -11,45 +11,20 @@ predicted low-dimensional keys; their reset state is the parent's ``states[branc
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from worldgen.dataset import DatasetWriter, Demo, demo_index, demo_names, read_header
+from worldgen.dataset import DatasetWriter, Demo, demo_index, demo_names, open_dataset, read_header
+from worldgen.errors import CheckpointError
 from worldgen.manifest import rng_for
 
-from .data import STATE_KEYS, Episode, Normalization, frame_channels, obs_from_frames
+from .checkpoint import WORLD_MODELS, checkpoint_hash, read_checkpoint_meta
+from .data import STATE_KEYS, Episode, frame_channels, obs_from_frames
 from .latents import WanFrameCodec
 from .objectives import objective_from_config
-from .train import WORLD_MODELS
-
-
-def checkpoint_meta(ckpt: Path) -> dict:
-    """A world-model checkpoint's ``worldgen.json``; a clear error when the folder is not one."""
-    path = Path(ckpt) / "worldgen.json"
-    if not path.is_file():
-        raise ValueError(f"{ckpt}: not a world-model checkpoint (no worldgen.json; see worldgen train-wm)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-
-
-def checkpoint_hash(ckpt: Path) -> str:
-    digest = hashlib.sha256()
-    meta = checkpoint_meta(ckpt)
-    digest.update(json.dumps(meta["scheduler"], sort_keys=True).encode())
-    files = sorted((ckpt / "model").iterdir())
-    if (ckpt / "vae").is_dir():  # a model in latent space is only reproducible with its VAE
-        files += sorted((ckpt / "vae").iterdir())
-    for path in files:
-        digest.update((path.name if path.parent.name == "model" else f"vae/{path.name}").encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def noise_seed(base_seed: int, demo: str, step: int, index: int) -> int:
@@ -68,17 +43,20 @@ class WorldModelSampler:
 
     def __init__(self, ckpt: str | Path, sampling_steps: int | None = None, device: str = "cpu"):
         self.ckpt = Path(ckpt)
-        self.meta = checkpoint_meta(self.ckpt)
+        self.meta = read_checkpoint_meta(self.ckpt)
         self.device = torch.device(device)
-        model_class = WORLD_MODELS[self.meta.get("preset", "unet")]
-        self.model = model_class.from_pretrained(self.ckpt / "model").eval().to(self.device)
-        self.norm = Normalization(**self.meta["normalization"])
-        self.objective = objective_from_config(self.meta["scheduler"])
+        try:
+            model = WORLD_MODELS[self.meta.preset].from_pretrained(self.ckpt / "model")
+        except (KeyError, OSError) as exc:  # an unknown backbone; missing or unreadable weights
+            raise CheckpointError(f"{self.ckpt}: cannot load the model ({exc})") from None
+        self.model = model.eval().to(self.device)
+        self.norm = self.meta.normalization
+        self.objective = objective_from_config(self.meta.scheduler)
         if sampling_steps is not None:
             self.objective.sampling_steps = sampling_steps
         self.codec = None
-        if self.meta.get("latent"):
-            channels = frame_channels(self.meta["instances"])
+        if self.meta.latent:
+            channels = frame_channels(self.meta.instances)
             self.codec = WanFrameCodec.from_pretrained(self.ckpt / "vae", channels).to(self.device)
         self.hash = checkpoint_hash(self.ckpt)
 
@@ -110,7 +88,7 @@ class WorldModelSampler:
         Returns frames (N, H, C, h, w) and raw states (N, H, S), on the CPU.
         """
         n, horizon = actions.shape[:2]
-        k = self.meta["context_frames"]
+        k = self.meta.context_frames
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         frames = self.encode(context).to(self.device)[None].repeat(n, 1, 1, 1, 1)
         acts = torch.cat([past_actions[None].repeat(n, 1, 1), actions], dim=1).to(self.device)
@@ -171,10 +149,10 @@ def branch_dataset(
     """Copy the dataset's seed demos to ``out`` and append ``per_seed`` branches per seed and step."""
     sampler = WorldModelSampler(ckpt, device=device)
     meta = sampler.meta
-    camera, instances, k = meta["camera"], meta["instances"], meta["context_frames"]
+    camera, instances, k = meta.camera, meta.instances, meta.context_frames
     horizon = horizon or 8
     dataset = Path(dataset)
-    with h5py.File(dataset, "r") as f:
+    with open_dataset(dataset) as f:
         writer = DatasetWriter(out, read_header(f))
         seed_names = demo_names(f, "seed")
         for name in seed_names:
@@ -203,7 +181,7 @@ def branch_dataset(
             g = f["data"][name]
             if not bool(g.attrs.get("success", False)):
                 continue
-            episode = Episode.load(g, camera, instances, tuple(meta["resolution"]))
+            episode = Episode.load(g, camera, instances, meta.resolution)
             frames, actions = episode.frames, episode.actions
             t_count = actions.shape[0]
             for step in at_steps:

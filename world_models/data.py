@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from worldgen.dataset import dataset_digest, demo_names
+from worldgen.dataset import DatasetError, dataset_digest, demo_names, open_dataset
 
 from .latents import WanFrameCodec
 
@@ -137,7 +137,7 @@ class WorldModelData:
         self.path, self.mask, self.camera = Path(path), mask, camera
         self.instances, self.context = instances, context_frames
         self.episodes: list[Episode] = []
-        with h5py.File(self.path, "r") as f:
+        with open_dataset(self.path) as f:
             names = demo_names(f, mask)
             for extra in extra_masks:
                 if f"mask/{extra}" in f:
@@ -146,7 +146,7 @@ class WorldModelData:
             for name in names:
                 self.episodes.append(Episode.load(f["data"][name], camera, instances, resolution))
         if not self.episodes:
-            raise ValueError(f"{self.path}: mask {mask!r} holds no demos")
+            raise DatasetError(f"{self.path}: mask {mask!r} holds no demos")
         self.index = [(e, t) for e, ep in enumerate(self.episodes) for t in range(ep.actions.shape[0])]
         self._stack()
 

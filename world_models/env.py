@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import h5py
 import numpy as np
 import torch
-from worldgen.checks.gate import dataset_manifest
-from worldgen.dataset import demo_names
+from worldgen.dataset import DatasetError, dataset_manifest, demo_names, open_dataset
 from worldgen.envs import object_slice, predicate_holds
 from worldgen.manifest import rng_for
 
@@ -40,17 +38,17 @@ class WorldModelEnv(gym.Env):
     ):
         self.sampler = WorldModelSampler(ckpt)
         meta = self.sampler.meta
-        self.camera, self.instances, self.k = meta["camera"], meta["instances"], meta["context_frames"]
+        self.camera, self.instances, self.k = meta.camera, meta.instances, meta.context_frames
         dataset = Path(dataset)
-        with h5py.File(dataset, "r") as f:
-            self.manifest = dataset_manifest(f, dataset)
+        with open_dataset(dataset) as f:
+            self.manifest = dataset_manifest(f)
             names = demo_names(f, mask)
             if not names:
-                raise ValueError(f"{dataset}: mask {mask!r} holds no demos to start from")
+                raise DatasetError(f"{dataset}: mask {mask!r} holds no demos to start from")
             groups = [f["data"][n] for n in names]
             self.layout = {key: int(groups[0]["obs"][key].shape[1]) for key in STATE_KEYS}
             self.starts = [
-                Episode.load(g, self.camera, self.instances, tuple(meta["resolution"])).history(0, self.k)
+                Episode.load(g, self.camera, self.instances, meta.resolution).history(0, self.k)
                 for g in groups
             ]
         self.cameras, self.render_mode = cameras, render_mode
@@ -61,7 +59,7 @@ class WorldModelEnv(gym.Env):
             key: box(-np.inf, np.inf, (size,), np.float32) for key, size in self.layout.items()
         }
         if cameras:
-            w, h = meta["resolution"]
+            w, h = meta.resolution
             spaces[f"{self.camera}_rgb"] = box(0, 255, (h, w, 3), np.uint8)
             spaces[f"{self.camera}_depth"] = box(0.0, 1.0, (h, w, 1), np.float32)
             spaces[f"{self.camera}_seg"] = box(0, 255, (h, w, 1), np.uint8)

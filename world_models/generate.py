@@ -27,9 +27,16 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from worldgen.checks.gate import dataset_manifest
 from worldgen.control import ArmController
-from worldgen.dataset import DatasetWriter, Demo, demo_names, read_demo, read_header
+from worldgen.dataset import (
+    DatasetWriter,
+    Demo,
+    dataset_manifest,
+    demo_names,
+    open_dataset,
+    read_demo,
+    read_header,
+)
 from worldgen.envs import OBJECT_FEATURES, WorldgenEnv, object_slice, predicate_steps, success_step
 from worldgen.experts import WaypointExpert, make_expert, object_poses, poses_from_object_obs
 from worldgen.geometry import axis_angle_from_rotation
@@ -170,7 +177,7 @@ def _start_output(
     for name in demo_names(f, "seed"):
         if name not in writer.demos:
             writer.append(read_demo(f["data"][name]), name)
-    return dataset_manifest(f, dataset), writer, seed_parents(f)
+    return dataset_manifest(f), writer, seed_parents(f)
 
 
 def _done(writer: DatasetWriter, spec: RecoverSpec) -> set[tuple[str, int]]:
@@ -210,13 +217,12 @@ def recover_in_world_model(
     meant for training (:func:`accepted_demos`). Returns counts: attempts, accepted."""
     sampler = WorldModelSampler(ckpt, device=device)
     meta = sampler.meta
-    camera, instances, k = meta["camera"], meta["instances"], meta["context_frames"]
+    camera, instances, k = meta.camera, meta.instances, meta.context_frames
     dataset = Path(dataset)
-    with h5py.File(dataset, "r") as f:
+    with open_dataset(dataset) as f:
         manifest, writer, parents = _start_output(f, dataset, out)
         episodes = {
-            p.name: Episode.load(f["data"][p.name], camera, instances, tuple(meta["resolution"]))
-            for p in parents
+            p.name: Episode.load(f["data"][p.name], camera, instances, meta.resolution) for p in parents
         }
         first = f["data"][parents[0].name]["obs"]
         layout = {key: int(first[key].shape[1]) for key in STATE_KEYS}
@@ -333,7 +339,7 @@ def _attempts_in_world_model(
             Demo(
                 actions=np.stack([a[i] for a in labels[:t]]).astype(np.float32),
                 states=np.zeros((t, 0)),
-                obs={f"{sampler.meta['camera']}_{name}": value for name, value in picture.items()}
+                obs={f"{sampler.meta.camera}_{name}": value for name, value in picture.items()}
                 | state_obs(states[i, : t + 1], layout),
                 rewards=held[i, :t].astype(np.float32),
                 dones=dones,
@@ -360,7 +366,7 @@ def recover_in_simulator(
     executed in the simulator and appended to ``out`` beside the seed demos (``success`` from the
     simulator)."""
     dataset = Path(dataset)
-    with h5py.File(dataset, "r") as f:
+    with open_dataset(dataset) as f:
         manifest, writer, parents = _start_output(f, dataset, out)
     done, counts = _done(writer, spec), {"attempts": 0, "accepted": 0}
     env = WorldgenEnv(manifest, cameras=cameras)
@@ -398,7 +404,7 @@ def recover_in_simulator(
 
 def accepted_demos(path: str | Path) -> list[str]:
     """The seed demos and the generated attempts that succeeded: what a policy trains on."""
-    with h5py.File(path, "r") as f:
+    with open_dataset(path) as f:
         return [
             n
             for n in demo_names(f)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan
+from worldgen.errors import CheckpointError
 
 CHUNK = 64  # frames per VAE call: bounds the activation memory of a large VAE
 
@@ -48,7 +49,7 @@ class WanFrameCodec:
         config = json.loads((Path(path) / "config.json").read_text())
         if config.get("_class_name") != "AutoencoderKLWan":
             name = config.get("_class_name")
-            raise ValueError(f"{path}: config.json names {name}; expected AutoencoderKLWan")
+            raise CheckpointError(f"{path}: config.json names {name}; expected AutoencoderKLWan")
         return cls(AutoencoderKLWan.from_pretrained(path), frame_channels)
 
     def to(self, device: str | torch.device) -> WanFrameCodec:

@@ -14,12 +14,10 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from worldgen.checks.gate import dataset_manifest
-from worldgen.dataset import demo_names
+from worldgen.dataset import DatasetError, dataset_manifest, demo_names, open_dataset
 from worldgen.files import write_atomically
 
 
@@ -76,8 +74,8 @@ def evaluate_branches(
     from worldgen.envs import WorldgenEnv
 
     synth = Path(synth)
-    with h5py.File(synth, "r") as f:
-        manifest = dataset_manifest(f, synth)
+    with open_dataset(synth) as f:
+        manifest = dataset_manifest(f)
         names = demo_names(f, "synthetic")
         branches = []
         for name in names:
@@ -174,16 +172,15 @@ def evaluate_open_loop(
     dataset = Path(dataset)
     sampler = WorldModelSampler(ckpt, device=device)
     meta = sampler.meta
-    camera, instances, k = meta["camera"], meta["instances"], meta["context_frames"]
-    with h5py.File(dataset, "r") as f:
+    camera, instances, k = meta.camera, meta.instances, meta.context_frames
+    with open_dataset(dataset) as f:
         near, far = json.loads(f["data"].attrs["depth_range"])[camera]
         episodes = [
-            Episode.load(f["data"][name], camera, instances, tuple(meta["resolution"]))
-            for name in demo_names(f, mask)
+            Episode.load(f["data"][name], camera, instances, meta.resolution) for name in demo_names(f, mask)
         ]
     windows = [(e, t) for e in episodes for t in range(k, len(e.actions) - horizon + 1, stride)]
     if len(windows) < 2:
-        raise ValueError(f"{dataset}: mask {mask!r} has {len(windows)} windows of {horizon} steps; need 2")
+        raise DatasetError(f"{dataset}: mask {mask!r} has {len(windows)} windows of {horizon} steps; need 2")
     per_step: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     gaps = []
     for i, (episode, t) in enumerate(windows):
@@ -211,7 +208,7 @@ def evaluate_open_loop(
         "mask": mask,
         "windows": len(windows),
         "camera": camera,
-        "resolution": meta["resolution"],
+        "resolution": meta.resolution,
         "per_step": _step_means(per_step),
         "action_sensitivity_psnr_gap": float(np.mean(gaps)),
     }
@@ -229,14 +226,14 @@ def _action_sensitivity(ckpt, synth: Path, branches: list[dict], truth_rgb: dict
 
     sampler = WorldModelSampler(ckpt)
     meta = sampler.meta
-    camera, instances, k = meta["camera"], meta["instances"], meta["context_frames"]
+    camera, instances, k = meta.camera, meta.instances, meta.context_frames
     # Branches are stored grouped by branch point: rotating by one group's size gives each branch the
     # actions of another point.
     shift = sum((b["parent"], b["step"]) == (branches[0]["parent"], branches[0]["step"]) for b in branches)
     gaps = []
-    with h5py.File(synth, "r") as f:
+    with open_dataset(synth) as f:
         for i, b in enumerate(branches):
-            episode = Episode.load(f["data"][b["parent"]], camera, instances, tuple(meta["resolution"]))
+            episode = Episode.load(f["data"][b["parent"]], camera, instances, meta.resolution)
             context, past, state = episode.history(b["step"], k)
             own = torch.from_numpy(b["actions"])[None]
             if shift < len(branches):

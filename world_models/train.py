@@ -1,14 +1,5 @@
-"""Post-train (or train from scratch) the world model on a dataset's ``train`` mask.
-
-Checkpoint folder layout (nothing pickled):
-
-    model/                      ``save_pretrained`` of the EMA weights (config.json + safetensors)
-    vae/                        the frozen Wan VAE, when the model works in its latent space
-    worldgen.json               preset, camera, resolution, tracked instances, normalisation, data hash,
-                                manifest hash, step
-    training_state.safetensors  raw weights, EMA shadow weights and AdamW moments, for resuming
-    training_state.json         step, optimizer hyper-parameters, validation history
-"""
+"""Post-train (or train from scratch) the world model on a dataset's ``train`` mask; the checkpoint
+folder it writes is described in :mod:`world_models.checkpoint`."""
 
 from __future__ import annotations
 
@@ -18,22 +9,27 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
-import h5py
 import torch
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from worldgen.checks.clip import tracked_objects
-from worldgen.checks.gate import dataset_manifest
+from worldgen.dataset import dataset_manifest, open_dataset
+from worldgen.errors import ArgumentError, CheckpointError
 from worldgen.files import recover_folder, staging_folder, swap_in_folder, write_atomically
 
+from .checkpoint import (
+    META_NAME,
+    WORLD_MODELS,
+    CheckpointMeta,
+    WorldModel,
+    read_checkpoint_meta,
+    write_checkpoint_meta,
+)
 from .data import WorldModelData, frame_channels
 from .latents import WanFrameCodec
-from .modeling_cosmos_world_model import CosmosWorldModel
-from .modeling_unet_world_model import UNetWorldModel
 from .objectives import (
     BACKBONE_OBJECTIVE,
     Objective,
@@ -41,9 +37,6 @@ from .objectives import (
     objective_from_config,
     world_model_loss,
 )
-
-WorldModel = UNetWorldModel | CosmosWorldModel
-WORLD_MODELS: dict[str, type[WorldModel]] = {"unet": UNetWorldModel, "cosmos": CosmosWorldModel}
 
 EMA_DECAY = 0.999
 WARMUP_STEPS = 100
@@ -114,7 +107,7 @@ def save_checkpoint(
     model: WorldModel,
     ema: EMAModel,
     optimizer,
-    meta: dict,
+    meta: CheckpointMeta,
     state: dict,
     codec: WanFrameCodec | None = None,
 ) -> None:
@@ -131,7 +124,7 @@ def save_checkpoint(
     ema.copy_to(model.parameters())
     merged_copy(model).save_pretrained(staging / "model", safe_serialization=True)
     ema.restore(model.parameters())
-    _write_json(staging / "worldgen.json", meta)
+    write_checkpoint_meta(staging, meta)
     _write_json(staging / "training_state.json", state)
     swap_in_folder(staging, out)
 
@@ -155,7 +148,7 @@ def build_world_model(
             model = cls.from_pretrained(pretrained)
             channels = model.config.get("frame_channels", model.config.get("out_channels"))
             if channels != frame_channels:
-                raise ValueError(
+                raise CheckpointError(
                     f"{pretrained}: a model of {channels}-channel frames, these are {frame_channels} "
                     "(pixel frames and VAE latents do not mix)"
                 )
@@ -168,7 +161,7 @@ def build_world_model(
                 frame_channels=frame_channels,
                 state_dim=state_dim,
             )
-        raise ValueError(f"{pretrained}: holds a {config.get('_class_name')}, not a {cls.__name__}")
+        raise CheckpointError(f"{pretrained}: holds a {config.get('_class_name')}, not a {cls.__name__}")
     if backbone == "cosmos":
         return cls.for_frames(frame_channels, context_frames, action_dim, state_dim, resolution)
     return cls(
@@ -192,26 +185,25 @@ def resolve_pretrained(
         root = Path(pretrained)
         if (root / "model_index.json").is_file():
             model = root / "transformer"
-        elif (root / "worldgen.json").is_file():
+        elif (root / META_NAME).is_file():
             model = root / "model"
         else:
             model, root = root, root.parent
-        bundle = (root / "model_index.json").is_file() or (root / "worldgen.json").is_file()
+        bundle = (root / "model_index.json").is_file() or (root / META_NAME).is_file()
         if vae is None and bundle and (root / "vae").is_dir():
             vae = root / "vae"
     for folder in (model, vae):
         if folder is not None and not (folder / "config.json").is_file():
-            raise ValueError(f"{folder}: not a diffusers model folder (no config.json)")
+            raise CheckpointError(f"{folder}: not a diffusers model folder (no config.json)")
     return model, vae
 
 
 def _pretrained_objective(pretrained: Path | None, backbone: str) -> Objective | None:
     """The objective (and its noise scale) a worldgen checkpoint's ``model/`` was trained with, kept when
     post-training it."""
-    meta = pretrained.parent / "worldgen.json" if pretrained is not None else None
-    if meta is None or not meta.is_file():
+    if pretrained is None or not (pretrained.parent / META_NAME).is_file():
         return None
-    objective = objective_from_config(json.loads(meta.read_text())["scheduler"])
+    objective = objective_from_config(read_checkpoint_meta(pretrained.parent).scheduler)
     return objective if objective.name == BACKBONE_OBJECTIVE[backbone] else None
 
 
@@ -247,11 +239,11 @@ def train_world_model(
     there.
     """
     if mixed_precision not in ("no", "bf16"):
-        raise ValueError(f"mixed_precision {mixed_precision!r}: expected 'no' or 'bf16'")
+        raise ArgumentError(f"mixed_precision {mixed_precision!r}: expected 'no' or 'bf16'")
     dataset, out = Path(dataset), Path(out)
     recover_folder(out)  # a run killed while swapping in a checkpoint goes on from the previous one
-    with h5py.File(dataset, "r") as f:
-        manifest = dataset_manifest(f, dataset)
+    with open_dataset(dataset) as f:
+        manifest = dataset_manifest(f)
         first = next(iter(f["data"].values()))
         scene = json.loads(first.attrs["scene"])
     spec = manifest.world_model
@@ -259,7 +251,7 @@ def train_world_model(
     instances = [o.instance for o in tracked_objects(manifest, scene)]
     resolution = tuple(spec.resolution)
     pretrained, vae = pretrained or spec.pretrained, vae or spec.vae
-    if vae is None and (out / "worldgen.json").is_file() and (out / "vae").is_dir():
+    if vae is None and (out / META_NAME).is_file() and (out / "vae").is_dir():
         vae = out / "vae"  # resuming a run in latent space
     pretrained, vae = resolve_pretrained(pretrained, vae)
     train = WorldModelData(
@@ -308,19 +300,16 @@ def train_world_model(
     )
     start, history = 0, []
     if (out / "training_state.safetensors").exists():
-        previous = json.loads((out / "worldgen.json").read_text())
-        if (previous.get("data_hash"), previous.get("manifest_hash")) != (
-            train.data_hash,
-            manifest.content_hash(),
-        ):
-            raise ValueError(
+        previous = read_checkpoint_meta(out)
+        if (previous.data_hash, previous.manifest_hash) != (train.data_hash, manifest.content_hash()):
+            raise CheckpointError(
                 f"{out}: checkpoint was trained on other data or another manifest; "
                 "choose a new output folder to train afresh"
             )
-        if previous.get("latent") != latent:
-            raise ValueError(f"{out}: checkpoint was trained in another latent space (VAE)")
-        if previous.get("lora_rank") != lora_rank:
-            raise ValueError(f"{out}: checkpoint was trained with lora_rank {previous.get('lora_rank')}")
+        if previous.latent != latent:
+            raise CheckpointError(f"{out}: checkpoint was trained in another latent space (VAE)")
+        if previous.lora_rank != lora_rank:
+            raise CheckpointError(f"{out}: checkpoint was trained with lora_rank {previous.lora_rank}")
         tensors = load_file(out / "training_state.safetensors")
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         for i, p in enumerate(ema.shadow_params):
@@ -336,20 +325,21 @@ def train_world_model(
     lr_schedule = get_cosine_schedule_with_warmup(
         optimizer, min(WARMUP_STEPS, steps // 10), max(steps, 1), last_epoch=start - 1
     )
-    meta = {
-        "preset": spec.backbone,
-        "camera": camera,
-        "resolution": list(resolution),
-        "instances": instances,
-        "context_frames": spec.context_frames,
-        "normalization": asdict(norm),
-        "data_hash": train.data_hash,
-        "manifest_hash": manifest.content_hash(),
-        "scheduler": objective.config(),
-        "lora_rank": lora_rank,
-        "mixed_precision": mixed_precision,
-        "latent": latent,
-    }
+    meta = CheckpointMeta(
+        preset=spec.backbone,
+        camera=camera,
+        resolution=resolution,
+        instances=tuple(instances),
+        context_frames=spec.context_frames,
+        normalization=norm,
+        data_hash=train.data_hash,
+        manifest_hash=manifest.content_hash(),
+        scheduler=objective.config(),
+        step=start,
+        lora_rank=lora_rank,
+        mixed_precision=mixed_precision,
+        latent=latent,
+    )
     # Batches and noise are drawn on the training device: the same seed gives the same run on the same
     # machine and device (CPU and GPU runs draw different numbers).
     train.to(device)
@@ -388,7 +378,7 @@ def train_world_model(
                 model,
                 ema,
                 optimizer,
-                {**meta, "step": done},
+                meta.replace(step=done),
                 {
                     "step": done,
                     "ema_step": int(ema.optimization_step),

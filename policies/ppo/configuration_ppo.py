@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from worldgen.errors import ArgumentError
+
 from ..pretrained import PolicyConfig
 
 
@@ -26,6 +28,6 @@ class PPOConfig(PolicyConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.image_keys:
-            raise ValueError("PPO here uses low-dimensional observations only; drop image_keys")
+            raise ArgumentError("PPO here uses low-dimensional observations only; drop image_keys")
         if self.reward not in ("shaped", "success"):
-            raise ValueError(f"reward {self.reward!r}: expected 'shaped' or 'success'")
+            raise ArgumentError(f"reward {self.reward!r}: expected 'shaped' or 'success'")

@@ -22,6 +22,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from worldgen.envs import object_slice
+from worldgen.errors import ArgumentError
 from worldgen.manifest import Manifest, load_manifest
 
 from ..observation import low_dim_features
@@ -98,7 +99,7 @@ def make_env(
         from world_models.env import WorldModelEnv
 
         if dataset is None:
-            raise ValueError("training in the world model needs the dataset whose seed demos it starts from")
+            raise ArgumentError("training in the world model needs the dataset its seed demos start from")
         env: gym.Env = WorldModelEnv(world_model, dataset)
     else:
         from worldgen.envs import WorldgenEnv
@@ -106,7 +107,7 @@ def make_env(
         env = TrainingSeeds(WorldgenEnv(manifest, cameras=False), training_seeds(manifest))
     missing = [k for k in config.obs_keys if k not in env.observation_space.spaces]
     if missing:
-        raise ValueError(
+        raise ArgumentError(
             f"the environment has no observation keys {missing}; it has {sorted(env.observation_space)}"
         )
     config.low_dim_shapes = {k: int(env.observation_space[k].shape[-1]) for k in config.obs_keys}

@@ -39,6 +39,8 @@ import h5py
 import numpy as np
 
 from . import __version__
+from .errors import OutputError, WorldgenError
+from .manifest import Manifest, parse_manifest
 
 ENV_TYPE_ISAAC_LAB = 2  # robomimic's EnvType for Isaac Lab / "gym-like" environments
 IMAGE_SUFFIXES = ("_rgb", "_depth", "_seg")
@@ -64,7 +66,7 @@ class Demo:
         return int(self.actions.shape[0])
 
 
-class DatasetError(ValueError):
+class DatasetError(WorldgenError, ValueError):
     """A dataset that cannot be appended to or read as asked (names the file and the reason)."""
 
 
@@ -151,6 +153,33 @@ STANDARD_ARRAYS = ("actions", "states", "rewards", "dones")
 HEADER_KEYS = ("env_args", "worldgen", "depth_range", "segmentation")
 
 
+def open_dataset(path: str | Path) -> h5py.File:
+    """The one way to open a dataset for reading. A missing file, a file that is not HDF5 (or is
+    truncated) and one without robomimic's ``/data`` group are a :class:`DatasetError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(
+            f"{path}: no such file" if not path.exists() else f"{path}: a folder, not a dataset"
+        )
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DatasetError(f"{path}: not a readable HDF5 file ({exc})") from None
+    if "data" not in f:
+        f.close()
+        raise DatasetError(f"{path}: no /data group; not a robomimic-layout dataset")
+    return f
+
+
+def dataset_manifest(f: h5py.File) -> Manifest:
+    """The manifest a worldgen dataset was written for (stored whole in ``/data`` attrs)."""
+    try:
+        info = json.loads(f["data"].attrs["worldgen"])
+        return parse_manifest(info["manifest"], file=f"{f.filename}:/data.attrs['worldgen'].manifest")
+    except (KeyError, ValueError) as exc:
+        raise DatasetError(f"{f.filename}: no usable worldgen manifest in /data attrs ({exc})") from None
+
+
 def read_header(f: h5py.File) -> dict[str, Any]:
     """A dataset's header (what :class:`DatasetWriter` takes), to write derived datasets with."""
     return {key: json.loads(f["data"].attrs[key]) for key in HEADER_KEYS}
@@ -208,18 +237,15 @@ class DatasetWriter:
         self.header = header
         self.demos: dict[str, dict[str, Any]] = {}  # name -> {"file": relative shard or "", "attrs": ...}
         self.discarded: list[dict[str, Any]] = []
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: its folder cannot be made ({exc.strerror})") from None
         if self.path.exists():
             self._resume()
 
     def _resume(self) -> None:
-        try:
-            f = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise DatasetError(f"{self.path}: not a readable HDF5 file ({exc})") from None
-        with f:
-            if "data" not in f:
-                raise DatasetError(f"{self.path}: no /data group; not a worldgen dataset")
+        with open_dataset(self.path) as f:
             info = json.loads(f["data"].attrs.get("worldgen", "{}"))
             want = self.header["worldgen"]["manifest_hash"]
             if info.get("manifest_hash") != want:
@@ -348,13 +374,7 @@ class DatasetReader:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        try:
-            self.file = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise DatasetError(f"{self.path}: not a readable HDF5 file ({exc})") from None
-        if "data" not in self.file:
-            self.file.close()
-            raise DatasetError(f"{self.path}: no /data group; not a robomimic-layout dataset")
+        self.file = open_dataset(self.path)
         self.data = self.file["data"]
 
     def __enter__(self) -> DatasetReader:

@@ -1,14 +1,14 @@
 """Ray sharding of seeds over worker processes: ``ray.init(num_cpus=W)`` locally, or a cluster at
-``--ray-address``. Each actor holds one environment (its Warp kernels load once) and records whole
-episodes; results come back as they finish and are written under seed-derived names, so the dataset
-is the same as a single-process run's."""
+``--ray-address``. Each actor is one worker object (e.g. :class:`worldgen.pipeline.SeedWorker`, which
+holds one environment so its Warp kernels load once) and runs whole episodes; results come back as they
+finish and the caller writes them under seed-derived names, so the dataset is the same as a
+single-process run's. Knows nothing of what the workers compute."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-
-from .pipeline import EpisodeResult, SeedWorker
+from typing import Any
 
 
 def _init_ray(workers: int, address: str | None):
@@ -25,14 +25,15 @@ def _init_ray(workers: int, address: str | None):
 
 
 def map_seeds(
-    manifest_path: str, seeds: list[int], workers: int, address: str | None = None, cameras: bool = True
-) -> Iterator[EpisodeResult]:
-    """Record the expert episode of every seed on ``workers`` Ray actors; yields in completion order."""
+    worker_cls: type, init_args: tuple, seeds: list[int], workers: int, address: str | None = None
+) -> Iterator[Any]:
+    """``worker_cls(*init_args).run(seed)`` for every seed on ``workers`` Ray actors; yields the results
+    in completion order."""
     if not seeds:
         return
     ray = _init_ray(workers, address)
-    actor_cls = ray.remote(num_cpus=1)(SeedWorker)
-    actors = [actor_cls.remote(manifest_path, cameras) for _ in range(min(workers, len(seeds)))]
+    actor_cls = ray.remote(num_cpus=1)(worker_cls)
+    actors = [actor_cls.remote(*init_args) for _ in range(min(workers, len(seeds)))]
     pending = {}
     queue = list(seeds)
     for actor in actors:

@@ -31,12 +31,14 @@ from pydantic import (
     model_validator,
 )
 
+from .errors import WorldgenError
+
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 MAX_HORIZON = 2000
 MAX_RESOLUTION = 1024
 
 
-class ManifestError(ValueError):
+class ManifestError(WorldgenError, ValueError):
     """A manifest failed to load or validate. ``lines`` holds one ``file:line: path: message`` each."""
 
     def __init__(self, lines: Sequence[str]):
@@ -643,9 +645,27 @@ def _validation_lines(err: ValidationError, root: yaml.Node | None, file: str) -
     return lines
 
 
+MAX_NESTING = 32  # a manifest nests 6 levels deep; PyYAML composes recursively and would overflow the stack
+
+
+def _check_nesting(text: str, file: str) -> None:
+    """Refuse pathologically nested YAML before PyYAML's recursive composer meets it (the parser that
+    emits these events is iterative)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_NESTING:
+                line = event.start_mark.line + 1
+                raise ManifestError([f"{file}:{line}: <yaml>: nested deeper than {MAX_NESTING} levels"])
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def parse_manifest(text: str, file: str = "<string>", base_dir: Path | None = None) -> Manifest:
     """Validate manifest YAML text. Raises :class:`ManifestError` with ``file:line: path: message`` lines."""
     try:
+        _check_nesting(text, file)
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import DatasetWriter, Demo, dataset_header, demo_names, read_demo, read_header
+from .dataset import DatasetWriter, Demo, dataset_header, demo_names, open_dataset, read_demo, read_header
 from .manifest import Manifest, load_manifest
 from .sim.base import SimDiverged, instance_table
 
@@ -169,7 +169,7 @@ def run_seed_stage(
     if workers > 1 or ray_address is not None:
         from .distributed import map_seeds
 
-        results = map_seeds(str(manifest_path), todo, workers, ray_address, cameras)
+        results = map_seeds(SeedWorker, (str(manifest_path), cameras), todo, workers, ray_address)
     else:
         worker = SeedWorker(str(manifest_path), cameras=cameras)
         results = (worker.run(seed) for seed in todo)
@@ -195,11 +195,10 @@ def run_play_stage(
     """``output``: the dataset's demos, plus one play rollout per successful seed demo and noise level
     (the seed's actions with that much noise, from its scene; noise seed from the demo and level).
     Resumes: rollouts already in ``output`` are kept."""
-    import h5py
 
     from .envs import WorldgenEnv
 
-    with h5py.File(dataset, "r") as f:
+    with open_dataset(dataset) as f:
         writer = DatasetWriter(output, read_header(f))
         parents = {}
         for name in demo_names(f):

@@ -28,6 +28,7 @@ from pxr import Gf, Sdf, Usd, UsdGeom, UsdLux, UsdPhysics, UsdSemantics, UsdShad
 
 from . import __version__
 from .assets import panda
+from .errors import ArgumentError
 from .files import write_atomically
 from .geometry import look_at_matrix, quat_from_matrix
 from .manifest import CameraSpec, Manifest, ObjectSpec
@@ -447,7 +448,7 @@ def compile_stage(
     """Sample the manifest for ``seed`` and write the stage as ``.usda``. Same inputs, same bytes."""
     output = Path(output)
     if output.suffix != ".usda":
-        raise ValueError(f"{output}: the output must be a .usda file")
+        raise ArgumentError(f"{output}: the output must be a .usda file")
     scene = sample_scene(manifest, seed)
     stage = build_stage(manifest, scene, base_dir)
     text = stage.GetRootLayer().ExportToString()

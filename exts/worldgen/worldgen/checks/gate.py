@@ -16,8 +16,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..dataset import DatasetError, demo_index, demo_names
-from ..manifest import Manifest, parse_manifest
+from ..dataset import DatasetError, dataset_manifest, demo_index, demo_names, open_dataset
+from ..errors import ArgumentError
+from ..manifest import Manifest
 from . import CHECK_NAMES, clip_from_demo, clip_scores, clip_statistics, run_checks, thresholds_from_scores
 
 
@@ -42,14 +43,6 @@ class GateReport:
                 f"{c.get('skipped', 0):>8}"
             )
         return "\n".join(rows)
-
-
-def dataset_manifest(f: h5py.File, path: Path) -> Manifest:
-    try:
-        info = json.loads(f["data"].attrs["worldgen"])
-        return parse_manifest(info["manifest"], file=f"{path}:/data.attrs['worldgen'].manifest")
-    except (KeyError, ValueError) as exc:
-        raise DatasetError(f"{path}: no usable worldgen manifest in /data attrs ({exc})") from None
 
 
 def calibrate(
@@ -105,13 +98,12 @@ def gate_dataset(
     path = Path(path)
     if Path(str(path) + ".parts").exists():
         raise DatasetError(f"{path}: a seed run is in progress or was interrupted; finish it first")
-    try:
-        src = h5py.File(path, "r")
-    except OSError as exc:
-        raise DatasetError(f"{path}: not a readable HDF5 file ({exc})") from None
-    with src as f:
-        manifest = dataset_manifest(f, path)
+    with open_dataset(path) as f:
+        manifest = dataset_manifest(f)
         cam = camera or manifest.world_model_camera
+        cameras = [c.name for c in manifest.cameras]
+        if cam not in cameras:
+            raise ArgumentError(f"{path}: no camera {cam!r}; the manifest has {cameras}")
         thresholds = calibrate(f, manifest, calibrate_mask, cam)
         ranges = json.loads(f["data"].attrs.get("depth_range", "{}"))
         report = GateReport(thresholds=thresholds, camera=cam)

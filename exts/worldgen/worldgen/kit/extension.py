@@ -7,7 +7,7 @@ import omni.ext
 import omni.ui as ui
 import omni.usd
 
-from ..app import WorldgenApp
+from ..apps.window import WorldgenApp
 
 
 class WorldgenExtension(omni.ext.IExt):

@@ -20,16 +20,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import h5py
 from PIL import Image, ImageDraw
+
+from policies.evaluate import evaluate_policy
+from policies.train import train_bc
 from worldgen.checks.gate import gate_dataset
 from worldgen.dataset import demo_names
 from worldgen.files import write_atomically
 from worldgen.manifest import load_manifest
 from worldgen.pipeline import run_seed_stage
 
-from .evaluate import evaluate_policy
-from .train import train_bc
+from ..dataset import open_dataset
 
 ROWS = ("seeds", "seeds+branches", "seeds+passed", "sim-oracle")
 
@@ -51,7 +52,8 @@ def compare(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the four-row comparison; returns (and writes) the table."""
-    from world_models.branch import branch_dataset, checkpoint_hash
+    from world_models.branch import branch_dataset
+    from world_models.checkpoint import checkpoint_hash
     from world_models.train import train_world_model
 
     manifest_path, out = Path(manifest_path), Path(out)
@@ -74,7 +76,7 @@ def compare(
         seed_file, ckpt, synth, branches, spec.at_steps, spec.action_noise, base_seed=manifest.seeds.base_seed
     )
     gate = gate_dataset(synth, mask="synthetic")
-    with h5py.File(synth, "r") as f:
+    with open_dataset(synth) as f:
         seed_names, synthetic = demo_names(f, "seed"), demo_names(f, "synthetic")
         passed = [n for n in demo_names(f, "passed") if n in set(synthetic)]
     extra = len(synthetic)
@@ -123,7 +125,7 @@ def compare(
 
 
 def _branch_models(path: Path) -> set[str]:
-    with h5py.File(path, "r") as f:
+    with open_dataset(path) as f:
         return {str(f["data"][n].attrs.get("model", "")) for n in demo_names(f, "synthetic")}
 
 

@@ -17,14 +17,14 @@ from pathlib import Path
 
 from pxr import Usd, UsdGeom, UsdPhysics
 
-from .checks.gate import gate_dataset
-from .dataset import DatasetError, DatasetReader
-from .manifest import load_manifest
-from .pipeline import run_seed_stage
-from .report import contact_sheet, demo_gif
-from .stage import compile_stage
+from ..checks.gate import gate_dataset
+from ..dataset import DatasetError, DatasetReader, dataset_manifest, open_dataset
+from ..manifest import load_manifest
+from ..pipeline import run_seed_stage
+from ..report import contact_sheet, demo_gif
+from ..stage import compile_stage
 
-SCENARIOS = Path(__file__).resolve().parents[3] / "scenarios"
+SCENARIOS = Path(__file__).resolve().parents[4] / "scenarios"
 
 
 def _stage_summary(path: Path) -> str:
@@ -36,15 +36,13 @@ def _stage_summary(path: Path) -> str:
 
 
 def _corruptions_caught(dataset: Path, thresholds: dict[str, float]) -> str:
-    import h5py
     import numpy as np
 
-    from .checks import clip_from_demo, run_checks
-    from .checks.corrupt import DEFECTS, corrupt
-    from .checks.gate import dataset_manifest
+    from ..checks import clip_from_demo, run_checks
+    from ..checks.corrupt import DEFECTS, corrupt
 
-    with h5py.File(dataset, "r") as f:
-        manifest = dataset_manifest(f, dataset)
+    with open_dataset(dataset) as f:
+        manifest = dataset_manifest(f)
         clip = clip_from_demo(f["data/demo_0"], manifest)
     rng = np.random.default_rng(0)
     caught = []
@@ -95,7 +93,7 @@ def _world_model_step(out: Path, steps: int) -> str:
 
 def _policy_step(out: Path, seeds: int, episodes: int, wm_steps: int) -> str:
     """Seed-only against seed + synthetic BC-MLP policies on push_to_target (``worldgen compare``)."""
-    from policies.compare import compare, table
+    from .compare import compare, table
 
     folder = out / "compare" / "push_to_target"
     run = functools.partial(

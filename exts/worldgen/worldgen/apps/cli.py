@@ -7,19 +7,44 @@ problem on stderr, never a traceback).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__
-from .manifest import ManifestError, load_manifest
+from .. import __version__
+from ..dataset import MASKS, dataset_manifest, open_dataset
+from ..errors import ArgumentError, WorldgenError
+from ..manifest import ManifestError, load_manifest
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
-class UsageError(Exception):
-    """Bad input that is not a manifest problem (a bad path, a flag out of range)."""
+class ProgressBar:
+    """A tqdm bar that appears at the first progress report, so a run refused for its input prints its
+    one error line and nothing else."""
+
+    def __init__(self, **kwargs):
+        object.__setattr__(self, "_kwargs", kwargs)
+        object.__setattr__(self, "_bar", None)
+
+    def _get(self):
+        if self._bar is None:
+            from tqdm import tqdm
+
+            object.__setattr__(self, "_bar", tqdm(**self._kwargs))
+        return self._bar
+
+    def __getattr__(self, name: str):
+        return getattr(self._get(), name)
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self._get(), name, value)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -36,12 +61,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
-    from .stage import compile_stage
+    from ..stage import compile_stage
 
     manifest = load_manifest(args.manifest)
     output = Path(args.output) if args.output else Path(f"{manifest.name}_seed{args.seed}.usda")
     if output.suffix != ".usda":
-        raise UsageError(f"{output}: -o must name a .usda file")
+        raise ArgumentError(f"{output}: -o must name a .usda file")
     path, scene = compile_stage(manifest, args.seed, output, base_dir=Path(args.manifest).resolve().parent)
     objects = ", ".join(f"{o.name}@({o.position[0]:.3f},{o.position[1]:.3f})" for o in scene.objects)
     print(f"wrote {path}  manifest={manifest.name} seed={args.seed} hash={manifest.content_hash()[:12]}")
@@ -51,13 +76,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _cmd_seed(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .dataset import DatasetError
-    from .pipeline import run_seed_stage
+    from ..pipeline import run_seed_stage
 
     load_manifest(args.manifest)  # report manifest problems before any heavy import
-    bar = tqdm(total=None, unit="demo", desc="seed", dynamic_ncols=True, disable=args.quiet)
+    bar = ProgressBar(total=None, unit="demo", desc="seed", dynamic_ncols=True, disable=args.quiet)
     stats = {"frames": 0, "seconds": 0.0, "ok": 0, "done": 0}
 
     def progress(result, done, total):
@@ -84,8 +106,6 @@ def _cmd_seed(args: argparse.Namespace) -> int:
             cameras=not args.no_cameras,
             progress=progress,
         )
-    except DatasetError as exc:
-        raise UsageError(str(exc)) from None
     finally:
         bar.close()
     successes = sum(bool(d["attrs"].get("success")) for d in writer.demos.values())
@@ -97,14 +117,11 @@ def _cmd_seed(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .dataset import DatasetError, DatasetReader
-    from .report import contact_sheet, demo_gif
+    from ..dataset import DatasetReader
+    from ..report import contact_sheet, demo_gif
 
     out = Path(args.output) if args.output else Path(str(args.dataset) + ".inspect")
-    try:
-        reader = DatasetReader(args.dataset)
-    except DatasetError as exc:
-        raise UsageError(str(exc)) from None
+    reader = DatasetReader(args.dataset)
     with reader:
         summary = reader.summary()
         print(
@@ -135,20 +152,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .checks.gate import gate_dataset
-    from .dataset import DatasetError
-    from .report import heatmap_image
+    from ..checks.gate import gate_dataset
+    from ..report import heatmap_image
 
-    try:
-        report = gate_dataset(
-            args.dataset,
-            mask=args.mask,
-            calibrate_mask=args.calibrate_mask,
-            camera=args.camera,
-            backend=args.backend,
-        )
-    except DatasetError as exc:
-        raise UsageError(str(exc)) from None
+    report = gate_dataset(
+        args.dataset,
+        mask=args.mask,
+        calibrate_mask=args.calibrate_mask,
+        camera=args.camera,
+        backend=args.backend,
+    )
     print(
         f"{args.dataset}: checked {report.checked} demos on camera {report.camera}: "
         f"{report.passed} passed, {report.checked - report.passed} flagged"
@@ -162,11 +175,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_wm(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from world_models.train import train_world_model
 
-    bar = tqdm(total=args.steps, unit="step", desc="train-wm", dynamic_ncols=True, disable=args.quiet)
+    bar = ProgressBar(total=args.steps, unit="step", desc="train-wm", dynamic_ncols=True, disable=args.quiet)
 
     def progress(step, frame_loss, state_loss, rate):
         bar.n = step
@@ -189,8 +200,6 @@ def _cmd_train_wm(args: argparse.Namespace) -> int:
             vae=args.vae,
             time_limit=args.time_limit * 60 if args.time_limit else None,
         )
-    except (ValueError, KeyError, OSError) as exc:
-        raise UsageError(str(exc)) from None
     finally:
         bar.close()
     last = result["validation"][-1] if result["validation"] else {}
@@ -203,21 +212,17 @@ def _cmd_train_wm(args: argparse.Namespace) -> int:
 def _cmd_branch(args: argparse.Namespace) -> int:
     from world_models.branch import branch_dataset
 
-    at = [int(x) for x in args.at.split(",") if x.strip()]
-    try:
-        writer = branch_dataset(
-            args.dataset,
-            args.checkpoint,
-            args.output,
-            per_seed=args.per_seed,
-            at_steps=at,
-            action_noise=args.action_noise,
-            horizon=args.horizon,
-            base_seed=args.seed,
-            device=args.device,
-        )
-    except (ValueError, OSError) as exc:  # OSError: a missing dataset, unreadable weights
-        raise UsageError(str(exc)) from None
+    writer = branch_dataset(
+        args.dataset,
+        args.checkpoint,
+        args.output,
+        per_seed=args.per_seed,
+        at_steps=args.at,
+        action_noise=args.action_noise,
+        horizon=args.horizon,
+        base_seed=args.seed,
+        device=args.device,
+    )
     synthetic = sum(d["attrs"].get("source") == "world_model" for d in writer.demos.values())
     print(
         f"wrote {args.output}: {synthetic} world-model branches beside {len(writer) - synthetic} seed demos"
@@ -228,29 +233,20 @@ def _cmd_branch(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from world_models.generate import RecoverSpec, recover_in_simulator, recover_in_world_model
 
-    starts = _int_list(args.starts, "--starts")
-    if not 0.0 <= args.action_noise <= 1.0:
-        raise UsageError(f"--action-noise {args.action_noise}: expected a std in [0, 1]")
     if args.checkpoint is None and not args.in_simulator:
-        raise UsageError("a world-model CKPT is needed (or --in-simulator for the recipe's ceiling)")
-    for path in (args.dataset, args.checkpoint):
-        if path is not None and not Path(path).exists():
-            raise UsageError(f"{path}: no such file or folder")
-    spec = RecoverSpec(args.per_seed, tuple(starts), args.action_noise, args.perturb_steps, args.seed)
+        raise ArgumentError("a world-model CKPT is needed (or --in-simulator for the recipe's ceiling)")
+    spec = RecoverSpec(args.per_seed, tuple(args.starts), args.action_noise, args.perturb_steps, args.seed)
 
     def progress(parent: str, step: int, accepted: int, attempts: int) -> None:
         if not args.quiet:
             print(f"  {parent} from step {step}: {accepted}/{attempts} attempts succeeded", flush=True)
 
-    try:
-        if args.in_simulator:
-            counts = recover_in_simulator(args.dataset, args.output, spec, progress=progress)
-        else:
-            counts = recover_in_world_model(
-                args.dataset, args.checkpoint, args.output, spec, device=args.device, progress=progress
-            )
-    except (ValueError, OSError) as exc:  # a dataset or checkpoint that is not one, unreadable weights
-        raise UsageError(str(exc)) from None
+    if args.in_simulator:
+        counts = recover_in_simulator(args.dataset, args.output, spec, progress=progress)
+    else:
+        counts = recover_in_world_model(
+            args.dataset, args.checkpoint, args.output, spec, device=args.device, progress=progress
+        )
     where = "simulator" if args.in_simulator else "world model"
     print(
         f"wrote {args.output}: {counts['accepted']}/{counts['attempts']} {args.recipe} attempts in the "
@@ -259,32 +255,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _int_list(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UsageError(f"{flag} {text!r}: expected comma-separated integers, e.g. 0,20") from None
-    if not values or min(values) < 0:
-        raise UsageError(f"{flag} {text!r}: expected one or more steps >= 0")
-    return values
-
-
 def _cmd_eval_wm(args: argparse.Namespace) -> int:
     from world_models.metrics import evaluate_branches, evaluate_open_loop
 
     out = Path(args.output) if args.output else Path(str(args.dataset) + ".eval-wm.json")
     gap = "action-sensitivity PSNR gap {:.2f} dB"
     if args.open_loop and args.checkpoint is None:
-        raise UsageError("--open-loop needs CKPT")
-    try:
-        if args.open_loop:
-            report = evaluate_open_loop(
-                args.dataset, args.checkpoint, mask=args.mask, device=args.device, out=out
-            )
-        else:
-            report = evaluate_branches(args.dataset, args.checkpoint, out)
-    except (ValueError, OSError) as exc:
-        raise UsageError(str(exc)) from None
+        raise ArgumentError("--open-loop needs CKPT")
+    if args.open_loop:
+        report = evaluate_open_loop(
+            args.dataset, args.checkpoint, mask=args.mask, device=args.device, out=out
+        )
+    else:
+        report = evaluate_branches(args.dataset, args.checkpoint, out)
     if args.open_loop:
         print(
             f"{report['windows']} windows of the {report['mask']} demos rolled out under their recorded "
@@ -307,9 +290,7 @@ def _cmd_eval_wm(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_policy(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    bar = tqdm(
+    bar = ProgressBar(
         total=args.steps, unit="step", desc=f"train {args.algo}", dynamic_ncols=True, disable=args.quiet
     )
 
@@ -326,10 +307,12 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
 
             manifest = load_manifest(args.manifest) if args.manifest else _dataset_manifest(args.dataset)
             fields = {
-                "obs_keys": list(manifest.policy.obs_keys),
+                "obs_keys": args.obs_keys or list(manifest.policy.obs_keys),
                 "action_dim": manifest.embodiment.action_dim,
             }
-            fields.update({k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None})
+            given = {"steps": args.steps, "seed": args.seed, "batch_size": args.batch_size}
+            fields.update({k: v for k, v in given.items() if v is not None})
+            fields["image_keys"] = args.image_keys or []  # refused by PPOConfig: low-dimensional only
             meta = train_ppo(
                 manifest, args.output, PPOConfig(**fields), args.world_model, args.dataset, progress
             )
@@ -342,9 +325,9 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
 
             overrides = {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed}
             if args.obs_keys:
-                overrides["obs_keys"] = args.obs_keys.split(",")
+                overrides["obs_keys"] = args.obs_keys
             if args.image_keys:
-                overrides["image_keys"] = args.image_keys.split(",")
+                overrides["image_keys"] = args.image_keys
             meta = train_bc(
                 args.dataset, args.output, args.algo, mask=args.mask, progress=progress, **overrides
             )
@@ -353,30 +336,25 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
                 f"{args.algo} on {meta['demos']} demos ({meta['samples']} samples, mask {args.mask}): "
                 f"train loss {meta['train_loss']:.4f}{valid} in {meta['seconds']} s; policy in {args.output}"
             )
-    except (ValueError, FileNotFoundError) as exc:
-        raise UsageError(str(exc)) from None
     finally:
         bar.close()
     return EXIT_OK
 
 
 def _dataset_manifest(path: str | None):
-    import h5py
-
-    from .checks.gate import dataset_manifest
 
     if path is None:
-        raise UsageError("PPO needs --manifest (or a dataset to read the manifest from)")
-    with h5py.File(path, "r") as f:
-        return dataset_manifest(f, Path(path))
+        raise ArgumentError("PPO needs --manifest (or a dataset to read the manifest from)")
+    with open_dataset(path) as f:
+        return dataset_manifest(f)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from policies.evaluate import evaluate_policy
 
-    bar = tqdm(total=args.episodes, unit="episode", desc="eval", dynamic_ncols=True, disable=args.quiet)
+    bar = ProgressBar(
+        total=args.episodes, unit="episode", desc="eval", dynamic_ncols=True, disable=args.quiet
+    )
     wins = 0
 
     def progress(episode, done, total):
@@ -392,8 +370,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         report = evaluate_policy(
             args.policy, args.manifest, args.episodes, out, gifs=not args.no_gifs, progress=progress
         )
-    except (ValueError, FileNotFoundError) as exc:
-        raise UsageError(str(exc)) from None
     finally:
         bar.close()
     low, high = report["ci95"]
@@ -407,22 +383,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from policies.compare import compare, table
+    from .compare import compare, table
 
-    try:
-        result = compare(
-            args.manifest,
-            args.output,
-            seeds=args.seeds,
-            branches=args.branches,
-            algo=args.algo,
-            episodes=args.episodes,
-            wm_steps=args.wm_steps,
-            policy_steps=args.policy_steps,
-            progress=None if args.quiet else lambda text: print(f"compare: {text}", flush=True),
-        )
-    except (ValueError, FileNotFoundError) as exc:
-        raise UsageError(str(exc)) from None
+    result = compare(
+        args.manifest,
+        args.output,
+        seeds=args.seeds,
+        branches=args.branches,
+        algo=args.algo,
+        episodes=args.episodes,
+        wm_steps=args.wm_steps,
+        policy_steps=args.policy_steps,
+        progress=None if args.quiet else lambda text: print(f"compare: {text}", flush=True),
+    )
     print(table(result))
     print(f"wrote {Path(args.output) / 'compare.json'}, compare.md and compare.png")
     return EXIT_OK
@@ -461,8 +434,86 @@ def _seed_arg(text: str) -> int:
     return value
 
 
+def _int_list_arg(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, e.g. 0,20, got {text!r}"
+        ) from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected one or more steps >= 0, got {text!r}")
+    return values
+
+
+def _names_arg(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, e.g. a,b, got {text!r}")
+    return names
+
+
+def _noise_arg(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a std in [0, 1] (actions are in [-1, 1]), got {text}")
+    return value
+
+
+def _dataset_arg(text: str) -> str:
+    """An existing, readable dataset, checked before any work starts."""
+    try:
+        open_dataset(text).close()
+    except WorldgenError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _world_model_arg(text: str) -> str:
+    from world_models.checkpoint import read_checkpoint_meta
+
+    try:
+        read_checkpoint_meta(text)
+    except WorldgenError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _output(text: str, folder: bool) -> str:
+    """An output path that can be written: nothing is created here, so a refused run leaves nothing."""
+    path = Path(text)
+    if path.exists() and path.is_dir() != folder:
+        kind = "a file" if folder else "a folder"
+        raise argparse.ArgumentTypeError(f"{text}: is {kind}; expected {'a folder' if folder else 'a file'}")
+    parent = next(p for p in path.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: cannot be created ({parent} is a file, not a folder)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text}: cannot be created ({parent} is not writable)")
+    return text
+
+
+def _output_file(text: str) -> str:
+    return _output(text, folder=False)
+
+
+def _output_folder(text: str) -> str:
+    return _output(text, folder=True)
+
+
+class _ArgumentsRefused(Exception):
+    """argparse refused the command line; the message is ``worldgen COMMAND: argument X: problem``."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose error is one line (no usage block) that :func:`main` prints before returning 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _ArgumentsRefused(f"{self.prog}: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="worldgen",
         description="Scenario manifests to USD stages, seed trajectories, world-model branches, "
         "physics checks and policies.",
@@ -479,13 +530,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed", type=_seed_arg, default=0, help="which draw of the randomised values (default 0)"
     )
-    p.add_argument("-o", "--output", metavar="STAGE", help="output .usda (default NAME_seedN.usda)")
+    p.add_argument(
+        "-o", "--output", type=_output_file, metavar="STAGE", help="output .usda (default NAME_seedN.usda)"
+    )
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("seed", help="record scripted-expert seed trajectories into an HDF5 dataset")
     p.add_argument("manifest", metavar="MANIFEST", help="scenario manifest YAML file")
     p.add_argument(
-        "-o", "--output", required=True, metavar="DATASET", help="HDF5 file (resumed if it exists)"
+        "-o",
+        "--output",
+        type=_output_file,
+        required=True,
+        metavar="DATASET",
+        help="HDF5 file (resumed if it exists)",
     )
     p.add_argument("--n", type=_count_arg, help="number of seeds (default: the manifest's seeds.count)")
     p.add_argument("--workers", type=_count_arg, default=1, help="Ray worker processes (default 1: no Ray)")
@@ -495,29 +553,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_seed)
 
     p = sub.add_parser("inspect", help="summarise a dataset; write a contact sheet PNG and a GIF per demo")
-    p.add_argument("dataset", metavar="DATASET", help="HDF5 dataset")
-    p.add_argument("-o", "--output", metavar="DIR", help="picture folder (default DATASET.inspect)")
-    p.add_argument("--mask", help="only demos in this mask (train, valid, seed, synthetic, passed)")
+    p.add_argument("dataset", type=_dataset_arg, metavar="DATASET", help="HDF5 dataset")
+    p.add_argument(
+        "-o", "--output", type=_output_folder, metavar="DIR", help="picture folder (default DATASET.inspect)"
+    )
+    p.add_argument("--mask", choices=MASKS, help="only demos in this mask")
     p.add_argument("--max-demos", type=_count_arg, default=8, help="pictures for at most this many demos")
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser(
         "check", help="physics-consistency checks: score, gate and write verdicts into a dataset"
     )
-    p.add_argument("dataset", metavar="DATASET", help="HDF5 dataset (updated in place, atomically)")
-    p.add_argument("--mask", help="check only this mask, e.g. synthetic (default: every demo)")
     p.add_argument(
-        "--calibrate-mask", default="seed", help="simulator clips that set thresholds (default seed)"
+        "dataset", type=_dataset_arg, metavar="DATASET", help="HDF5 dataset (updated in place, atomically)"
+    )
+    p.add_argument("--mask", choices=MASKS, help="check only this mask, e.g. synthetic (default: every demo)")
+    p.add_argument(
+        "--calibrate-mask",
+        choices=MASKS,
+        default="seed",
+        help="simulator clips that set thresholds (default seed)",
     )
     p.add_argument("--camera", help="camera to check (default: the manifest's world-model camera)")
     p.add_argument("--backend", choices=["warp", "numpy"], default="warp", help="kernels or numpy references")
-    p.add_argument("--heatmap", metavar="PNG", help="where to write the violation heat map")
+    p.add_argument(
+        "--heatmap", type=_output_file, metavar="PNG", help="where to write the violation heat map"
+    )
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("train-wm", help="post-train the action-conditioned world model on a dataset")
-    p.add_argument("dataset", metavar="DATASET", help="HDF5 dataset with train and valid masks")
     p.add_argument(
-        "-o", "--output", required=True, metavar="CKPT", help="checkpoint folder (resumed if present)"
+        "dataset", type=_dataset_arg, metavar="DATASET", help="HDF5 dataset with train and valid masks"
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=_output_folder,
+        required=True,
+        metavar="CKPT",
+        help="checkpoint folder (resumed if present)",
     )
     p.add_argument(
         "--from",
@@ -530,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--steps", type=_count_arg, help="training steps (default: the manifest's)")
     p.add_argument("--batch-size", type=_count_arg, help="default: the manifest's")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed_arg, default=0)
     p.add_argument(
         "--time-limit",
         type=_minutes_arg,
@@ -547,60 +621,108 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train_wm)
 
     p = sub.add_parser("branch", help="sample world-model futures from seed states into a dataset")
-    p.add_argument("dataset", metavar="DATASET")
-    p.add_argument("checkpoint", metavar="CKPT")
-    p.add_argument("-o", "--output", required=True, metavar="SYNTH", help="seed demos + branches (resumed)")
+    p.add_argument("dataset", type=_dataset_arg, metavar="DATASET")
+    p.add_argument("checkpoint", type=_world_model_arg, metavar="CKPT")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=_output_file,
+        required=True,
+        metavar="SYNTH",
+        help="seed demos + branches (resumed)",
+    )
     p.add_argument("--per-seed", type=_count_arg, default=4, help="branches per seed demo and step")
-    p.add_argument("--at", default="10", help="comma-separated branch steps")
-    p.add_argument("--action-noise", type=float, default=0.0, help="std of noise on normalised actions")
+    p.add_argument("--at", type=_int_list_arg, default=[10], help="comma-separated branch steps")
+    p.add_argument("--action-noise", type=_noise_arg, default=0.0, help="std of noise on normalised actions")
     p.add_argument("--horizon", type=_count_arg, default=8, help="steps per branch")
-    p.add_argument("--seed", type=int, default=0, help="base seed of the branch noise")
+    p.add_argument("--seed", type=_seed_arg, default=0, help="base seed of the branch noise")
     p.add_argument("--device", type=_device_arg, default="cpu", help="torch device to sample on (cpu, cuda)")
     p.set_defaults(func=_cmd_branch)
 
     p = sub.add_parser("generate", help="whole task attempts in the world model, labelled and verified")
-    p.add_argument("dataset", metavar="DATASET", help="seed dataset (its successful seed demos are parents)")
-    p.add_argument("checkpoint", nargs="?", metavar="CKPT", help="world model (not with --in-simulator)")
-    p.add_argument("-o", "--output", required=True, metavar="SYNTH", help="seed demos + attempts (resumed)")
+    p.add_argument(
+        "dataset",
+        type=_dataset_arg,
+        metavar="DATASET",
+        help="seed dataset (its successful seed demos are parents)",
+    )
+    p.add_argument(
+        "checkpoint",
+        type=_world_model_arg,
+        nargs="?",
+        metavar="CKPT",
+        help="world model (not with --in-simulator)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=_output_file,
+        required=True,
+        metavar="SYNTH",
+        help="seed demos + attempts (resumed)",
+    )
     p.add_argument("--recipe", choices=["recover"], default="recover", help="perturb: worldgen branch")
     p.add_argument("--per-seed", type=_count_arg, default=4, help="attempts per seed demo and start step")
-    p.add_argument("--starts", default="0", help="comma-separated start steps")
-    p.add_argument("--action-noise", type=float, default=0.1, help="std of noise on the executed translation")
+    p.add_argument("--starts", type=_int_list_arg, default=[0], help="comma-separated start steps")
+    p.add_argument(
+        "--action-noise", type=_noise_arg, default=0.1, help="std of noise on the executed translation"
+    )
     p.add_argument("--perturb-steps", type=_count_arg, help="noise on the first N steps only (default: all)")
     p.add_argument("--in-simulator", action="store_true", help="the same attempts in the simulator (ceiling)")
-    p.add_argument("--seed", type=int, default=0, help="base seed of the attempts' noise")
+    p.add_argument("--seed", type=_seed_arg, default=0, help="base seed of the attempts' noise")
     p.add_argument("--device", type=_device_arg, default="cpu", help="torch device to sample on (cpu, cuda)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("eval-wm", help="replay world-model branches in simulation and score them")
-    p.add_argument("dataset", metavar="SYNTH", help="dataset with synthetic branches (worldgen branch)")
-    p.add_argument("checkpoint", nargs="?", metavar="CKPT", help="adds the action-sensitivity gap")
-    p.add_argument("-o", "--output", metavar="JSON", help="default SYNTH.eval-wm.json (+ .png plot)")
+    p.add_argument(
+        "dataset",
+        type=_dataset_arg,
+        metavar="SYNTH",
+        help="dataset with synthetic branches (worldgen branch)",
+    )
+    p.add_argument(
+        "checkpoint", type=_world_model_arg, nargs="?", metavar="CKPT", help="adds the action-sensitivity gap"
+    )
+    p.add_argument(
+        "-o", "--output", type=_output_file, metavar="JSON", help="default SYNTH.eval-wm.json (+ .png plot)"
+    )
     p.add_argument(
         "--open-loop",
         action="store_true",
         help="no simulator: SYNTH is a seed dataset; roll CKPT out under its demos' recorded actions "
         "and score against their recorded frames",
     )
-    p.add_argument("--mask", default="valid", help="demos scored by --open-loop (default: valid)")
+    p.add_argument(
+        "--mask", choices=MASKS, default="valid", help="demos scored by --open-loop (default: valid)"
+    )
     p.add_argument("--device", type=_device_arg, default="cpu", help="torch device for --open-loop")
     p.set_defaults(func=_cmd_eval_wm)
 
     p = sub.add_parser("train-policy", help="train a BC, diffusion or PPO policy")
-    p.add_argument("dataset", nargs="?", metavar="DATASET", help="HDF5 dataset (BC; PPO in the world model)")
-    p.add_argument("--algo", required=True, choices=["bc-mlp", "bc-image", "diffusion", "ppo"])
-    p.add_argument("-o", "--output", required=True, metavar="POLICY", help="policy folder")
     p.add_argument(
-        "--mask", default="train", help="BC: the dataset mask to train on (train, seed, passed...)"
+        "dataset",
+        type=_dataset_arg,
+        nargs="?",
+        metavar="DATASET",
+        help="HDF5 dataset (BC; PPO in the world model)",
     )
+    p.add_argument("--algo", required=True, choices=["bc-mlp", "bc-image", "diffusion", "ppo"])
+    p.add_argument(
+        "-o", "--output", type=_output_folder, required=True, metavar="POLICY", help="policy folder"
+    )
+    p.add_argument("--mask", choices=MASKS, default="train", help="BC: the dataset mask to train on")
     p.add_argument("--steps", type=_count_arg, help="gradient steps (BC) or environment steps (PPO)")
     p.add_argument("--batch-size", type=_count_arg)
-    p.add_argument("--obs-keys", help="comma-separated low-dimensional keys (default: the manifest's)")
-    p.add_argument("--image-keys", help="comma-separated camera keys, e.g. front_rgb")
+    p.add_argument(
+        "--obs-keys", type=_names_arg, help="comma-separated low-dimensional keys (default: the manifest's)"
+    )
+    p.add_argument("--image-keys", type=_names_arg, help="comma-separated camera keys, e.g. front_rgb")
     p.add_argument("--manifest", metavar="MANIFEST", help="PPO: the scenario to train in")
-    p.add_argument("--world-model", metavar="CKPT", help="PPO: train inside this world model")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--world-model", type=_world_model_arg, metavar="CKPT", help="PPO: train inside this world model"
+    )
+    p.add_argument("--seed", type=_seed_arg, default=0)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_train_policy)
 
@@ -608,14 +730,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("policy", metavar="POLICY", help="policy folder (worldgen train-policy)")
     p.add_argument("manifest", metavar="MANIFEST", help="scenario manifest")
     p.add_argument("--episodes", type=_count_arg, help="default: the manifest's evaluation.episodes")
-    p.add_argument("-o", "--output", metavar="DIR", help="default POLICY/eval")
+    p.add_argument("-o", "--output", type=_output_folder, metavar="DIR", help="default POLICY/eval")
     p.add_argument("--no-gifs", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("compare", help="seed-only vs seed + synthetic policies on one evaluation panel")
     p.add_argument("manifest", metavar="MANIFEST")
-    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("-o", "--output", type=_output_folder, required=True, metavar="DIR")
     p.add_argument("--seeds", type=_count_arg, default=10, help="seed demos S")
     p.add_argument("--branches", type=_count_arg, default=4, help="branches per seed and branch step")
     p.add_argument("--algo", default="bc-mlp", choices=["bc-mlp", "bc-image", "diffusion"])
@@ -629,15 +751,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _ArgumentsRefused as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_BAD_INPUT
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except ManifestError as exc:
         print(exc, file=sys.stderr)
         return EXIT_BAD_INPUT
-    except UsageError as exc:
-        print(f"worldgen {args.command}: {exc}", file=sys.stderr)
+    except WorldgenError as exc:  # bad input; anything else is a bug and keeps its traceback (exit 1)
+        print(f"worldgen {args.command}: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .manifest import Manifest, ManifestError, load_manifest
+from ..manifest import Manifest, ManifestError, load_manifest
 
 
 @dataclass
@@ -43,7 +43,7 @@ class WorldgenApp:
 
     def compile(self) -> str | None:
         """Compile the current manifest and seed; returns the stage path for Kit to open."""
-        from .stage import compile_stage
+        from ..stage import compile_stage
 
         manifest = self._load()
         if manifest is None:
