@@ -106,19 +106,9 @@ def prepare(args, manifest_path: Path, out: Path) -> dict:
         base_seed=manifest.seeds.base_seed,
         robot_state=args.robot_state,
     )
-    b = manifest.branching
 
-    def perturb():
-        branch_dataset(
-            seeds,
-            ckpt,
-            out / "perturb.hdf5",
-            b.per_seed,
-            b.at_steps,
-            b.action_noise,
-            horizon=manifest.world_model.horizon,
-            base_seed=manifest.seeds.base_seed,
-        )
+    def perturb():  # the manifest's branching, world_model.horizon steps per branch
+        branch_dataset(seeds, ckpt, out / "perturb.hdf5", base_seed=manifest.seeds.base_seed)
         with open_dataset(out / "perturb.hdf5") as f:
             return {"attempts": len(demo_names(f, "synthetic")), "accepted": len(demo_names(f, "synthetic"))}
 

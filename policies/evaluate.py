@@ -19,6 +19,7 @@ import numpy as np
 from worldgen.envs import WorldgenEnv
 from worldgen.errors import ArgumentError, CheckpointError
 from worldgen.files import write_atomically
+from worldgen.keys import RGB, image_kind
 from worldgen.manifest import Manifest, load_manifest
 from worldgen.report import frames_gif
 
@@ -86,7 +87,7 @@ def run_episode(env: WorldgenEnv, policy: PretrainedPolicy, seed: int) -> Episod
 
 def replay_gif(env: WorldgenEnv, episode: Episode, path: Path) -> Path:
     """Replay an episode's actions from its seed and write the colour cameras as a GIF."""
-    keys = [k for k in env.observation_space.spaces if k.endswith("_rgb")]
+    keys = [k for k in env.observation_space.spaces if image_kind(k) == RGB]
     obs, _ = env.reset(seed=episode.seed)
     frames = {k: [obs[k]] for k in keys}
     for action in episode.actions:

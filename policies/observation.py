@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from worldgen.errors import ArgumentError
+from worldgen.keys import DEPTH, RGB, image_kind
 
 from .pretrained import PolicyConfig
 
@@ -40,9 +41,9 @@ def low_dim_features(obs: dict[str, torch.Tensor], keys: list[str]) -> torch.Ten
 
 
 def image_channels(key: str) -> int:
-    if key.endswith("_rgb"):
+    if image_kind(key) == RGB:
         return 3
-    if key.endswith("_depth"):
+    if image_kind(key) == DEPTH:
         return 1
     raise ArgumentError(f"image key {key!r}: expected a camera's '<name>_rgb' or '<name>_depth'")
 

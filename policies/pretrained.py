@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 from worldgen.files import staging_folder, swap_in_folder
+from worldgen.keys import EEF_POS
 
 CONFIG_NAME, WEIGHTS_NAME, META_NAME = "config.json", "model.safetensors", "worldgen.json"
 
@@ -30,7 +31,7 @@ CONFIG_NAME, WEIGHTS_NAME, META_NAME = "config.json", "model.safetensors", "worl
 class PolicyConfig:
     """Fields every policy has. ``low_dim_shapes``/``image_shapes`` are filled from the training data."""
 
-    obs_keys: list[str] = field(default_factory=lambda: ["robot0_eef_pos", "object"])
+    obs_keys: list[str] = field(default_factory=lambda: [EEF_POS, "object"])
     image_keys: list[str] = field(default_factory=list)
     low_dim_shapes: dict[str, int] = field(default_factory=dict)
     image_size: int = 64  # images are resized to image_size x image_size before the encoder

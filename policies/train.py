@@ -14,6 +14,7 @@ import torch
 from diffusers.optimization import get_scheduler
 from worldgen.dataset import DatasetError, dataset_manifest, open_dataset
 from worldgen.errors import ArgumentError
+from worldgen.keys import EEF_POS, GRIPPER_QPOS, RGB, image_key
 from worldgen.manifest import Manifest
 
 from .bc import BCConfig, BCPolicy
@@ -24,7 +25,7 @@ from .pretrained import PolicyConfig, PretrainedPolicy
 
 BC_ALGORITHMS = {"bc-mlp": BCPolicy, "bc-image": BCPolicy, "diffusion": DiffusionPolicy}
 ALGORITHMS = (*BC_ALGORITHMS, "ppo")
-PROPRIOCEPTION = ["robot0_eef_pos", "robot0_gripper_qpos"]
+PROPRIOCEPTION = [EEF_POS, GRIPPER_QPOS]
 
 
 def default_config(algo: str, manifest: Manifest, **overrides: Any) -> PolicyConfig:
@@ -33,7 +34,7 @@ def default_config(algo: str, manifest: Manifest, **overrides: Any) -> PolicyCon
     base: dict[str, Any] = {"obs_keys": list(spec.obs_keys), "action_dim": manifest.embodiment.action_dim}
     if algo == "bc-image":
         base["obs_keys"] = PROPRIOCEPTION
-        base["image_keys"] = [f"{manifest.world_model_camera}_rgb"]
+        base["image_keys"] = [image_key(manifest.world_model_camera, RGB)]
     if spec.algorithm == algo:  # the manifest's budget is for its own algorithm
         base.update(steps=spec.train_steps, batch_size=spec.batch_size, learning_rate=spec.learning_rate)
     base.update({k: v for k, v in overrides.items() if v is not None})

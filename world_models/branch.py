@@ -17,8 +17,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from worldgen.dataset import DatasetWriter, Demo, demo_index, demo_names, open_dataset, read_header
+from worldgen.dataset import (
+    DatasetWriter,
+    Demo,
+    dataset_manifest,
+    demo_index,
+    demo_names,
+    open_dataset,
+    read_demo,
+    read_header,
+)
 from worldgen.errors import CheckpointError
+from worldgen.keys import DEPTH, RGB, SEG, image_key
 from worldgen.manifest import rng_for
 
 from .checkpoint import WORLD_MODELS, checkpoint_hash, read_checkpoint_meta
@@ -138,45 +148,40 @@ def branch_dataset(
     dataset: str | Path,
     ckpt: str | Path,
     out: str | Path,
-    per_seed: int,
-    at_steps: list[int],
-    action_noise: float = 0.0,
+    per_seed: int | None = None,
+    at_steps: list[int] | None = None,
+    action_noise: float | None = None,
     horizon: int | None = None,
     base_seed: int = 0,
     progress=None,
     device: str = "cpu",
 ) -> DatasetWriter:
-    """Copy the dataset's seed demos to ``out`` and append ``per_seed`` branches per seed and step."""
+    """Copy the dataset's seed demos to ``out`` and append ``per_seed`` branches per seed and step, each
+    ``horizon`` steps long. What is not given comes from the dataset's manifest (``branching`` and
+    ``world_model.horizon``)."""
     sampler = WorldModelSampler(ckpt, device=device)
     meta = sampler.meta
     camera, instances, k = meta.camera, meta.instances, meta.context_frames
-    horizon = horizon or 8
     dataset = Path(dataset)
     with open_dataset(dataset) as f:
+        manifest = dataset_manifest(f)
+        spec = manifest.branching
+        per_seed = per_seed or spec.per_seed
+        at_steps = at_steps or spec.at_steps
+        action_noise = spec.action_noise if action_noise is None else action_noise
+        horizon = horizon or manifest.world_model.horizon
         writer = DatasetWriter(out, read_header(f))
         seed_names = demo_names(f, "seed")
         for name in seed_names:
             if name not in writer.demos:
-                g = f["data"][name]
-                obs = {key: np.concatenate([g["obs"][key][()], g["next_obs"][key][-1:]]) for key in g["obs"]}
-                writer.append(
-                    Demo(
-                        g["actions"][()],
-                        g["states"][()],
-                        obs,
-                        g["rewards"][()],
-                        g["dones"][()],
-                        {k2: _attr(v) for k2, v in g.attrs.items() if k2 != "num_samples"},
-                    ),
-                    name,
-                )
+                writer.append(read_demo(f["data"][name]), name)
         done = {
             (d["attrs"].get("parent"), int(d["attrs"].get("branch_step", -1)))
             for d in writer.demos.values()
             if d["attrs"].get("source") == "world_model"
         }
         layout = {key: f["data"][seed_names[0]]["obs"][key].shape[1] for key in STATE_KEYS}
-        w, h = f["data"][seed_names[0]]["obs"][f"{camera}_rgb"].shape[2:0:-1]
+        w, h = f["data"][seed_names[0]]["obs"][image_key(camera, RGB)].shape[2:0:-1]
         for name in seed_names:
             g = f["data"][name]
             if not bool(g.attrs.get("success", False)):
@@ -208,9 +213,9 @@ def branch_dataset(
                         actions=future[i].numpy(),
                         states=np.zeros((horizon, 0)),
                         obs={
-                            f"{camera}_rgb": picture["rgb"],
-                            f"{camera}_depth": picture["depth"],
-                            f"{camera}_seg": picture["seg"],
+                            image_key(camera, RGB): picture["rgb"],
+                            image_key(camera, DEPTH): picture["depth"],
+                            image_key(camera, SEG): picture["seg"],
                             **low,
                         },
                         rewards=np.zeros(horizon, np.float32),
@@ -225,7 +230,7 @@ def branch_dataset(
                             "noise_seed": seeds[i],
                             "model": sampler.hash,
                             "batch_layout": json.dumps({"size": per_seed, "index": i}),
-                            "scene": _attr(g.attrs["scene"]),
+                            "scene": json.loads(g.attrs["scene"]),
                         },
                     )
                     writer.append(demo)
@@ -233,13 +238,3 @@ def branch_dataset(
                     progress(name, step, per_seed)
     writer.finalize()
     return writer
-
-
-def _attr(value):
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, str) and value.startswith(("[", "{")):
-        return json.loads(value)
-    return value

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from worldgen.dataset import DatasetError, dataset_digest, demo_names, open_dataset
+from worldgen.keys import EEF_POS, GRIPPER_QPOS, image_key
 
 from .latents import WanFrameCodec
 
-STATE_KEYS = ("robot0_eef_pos", "robot0_gripper_qpos", "object")
+STATE_KEYS = (EEF_POS, GRIPPER_QPOS, "object")
 
 
 def frame_channels(instances: list[int]) -> int:
@@ -98,7 +99,7 @@ class Episode:
         """A dataset demo (h5py group) as model frames, actions and raw states."""
         obs, nxt = group["obs"], group["next_obs"]
         full = {
-            s: np.concatenate([obs[f"{camera}_{s}"][()], nxt[f"{camera}_{s}"][-1:]])
+            s: np.concatenate([obs[image_key(camera, s)][()], nxt[image_key(camera, s)][-1:]])
             for s in ("rgb", "depth", "seg")
         }
         return cls(

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from worldgen.dataset import DatasetError, dataset_manifest, demo_names, open_dataset
 from worldgen.envs import object_slice, predicate_holds
+from worldgen.keys import DEPTH, GRIPPER_QPOS, RGB, SEG, image_key
 from worldgen.manifest import rng_for
 
 from .branch import WorldModelSampler, state_obs
@@ -60,9 +61,9 @@ class WorldModelEnv(gym.Env):
         }
         if cameras:
             w, h = meta.resolution
-            spaces[f"{self.camera}_rgb"] = box(0, 255, (h, w, 3), np.uint8)
-            spaces[f"{self.camera}_depth"] = box(0.0, 1.0, (h, w, 1), np.float32)
-            spaces[f"{self.camera}_seg"] = box(0, 255, (h, w, 1), np.uint8)
+            spaces[image_key(self.camera, RGB)] = box(0, 255, (h, w, 3), np.uint8)
+            spaces[image_key(self.camera, DEPTH)] = box(0.0, 1.0, (h, w, 1), np.float32)
+            spaces[image_key(self.camera, SEG)] = box(0, 255, (h, w, 1), np.uint8)
         self.observation_space = gym.spaces.Dict(spaces)
         self.success_slice = object_slice(self.manifest, self.manifest.task.success.object)
 
@@ -87,7 +88,7 @@ class WorldModelEnv(gym.Env):
         obs = self._observe(self.sampler.norm.denormalize(self.state).numpy())
         self.steps += 1
         pos = obs["object"][self.success_slice][:3]
-        holds = predicate_holds(self.manifest, pos, obs["robot0_gripper_qpos"], self.start_z)
+        holds = predicate_holds(self.manifest, pos, obs[GRIPPER_QPOS], self.start_z)
         self.streak = self.streak + 1 if holds else 0
         done = self.streak >= self.manifest.task.success.hold_steps
         truncated = self.steps >= self.manifest.horizon and not done
@@ -102,5 +103,5 @@ class WorldModelEnv(gym.Env):
         obs = {k: v[0] for k, v in state_obs(state, self.layout).items()}
         if self.cameras:
             picture = obs_from_frames(self.sampler.decode(self.frames[0, -1:]), self.instances)
-            obs.update({f"{self.camera}_{name}": value[0] for name, value in picture.items()})
+            obs.update({image_key(self.camera, name): value[0] for name, value in picture.items()})
         return obs

@@ -40,6 +40,7 @@ from worldgen.dataset import (
 from worldgen.envs import OBJECT_FEATURES, WorldgenEnv, object_slice, predicate_steps, success_step
 from worldgen.experts import WaypointExpert, make_expert, object_poses, poses_from_object_obs
 from worldgen.geometry import axis_angle_from_rotation
+from worldgen.keys import EEF_POS, EXECUTED_ACTIONS, GRIPPER_QPOS, RGB, image_key
 from worldgen.manifest import Manifest, rng_for
 from worldgen.pipeline import record_episode
 
@@ -128,8 +129,7 @@ def tracking_offset(manifest: Manifest, parents: list[Parent]) -> np.ndarray:
     """Mean of (measured end effector - commanded TCP) over the seed demos: the joint drives' static
     tracking error (about 6 mm on push_to_target; 1.4 mm is left once it is removed)."""
     gaps = [
-        d.demo.obs["robot0_eef_pos"][t]
-        - ArmController.from_env_state(manifest, s).commanded_tcp_world()[:3, 3]
+        d.demo.obs[EEF_POS][t] - ArmController.from_env_state(manifest, s).commanded_tcp_world()[:3, 3]
         for d in parents
         for t, s in enumerate(d.demo.states)
     ]
@@ -140,8 +140,8 @@ def with_end_effector(states: np.ndarray, eef: np.ndarray, layout: dict[str, int
     """(N, S) raw states with the end effector replaced by ``eef`` (N, 3) and each object's position
     relative to it recomputed."""
     out = states.copy()
-    out[:, : layout["robot0_eef_pos"]] = eef
-    start = layout["robot0_eef_pos"] + layout["robot0_gripper_qpos"]
+    out[:, : layout[EEF_POS]] = eef
+    start = layout[EEF_POS] + layout[GRIPPER_QPOS]
     for o in range(start, states.shape[1], OBJECT_FEATURES):
         out[:, o + 7 : o + 10] = out[:, o : o + 3] - eef
     return out
@@ -226,7 +226,7 @@ def recover_in_world_model(
         }
         first = f["data"][parents[0].name]["obs"]
         layout = {key: int(first[key].shape[1]) for key in STATE_KEYS}
-        cam_hw = first[f"{camera}_rgb"].shape[1:3]
+        cam_hw = first[image_key(camera, RGB)].shape[1:3]
     offset = tracking_offset(manifest, parents) if spec.robot_state == "controller" else None
     done, counts = _done(writer, spec), {"attempts": 0, "accepted": 0}
     for parent in parents:
@@ -316,9 +316,7 @@ def _attempts_in_world_model(
         obs = state_obs(raw[-1], layout)
         holds.append(
             [
-                predicate_steps(
-                    manifest, obs["object"][i : i + 1], obs["robot0_gripper_qpos"][i : i + 1], start_z
-                )[0]
+                predicate_steps(manifest, obs["object"][i : i + 1], obs[GRIPPER_QPOS][i : i + 1], start_z)[0]
                 for i in range(n)
             ]
         )
@@ -339,7 +337,7 @@ def _attempts_in_world_model(
             Demo(
                 actions=np.stack([a[i] for a in labels[:t]]).astype(np.float32),
                 states=np.zeros((t, 0)),
-                obs={f"{sampler.meta.camera}_{name}": value for name, value in picture.items()}
+                obs={image_key(sampler.meta.camera, name): value for name, value in picture.items()}
                 | state_obs(states[i, : t + 1], layout),
                 rewards=held[i, :t].astype(np.float32),
                 dones=dones,
@@ -349,7 +347,7 @@ def _attempts_in_world_model(
                     "source": "world_model",
                     "scene": parent.demo.attrs.get("scene", "{}"),
                 },
-                extras={"executed_actions": np.stack([a[i] for a in executed[:t]]).astype(np.float32)},
+                extras={EXECUTED_ACTIONS: np.stack([a[i] for a in executed[:t]]).astype(np.float32)},
             )
         )
     return demos
@@ -417,7 +415,7 @@ def replay_demo(env: WorldgenEnv, parent_states: np.ndarray, group: h5py.Group, 
     step: replay success, and the distance between the replayed and the predicted end-effector and
     success-object positions (largest over the clip, and at its last step)."""
     demo = read_demo(group)
-    executed = demo.extras.get("executed_actions", demo.actions)
+    executed = demo.extras.get(EXECUTED_ACTIONS, demo.actions)
     env.reset(seed=seed)
     env.set_state(parent_states[int(group.attrs["branch_step"])])
     manifest = env.manifest
@@ -425,7 +423,7 @@ def replay_demo(env: WorldgenEnv, parent_states: np.ndarray, group: h5py.Group, 
     eef_err, obj_err, success = [], [], False
     for t, action in enumerate(executed):
         obs, _, terminated, truncated, info = env.step(action)
-        eef_err.append(float(np.linalg.norm(obs["robot0_eef_pos"] - demo.obs["robot0_eef_pos"][t + 1])))
+        eef_err.append(float(np.linalg.norm(obs[EEF_POS] - demo.obs[EEF_POS][t + 1])))
         obj_err.append(float(np.linalg.norm(obs["object"][sl][:3] - demo.obs["object"][t + 1][sl][:3])))
         success = success or bool(info["success"])
         if terminated or truncated:

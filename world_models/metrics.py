@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 from worldgen.dataset import DatasetError, dataset_manifest, demo_names, open_dataset
 from worldgen.files import write_atomically
+from worldgen.keys import EEF_POS, RGB, SEG, image_key
 
 
 def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
@@ -98,7 +99,7 @@ def evaluate_branches(
         ranges = json.loads(f["data"].attrs["depth_range"])
     camera = manifest.world_model_camera
     near, far = ranges[camera]
-    seg_ids = sorted({int(v) for b in branches for v in np.unique(b["obs"][f"{camera}_seg"])} - {0})
+    seg_ids = sorted({int(v) for b in branches for v in np.unique(b["obs"][image_key(camera, SEG)])} - {0})
     env = WorldgenEnv(manifest)
     per_step: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     truth_rgb: dict[str, np.ndarray] = {}
@@ -106,18 +107,18 @@ def evaluate_branches(
         env.reset(seed=b["seed"])
         env.set_state(b["reset"])
         pred_all = {k: np.concatenate([b["obs"][k], b["next_obs"][k]]) for k in b["obs"]}
-        first = {s: pred_all[f"{camera}_{s}"][0] for s in ("rgb", "depth", "seg")}
+        first = {s: pred_all[image_key(camera, s)][0] for s in ("rgb", "depth", "seg")}
         truths = []
         for j, action in enumerate(b["actions"]):
             obs, *_ = env.step(action)
-            true = {s: obs[f"{camera}_{s}"] for s in ("rgb", "depth", "seg")}
+            true = {s: obs[image_key(camera, s)] for s in ("rgb", "depth", "seg")}
             truths.append(true["rgb"])
-            pred = {s: pred_all[f"{camera}_{s}"][j + 1] for s in ("rgb", "depth", "seg")}
+            pred = {s: pred_all[image_key(camera, s)][j + 1] for s in ("rgb", "depth", "seg")}
             for key, value in _frame_metrics(pred, true, seg_ids, far - near).items():
                 per_step[key][j + 1].append(value)
             for key, value in _frame_metrics(first, true, seg_ids, far - near).items():
                 per_step[f"copy_last_{key}"][j + 1].append(value)
-            for key in ("robot0_eef_pos", "object"):
+            for key in (EEF_POS, "object"):
                 if key in pred_all:
                     err = np.linalg.norm(pred_all[key][j + 1][:3] - obs[key][:3])
                     per_step[f"{key}_error_m"][j + 1].append(float(err))
@@ -129,7 +130,7 @@ def evaluate_branches(
     }
     siblings = defaultdict(list)
     for b in branches:
-        siblings[(b["parent"], b["step"])].append(b["obs"][f"{camera}_rgb"][1:].astype(np.float64))
+        siblings[(b["parent"], b["step"])].append(b["obs"][image_key(camera, RGB)][1:].astype(np.float64))
     spreads = [
         np.mean([np.abs(x - y).mean() for i, x in enumerate(v) for y in v[i + 1 :]])
         for v in siblings.values()

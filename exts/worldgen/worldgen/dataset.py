@@ -40,10 +40,10 @@ import numpy as np
 
 from . import __version__
 from .errors import OutputError, WorldgenError
+from .keys import image_kind
 from .manifest import Manifest, parse_manifest
 
 ENV_TYPE_ISAAC_LAB = 2  # robomimic's EnvType for Isaac Lab / "gym-like" environments
-IMAGE_SUFFIXES = ("_rgb", "_depth", "_seg")
 MASKS = ("train", "valid", "seed", "synthetic", "passed", "play")
 
 
@@ -84,7 +84,7 @@ GZIP_LEVEL = 1  # images: fast deflate; level 4 saved ~4 % of the bytes for ~30 
 
 
 def _is_image(name: str, data: np.ndarray) -> bool:
-    return name.endswith(IMAGE_SUFFIXES) and data.ndim >= 3
+    return image_kind(name) is not None and data.ndim >= 3
 
 
 def _write_array(group: h5py.Group, name: str, data: np.ndarray) -> None:

@@ -20,14 +20,15 @@ import numpy as np
 from .assets import panda
 from .control import ArmController
 from .geometry import wxyz_to_xyzw
+from .keys import DEPTH, EEF_POS, EEF_QUAT, GRIPPER_QPOS, JOINT_POS, RGB, SEG, image_key
 from .manifest import Manifest, load_manifest
 from .sim.base import CameraFrame, SimBackend
 
-SCENARIO_DIR = Path(__file__).resolve().parents[3] / "scenarios"
+SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"  # package data; ./scenarios links here
 OBJECT_FEATURES = (
     10  # per dynamic object: position (3), quaternion xyzw (4), position relative to the eef (3)
 )
-SUFFIX = {"rgb": "rgb", "depth": "depth", "segmentation": "seg"}
+SUFFIX = {"rgb": RGB, "depth": DEPTH, "segmentation": SEG}  # manifest output -> image kind
 
 
 def predicate_holds(manifest: Manifest, object_pos: np.ndarray, fingers: np.ndarray, start_z: float) -> bool:
@@ -103,10 +104,10 @@ def low_dim_observation(manifest: Manifest, backend: SimBackend) -> dict[str, np
         pos, quat = backend.body_pose(obj.name)
         objects.append(np.concatenate([pos, _unit_xyzw(quat), pos - eef_pos]))
     return {
-        "robot0_eef_pos": eef_pos.astype(np.float32),
-        "robot0_eef_quat": _unit_xyzw(eef_quat).astype(np.float32),
-        "robot0_joint_pos": q[:7].astype(np.float32),
-        "robot0_gripper_qpos": q[7:].astype(np.float32),
+        EEF_POS: eef_pos.astype(np.float32),
+        EEF_QUAT: _unit_xyzw(eef_quat).astype(np.float32),
+        JOINT_POS: q[:7].astype(np.float32),
+        GRIPPER_QPOS: q[7:].astype(np.float32),
         "object": np.concatenate(objects).astype(np.float32),
     }
 
@@ -123,7 +124,7 @@ def camera_observation(manifest: Manifest, frames: dict[str, CameraFrame]) -> di
     for cam in manifest.cameras:
         frame = frames[cam.name]
         for output in cam.outputs:
-            obs[f"{cam.name}_{SUFFIX[output]}"] = getattr(frame, SUFFIX[output])
+            obs[image_key(cam.name, SUFFIX[output])] = getattr(frame, SUFFIX[output])
     return obs
 
 
@@ -131,20 +132,20 @@ def observation_space(manifest: Manifest, cameras: bool) -> gym.spaces.Dict:
     n_objects = sum(not o.static for o in manifest.task.objects)
     box = gym.spaces.Box
     spaces: dict[str, gym.Space] = {
-        "robot0_eef_pos": box(-np.inf, np.inf, (3,), np.float32),
-        "robot0_eef_quat": box(-1.0, 1.0, (4,), np.float32),
+        EEF_POS: box(-np.inf, np.inf, (3,), np.float32),
+        EEF_QUAT: box(-1.0, 1.0, (4,), np.float32),
         # Joint limits are soft in the solver: allow a little overshoot.
-        "robot0_joint_pos": box(
+        JOINT_POS: box(
             (panda.JOINT_LOWER - 0.1).astype(np.float32), (panda.JOINT_UPPER + 0.1).astype(np.float32)
         ),
-        "robot0_gripper_qpos": box(-0.01, panda.FINGER_MAX + 0.01, (2,), np.float32),
+        GRIPPER_QPOS: box(-0.01, panda.FINGER_MAX + 0.01, (2,), np.float32),
         "object": box(-np.inf, np.inf, (OBJECT_FEATURES * n_objects,), np.float32),
     }
     if cameras:
         for cam in manifest.cameras:
             w, h = cam.resolution
             for output in cam.outputs:
-                key = f"{cam.name}_{SUFFIX[output]}"
+                key = image_key(cam.name, SUFFIX[output])
                 if output == "rgb":
                     spaces[key] = box(0, 255, (h, w, 3), np.uint8)
                 elif output == "depth":

@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from .errors import WorldgenError
+from .keys import EEF_POS, EEF_QUAT, GRIPPER_QPOS, JOINT_POS
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 MAX_HORIZON = 2000
@@ -472,14 +473,12 @@ class ChecksSpec(_Strict):
     )
 
 
-LOW_DIM_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_joint_pos", "robot0_gripper_qpos", "object")
+LOW_DIM_KEYS = (EEF_POS, EEF_QUAT, JOINT_POS, GRIPPER_QPOS, "object")
 
 
 class PolicySpec(_Strict):
     algorithm: Literal["bc-mlp", "bc-image", "diffusion", "ppo"] = "bc-mlp"
-    obs_keys: list[str] = Field(
-        default_factory=lambda: ["robot0_eef_pos", "robot0_gripper_qpos", "object"], min_length=1
-    )
+    obs_keys: list[str] = Field(default_factory=lambda: [EEF_POS, GRIPPER_QPOS, "object"], min_length=1)
     train_steps: int = Field(5000, ge=1, le=100_000_000)
     batch_size: int = Field(256, ge=1, le=65536)
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0)

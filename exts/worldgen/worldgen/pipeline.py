@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import DatasetWriter, Demo, dataset_header, demo_names, open_dataset, read_demo, read_header
+from .keys import EXECUTED_ACTIONS
 from .manifest import Manifest, load_manifest
 from .sim.base import SimDiverged, instance_table
 
@@ -81,7 +82,7 @@ def record_episode(
         },
         extras={}
         if np.array_equal(executed_actions, label_actions)
-        else {"executed_actions": executed_actions},
+        else {EXECUTED_ACTIONS: executed_actions},
     )
     return EpisodeResult(seed, demo, "", time.perf_counter() - started)
 

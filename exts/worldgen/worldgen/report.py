@@ -9,6 +9,8 @@ import h5py
 import numpy as np
 from PIL import Image
 
+from .keys import DEPTH, RGB, SEG, image_kind
+
 SHEET_FRAMES = 6
 
 
@@ -40,15 +42,15 @@ def seg_to_rgb(seg: np.ndarray) -> np.ndarray:
 
 
 def _as_rgb(key: str, frames: np.ndarray) -> np.ndarray:
-    if key.endswith("_depth"):
+    if image_kind(key) == DEPTH:
         return depth_to_rgb(frames)
-    if key.endswith("_seg"):
+    if image_kind(key) == SEG:
         return seg_to_rgb(frames)
     return frames
 
 
 def image_keys(group: h5py.Group) -> list[str]:
-    return [k for k in group["obs"] if k.endswith(("_rgb", "_depth", "_seg")) and group["obs"][k].ndim == 4]
+    return [k for k in group["obs"] if image_kind(k) is not None and group["obs"][k].ndim == 4]
 
 
 def _to_height(image: np.ndarray, height: int) -> np.ndarray:
@@ -77,7 +79,7 @@ def contact_sheet(group: h5py.Group, frames: int = SHEET_FRAMES) -> Image.Image:
 
 def demo_gif(group: h5py.Group, path: Path, fps: int = 10, stride: int = 2) -> Path:
     """An animated GIF of the demo's colour cameras side by side."""
-    keys = [k for k in image_keys(group) if k.endswith("_rgb")] or image_keys(group)[:1]
+    keys = [k for k in image_keys(group) if image_kind(k) == RGB] or image_keys(group)[:1]
     return frames_gif({k: group["obs"][k][::stride] for k in keys}, path, fps / stride)
 
 

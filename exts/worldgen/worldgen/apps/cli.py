@@ -16,6 +16,7 @@ from pathlib import Path
 from .. import __version__
 from ..dataset import MASKS, dataset_manifest, open_dataset
 from ..errors import ArgumentError, WorldgenError
+from ..keys import image_kind
 from ..manifest import ManifestError, load_manifest
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -140,7 +141,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         for name, group in reader.iter_demos(args.mask):
             if written >= args.max_demos:
                 break
-            if not any(k.endswith(("_rgb", "_depth", "_seg")) for k in group["obs"]):
+            if not any(image_kind(k) is not None for k in group["obs"]):
                 continue
             out.mkdir(parents=True, exist_ok=True)
             contact_sheet(group).save(out / f"{name}.png")
@@ -631,10 +632,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SYNTH",
         help="seed demos + branches (resumed)",
     )
-    p.add_argument("--per-seed", type=_count_arg, default=4, help="branches per seed demo and step")
-    p.add_argument("--at", type=_int_list_arg, default=[10], help="comma-separated branch steps")
-    p.add_argument("--action-noise", type=_noise_arg, default=0.0, help="std of noise on normalised actions")
-    p.add_argument("--horizon", type=_count_arg, default=8, help="steps per branch")
+    p.add_argument(
+        "--per-seed", type=_count_arg, help="branches per seed demo and step (default: branching.per_seed)"
+    )
+    p.add_argument(
+        "--at", type=_int_list_arg, help="comma-separated branch steps (default: branching.at_steps)"
+    )
+    p.add_argument(
+        "--action-noise",
+        type=_noise_arg,
+        help="std of noise on normalised actions (default: branching.action_noise)",
+    )
+    p.add_argument("--horizon", type=_count_arg, help="steps per branch (default: world_model.horizon)")
     p.add_argument("--seed", type=_seed_arg, default=0, help="base seed of the branch noise")
     p.add_argument("--device", type=_device_arg, default="cpu", help="torch device to sample on (cpu, cuda)")
     p.set_defaults(func=_cmd_branch)

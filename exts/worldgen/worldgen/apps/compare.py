@@ -68,13 +68,10 @@ def compare(
     _say(progress, "training the world model")
     ckpt = out / "world_model"
     train_world_model(seed_file, ckpt, steps=wm_steps, checkpoint_every=max((wm_steps or 500) // 2, 1))
-    spec = manifest.branching
     if synth.exists() and _branch_models(synth) - {checkpoint_hash(ckpt)}:
         synth.unlink()  # branches of an earlier checkpoint: sample them again
-    _say(progress, f"branching {branches} futures per seed at steps {spec.at_steps}")
-    branch_dataset(
-        seed_file, ckpt, synth, branches, spec.at_steps, spec.action_noise, base_seed=manifest.seeds.base_seed
-    )
+    _say(progress, f"branching {branches} futures per seed at steps {manifest.branching.at_steps}")
+    branch_dataset(seed_file, ckpt, synth, per_seed=branches, base_seed=manifest.seeds.base_seed)
     gate = gate_dataset(synth, mask="synthetic")
     with open_dataset(synth) as f:
         seed_names, synthetic = demo_names(f, "seed"), demo_names(f, "synthetic")
@@ -112,7 +109,7 @@ def compare(
         "algo": algo,
         "seeds": seeds,
         "branches_per_seed_and_step": branches,
-        "branch_steps": list(spec.at_steps),
+        "branch_steps": list(manifest.branching.at_steps),
         "synthetic": extra,
         "passed": len(passed),
         "check_thresholds": gate.thresholds,

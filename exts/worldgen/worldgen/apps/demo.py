@@ -19,12 +19,11 @@ from pxr import Usd, UsdGeom, UsdPhysics
 
 from ..checks.gate import gate_dataset
 from ..dataset import DatasetError, DatasetReader, dataset_manifest, open_dataset
+from ..envs import SCENARIO_DIR
 from ..manifest import load_manifest
 from ..pipeline import run_seed_stage
 from ..report import contact_sheet, demo_gif
 from ..stage import compile_stage
-
-SCENARIOS = Path(__file__).resolve().parents[4] / "scenarios"
 
 
 def _stage_summary(path: Path) -> str:
@@ -74,7 +73,7 @@ def _world_model_step(out: Path, steps: int) -> str:
     train_s = time.perf_counter() - t0
     if synth.exists():  # branches belong to one checkpoint: start over
         synth.unlink()
-    branch_dataset(seeds, ckpt, synth, per_seed=4, at_steps=[10], horizon=8)
+    branch_dataset(seeds, ckpt, synth, per_seed=4, at_steps=[10])  # horizon: the manifest's
     report = gate_dataset(synth, mask="synthetic")
     fidelity = evaluate_branches(synth, ckpt, out / "world_model" / "eval_push_to_target.json")
     psnr = fidelity["per_step"]["psnr"]
@@ -98,7 +97,7 @@ def _policy_step(out: Path, seeds: int, episodes: int, wm_steps: int) -> str:
     folder = out / "compare" / "push_to_target"
     run = functools.partial(
         compare,
-        SCENARIOS / "push_to_target.yaml",
+        SCENARIO_DIR / "push_to_target.yaml",
         folder,
         seeds=seeds,
         branches=2,
@@ -135,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh:
         shutil.rmtree(out / "seeds", ignore_errors=True)
     started = time.perf_counter()
-    paths = sorted(SCENARIOS.glob("*.yaml"))
+    paths = sorted(SCENARIO_DIR.glob("*.yaml"))
 
     stage_lines = []
     for path in paths:

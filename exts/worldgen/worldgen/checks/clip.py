@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..geometry import look_at_matrix
+from ..keys import DEPTH, RGB, SEG, image_key
 from ..manifest import Manifest
 from ..scene import ObjectSample, support_top
 from ..sim.base import ROBOT, instance_table
@@ -106,7 +107,11 @@ def clip_from_demo(group, manifest: Manifest, camera: str | None = None, depth_r
     def frames(key):
         return obs[key][()] if key in obs else None
 
-    rgb, depth, seg = frames(f"{camera}_rgb"), frames(f"{camera}_depth"), frames(f"{camera}_seg")
+    rgb, depth, seg = (
+        frames(image_key(camera, RGB)),
+        frames(image_key(camera, DEPTH)),
+        frames(image_key(camera, SEG)),
+    )
     near, far = depth_range or (spec.near, spec.far)
     if depth is not None:
         d = depth[..., 0].astype(np.float32)
