@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from worldgen import plots
 from worldgen.dataset import open_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -349,7 +350,14 @@ def write_results(args, stats: dict, out: Path) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"synthetic_demos{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"synthetic_demos{tag}.md").write_text(table(result) + "\n")
-    bar_plot(result, RESULTS / f"synthetic_demos{tag}.png")
+    first = next(iter(result["rows"].values()))
+    plots.success_rates(
+        result["rows"],
+        RESULTS / f"synthetic_demos{tag}.png",
+        f"{result['scenario']}, {result['algo']}: {first['episodes']} episodes per row, 95 % CI",
+        baseline="seeds",
+        controls=[n for n in result["rows"] if "perturb" in n],
+    )
     print(table(result))
 
 
@@ -383,34 +391,6 @@ def table(result: dict) -> str:
         f"(of {rp['replay_successes']} that succeed in replay), {rp['replayed']} attempts",
     ]
     return "\n".join(lines)
-
-
-def bar_plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = result["rows"]
-    names = list(rows)
-    rates = np.array([rows[n]["success_rate"] for n in names])
-    lo = rates - np.array([rows[n]["ci95"][0] for n in names])
-    hi = np.array([rows[n]["ci95"][1] for n in names]) - rates
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    colors = ["#9d9d9d" if n == "seeds" else "#e45756" if "perturb" in n else "#4c78a8" for n in names]
-    ax.bar(names, 100 * rates, yerr=100 * np.stack([lo, hi]), capsize=4, color=colors)
-    ax.axhline(100 * rates[0], color="#555555", linestyle="--", linewidth=1, label="seeds only")
-    ax.set_ylabel("success on held-out episodes (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(loc="lower right", fontsize=8)
-    plt.setp(ax.get_xticklabels(), rotation=25, ha="right")
-    ax.set_title(
-        f"{result['scenario']}, {result['algo']}: {rows[names[0]]['episodes']} episodes per row, 95 % CI"
-    )
-    ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

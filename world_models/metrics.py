@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from worldgen import plots
 from worldgen.dataset import DatasetError, dataset_manifest, demo_names, open_dataset
 from worldgen.files import write_atomically
 from worldgen.keys import EEF_POS, RGB, SEG, image_key
@@ -148,7 +148,10 @@ def _write_report(report: dict, out: str | Path) -> None:
     """The report as JSON at ``out`` and its per-step PSNR plot beside it (same name, ``.png``)."""
     out = Path(out)
     write_atomically(out, (json.dumps(report, indent=2) + "\n").encode())
-    plot_psnr(report, out.with_suffix(".png"))
+    mode = (
+        "open loop under recorded actions" if report.get("mode") == "open_loop" else "replayed in simulation"
+    )
+    plots.psnr_per_step(report["per_step"], out.with_suffix(".png"), f"camera {report['camera']}: {mode}")
 
 
 def _step_means(per_step: dict[str, dict[int, list[float]]]) -> dict[str, dict[int, float]]:
@@ -250,32 +253,3 @@ def _action_sensitivity(ckpt, synth: Path, branches: list[dict], truth_rgb: dict
                 scores.append(np.mean([psnr(p, t) for p, t in zip(rgb, truth_rgb[b["name"]], strict=True)]))
             gaps.append(scores[0] - scores[1])
     return float(np.mean(gaps))
-
-
-def plot_psnr(report: dict, path: Path, size: tuple[int, int] = (420, 260)) -> Path:
-    """PSNR per step ahead, model (blue) against copy-last-frame (grey)."""
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    series = {
-        "model": report["per_step"].get("psnr", {}),
-        "copy-last": report["per_step"].get("copy_last_psnr", {}),
-    }
-    values = [v for s in series.values() for v in s.values() if np.isfinite(v)]
-    if values:
-        lo, hi = min(values) - 1, max(values) + 1
-        steps = sorted({int(j) for s in series.values() for j in s})
-        x0, y0, x1, y1 = 40, 20, size[0] - 20, size[1] - 40
-        draw.rectangle([x0, y0, x1, y1], outline="black")
-
-        def xy(j, v):
-            x = x0 + (x1 - x0) * (steps.index(int(j)) / max(len(steps) - 1, 1))
-            return x, y1 - (y1 - y0) * (v - lo) / (hi - lo)
-
-        for (label, s), color in zip(series.items(), ("blue", "gray"), strict=True):
-            points = [xy(j, v) for j, v in sorted(s.items(), key=lambda kv: int(kv[0])) if np.isfinite(v)]
-            if len(points) > 1:
-                draw.line(points, fill=color, width=2)
-            draw.text((x1 - 90, y0 + 5 + 12 * list(series).index(label)), label, fill=color)
-        draw.text((x0, y1 + 8), f"steps ahead 1..{steps[-1]}   PSNR {lo:.1f}..{hi:.1f} dB", fill="black")
-    image.save(path)
-    return path

@@ -91,11 +91,3 @@ def frames_gif(frames: dict[str, np.ndarray], path: Path, fps: float = 10) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     return path
-
-
-def heatmap_image(counts: np.ndarray, scale: int = 4) -> Image.Image:
-    """Per-pixel violation counts as a black-red-yellow-white image, upscaled ``scale`` times."""
-    x = counts / counts.max() if counts.max() > 0 else counts
-    rgb = np.stack([np.clip(3 * x, 0, 1), np.clip(3 * x - 1, 0, 1), np.clip(3 * x - 2, 0, 1)], axis=-1)
-    image = Image.fromarray((rgb * 255).astype(np.uint8))
-    return image.resize((counts.shape[1] * scale, counts.shape[0] * scale), Image.NEAREST)

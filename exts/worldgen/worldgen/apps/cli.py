@@ -153,8 +153,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from .. import plots
     from ..checks.gate import gate_dataset
-    from ..report import heatmap_image
 
     report = gate_dataset(
         args.dataset,
@@ -170,7 +170,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     print(report.table())
     if report.heatmap is not None:
         out = Path(args.heatmap) if args.heatmap else Path(str(args.dataset) + ".violations.png")
-        heatmap_image(report.heatmap).save(out)
+        plots.violation_heatmap(report.heatmap, out, f"{Path(args.dataset).name}: camera {report.camera}")
         print(f"violation heat map: {out}")
     return EXIT_OK
 

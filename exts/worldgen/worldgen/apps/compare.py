@@ -20,8 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw
-
 from policies.evaluate import evaluate_policy
 from policies.train import train_bc
 from worldgen.checks.gate import gate_dataset
@@ -30,6 +28,7 @@ from worldgen.files import write_atomically
 from worldgen.manifest import load_manifest
 from worldgen.pipeline import run_seed_stage
 
+from .. import plots
 from ..dataset import open_dataset
 
 ROWS = ("seeds", "seeds+branches", "seeds+passed", "sim-oracle")
@@ -117,7 +116,12 @@ def compare(
     }
     _write_text(out / "compare.json", json.dumps(result, indent=2) + "\n")
     _write_text(out / "compare.md", table(result) + "\n")
-    bar_plot(result, out / "compare.png")
+    plots.success_rates(
+        result["rows"],
+        out / "compare.png",
+        f"{manifest.name}, {algo}: success rate on one held-out panel, 95 % CI",
+        baseline=ROWS[0],
+    )
     return result
 
 
@@ -145,30 +149,3 @@ def table(result: dict[str, Any]) -> str:
             f"({row['success_rate']:.0%}) | [{low:.2f}, {high:.2f}] |"
         )
     return "\n".join(lines)
-
-
-def bar_plot(result: dict[str, Any], path: Path, size: tuple[int, int] = (460, 280)) -> Path:
-    """Success rate per row with its 95 % interval as an error bar."""
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    x0, y0, x1, y1 = 40, 20, size[0] - 10, size[1] - 50
-    draw.rectangle([x0, y0, x1, y1], outline="black")
-    for frac in (0.25, 0.5, 0.75):
-        y = y1 - (y1 - y0) * frac
-        draw.line([x0, y, x1, y], fill=(220, 220, 220))
-        draw.text((8, y - 6), f"{frac:.2f}", fill="black")
-    rows = list(result["rows"].items())
-    width = (x1 - x0) / max(len(rows), 1)
-    colors = ("gray", "royalblue", "seagreen", "darkorange")
-    for i, (name, row) in enumerate(rows):
-        left, right = x0 + width * (i + 0.2), x0 + width * (i + 0.8)
-        top = y1 - (y1 - y0) * row["success_rate"]
-        draw.rectangle([left, top, right, y1], fill=colors[i % len(colors)])
-        mid = (left + right) / 2
-        low, high = (y1 - (y1 - y0) * v for v in row["ci95"])
-        draw.line([mid, low, mid, high], fill="black", width=2)
-        draw.text((left, y1 + 6), name, fill="black")
-        draw.text((left, y1 + 20), f"{row['success_rate']:.0%}", fill="black")
-    draw.text((x0, 4), f"{result['manifest']} {result['algo']}: success rate, 95% CI", fill="black")
-    image.save(path)
-    return path
