@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 from worldgen import plots
-from worldgen.dataset import open_dataset
+from worldgen.dataset import demo_record, open_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -149,10 +149,10 @@ def replay_all(manifest, synth: Path, seeds: Path) -> dict:
     records = []
     with open_dataset(synth) as f, open_dataset(seeds) as s:
         for name in demo_names(f, "synthetic"):
-            g = f["data"][name]
-            parent = s["data"][str(g.attrs["parent"])]
-            rec = replay_demo(env, parent["states"][()], g, int(g.attrs["seed"]))
-            records.append({"demo": name, "predicted_success": bool(g.attrs["success"]), **rec})
+            record = demo_record(f, name)
+            parent = s["data"][record.parent]
+            rec = replay_demo(env, parent["states"][()], f["data"][name], record.seed)
+            records.append({"demo": name, "predicted_success": record.success, **rec})
     env.close()
     predicted = [r for r in records if r["predicted_success"]]
     real = [r for r in records if r["replay_success"]]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from worldgen.dataset import DatasetError, dataset_digest, demo_names, open_dataset
+from worldgen.dataset import DatasetError, dataset_digest, demo_names, demo_record, open_dataset
 
 
 class PolicyDataset:
@@ -40,7 +40,8 @@ class PolicyDataset:
             if demos is not None:
                 chosen = set(demos)
                 names = [n for n in names if n in chosen]
-            names = [n for n in names if int(f["data"][n].attrs["num_samples"]) > 0]
+            records = [demo_record(f, n) for n in names]
+            names = [r.name for r in records if r.num_samples > 0]
             if not names:
                 raise DatasetError(
                     f"{self.path}: no demos in mask {mask!r}" + (" of those named" * bool(demos))
@@ -54,9 +55,10 @@ class PolicyDataset:
                 )
             self.names = names
             self.data_hash = dataset_digest(f, names)
-            self.seeds = sorted({int(f["data"][n].attrs.get("seed", -1)) for n in names})
-            self.sources = sorted({str(f["data"][n].attrs.get("source", "sim")) for n in names})
-            self.lengths = np.array([int(f["data"][n].attrs["num_samples"]) for n in names])
+            records = [r for r in records if r.num_samples > 0]
+            self.seeds = sorted({r.seed for r in records})
+            self.sources = sorted({r.source for r in records})
+            self.lengths = np.array([r.num_samples for r in records])
             self.obs = {k: np.concatenate([f["data"][n]["obs"][k][()] for n in names]) for k in keys}
             self.actions = np.concatenate([f["data"][n]["actions"][()] for n in names]).astype(np.float32)
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])

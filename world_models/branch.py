@@ -23,6 +23,7 @@ from worldgen.dataset import (
     dataset_manifest,
     demo_index,
     demo_names,
+    demo_record,
     open_dataset,
     read_demo,
     read_header,
@@ -175,16 +176,12 @@ def branch_dataset(
         for name in seed_names:
             if name not in writer.demos:
                 writer.append(read_demo(f["data"][name]), name)
-        done = {
-            (d["attrs"].get("parent"), int(d["attrs"].get("branch_step", -1)))
-            for d in writer.demos.values()
-            if d["attrs"].get("source") == "world_model"
-        }
+        done = {(r.parent, r.branch_step) for r in writer.records() if r.source == "world_model"}
         layout = {key: f["data"][seed_names[0]]["obs"][key].shape[1] for key in STATE_KEYS}
         w, h = f["data"][seed_names[0]]["obs"][image_key(camera, RGB)].shape[2:0:-1]
         for name in seed_names:
-            g = f["data"][name]
-            if not bool(g.attrs.get("success", False)):
+            g, record = f["data"][name], demo_record(f, name)
+            if not record.success:
                 continue
             episode = Episode.load(g, camera, instances, meta.resolution)
             frames, actions = episode.frames, episode.actions
@@ -221,7 +218,7 @@ def branch_dataset(
                         rewards=np.zeros(horizon, np.float32),
                         dones=np.zeros(horizon, np.uint8),
                         attrs={
-                            "seed": int(g.attrs["seed"]),
+                            "seed": record.seed,
                             "success": False,
                             "source": "world_model",
                             "recipe": "perturb",

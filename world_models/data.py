@@ -13,8 +13,8 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from worldgen.dataset import DatasetError, dataset_digest, demo_names, open_dataset
-from worldgen.keys import EEF_POS, GRIPPER_QPOS, image_key
+from worldgen.dataset import DatasetError, dataset_digest, demo_names, open_dataset, read_obs
+from worldgen.keys import EEF_POS, GRIPPER_QPOS, IMAGE_KINDS, image_key
 
 from .latents import WanFrameCodec
 
@@ -78,11 +78,8 @@ def _like(values: list[float], x: torch.Tensor) -> torch.Tensor:
 
 def low_dim_state(group: h5py.Group) -> np.ndarray:
     """(T+1, S) state: the observations, then the last next_obs."""
-    parts = []
-    for key in STATE_KEYS:
-        obs, nxt = group["obs"][key][()], group["next_obs"][key][-1:]
-        parts.append(np.concatenate([obs, nxt]).astype(np.float32))
-    return np.concatenate(parts, axis=1)
+    obs = read_obs(group, STATE_KEYS)
+    return np.concatenate([obs[key].astype(np.float32) for key in STATE_KEYS], axis=1)
 
 
 @dataclass
@@ -97,11 +94,8 @@ class Episode:
         cls, group: h5py.Group, camera: str, instances: list[int], resolution: tuple[int, int]
     ) -> Episode:
         """A dataset demo (h5py group) as model frames, actions and raw states."""
-        obs, nxt = group["obs"], group["next_obs"]
-        full = {
-            s: np.concatenate([obs[image_key(camera, s)][()], nxt[image_key(camera, s)][-1:]])
-            for s in ("rgb", "depth", "seg")
-        }
+        obs = read_obs(group, [image_key(camera, kind) for kind in IMAGE_KINDS])
+        full = {kind: obs[image_key(camera, kind)] for kind in IMAGE_KINDS}
         return cls(
             name=group.name.rsplit("/", 1)[-1],
             frames=frames_from_obs(full["rgb"], full["depth"], full["seg"], instances, resolution),

@@ -31,8 +31,10 @@ from worldgen.control import ArmController
 from worldgen.dataset import (
     DatasetWriter,
     Demo,
+    DemoRecord,
     dataset_manifest,
     demo_names,
+    demo_record,
     open_dataset,
     read_demo,
     read_header,
@@ -151,9 +153,9 @@ def seed_parents(f: h5py.File) -> list[Parent]:
     """The successful simulator demos of a dataset's ``seed`` mask."""
     parents = []
     for name in demo_names(f, "seed"):
-        group = f["data"][name]
-        if bool(group.attrs.get("success", False)):
-            parents.append(Parent(name, int(group.attrs["seed"]), read_demo(group)))
+        record = demo_record(f, name)
+        if record.success:
+            parents.append(Parent(name, record.seed, read_demo(f["data"][name])))
     return parents
 
 
@@ -182,9 +184,9 @@ def _start_output(
 
 def _done(writer: DatasetWriter, spec: RecoverSpec) -> set[tuple[str, int]]:
     return {
-        (str(d["attrs"].get("parent")), int(d["attrs"].get("branch_step", -1)))
-        for d in writer.demos.values()
-        if d["attrs"].get("recipe") == "recover" and d["attrs"].get("labeler") == spec.labeler
+        (r.parent, r.branch_step)
+        for r in writer.records()
+        if r.recipe == "recover" and r.labeler == spec.labeler
     }
 
 
@@ -403,11 +405,8 @@ def recover_in_simulator(
 def accepted_demos(path: str | Path) -> list[str]:
     """The seed demos and the generated attempts that succeeded: what a policy trains on."""
     with open_dataset(path) as f:
-        return [
-            n
-            for n in demo_names(f)
-            if not f["data"][n].attrs.get("recipe", "") or bool(f["data"][n].attrs.get("success", False))
-        ]
+        records = [demo_record(f, n) for n in demo_names(f)]
+    return [r.name for r in records if r.recipe is None or r.success]
 
 
 def replay_demo(env: WorldgenEnv, parent_states: np.ndarray, group: h5py.Group, seed: int) -> dict:
@@ -417,7 +416,7 @@ def replay_demo(env: WorldgenEnv, parent_states: np.ndarray, group: h5py.Group, 
     demo = read_demo(group)
     executed = demo.extras.get(EXECUTED_ACTIONS, demo.actions)
     env.reset(seed=seed)
-    env.set_state(parent_states[int(group.attrs["branch_step"])])
+    env.set_state(parent_states[DemoRecord.from_group(group).branch_step])
     manifest = env.manifest
     sl = object_slice(manifest, manifest.task.success.object)
     eef_err, obj_err, success = [], [], False

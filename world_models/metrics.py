@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from worldgen import plots
-from worldgen.dataset import DatasetError, dataset_manifest, demo_names, open_dataset
+from worldgen.dataset import DatasetError, dataset_info, demo_names, demo_record, open_dataset, read_obs
 from worldgen.files import write_atomically
 from worldgen.keys import EEF_POS, RGB, SEG, image_key
 
@@ -76,29 +76,26 @@ def evaluate_branches(
 
     synth = Path(synth)
     with open_dataset(synth) as f:
-        manifest = dataset_manifest(f)
-        names = demo_names(f, "synthetic")
+        info = dataset_info(f)
         branches = []
-        for name in names:
-            g = f["data"][name]
-            parent = f["data"][g.attrs["parent"]]
-            step = int(g.attrs["branch_step"])
+        for name in demo_names(f, "synthetic"):
+            record = demo_record(f, name)
+            parent = demo_record(f, record.parent)
             branches.append(
                 {
                     "name": name,
-                    "parent": str(g.attrs["parent"]),
-                    "step": step,
-                    "seed": int(parent.attrs["seed"]),
-                    "reset": parent["states"][step],
-                    "actions": g["actions"][()],
-                    "obs": {k: g["obs"][k][()] for k in g["obs"]},
-                    "next_obs": {k: g["next_obs"][k][-1:] for k in g["next_obs"]},
-                    "noise_seed": int(g.attrs["noise_seed"]),
+                    "parent": record.parent,
+                    "step": record.branch_step,
+                    "seed": parent.seed,
+                    "reset": f["data"][record.parent]["states"][record.branch_step],
+                    "actions": f["data"][name]["actions"][()],
+                    "obs": read_obs(f["data"][name]),  # T+1: the branch step's frame, then the predictions
+                    "noise_seed": record.noise_seed,
                 }
             )
-        ranges = json.loads(f["data"].attrs["depth_range"])
+    manifest = info.manifest
     camera = manifest.world_model_camera
-    near, far = ranges[camera]
+    near, far = info.depth_range[camera]
     seg_ids = sorted({int(v) for b in branches for v in np.unique(b["obs"][image_key(camera, SEG)])} - {0})
     env = WorldgenEnv(manifest)
     per_step: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -106,7 +103,7 @@ def evaluate_branches(
     for b in branches:
         env.reset(seed=b["seed"])
         env.set_state(b["reset"])
-        pred_all = {k: np.concatenate([b["obs"][k], b["next_obs"][k]]) for k in b["obs"]}
+        pred_all = b["obs"]
         first = {s: pred_all[image_key(camera, s)][0] for s in ("rgb", "depth", "seg")}
         truths = []
         for j, action in enumerate(b["actions"]):
@@ -178,7 +175,7 @@ def evaluate_open_loop(
     meta = sampler.meta
     camera, instances, k = meta.camera, meta.instances, meta.context_frames
     with open_dataset(dataset) as f:
-        near, far = json.loads(f["data"].attrs["depth_range"])[camera]
+        near, far = dataset_info(f).depth_range[camera]
         episodes = [
             Episode.load(f["data"][name], camera, instances, meta.resolution) for name in demo_names(f, mask)
         ]

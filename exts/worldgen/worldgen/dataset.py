@@ -30,7 +30,7 @@ import os
 import shutil
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,10 +185,98 @@ def read_header(f: h5py.File) -> dict[str, Any]:
     return {key: json.loads(f["data"].attrs[key]) for key in HEADER_KEYS}
 
 
+def read_obs(group: h5py.Group, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """A stored demo's T+1 observations of ``keys`` (every key when None): ``obs`` then the last
+    ``next_obs``, undoing how :class:`DatasetWriter` splits them."""
+    keys = list(group["obs"]) if keys is None else list(keys)
+    return {k: np.concatenate([group["obs"][k][()], group["next_obs"][k][-1:]]) for k in keys}
+
+
+@dataclass(frozen=True)
+class DemoRecord:
+    """What a demo is, read from its attributes; ``None`` where a field does not apply (a simulator demo
+    has no parent; files written before this record stored "" and -1 there, read as ``None`` too)."""
+
+    name: str
+    num_samples: int
+    seed: int
+    success: bool
+    source: str  # "sim" (expert or a recipe executed in the simulator), "world_model" or "play"
+    recipe: str | None = None  # "perturb", "recover": how a generated demo was made
+    parent: str | None = None  # the seed demo it was generated from
+    branch_step: int | None = None  # the parent's step it starts from
+    noise_seed: int | None = None
+    model: str | None = None  # world-model checkpoint hash
+    check_passed: bool | None = None  # None until worldgen check has judged it
+    labeler: str | None = None  # recover: "expert" or "parent" (whose corrective actions are the labels)
+
+    @classmethod
+    def from_group(cls, group: h5py.Group) -> DemoRecord:
+        return cls.from_attrs(group.name.rsplit("/", 1)[-1], group.attrs)
+
+    @classmethod
+    def from_attrs(cls, name: str, attrs: Mapping[str, Any]) -> DemoRecord:
+        def text(key: str) -> str | None:
+            value = attrs.get(key)
+            return None if value is None or value == "" else str(value)
+
+        def number(key: str) -> int | None:
+            value = attrs.get(key)
+            return None if value is None or int(value) < 0 else int(value)
+
+        passed = attrs.get("check_passed")
+        return cls(
+            name=name,
+            num_samples=int(attrs["num_samples"]),
+            seed=int(attrs["seed"]),
+            success=bool(attrs.get("success", False)),
+            source=str(attrs.get("source", "sim")),
+            recipe=text("recipe"),
+            parent=text("parent"),
+            branch_step=number("branch_step"),
+            noise_seed=number("noise_seed"),
+            model=text("model"),
+            check_passed=None if passed is None else bool(passed),
+            labeler=text("labeler"),
+        )
+
+
+def demo_record(f: h5py.File, name: str) -> DemoRecord:
+    return DemoRecord.from_group(f["data"][name])
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A dataset's metadata, typed: what it was recorded for and how to read its images."""
+
+    manifest: Manifest
+    manifest_hash: str
+    depth_range: dict[str, tuple[float, float]]  # camera -> (near, far) metres that depth 0..1 spans
+    instances: list[dict[str, Any]]  # the segmentation ids' table
+    masks: dict[str, list[str]]
+
+    @property
+    def cameras(self) -> list[str]:
+        return sorted(self.depth_range)
+
+
+def dataset_info(f: h5py.File) -> DatasetInfo:
+    data = f["data"].attrs
+    return DatasetInfo(
+        manifest=dataset_manifest(f),
+        manifest_hash=json.loads(data["worldgen"])["manifest_hash"],
+        depth_range={
+            c: (float(near), float(far)) for c, (near, far) in json.loads(data["depth_range"]).items()
+        },
+        instances=json.loads(data.get("segmentation", "[]")),
+        masks={m: demo_names(f, m) for m in f.get("mask", {})},
+    )
+
+
 def read_demo(group: h5py.Group) -> Demo:
     """A stored demo as :class:`Demo`: T+1 observations (``obs``, then the last ``next_obs``), its
     attributes as stored (so appending it elsewhere writes the same bytes) and any extra arrays."""
-    obs = {k: np.concatenate([group["obs"][k][()], group["next_obs"][k][-1:]]) for k in group["obs"]}
+    obs = read_obs(group)
     extras = {
         k: group[k][()] for k in group if k not in STANDARD_ARRAYS and isinstance(group[k], h5py.Dataset)
     }
@@ -272,6 +360,10 @@ class DatasetWriter:
         """Seeds already written as ``source`` demos, or discarded."""
         seeds = {int(d["attrs"]["seed"]) for d in self.demos.values() if d["attrs"].get("source") == source}
         return seeds | {int(d["seed"]) for d in self.discarded}
+
+    def records(self) -> list[DemoRecord]:
+        """What each demo written so far is (resumed ones included)."""
+        return [DemoRecord.from_attrs(n, d["attrs"]) for n, d in self.demos.items()]
 
     def next_index(self) -> int:
         return 1 + max((demo_index(n) for n in self.demos), default=-1)

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import DatasetWriter, Demo, dataset_header, demo_names, open_dataset, read_demo, read_header
+from .dataset import (
+    DatasetWriter,
+    Demo,
+    dataset_header,
+    demo_names,
+    demo_record,
+    open_dataset,
+    read_demo,
+    read_header,
+)
 from .keys import EXECUTED_ACTIONS
 from .manifest import Manifest, load_manifest
 from .sim.base import SimDiverged, instance_table
@@ -99,7 +108,7 @@ def record_expert_episode(env, seed: int) -> EpisodeResult:
         action = expert.act(env.controller.commanded_tcp_world(), object_poses(env))
         return action, action
 
-    attrs = {"source": "sim", "parent": "", "branch_step": -1, "noise_seed": -1, "model": ""}
+    attrs = {"source": "sim"}  # no parent, branch step, noise seed or model: DemoRecord reads None
     return record_episode(env, seed, act, attrs)
 
 
@@ -203,11 +212,11 @@ def run_play_stage(
         writer = DatasetWriter(output, read_header(f))
         parents = {}
         for name in demo_names(f):
-            group = f["data"][name]
+            group, record = f["data"][name], demo_record(f, name)
             if name not in writer.demos:
                 writer.append(read_demo(group), name)
-            if group.attrs.get("source") == "sim" and bool(group.attrs.get("success", False)):
-                parents[name] = (int(group.attrs["seed"]), group["actions"][()])
+            if record.source == "sim" and record.success:
+                parents[name] = (record.seed, group["actions"][()])
     done = {
         (d["attrs"].get("parent"), float(d["attrs"].get("action_noise", -1))) for d in writer.demos.values()
     }

@@ -29,7 +29,7 @@ from worldgen.manifest import load_manifest
 from worldgen.pipeline import run_seed_stage
 
 from .. import plots
-from ..dataset import open_dataset
+from ..dataset import demo_record, open_dataset
 
 ROWS = ("seeds", "seeds+branches", "seeds+passed", "sim-oracle")
 
@@ -127,7 +127,7 @@ def compare(
 
 def _branch_models(path: Path) -> set[str]:
     with open_dataset(path) as f:
-        return {str(f["data"][n].attrs.get("model", "")) for n in demo_names(f, "synthetic")}
+        return {demo_record(f, n).model for n in demo_names(f, "synthetic")}
 
 
 def _write_text(path: Path, text: str) -> None:

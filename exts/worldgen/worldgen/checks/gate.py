@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..dataset import DatasetError, dataset_manifest, demo_index, demo_names, open_dataset
+from ..dataset import DatasetError, dataset_manifest, demo_index, demo_names, demo_record, open_dataset
 from ..errors import ArgumentError
 from ..manifest import Manifest
 from . import CHECK_NAMES, clip_from_demo, clip_scores, clip_statistics, run_checks, thresholds_from_scores
@@ -108,7 +108,7 @@ def gate_dataset(
         ranges = json.loads(f["data"].attrs.get("depth_range", "{}"))
         report = GateReport(thresholds=thresholds, camera=cam)
         for name in demo_names(f, mask):
-            group = f["data"][name]
+            group, record = f["data"][name], demo_record(f, name)
             clip = clip_from_demo(group, manifest, cam, ranges.get(cam))
             results = run_checks(clip, thresholds, manifest.checks.enabled, backend=backend, device=device)
             verdicts = {k: r.verdict for k, r in results.items()}
@@ -119,8 +119,8 @@ def gate_dataset(
                     for k, r in results.items()
                 },
                 "passed": ok,
-                "parent": str(group.attrs.get("parent", "")),
-                "branch_step": int(group.attrs.get("branch_step", -1)),
+                "parent": record.parent,
+                "branch_step": record.branch_step,
             }
             report.checked += 1
             report.passed += int(ok)
