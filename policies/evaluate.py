@@ -20,7 +20,7 @@ from worldgen.envs import WorldgenEnv
 from worldgen.errors import ArgumentError, CheckpointError
 from worldgen.files import write_atomically
 from worldgen.keys import RGB, image_kind
-from worldgen.manifest import Manifest, load_manifest
+from worldgen.manifest import Manifest, as_manifest
 from worldgen.report import frames_gif
 
 from . import load_policy
@@ -114,7 +114,7 @@ def evaluate_policy(
     meta = policy_meta(policy) if not isinstance(policy, PretrainedPolicy) else {}
     if not isinstance(policy, PretrainedPolicy):
         policy = load_policy(policy)
-    manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    manifest = as_manifest(manifest)
     seeds = panel_seeds(manifest, episodes, panel_offset)
     overlap = sorted(set(seeds) & set(meta.get("training_seeds", [])))
     if overlap:

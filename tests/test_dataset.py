@@ -14,7 +14,15 @@ import h5py
 import numpy as np
 import pytest
 from worldgen.apps.cli import main
-from worldgen.dataset import DatasetError, DatasetReader, DatasetWriter, Demo
+from worldgen.dataset import (
+    DatasetError,
+    DatasetReader,
+    DatasetWriter,
+    Demo,
+    demo_record,
+    open_dataset,
+    read_obs,
+)
 from worldgen.pipeline import run_seed_stage
 
 from .conftest import ROOT, read_with_robomimic
@@ -160,6 +168,28 @@ def test_writer_resumes_and_appends_to_a_finalized_file(tmp_path):
     other = {**HEADER, "worldgen": {"manifest_hash": "b" * 64}}
     with pytest.raises(DatasetError, match="written for manifest"):
         DatasetWriter(path, other)
+
+
+def test_records_read_old_sentinels_as_none_and_round_trip_demos(tmp_path):
+    path = tmp_path / "d.hdf5"
+    writer = DatasetWriter(path, HEADER)
+    old = _demo(5, 0)  # a simulator demo as files before DemoRecord stored it
+    old.attrs.update(parent="", branch_step=-1, noise_seed=-1, model="")
+    branch = _demo(3, 1)
+    branch.attrs.update(source="world_model", recipe="perturb", parent="demo_0", branch_step=2, noise_seed=7)
+    writer.append(old, "demo_0")
+    writer.append(branch, "demo_1")
+    writer.finalize()
+    with open_dataset(path) as f:
+        first, second = demo_record(f, "demo_0"), demo_record(f, "demo_1")
+        assert (first.parent, first.branch_step, first.noise_seed, first.model, first.recipe) == (None,) * 5
+        assert (first.num_samples, first.seed, first.success, first.source) == (5, 0, True, "sim")
+        assert (second.parent, second.branch_step, second.noise_seed) == ("demo_0", 2, 7)
+        assert second.recipe == "perturb" and second.check_passed is None
+        # read_obs undoes the obs / next_obs split: the T+1 observations appended come back.
+        again = read_obs(f["data"]["demo_1"])
+        assert all(np.array_equal(again[k], branch.obs[k]) for k in branch.obs)
+    assert [r.name for r in DatasetWriter(path, HEADER).records()] == ["demo_0", "demo_1"]
 
 
 def test_kill_9_leaves_readable_demos_and_rerun_resumes(tmp_path):

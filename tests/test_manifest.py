@@ -13,6 +13,7 @@ from worldgen.manifest import (
     ManifestError,
     Normal,
     Uniform,
+    as_manifest,
     load_manifest,
     parse_manifest,
     sample,
@@ -214,3 +215,21 @@ def test_mutations_only_raise_manifest_errors(path, op, value):
         assert exc.lines and all(LINE_FORMAT.match(line) for line in exc.lines), exc.lines
     else:
         assert isinstance(manifest, Manifest)
+
+
+def test_a_manifest_carries_its_text_and_folder_through_pickling():
+    """Parsed once at the edge, the object is all later stages need: datasets store its text, stages
+    resolve assets against its folder, Ray workers receive it pickled."""
+    import pickle
+
+    path = ROOT / "scenarios" / "push_to_target.yaml"
+    manifest = load_manifest(path)
+    assert manifest.source_text == path.read_text(encoding="utf-8")
+    assert manifest.base_dir == path.resolve().parent
+    again = pickle.loads(pickle.dumps(manifest))
+    assert (again.source_text, again.base_dir, again.content_hash()) == (
+        manifest.source_text,
+        manifest.base_dir,
+        manifest.content_hash(),
+    )
+    assert as_manifest(manifest) is manifest and as_manifest(path).content_hash() == manifest.content_hash()

@@ -23,7 +23,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from worldgen.envs import object_slice
 from worldgen.errors import ArgumentError
-from worldgen.manifest import Manifest, load_manifest
+from worldgen.manifest import Manifest, as_manifest
 
 from ..observation import low_dim_features
 from .configuration_ppo import PPOConfig
@@ -143,7 +143,7 @@ def train_ppo(
     progress: Callable[[int, int, float], None] | None = None,
 ) -> dict[str, Any]:
     """Train PPO for ``config.steps`` environment steps; write a policy folder to ``out``."""
-    manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    manifest = as_manifest(manifest)
     config = config or PPOConfig(
         obs_keys=list(manifest.policy.obs_keys), action_dim=manifest.embodiment.action_dim
     )

@@ -21,7 +21,7 @@ from .assets import panda
 from .control import ArmController
 from .geometry import wxyz_to_xyzw
 from .keys import DEPTH, EEF_POS, EEF_QUAT, GRIPPER_QPOS, JOINT_POS, RGB, SEG, image_key
-from .manifest import Manifest, load_manifest
+from .manifest import Manifest, as_manifest
 from .sim.base import CameraFrame, SimBackend
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"  # package data; ./scenarios links here
@@ -168,7 +168,7 @@ class WorldgenEnv(gym.Env):
         render_mode: str | None = None,
         device: str | None = None,
     ):
-        self.manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+        self.manifest = as_manifest(manifest)
         if backend is None:
             from .sim.newton import NewtonBackend
 

@@ -25,6 +25,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -495,6 +496,11 @@ class EvaluationSpec(_Strict):
 
 
 class Manifest(_Strict):
+    # Set by parse_manifest: the YAML text and the folder it was read from (not fields: the hash is of
+    # the validated content only).
+    _source_text: str = PrivateAttr(default="")
+    _base_dir: Path | None = PrivateAttr(default=None)
+
     name: Name
     version: Annotated[str, Field(pattern=r"^\d+(\.\d+){0,2}$")] = "1.0"
     description: str = Field("", max_length=2000)
@@ -559,6 +565,16 @@ class Manifest(_Strict):
         return json.dumps(
             self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=True
         )
+
+    @property
+    def source_text(self) -> str:
+        """The YAML it was parsed from, as written (datasets store it whole)."""
+        return self._source_text
+
+    @property
+    def base_dir(self) -> Path | None:
+        """The folder relative asset paths resolve against (the manifest file's folder)."""
+        return self._base_dir
 
     def content_hash(self) -> str:
         """sha256 of the canonical JSON of the validated manifest: formatting and comments do not count."""
@@ -676,9 +692,11 @@ def parse_manifest(text: str, file: str = "<string>", base_dir: Path | None = No
         got = "an empty document" if data is None else type(data).__name__
         raise ManifestError([f"{file}:1: <root>: expected a mapping of manifest fields, got {got}"])
     try:
-        return Manifest.model_validate(data, context={"base_dir": base_dir})
+        manifest = Manifest.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
         raise ManifestError(_validation_lines(exc, root, file)) from None
+    manifest._source_text, manifest._base_dir = text, base_dir
+    return manifest
 
 
 def load_manifest(path: str | Path) -> Manifest:
@@ -689,6 +707,12 @@ def load_manifest(path: str | Path) -> Manifest:
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError([f"{path}:0: <file>: cannot read: {exc.strerror or exc}"]) from None
     return parse_manifest(text, file=str(path), base_dir=path.resolve().parent)
+
+
+def as_manifest(manifest: Manifest | str | Path) -> Manifest:
+    """The manifest object itself, or the one a path names: functions take either, and are passed the
+    object once the edge (a command, a test) has parsed it."""
+    return manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
 
 
 # --------------------------------------------------------------------------------------------------

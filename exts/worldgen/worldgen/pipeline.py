@@ -22,7 +22,7 @@ from .dataset import (
     read_header,
 )
 from .keys import EXECUTED_ACTIONS
-from .manifest import Manifest, load_manifest
+from .manifest import Manifest, as_manifest
 from .sim.base import SimDiverged, instance_table
 
 
@@ -142,10 +142,10 @@ def record_play_episode(
 class SeedWorker:
     """Holds one environment and records episodes; also the body of a Ray actor."""
 
-    def __init__(self, manifest_path: str, cameras: bool = True, device: str | None = None):
+    def __init__(self, manifest: Manifest, cameras: bool = True, device: str | None = None):
         from .envs import WorldgenEnv
 
-        self.env = WorldgenEnv(manifest_path, cameras=cameras, device=device)
+        self.env = WorldgenEnv(manifest, cameras=cameras, device=device)
 
     def run(self, seed: int) -> EpisodeResult:
         return record_expert_episode(self.env, seed)
@@ -157,7 +157,7 @@ def seed_range(manifest: Manifest, n: int | None) -> list[int]:
 
 
 def run_seed_stage(
-    manifest_path: str | Path,
+    manifest: Manifest | str | Path,
     output: str | Path,
     n: int | None = None,
     workers: int = 1,
@@ -169,9 +169,8 @@ def run_seed_stage(
 
     Demo names are ``demo_<seed - base_seed>``, so the file is the same for any number of workers.
     """
-    manifest_path = Path(manifest_path)
-    manifest = load_manifest(manifest_path)
-    header = dataset_header(manifest, instance_table(manifest), manifest_path.read_text(encoding="utf-8"))
+    manifest = as_manifest(manifest)
+    header = dataset_header(manifest, instance_table(manifest), manifest.source_text)
     writer = DatasetWriter(output, header)
     todo = [s for s in seed_range(manifest, n) if s not in writer.done_seeds()]
     total = len(todo)
@@ -179,9 +178,9 @@ def run_seed_stage(
     if workers > 1 or ray_address is not None:
         from .distributed import map_seeds
 
-        results = map_seeds(SeedWorker, (str(manifest_path), cameras), todo, workers, ray_address)
+        results = map_seeds(SeedWorker, (manifest, cameras), todo, workers, ray_address)
     else:
-        worker = SeedWorker(str(manifest_path), cameras=cameras)
+        worker = SeedWorker(manifest, cameras=cameras)
         results = (worker.run(seed) for seed in todo)
     for done, result in enumerate(results, start=1):
         if result.demo is None:

@@ -327,7 +327,9 @@ def _author_object(stage: Usd.Stage, obj: ObjectSpec, sampled, base_dir: Path | 
 
 
 def build_stage(manifest: Manifest, scene: SceneSample, base_dir: Path | None = None) -> Usd.Stage:
-    """Author the stage in memory (anonymous layer)."""
+    """Author the stage in memory (anonymous layer). Relative asset paths resolve against ``base_dir``,
+    by default the manifest's own folder (so the simulator backends find them too)."""
+    base_dir = base_dir if base_dir is not None else manifest.base_dir
     stage = Usd.Stage.CreateInMemory()
     UsdGeom.SetStageMetersPerUnit(stage, 1.0)
     UsdGeom.SetStageUpAxis(stage, UsdGeom.Tokens.z)

@@ -68,7 +68,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else Path(f"{manifest.name}_seed{args.seed}.usda")
     if output.suffix != ".usda":
         raise ArgumentError(f"{output}: -o must name a .usda file")
-    path, scene = compile_stage(manifest, args.seed, output, base_dir=Path(args.manifest).resolve().parent)
+    path, scene = compile_stage(manifest, args.seed, output)
     objects = ", ".join(f"{o.name}@({o.position[0]:.3f},{o.position[1]:.3f})" for o in scene.objects)
     print(f"wrote {path}  manifest={manifest.name} seed={args.seed} hash={manifest.content_hash()[:12]}")
     print(f"  objects: {objects}")
@@ -79,7 +79,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 def _cmd_seed(args: argparse.Namespace) -> int:
     from ..pipeline import run_seed_stage
 
-    load_manifest(args.manifest)  # report manifest problems before any heavy import
+    manifest = load_manifest(args.manifest)  # parsed once, here; problems reported before any work
     bar = ProgressBar(total=None, unit="demo", desc="seed", dynamic_ncols=True, disable=args.quiet)
     stats = {"frames": 0, "seconds": 0.0, "ok": 0, "done": 0}
 
@@ -99,7 +99,7 @@ def _cmd_seed(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         writer = run_seed_stage(
-            args.manifest,
+            manifest,
             args.output,
             n=args.n,
             workers=args.workers,
@@ -367,9 +367,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         bar.refresh()
 
     out = Path(args.output) if args.output else Path(args.policy) / "eval"
+    manifest = load_manifest(args.manifest)
     try:
         report = evaluate_policy(
-            args.policy, args.manifest, args.episodes, out, gifs=not args.no_gifs, progress=progress
+            args.policy, manifest, args.episodes, out, gifs=not args.no_gifs, progress=progress
         )
     finally:
         bar.close()
@@ -387,7 +388,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, table
 
     result = compare(
-        args.manifest,
+        load_manifest(args.manifest),
         args.output,
         seeds=args.seeds,
         branches=args.branches,

@@ -25,7 +25,7 @@ from policies.train import train_bc
 from worldgen.checks.gate import gate_dataset
 from worldgen.dataset import demo_names
 from worldgen.files import write_atomically
-from worldgen.manifest import load_manifest
+from worldgen.manifest import Manifest, as_manifest
 from worldgen.pipeline import run_seed_stage
 
 from .. import plots
@@ -40,7 +40,7 @@ def _say(progress: Callable[[str], None] | None, text: str) -> None:
 
 
 def compare(
-    manifest_path: str | Path,
+    manifest: Manifest | str | Path,
     out: str | Path,
     seeds: int = 10,
     branches: int = 4,
@@ -55,15 +55,14 @@ def compare(
     from world_models.checkpoint import checkpoint_hash
     from world_models.train import train_world_model
 
-    manifest_path, out = Path(manifest_path), Path(out)
-    manifest = load_manifest(manifest_path)
+    manifest, out = as_manifest(manifest), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cameras = algo == "bc-image"
     seed_file, synth = out / "seeds.hdf5", out / "synthetic.hdf5"
     oracle = out / ("oracle_cameras.hdf5" if cameras else "oracle.hdf5")
 
     _say(progress, f"recording {seeds} seed demos")
-    run_seed_stage(manifest_path, seed_file, n=seeds)
+    run_seed_stage(manifest, seed_file, n=seeds)
     _say(progress, "training the world model")
     ckpt = out / "world_model"
     train_world_model(seed_file, ckpt, steps=wm_steps, checkpoint_every=max((wm_steps or 500) // 2, 1))
@@ -77,7 +76,7 @@ def compare(
         passed = [n for n in demo_names(f, "passed") if n in set(synthetic)]
     extra = len(synthetic)
     _say(progress, f"simulating {extra} extra expert demos for the oracle row")
-    run_seed_stage(manifest_path, oracle, n=seeds + extra, cameras=cameras)
+    run_seed_stage(manifest, oracle, n=seeds + extra, cameras=cameras)
 
     datasets = {
         "seeds": (seed_file, "seed", None),

@@ -49,8 +49,7 @@ class WorldgenApp:
         if manifest is None:
             return None
         out = Path(self.state.output_dir) / f"{manifest.name}_seed{self.state.seed}.usda"
-        base_dir = Path(self.state.manifest_path).resolve().parent
-        path, _ = compile_stage(manifest, self.state.seed, out, base_dir=base_dir)
+        path, _ = compile_stage(manifest, self.state.seed, out)
         self.state.last_stage = str(path)
         self.state.status = f"compiled {manifest.name} seed {self.state.seed} -> {path}"
         return str(path)
