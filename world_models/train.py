@@ -9,16 +9,19 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from worldgen.checks.clip import tracked_objects
-from worldgen.dataset import dataset_manifest, open_dataset
+from worldgen.dataset import dataset_manifest, demo_names, open_dataset
 from worldgen.errors import ArgumentError, CheckpointError
 from worldgen.files import recover_folder, staging_folder, swap_in_folder, write_atomically
+from worldgen.manifest import Manifest
 
 from .checkpoint import (
     META_NAME,
@@ -207,89 +210,144 @@ def _pretrained_objective(pretrained: Path | None, backbone: str) -> Objective |
     return objective if objective.name == BACKBONE_OBJECTIVE[backbone] else None
 
 
-def train_world_model(
-    dataset: str | Path,
-    out: str | Path,
-    steps: int | None = None,
-    pretrained: str | Path | None = None,
-    batch_size: int | None = None,
-    seed: int = 0,
-    checkpoint_every: int = 500,
-    progress: Callable[[int, float, float, float], None] | None = None,
-    lora_rank: int | None = None,
-    mixed_precision: str = "no",
-    gradient_checkpointing: bool = False,
-    device: str = "cpu",
-    vae: str | Path | None = None,
-    time_limit: float | None = None,
-) -> dict:
-    """Train on ``train``, validate on ``valid``; resumes from ``out`` when it holds a checkpoint.
+@dataclass
+class TrainingConfig:
+    """How a world-model training run goes; ``steps`` and ``batch_size`` default to the manifest's
+    ``world_model``, as do ``pretrained`` and ``vae`` (see :func:`resolve_pretrained`).
 
     ``time_limit`` (seconds of training): stop early with a checkpoint at the step reached, so a job
-    under a wall-clock limit resumes from there on its next run (``stopped_early`` in the result).
+    under a wall-clock limit resumes from there on its next run. ``lora_rank``: freeze the (pretrained)
+    U-Net and train LoRA adapters of that rank on its attention and convolution layers (peft), plus the
+    action/state conditioning in full; the saved ``model/`` has the adapters merged, so it loads as a
+    plain model. ``mixed_precision="bf16"`` runs forward passes under bfloat16 autocast;
+    ``gradient_checkpointing`` recomputes U-Net activations in the backward pass. ``device``: where the
+    model trains ("cuda" on a GPU); the data is held and batches and noise are drawn there."""
 
-    ``pretrained`` / ``vae``: see :func:`resolve_pretrained`. With a (local) Wan VAE the model learns in
-    its latent space (:mod:`world_models.latents`) and the VAE is saved, frozen, in the checkpoint.
+    steps: int | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    checkpoint_every: int = 500
+    pretrained: str | Path | None = None
+    vae: str | Path | None = None
+    lora_rank: int | None = None
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    device: str = "cpu"
+    time_limit: float | None = None
 
-    ``lora_rank``: freeze the (pretrained) U-Net and train LoRA adapters of that rank on its attention
-    and convolution layers (peft), plus the action/state conditioning in full; the saved ``model/`` has
-    the adapters merged, so it loads as a plain model. ``mixed_precision="bf16"`` runs forward passes
-    under bfloat16 autocast; ``gradient_checkpointing`` recomputes U-Net activations in the backward pass.
-    ``device``: where the model trains ("cuda" on a GPU); the data is held and batches and noise are drawn
-    there.
-    """
-    if mixed_precision not in ("no", "bf16"):
-        raise ArgumentError(f"mixed_precision {mixed_precision!r}: expected 'no' or 'bf16'")
-    dataset, out = Path(dataset), Path(out)
-    recover_folder(out)  # a run killed while swapping in a checkpoint goes on from the previous one
-    with open_dataset(dataset) as f:
-        manifest = dataset_manifest(f)
-        first = next(iter(f["data"].values()))
-        scene = json.loads(first.attrs["scene"])
+    def __post_init__(self) -> None:
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ArgumentError(f"mixed_precision {self.mixed_precision!r}: expected 'no' or 'bf16'")
+
+
+@dataclass
+class TrainingData:
+    """The train and valid demos in the model's frame space, and what describes that space."""
+
+    train: WorldModelData
+    valid: WorldModelData
+    instances: list[int]
+    channels: int  # frame channels the model sees (pixel channels, or the VAE's latent channels)
+    resolution: int  # the model's frame size
+    codec: WanFrameCodec | None = None
+    latent: dict | None = None  # recorded in the checkpoint when the model works in a VAE's latents
+
+
+def load_training_data(
+    dataset: Path, manifest: Manifest, instances: list[int], vae: Path | None, device: str
+) -> TrainingData:
+    """The dataset's train and valid demos as frames of the tracked ``instances``, encoded by ``vae``."""
     spec = manifest.world_model
-    camera = manifest.world_model_camera
-    instances = [o.instance for o in tracked_objects(manifest, scene)]
-    resolution = tuple(spec.resolution)
-    pretrained, vae = pretrained or spec.pretrained, vae or spec.vae
-    if vae is None and (out / META_NAME).is_file() and (out / "vae").is_dir():
-        vae = out / "vae"  # resuming a run in latent space
-    pretrained, vae = resolve_pretrained(pretrained, vae)
+    camera, resolution = manifest.world_model_camera, tuple(spec.resolution)
     train = WorldModelData(
         dataset, "train", camera, resolution, instances, spec.context_frames, extra_masks=("play",)
     )
     valid = WorldModelData(dataset, "valid", camera, resolution, instances, spec.context_frames)
-    norm = train.normalization()
-    channels, model_resolution, latent = frame_channels(instances), resolution[0], None
-    codec = None
+    data = TrainingData(train, valid, instances, frame_channels(instances), resolution[0])
     if vae is not None:
-        codec = WanFrameCodec.from_pretrained(vae, channels).to(device)
-        model_resolution = codec.latent_size(resolution[0])
-        latent = {
-            "vae_digest": codec.digest(),
-            "channels": codec.latent_channels,
-            "resolution": [codec.latent_size(r) for r in resolution],
+        data.codec = WanFrameCodec.from_pretrained(vae, data.channels).to(device)
+        data.resolution = data.codec.latent_size(resolution[0])
+        data.latent = {
+            "vae_digest": data.codec.digest(),
+            "channels": data.codec.latent_channels,
+            "resolution": [data.codec.latent_size(r) for r in resolution],
         }
-        train.encode(codec)
-        valid.encode(codec)
-        channels = codec.latent_channels
-    steps = steps or spec.train_steps
-    batch_size = batch_size or spec.batch_size
-    torch.manual_seed(seed)
+        train.encode(data.codec)
+        valid.encode(data.codec)
+        data.channels = data.codec.latent_channels
+    return data
+
+
+def resume_training(
+    out: Path, meta: CheckpointMeta, model: WorldModel, ema: EMAModel, optimizer: torch.optim.Optimizer
+) -> tuple[int, list[dict]]:
+    """Load the training state in ``out`` into the model, EMA and optimizer when there is one; the step to
+    go on from and the validation history. A checkpoint of other data, latents or LoRA rank is refused."""
+    if not (out / "training_state.safetensors").exists():
+        return 0, []
+    previous = read_checkpoint_meta(out)
+    if (previous.data_hash, previous.manifest_hash) != (meta.data_hash, meta.manifest_hash):
+        raise CheckpointError(
+            f"{out}: checkpoint was trained on other data or another manifest; "
+            "choose a new output folder to train afresh"
+        )
+    if previous.latent != meta.latent:
+        raise CheckpointError(f"{out}: checkpoint was trained in another latent space (VAE)")
+    if previous.lora_rank != meta.lora_rank:
+        raise CheckpointError(f"{out}: checkpoint was trained with lora_rank {previous.lora_rank}")
+    tensors = load_file(out / "training_state.safetensors")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    for i, p in enumerate(ema.shadow_params):
+        p.data.copy_(tensors[f"ema.{i}"])
+    _restore_optimizer(optimizer, tensors)
+    state = json.loads((out / "training_state.json").read_text())
+    ema.optimization_step = int(state.get("ema_step", state["step"]))
+    return int(state["step"]), state.get("validation", [])
+
+
+def train_world_model(
+    dataset: str | Path,
+    out: str | Path,
+    config: TrainingConfig | None = None,
+    progress: Callable[[int, float, float, float], None] | None = None,
+    **overrides: Any,
+) -> dict:
+    """Train on ``train`` (plus ``play`` when present), validate on ``valid``; resumes from ``out`` when it
+    holds a checkpoint. ``overrides`` are :class:`TrainingConfig` fields. The result has the step reached,
+    the validation history and ``stopped_early`` (the time limit ended the run)."""
+    config = replace(config or TrainingConfig(), **overrides)
+    dataset, out = Path(dataset), Path(out)
+    recover_folder(out)  # a run killed while swapping in a checkpoint goes on from the previous one
+    with open_dataset(dataset) as f:
+        manifest = dataset_manifest(f)
+        scene = json.loads(f["data"][demo_names(f)[0]].attrs["scene"])
+    spec = manifest.world_model
+    vae = config.vae or spec.vae
+    if vae is None and (out / META_NAME).is_file() and (out / "vae").is_dir():
+        vae = out / "vae"  # resuming a run in latent space
+    pretrained, vae = resolve_pretrained(config.pretrained or spec.pretrained, vae)
+    instances = [o.instance for o in tracked_objects(manifest, scene)]
+    data = load_training_data(dataset, manifest, instances, vae, config.device)
+    train, valid = data.train, data.valid
+    norm = train.normalization()
+    steps = config.steps or spec.train_steps
+    batch_size = config.batch_size or spec.batch_size
+    torch.manual_seed(config.seed)
     model = build_world_model(
         spec.backbone,
         pretrained,
-        frame_channels=channels,
+        frame_channels=data.channels,
         context_frames=spec.context_frames,
         action_dim=train.episodes[0].actions.shape[1],
         state_dim=train.episodes[0].states.shape[1],
-        resolution=model_resolution,
+        resolution=data.resolution,
     )
-    device = torch.device(device)
+    device = torch.device(config.device)
     model.to(device)
-    if gradient_checkpointing:
+    if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    if lora_rank is not None:
-        add_lora(model, lora_rank)
+    if config.lora_rank is not None:
+        add_lora(model, config.lora_rank)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=spec.learning_rate, weight_decay=1e-4)
     # EMA warm-up (decay 1 - (1 + step)^(-2/3), capped): short CPU budgets would otherwise average in
@@ -298,26 +356,22 @@ def train_world_model(
     objective = _pretrained_objective(pretrained, spec.backbone) or objective_for(
         spec.backbone, train.residual_std()
     )
-    start, history = 0, []
-    if (out / "training_state.safetensors").exists():
-        previous = read_checkpoint_meta(out)
-        if (previous.data_hash, previous.manifest_hash) != (train.data_hash, manifest.content_hash()):
-            raise CheckpointError(
-                f"{out}: checkpoint was trained on other data or another manifest; "
-                "choose a new output folder to train afresh"
-            )
-        if previous.latent != latent:
-            raise CheckpointError(f"{out}: checkpoint was trained in another latent space (VAE)")
-        if previous.lora_rank != lora_rank:
-            raise CheckpointError(f"{out}: checkpoint was trained with lora_rank {previous.lora_rank}")
-        tensors = load_file(out / "training_state.safetensors")
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        for i, p in enumerate(ema.shadow_params):
-            p.data.copy_(tensors[f"ema.{i}"])
-        _restore_optimizer(optimizer, tensors)
-        state = json.loads((out / "training_state.json").read_text())
-        start, history = int(state["step"]), state.get("validation", [])
-        ema.optimization_step = int(state.get("ema_step", start))
+    meta = CheckpointMeta(
+        preset=spec.backbone,
+        camera=manifest.world_model_camera,
+        resolution=tuple(spec.resolution),
+        instances=tuple(data.instances),
+        context_frames=spec.context_frames,
+        normalization=norm,
+        data_hash=train.data_hash,
+        manifest_hash=manifest.content_hash(),
+        scheduler=objective.config(),
+        step=0,
+        lora_rank=config.lora_rank,
+        mixed_precision=config.mixed_precision,
+        latent=data.latent,
+    )
+    start, history = resume_training(out, meta, model, ema, optimizer)
     # Linear warm-up, then cosine decay to zero at the run's last step (a resumed run with a later last
     # step follows the longer curve from where it is).
     for group in optimizer.param_groups:
@@ -325,25 +379,10 @@ def train_world_model(
     lr_schedule = get_cosine_schedule_with_warmup(
         optimizer, min(WARMUP_STEPS, steps // 10), max(steps, 1), last_epoch=start - 1
     )
-    meta = CheckpointMeta(
-        preset=spec.backbone,
-        camera=camera,
-        resolution=resolution,
-        instances=tuple(instances),
-        context_frames=spec.context_frames,
-        normalization=norm,
-        data_hash=train.data_hash,
-        manifest_hash=manifest.content_hash(),
-        scheduler=objective.config(),
-        step=start,
-        lora_rank=lora_rank,
-        mixed_precision=mixed_precision,
-        latent=latent,
-    )
     # Batches and noise are drawn on the training device: the same seed gives the same run on the same
     # machine and device (CPU and GPU runs draw different numbers).
     train.to(device)
-    generator = torch.Generator(device).manual_seed(seed * 1_000_003 + start)
+    generator = torch.Generator(device).manual_seed(config.seed * 1_000_003 + start)
     val_generator = torch.Generator().manual_seed(12345)
     val_batch = valid.batch(min(64, len(valid.index)), val_generator)
     model.train()
@@ -351,7 +390,7 @@ def train_world_model(
     done, out_of_time = start, False
     for step in range(start, steps):
         batch = train.batch(batch_size, generator)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16"):
             frame_loss, state_loss = world_model_loss(model, objective, batch, generator, norm)
         optimizer.zero_grad(set_to_none=True)
         (frame_loss + state_loss).backward()
@@ -364,8 +403,8 @@ def train_world_model(
         if progress is not None and (done % PROGRESS_EVERY == 0 or done == steps):
             rate = (done - start) * batch_size / (time.perf_counter() - started)
             progress(done, frame_loss.item(), state_loss.item(), rate)
-        out_of_time = time_limit is not None and time.perf_counter() - started >= time_limit
-        if done % checkpoint_every == 0 or done == steps or out_of_time:
+        out_of_time = config.time_limit is not None and time.perf_counter() - started >= config.time_limit
+        if done % config.checkpoint_every == 0 or done == steps or out_of_time:
             with torch.no_grad():
                 model.eval()
                 v_frame, v_state = world_model_loss(
@@ -386,7 +425,7 @@ def train_world_model(
                     "batch_size": batch_size,
                     "validation": history,
                 },
-                codec,
+                data.codec,
             )
         if out_of_time:
             break

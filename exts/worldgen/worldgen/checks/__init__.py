@@ -137,75 +137,99 @@ def _longest_run(flags: np.ndarray) -> int:
     return best
 
 
-def clip_scores(clip: Clip, stats: dict[str, dict]) -> dict[str, tuple[float | None, np.ndarray | None]]:
-    """Per check: (score, per-frame scores) or (None, None) when the inputs are missing."""
-    t_count = clip.frames
-    out: dict[str, tuple[float | None, np.ndarray | None]] = {name: (None, None) for name in CHECK_NAMES}
-    objs = clip.objects
+Score = tuple[float | None, np.ndarray | None]  # (clip score, per-frame scores); (None, None): no input
 
-    if "mask" in stats and objs:
-        m = stats["mask"]
-        per_frame = np.zeros(t_count)
-        for o in objs:
-            i = o.instance
-            for t in range(1, t_count):
-                a0, a1 = int(m["area"][t - 1, i]), int(m["area"][t, i])
-                if m["border"][t - 1, i] or m["border"][t, i] or max(a0, a1) < MIN_PIXELS:
-                    continue
-                loss = max(0, a0 - a1 - int(m["lost_to_nearer"][t, i])) / max(a0, MIN_PIXELS)
-                gain = max(0, a1 - a0 - int(m["gained_from_nearer"][t, i])) / max(a1, MIN_PIXELS)
-                per_frame[t] = max(per_frame[t], loss, gain)
-        out["permanence"] = (float(per_frame.max(initial=0.0)), per_frame)
 
-    if "points" in stats and objs:
-        p = stats["points"]
-        speed, accel, sink, floating = (np.zeros(t_count) for _ in range(4))
-        for o in objs:
-            i = o.instance
-            valid = p["counts"][:, i] >= MIN_PIXELS
-            c = p["sums"][:, i] / np.maximum(p["counts"][:, i], 1)[:, None]
-            top = p["z_max"][:, i].astype(float)
-            bottom = top - min(o.size)  # where the object's base is if it rests on its smallest extent
-            height = bottom - o.support_top
-            v = np.zeros((t_count, 3))
-            both = valid[1:] & valid[:-1]
-            v[1:][both] = (c[1:] - c[:-1])[both] * clip.fps
-            speed[1:] = np.maximum(speed[1:], np.where(both, np.linalg.norm(v[1:], axis=1), 0.0))
-            three = valid[2:] & valid[1:-1] & valid[:-2]
-            a = np.linalg.norm(c[2:] - 2 * c[1:-1] + c[:-2], axis=1) * clip.fps**2
-            clear = (height[2:] > FLOAT_HEIGHT) & (height[1:-1] > FLOAT_HEIGHT) & (height[:-2] > FLOAT_HEIGHT)
-            accel[1:-1] = np.maximum(accel[1:-1], np.where(three & clear, a, 0.0))
-            sink = np.maximum(sink, np.where(valid, -height, -np.inf))
-            near = _robot_near(clip.seg, i, clip.robot_id)
-            falling = v[:, 2] < -FALLING_SPEED
-            floating_now = valid & (height > FLOAT_HEIGHT) & ~near & ~falling
-            floating = np.maximum(floating, floating_now.astype(float))
-        out["teleport"] = (float(speed.max(initial=0.0)), speed)
-        out["acceleration"] = (float(accel.max(initial=0.0)), accel)
-        finite = np.where(np.isfinite(sink), sink, 0.0)
-        out["penetration"] = (float(max(finite.max(initial=0.0), 0.0)), np.maximum(finite, 0.0))
-        out["floating"] = (float(_longest_run(floating > 0)), floating)
-
-    if "flicker" in stats:
-        h, w = clip.rgb.shape[1:3]
-        per_frame = stats["flicker"]["counts"] / float(h * w)
-        out["flicker"] = (float(per_frame.max(initial=0.0)), per_frame)
-
-    if "static_depth" in stats:
-        # Two parts in units of their nominal bounds, so one threshold serves both.
-        sd = stats["static_depth"]
-        per_frame = (
-            np.where(sd["total"] >= 100, sd["changed"] / np.maximum(sd["total"], 1), 0.0) / STATIC_UNSTABLE
-        )
-        e = stats["edges"]
-        for o in objs:
-            enough = e["boundary"][:, o.instance] >= 8
-            if enough.sum() < 3:
+def _permanence(clip: Clip, stats: dict[str, dict]) -> dict[str, Score]:
+    """Mask area a tracked object loses or gains between frames, beyond what a nearer surface explains."""
+    m, t_count = stats["mask"], clip.frames
+    per_frame = np.zeros(t_count)
+    for o in clip.objects:
+        i = o.instance
+        for t in range(1, t_count):
+            a0, a1 = int(m["area"][t - 1, i]), int(m["area"][t, i])
+            if m["border"][t - 1, i] or m["border"][t, i] or max(a0, a1) < MIN_PIXELS:
                 continue
-            ratio = e["edged"][:, o.instance] / np.maximum(e["boundary"][:, o.instance], 1)
-            drop = np.where(enough, np.median(ratio[enough]) - ratio, 0.0)
-            per_frame = np.maximum(per_frame, drop / EDGE_DROP)
-        out["depth"] = (float(per_frame.max(initial=0.0)), per_frame)
+            loss = max(0, a0 - a1 - int(m["lost_to_nearer"][t, i])) / max(a0, MIN_PIXELS)
+            gain = max(0, a1 - a0 - int(m["gained_from_nearer"][t, i])) / max(a1, MIN_PIXELS)
+            per_frame[t] = max(per_frame[t], loss, gain)
+    return {"permanence": (float(per_frame.max(initial=0.0)), per_frame)}
+
+
+def _motion(clip: Clip, stats: dict[str, dict]) -> dict[str, Score]:
+    """From each object's back-projected centroid and top: speed (teleport), acceleration while clear of
+    the support, how far its base sinks below the support (penetration), and hovering (floating)."""
+    p, t_count = stats["points"], clip.frames
+    speed, accel, sink, floating = (np.zeros(t_count) for _ in range(4))
+    for o in clip.objects:
+        i = o.instance
+        valid = p["counts"][:, i] >= MIN_PIXELS
+        c = p["sums"][:, i] / np.maximum(p["counts"][:, i], 1)[:, None]
+        top = p["z_max"][:, i].astype(float)
+        bottom = top - min(o.size)  # where the object's base is if it rests on its smallest extent
+        height = bottom - o.support_top
+        v = np.zeros((t_count, 3))
+        both = valid[1:] & valid[:-1]
+        v[1:][both] = (c[1:] - c[:-1])[both] * clip.fps
+        speed[1:] = np.maximum(speed[1:], np.where(both, np.linalg.norm(v[1:], axis=1), 0.0))
+        three = valid[2:] & valid[1:-1] & valid[:-2]
+        a = np.linalg.norm(c[2:] - 2 * c[1:-1] + c[:-2], axis=1) * clip.fps**2
+        clear = (height[2:] > FLOAT_HEIGHT) & (height[1:-1] > FLOAT_HEIGHT) & (height[:-2] > FLOAT_HEIGHT)
+        accel[1:-1] = np.maximum(accel[1:-1], np.where(three & clear, a, 0.0))
+        sink = np.maximum(sink, np.where(valid, -height, -np.inf))
+        near = _robot_near(clip.seg, i, clip.robot_id)
+        falling = v[:, 2] < -FALLING_SPEED
+        floating_now = valid & (height > FLOAT_HEIGHT) & ~near & ~falling
+        floating = np.maximum(floating, floating_now.astype(float))
+    finite = np.where(np.isfinite(sink), sink, 0.0)
+    return {
+        "teleport": (float(speed.max(initial=0.0)), speed),
+        "acceleration": (float(accel.max(initial=0.0)), accel),
+        "penetration": (float(max(finite.max(initial=0.0), 0.0)), np.maximum(finite, 0.0)),
+        "floating": (float(_longest_run(floating > 0)), floating),
+    }
+
+
+def _flicker(clip: Clip, stats: dict[str, dict]) -> dict[str, Score]:
+    """Share of the image whose colour jumps while depth and segmentation stay put."""
+    h, w = clip.rgb.shape[1:3]
+    per_frame = stats["flicker"]["counts"] / float(h * w)
+    return {"flicker": (float(per_frame.max(initial=0.0)), per_frame)}
+
+
+def _depth(clip: Clip, stats: dict[str, dict]) -> dict[str, Score]:
+    """Static background depth that changes, plus object boundaries that lose their depth edge."""
+    # Two parts in units of their nominal bounds, so one threshold serves both.
+    sd = stats["static_depth"]
+    per_frame = (
+        np.where(sd["total"] >= 100, sd["changed"] / np.maximum(sd["total"], 1), 0.0) / STATIC_UNSTABLE
+    )
+    e = stats["edges"]
+    for o in clip.objects:
+        enough = e["boundary"][:, o.instance] >= 8
+        if enough.sum() < 3:
+            continue
+        ratio = e["edged"][:, o.instance] / np.maximum(e["boundary"][:, o.instance], 1)
+        drop = np.where(enough, np.median(ratio[enough]) - ratio, 0.0)
+        per_frame = np.maximum(per_frame, drop / EDGE_DROP)
+    return {"depth": (float(per_frame.max(initial=0.0)), per_frame)}
+
+
+# One scorer per group of checks, with the statistic it reads and whether it needs tracked objects.
+SCORERS = (
+    ("mask", True, _permanence),
+    ("points", True, _motion),
+    ("flicker", False, _flicker),
+    ("static_depth", False, _depth),
+)
+
+
+def clip_scores(clip: Clip, stats: dict[str, dict]) -> dict[str, Score]:
+    """Per check: (score, per-frame scores) or (None, None) when the inputs are missing."""
+    out: dict[str, Score] = {name: (None, None) for name in CHECK_NAMES}
+    for statistic, needs_objects, scorer in SCORERS:
+        if statistic in stats and (clip.objects or not needs_objects):
+            out.update(scorer(clip, stats))
     return out
 
 
