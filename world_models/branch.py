@@ -145,6 +145,35 @@ def state_obs(states: np.ndarray, layout: dict[str, int]) -> dict[str, np.ndarra
     return out
 
 
+def noisy_futures(actions: torch.Tensor, seeds: list[int], action_noise: float) -> torch.Tensor:
+    """(len(seeds), H, A): the parent's next H actions once per noise seed, each with its own Gaussian
+    noise of std ``action_noise`` (drawn from the seed's ``action_noise`` stream), clipped to [-1, 1]."""
+    future = actions[None].repeat(len(seeds), 1, 1)
+    for i, seed in enumerate(seeds):
+        rng = rng_for(seed, "action_noise")
+        future[i] += torch.from_numpy(rng.normal(0.0, action_noise, future[i].shape).astype(np.float32))
+    return future.clamp(-1.0, 1.0)
+
+
+def predicted_obs(
+    camera: str,
+    instances: list[int],
+    frames: torch.Tensor,
+    states: np.ndarray,
+    layout: dict[str, int],
+    size: tuple[int, int],
+) -> dict[str, np.ndarray]:
+    """A rollout's T+1 model frames and raw states as dataset observations: the camera's images at the
+    camera's (h, w) and the low-dimensional keys."""
+    picture = obs_from_frames(F.interpolate(frames, size=size, mode="nearest"), instances)
+    return {
+        image_key(camera, RGB): picture["rgb"],
+        image_key(camera, DEPTH): picture["depth"],
+        image_key(camera, SEG): picture["seg"],
+        **state_obs(states, layout),
+    }
+
+
 def branch_dataset(
     dataset: str | Path,
     ckpt: str | Path,
@@ -191,30 +220,20 @@ def branch_dataset(
                     continue
                 context, past, state = episode.history(step, k)
                 seeds = [noise_seed(base_seed, name, step, i) for i in range(per_seed)]
-                future = actions[step : step + horizon][None].repeat(per_seed, 1, 1)
-                for i in range(per_seed):
-                    rng = rng_for(seeds[i], "action_noise")
-                    future[i] += torch.from_numpy(
-                        rng.normal(0.0, action_noise, future[i].shape).astype(np.float32)
-                    )
-                future = future.clamp(-1.0, 1.0)
+                future = noisy_futures(actions[step : step + horizon], seeds, action_noise)
                 pred_frames, pred_states = sampler.rollout(context, past, state, future, seeds)
                 for i in range(per_seed):
-                    seq = torch.cat(
-                        [frames[step : step + 1], pred_frames[i]]
-                    )  # T+1 frames from the branch step
-                    seq = F.interpolate(seq, size=(h, w), mode="nearest")
-                    picture = obs_from_frames(seq, instances)
-                    low = state_obs(np.concatenate([state[None].numpy(), pred_states[i].numpy()]), layout)
                     demo = Demo(
                         actions=future[i].numpy(),
                         states=np.zeros((horizon, 0)),
-                        obs={
-                            image_key(camera, RGB): picture["rgb"],
-                            image_key(camera, DEPTH): picture["depth"],
-                            image_key(camera, SEG): picture["seg"],
-                            **low,
-                        },
+                        obs=predicted_obs(
+                            camera,
+                            instances,
+                            torch.cat([frames[step : step + 1], pred_frames[i]]),
+                            np.concatenate([state[None].numpy(), pred_states[i].numpy()]),
+                            layout,
+                            (h, w),
+                        ),
                         rewards=np.zeros(horizon, np.float32),
                         dones=np.zeros(horizon, np.uint8),
                         attrs={

@@ -209,6 +209,7 @@ class DemoRecord:
     model: str | None = None  # world-model checkpoint hash
     check_passed: bool | None = None  # None until worldgen check has judged it
     labeler: str | None = None  # recover: "expert" or "parent" (whose corrective actions are the labels)
+    action_noise: float | None = None  # std of the noise on the executed actions (play, recover)
 
     @classmethod
     def from_group(cls, group: h5py.Group) -> DemoRecord:
@@ -238,6 +239,7 @@ class DemoRecord:
             model=text("model"),
             check_passed=None if passed is None else bool(passed),
             labeler=text("labeler"),
+            action_noise=None if attrs.get("action_noise") is None else float(attrs["action_noise"]),
         )
 
 

@@ -216,9 +216,7 @@ def run_play_stage(
                 writer.append(read_demo(group), name)
             if record.source == "sim" and record.success:
                 parents[name] = (record.seed, group["actions"][()])
-    done = {
-        (d["attrs"].get("parent"), float(d["attrs"].get("action_noise", -1))) for d in writer.demos.values()
-    }
+    done = {(r.parent, r.action_noise) for r in writer.records()}
     todo = [(n, s) for n in parents for s in action_noise if (n, float(s)) not in done]
     env = WorldgenEnv(manifest, cameras=cameras)
     try:

@@ -330,6 +330,27 @@ def build_stage(manifest: Manifest, scene: SceneSample, base_dir: Path | None = 
     """Author the stage in memory (anonymous layer). Relative asset paths resolve against ``base_dir``,
     by default the manifest's own folder (so the simulator backends find them too)."""
     base_dir = base_dir if base_dir is not None else manifest.base_dir
+    stage = _new_stage(manifest, scene)
+    table = manifest.task.table
+    _author_table(stage, table, scene)
+    base = manifest.embodiment.base_position
+    _author_robot(stage, (base[0], base[1], table.height))
+    UsdGeom.Scope.Define(stage, "/World/Materials")
+    UsdGeom.Xform.Define(stage, OBJECTS_PATH)
+    for obj in manifest.task.objects:
+        _author_object(stage, obj, scene.object(obj.name), base_dir)
+    _author_regions(stage, manifest.task.regions, table.height)
+    _author_distractors(stage, manifest, scene)
+    UsdGeom.Xform.Define(stage, CAMERAS_PATH)
+    for spec, cam in zip(manifest.cameras, scene.cameras, strict=True):
+        parent = HAND_PATH if spec.mount == "wrist" else CAMERAS_PATH
+        _camera(stage, f"{parent}/{spec.name}", spec, cam.position, cam.look_at)
+    _author_lights(stage, scene)
+    return stage
+
+
+def _new_stage(manifest: Manifest, scene: SceneSample) -> Usd.Stage:
+    """An empty Z-up metre/kilogram stage with the physics scene, the ground and worldgen's provenance."""
     stage = Usd.Stage.CreateInMemory()
     UsdGeom.SetStageMetersPerUnit(stage, 1.0)
     UsdGeom.SetStageUpAxis(stage, UsdGeom.Tokens.z)
@@ -358,8 +379,11 @@ def build_stage(manifest: Manifest, scene: SceneSample, base_dir: Path | None = 
 
     _box(stage, "/World/Ground", (20.0, 20.0, 0.1), (0.0, 0.0, -0.05), rgb=(0.35, 0.36, 0.38))
     _label(stage.GetPrimAtPath("/World/Ground"), "ground")
+    return stage
 
-    table = manifest.task.table
+
+def _author_table(stage: Usd.Stage, table, scene: SceneSample) -> None:
+    """The table top (colliding, with its friction) and four visual legs."""
     UsdGeom.Xform.Define(stage, "/World/Table")
     cx, cy = table.center
     top = _box(
@@ -384,28 +408,26 @@ def build_stage(manifest: Manifest, scene: SceneSample, base_dir: Path | None = 
             )
     _label(stage.GetPrimAtPath("/World/Table"), "table")
 
-    base = manifest.embodiment.base_position
-    _author_robot(stage, (base[0], base[1], table.height))
 
-    UsdGeom.Scope.Define(stage, "/World/Materials")
-    UsdGeom.Xform.Define(stage, OBJECTS_PATH)
-    for obj in manifest.task.objects:
-        _author_object(stage, obj, scene.object(obj.name), base_dir)
-
-    if manifest.task.regions:
+def _author_regions(stage: Usd.Stage, regions, table_height: float) -> None:
+    """Flat, non-colliding markers of the task's regions on the table top."""
+    if regions:
         UsdGeom.Xform.Define(stage, "/World/Regions")
-    for region in manifest.task.regions:
+    for region in regions:
         size = (2 * region.half_extents[0], 2 * region.half_extents[1], 0.001)
         marker = _box(
             stage,
             f"/World/Regions/{region.name}",
             size,
-            (*region.center, table.height + 0.0005),
+            (*region.center, table_height + 0.0005),
             rgb=region.color,
             collide=False,
         )
         _label(marker.GetPrim(), region.name)
 
+
+def _author_distractors(stage: Usd.Stage, manifest: Manifest, scene: SceneSample) -> None:
+    """Kinematic, non-colliding distractors with their motion (start, end, speed, phase) as attributes."""
     if scene.distractors:
         UsdGeom.Xform.Define(stage, "/World/Distractors")
     specs = {d.name: d for d in manifest.stressors.distractors}
@@ -421,11 +443,9 @@ def build_stage(manifest: Manifest, scene: SceneSample, base_dir: Path | None = 
         prim.CreateAttribute("worldgen:motion:phase", Sdf.ValueTypeNames.Float).Set(d.phase)
         _label(prim, "distractor")
 
-    UsdGeom.Xform.Define(stage, CAMERAS_PATH)
-    for spec, cam in zip(manifest.cameras, scene.cameras, strict=True):
-        parent = HAND_PATH if spec.mount == "wrist" else CAMERAS_PATH
-        _camera(stage, f"{parent}/{spec.name}", spec, cam.position, cam.look_at)
 
+def _author_lights(stage: Usd.Stage, scene: SceneSample) -> None:
+    """The sampled key light (distant) and the ambient dome."""
     UsdGeom.Xform.Define(stage, "/World/Lights")
     key = UsdLux.DistantLight.Define(stage, "/World/Lights/Key")
     key.CreateIntensityAttr(scene.light.intensity)
@@ -436,7 +456,6 @@ def build_stage(manifest: Manifest, scene: SceneSample, base_dir: Path | None = 
     _set_pose(key, (0.0, 0.0, 3.0), _look_at_quat((0.0, 0.0, 0.0), direction))
     dome = UsdLux.DomeLight.Define(stage, "/World/Lights/Ambient")
     dome.CreateIntensityAttr(scene.light.ambient * 1000.0)
-    return stage
 
 
 def camera_prim_path(manifest: Manifest, name: str) -> str:

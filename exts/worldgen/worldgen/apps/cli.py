@@ -109,7 +109,7 @@ def _cmd_seed(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    successes = sum(bool(d["attrs"].get("success")) for d in writer.demos.values())
+    successes = sum(r.success for r in writer.records())
     print(
         f"wrote {args.output}: {len(writer)} demos ({successes} successful, "
         f"{len(writer.discarded)} discarded) in {time.perf_counter() - started:.1f} s"
@@ -224,7 +224,7 @@ def _cmd_branch(args: argparse.Namespace) -> int:
         base_seed=args.seed,
         device=args.device,
     )
-    synthetic = sum(d["attrs"].get("source") == "world_model" for d in writer.demos.values())
+    synthetic = sum(r.source == "world_model" for r in writer.records())
     print(
         f"wrote {args.output}: {synthetic} world-model branches beside {len(writer) - synthetic} seed demos"
     )
