@@ -15,7 +15,7 @@ from diffusers.optimization import get_scheduler
 from worldgen.dataset import DatasetError, dataset_manifest, open_dataset
 from worldgen.errors import ArgumentError
 from worldgen.keys import EEF_POS, GRIPPER_QPOS, RGB, image_key
-from worldgen.manifest import Manifest
+from worldgen.manifest import BC_ALGORITHMS, Manifest
 
 from .bc import BCConfig, BCPolicy
 from .datasets import PolicyDataset
@@ -23,8 +23,8 @@ from .diffusion import DiffusionConfig, DiffusionPolicy
 from .observation import low_dim_features
 from .pretrained import PolicyConfig, PretrainedPolicy
 
-BC_ALGORITHMS = {"bc-mlp": BCPolicy, "bc-image": BCPolicy, "diffusion": DiffusionPolicy}
-ALGORITHMS = (*BC_ALGORITHMS, "ppo")
+# The policy class of each behaviour-cloning recipe named in worldgen.manifest.BC_ALGORITHMS.
+BC_POLICIES = {"bc-mlp": BCPolicy, "bc-image": BCPolicy, "diffusion": DiffusionPolicy}
 PROPRIOCEPTION = [EEF_POS, GRIPPER_QPOS]
 
 
@@ -68,8 +68,8 @@ def train_bc(
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train a behaviour-cloning policy on the demos of ``mask`` (and/or ``demos``); write ``out``."""
-    if algo not in BC_ALGORITHMS:
-        raise ArgumentError(f"algo {algo!r}: expected one of {sorted(BC_ALGORITHMS)}")
+    if algo not in BC_POLICIES:
+        raise ArgumentError(f"algo {algo!r}: expected one of {list(BC_ALGORITHMS)}")
     dataset, out = Path(dataset), Path(out)
     with open_dataset(dataset) as f:
         manifest = dataset_manifest(f)
@@ -84,7 +84,7 @@ def train_bc(
             f"{dataset}: actions have {data.action_dim} dimensions, the manifest says {config.action_dim}"
         )
     torch.manual_seed(config.seed)
-    policy = BC_ALGORITHMS[algo](config)
+    policy = BC_POLICIES[algo](config)
     if config.obs_keys:
         policy.encoder.set_statistics(low_dim_features(data.low_dim(), config.obs_keys))
     optimizer = torch.optim.AdamW(

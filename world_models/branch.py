@@ -246,7 +246,7 @@ def branch_dataset(
                             "noise_seed": seeds[i],
                             "model": sampler.hash,
                             "batch_layout": json.dumps({"size": per_seed, "index": i}),
-                            "scene": json.loads(g.attrs["scene"]),
+                            "scene": record.scene,
                         },
                     )
                     writer.append(demo)

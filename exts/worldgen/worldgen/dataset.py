@@ -210,6 +210,7 @@ class DemoRecord:
     check_passed: bool | None = None  # None until worldgen check has judged it
     labeler: str | None = None  # recover: "expert" or "parent" (whose corrective actions are the labels)
     action_noise: float | None = None  # std of the noise on the executed actions (play, recover)
+    scene: dict[str, Any] | None = None  # the sampled scene (worldgen.scene.SceneSample.to_dict)
 
     @classmethod
     def from_group(cls, group: h5py.Group) -> DemoRecord:
@@ -225,7 +226,7 @@ class DemoRecord:
             value = attrs.get(key)
             return None if value is None or int(value) < 0 else int(value)
 
-        passed = attrs.get("check_passed")
+        passed, scene = attrs.get("check_passed"), attrs.get("scene")
         return cls(
             name=name,
             num_samples=int(attrs["num_samples"]),
@@ -240,7 +241,14 @@ class DemoRecord:
             check_passed=None if passed is None else bool(passed),
             labeler=text("labeler"),
             action_noise=None if attrs.get("action_noise") is None else float(attrs["action_noise"]),
+            scene=json.loads(scene) if isinstance(scene, str) else scene,
         )
+
+
+def read_scene(group: h5py.Group) -> dict[str, Any] | None:
+    """The scene a demo was recorded in (``SceneSample.to_dict``), None where it was not stored."""
+    scene = group.attrs.get("scene")
+    return json.loads(scene) if isinstance(scene, str) else scene
 
 
 def demo_record(f: h5py.File, name: str) -> DemoRecord:
@@ -273,6 +281,27 @@ def dataset_info(f: h5py.File) -> DatasetInfo:
         instances=json.loads(data.get("segmentation", "[]")),
         masks={m: demo_names(f, m) for m in f.get("mask", {})},
     )
+
+
+def update_attributes(path: str | Path, demos: dict[str, dict[str, Any]], data: dict[str, Any]) -> None:
+    """Set attributes of a finished dataset's demos (``demos``: name -> attributes) and of ``/data``, on a
+    copy renamed over the file, and rebuild the ``passed`` mask from the demos' ``check_passed``."""
+    path = Path(path)
+    tmp = _atomic_h5(path)
+    try:
+        shutil.copy2(path, tmp)
+        with h5py.File(tmp, "r+") as f:
+            for name, attrs in demos.items():
+                f["data"][name].attrs.update(attrs)
+            f["data"].attrs.update(data)
+            passed = [n for n in demo_names(f) if bool(f["data"][n].attrs.get("check_passed", False))]
+            if "mask/passed" in f:
+                del f["mask/passed"]
+            f.create_dataset("mask/passed", data=np.array(passed, dtype="S"), track_times=False)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_demo(group: h5py.Group) -> Demo:

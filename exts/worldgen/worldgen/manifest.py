@@ -16,7 +16,7 @@ import math
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 import yaml
@@ -454,7 +454,14 @@ class BranchingSpec(_Strict):
     )
 
 
+# The one list of checks (worldgen.checks scores these) and of policy recipes (policies trains these);
+# the command line offers the same names.
 CheckName = Literal["permanence", "teleport", "acceleration", "penetration", "floating", "flicker", "depth"]
+BCAlgorithm = Literal["bc-mlp", "bc-image", "diffusion"]
+PolicyAlgorithm = Literal["bc-mlp", "bc-image", "diffusion", "ppo"]
+CHECK_NAMES: tuple[str, ...] = get_args(CheckName)
+BC_ALGORITHMS: tuple[str, ...] = get_args(BCAlgorithm)
+POLICY_ALGORITHMS: tuple[str, ...] = get_args(PolicyAlgorithm)
 
 
 class ChecksSpec(_Strict):
@@ -478,7 +485,7 @@ LOW_DIM_KEYS = (EEF_POS, EEF_QUAT, JOINT_POS, GRIPPER_QPOS, "object")
 
 
 class PolicySpec(_Strict):
-    algorithm: Literal["bc-mlp", "bc-image", "diffusion", "ppo"] = "bc-mlp"
+    algorithm: PolicyAlgorithm = "bc-mlp"
     obs_keys: list[str] = Field(default_factory=lambda: [EEF_POS, GRIPPER_QPOS, "object"], min_length=1)
     train_steps: int = Field(5000, ge=1, le=100_000_000)
     batch_size: int = Field(256, ge=1, le=65536)

@@ -17,7 +17,7 @@ from .. import __version__
 from ..dataset import MASKS, dataset_manifest, open_dataset
 from ..errors import ArgumentError, WorldgenError
 from ..keys import image_kind
-from ..manifest import ManifestError, load_manifest
+from ..manifest import BC_ALGORITHMS, POLICY_ALGORITHMS, ManifestError, load_manifest
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -717,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DATASET",
         help="HDF5 dataset (BC; PPO in the world model)",
     )
-    p.add_argument("--algo", required=True, choices=["bc-mlp", "bc-image", "diffusion", "ppo"])
+    p.add_argument("--algo", required=True, choices=POLICY_ALGORITHMS)
     p.add_argument(
         "-o", "--output", type=_output_folder, required=True, metavar="POLICY", help="policy folder"
     )
@@ -750,7 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=_output_folder, required=True, metavar="DIR")
     p.add_argument("--seeds", type=_count_arg, default=10, help="seed demos S")
     p.add_argument("--branches", type=_count_arg, default=4, help="branches per seed and branch step")
-    p.add_argument("--algo", default="bc-mlp", choices=["bc-mlp", "bc-image", "diffusion"])
+    p.add_argument("--algo", default="bc-mlp", choices=BC_ALGORITHMS)
     p.add_argument("--episodes", type=_count_arg, help="evaluation panel size")
     p.add_argument("--wm-steps", type=_count_arg, help="world-model training steps")
     p.add_argument("--policy-steps", type=_count_arg, help="policy training steps")

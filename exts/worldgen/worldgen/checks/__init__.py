@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..manifest import CHECK_NAMES  # re-exported: the manifest validates the same names
 from .clip import Clip, PinholeCamera, TrackedObject, clip_from_demo
 
-CHECK_NAMES = ("permanence", "teleport", "acceleration", "penetration", "floating", "flicker", "depth")
 PHYSICAL_BOUNDS = {
     "permanence": 0.35,  # a third of an object's visible area cannot vanish or appear unexplained
     "teleport": 1.0,  # m/s: faster than the arm moves anything in these tasks

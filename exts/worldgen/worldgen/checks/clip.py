@@ -3,12 +3,12 @@ objects' physical facts (size, support height) from the manifest and the demo's 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..dataset import read_scene
 from ..geometry import look_at_matrix
 from ..keys import DEPTH, RGB, SEG, image_key
 from ..manifest import Manifest
@@ -116,7 +116,7 @@ def clip_from_demo(group, manifest: Manifest, camera: str | None = None, depth_r
     if depth is not None:
         d = depth[..., 0].astype(np.float32)
         depth = np.where(d >= 1.0, 0.0, near + d * (far - near)).astype(np.float32)
-    scene = json.loads(group.attrs["scene"]) if "scene" in group.attrs else None
+    scene = read_scene(group)
     model = None
     if spec.mount == "world" and scene is not None:
         sample = next(c for c in scene["cameras"] if c["name"] == camera)

@@ -6,9 +6,6 @@ renamed over it, so an interrupted run leaves the dataset as it was."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +13,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..dataset import DatasetError, dataset_manifest, demo_index, demo_names, demo_record, open_dataset
+from ..dataset import (
+    DatasetError,
+    dataset_info,
+    dataset_manifest,
+    demo_names,
+    demo_record,
+    open_dataset,
+    update_attributes,
+)
 from ..errors import ArgumentError
 from ..manifest import Manifest
 from . import CHECK_NAMES, clip_from_demo, clip_scores, clip_statistics, run_checks, thresholds_from_scores
@@ -50,7 +55,7 @@ def calibrate(
 ) -> dict[str, float]:
     """Thresholds from the simulator clips in ``mask``, with the manifest's overrides on top."""
     scores: dict[str, list[float]] = defaultdict(list)
-    ranges = json.loads(f["data"].attrs.get("depth_range", "{}"))
+    ranges = dataset_info(f).depth_range
     cam = camera or manifest.world_model_camera
     for name in demo_names(f, mask):
         clip = clip_from_demo(f["data"][name], manifest, cam, ranges.get(cam))
@@ -105,7 +110,7 @@ def gate_dataset(
         if cam not in cameras:
             raise ArgumentError(f"{path}: no camera {cam!r}; the manifest has {cameras}")
         thresholds = calibrate(f, manifest, calibrate_mask, cam)
-        ranges = json.loads(f["data"].attrs.get("depth_range", "{}"))
+        ranges = dataset_info(f).depth_range
         report = GateReport(thresholds=thresholds, camera=cam)
         for name in demo_names(f, mask):
             group, record = f["data"][name], demo_record(f, name)
@@ -139,27 +144,14 @@ def gate_dataset(
 
 
 def _write_verdicts(path: Path, report: GateReport) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        shutil.copy2(path, tmp)
-        confidence = _confidence(report.demos)
-        with h5py.File(tmp, "r+") as f:
-            for name, d in report.demos.items():
-                group = f["data"][name]
-                group.attrs["check_scores"] = json.dumps(d["scores"], sort_keys=True)
-                group.attrs["check_passed"] = bool(d["passed"])
-                if name in confidence:
-                    group.attrs["check_confidence"] = confidence[name]
-            passed = [n for n in f["data"] if bool(f["data"][n].attrs.get("check_passed", False))]
-            passed.sort(key=demo_index)
-            if "mask/passed" in f:
-                del f["mask/passed"]
-            f.create_dataset("mask/passed", data=np.array(passed, dtype="S"), track_times=False)
-            f["data"].attrs["check_thresholds"] = json.dumps(
-                {"camera": report.camera, "thresholds": report.thresholds}, sort_keys=True
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    confidence = _confidence(report.demos)
+    verdicts = {
+        name: {
+            "check_scores": json.dumps(d["scores"], sort_keys=True),
+            "check_passed": bool(d["passed"]),
+            **({"check_confidence": confidence[name]} if name in confidence else {}),
+        }
+        for name, d in report.demos.items()
+    }
+    thresholds = {"camera": report.camera, "thresholds": report.thresholds}
+    update_attributes(path, verdicts, {"check_thresholds": json.dumps(thresholds, sort_keys=True)})
