@@ -1,7 +1,8 @@
 """``worldgen`` command line: small entry points over library functions.
 
-Exit codes: 0 success, 1 a run failed, 2 bad input (a one-line ``file:line: field: message`` per
-problem on stderr, never a traceback).
+Exit codes: 0 success; 2 bad input, the :class:`worldgen.errors.WorldgenError` family (one line on
+stderr, ``worldgen COMMAND: what: why``, or ``file:line: field: message`` per manifest problem; nothing
+written); 1 anything else, a bug, with its traceback.
 """
 
 from __future__ import annotations
