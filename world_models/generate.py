@@ -26,7 +26,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 from worldgen.control import ArmController
 from worldgen.dataset import (
     DatasetWriter,
@@ -46,8 +45,8 @@ from worldgen.keys import EEF_POS, EXECUTED_ACTIONS, GRIPPER_QPOS, RGB, image_ke
 from worldgen.manifest import Manifest, rng_for
 from worldgen.pipeline import record_episode
 
-from .branch import WorldModelSampler, noise_seed, state_obs
-from .data import STATE_KEYS, Episode, obs_from_frames
+from .branch import WorldModelSampler, noise_seed, predicted_obs, state_obs
+from .data import STATE_KEYS, Episode
 
 
 @dataclass(frozen=True)
@@ -332,15 +331,13 @@ def _attempts_in_world_model(
         end = success_step(held[i], hold)
         t = end if end >= 0 else held.shape[1]
         seq = torch.cat([episode.frames[step : step + 1], pictures[i, :t]])
-        picture = obs_from_frames(F.interpolate(seq, size=cam_hw, mode="nearest"), instances)
         dones = np.zeros(t, np.uint8)
         dones[-1] = end >= 0
         demos.append(
             Demo(
                 actions=np.stack([a[i] for a in labels[:t]]).astype(np.float32),
                 states=np.zeros((t, 0)),
-                obs={image_key(sampler.meta.camera, name): value for name, value in picture.items()}
-                | state_obs(states[i, : t + 1], layout),
+                obs=predicted_obs(sampler.meta.camera, instances, seq, states[i, : t + 1], layout, cam_hw),
                 rewards=held[i, :t].astype(np.float32),
                 dones=dones,
                 attrs={
