@@ -188,6 +188,21 @@ def _cases(d: Path) -> dict[str, list[str]]:
         "eval negative episodes": ["eval", folder, push, "--episodes", "-1"],
         "train-wm negative seed": ["train-wm", ds, "--seed", "-1", "-o", "{out}/ckpt"],
         "compile negative seed": ["compile", push, "--seed", "-2", "-o", "{out}/x.usda"],
+        # exports
+        "export unknown format": ["export", ds, "--format", "lerobot2", "-o", "{out}/x.hdf5"],
+        "export empty mask": [
+            "export",
+            ds,
+            "--format",
+            "robomimic",
+            "--mask",
+            "synthetic",
+            "-o",
+            "{out}/x.hdf5",
+        ],
+        "export over an existing file": ["export", ds, "--format", "robomimic", "-o", file],
+        "export unwritable": ["export", ds, "--format", "robomimic", "-o", f"{blocked}/x.hdf5"],
+        "export not hdf5": ["export", text, "--format", "robomimic", "-o", "{out}/x.hdf5"],
         # outputs that cannot be written
         "compile unwritable": ["compile", push, "-o", f"{blocked}/x.usda"],
         "compile output not usda": ["compile", push, "-o", "{out}/x.usd"],

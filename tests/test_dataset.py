@@ -19,8 +19,10 @@ from worldgen.dataset import (
     DatasetReader,
     DatasetWriter,
     Demo,
+    demo_names,
     demo_record,
     open_dataset,
+    read_demo,
     read_obs,
 )
 from worldgen.pipeline import run_seed_stage
@@ -190,6 +192,29 @@ def test_records_read_old_sentinels_as_none_and_round_trip_demos(tmp_path):
         again = read_obs(f["data"]["demo_1"])
         assert all(np.array_equal(again[k], branch.obs[k]) for k in branch.obs)
     assert [r.name for r in DatasetWriter(path, HEADER).records()] == ["demo_0", "demo_1"]
+
+
+def test_robomimic_export_of_a_mask_round_trips(pick_dataset, tmp_path, robomimic, capsys):
+    out = tmp_path / "valid_only.hdf5"
+    assert main(["export", str(pick_dataset), "--format", "robomimic", "--mask", "seed", "-o", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    with open_dataset(pick_dataset) as src, open_dataset(out) as dst:
+        names = demo_names(src, "seed")
+        assert demo_names(dst) == names and json.loads(dst["data"].attrs["worldgen"]) == json.loads(
+            src["data"].attrs["worldgen"]
+        )
+        for name in names:
+            a, b = read_demo(src["data"][name]), read_demo(dst["data"][name])
+            assert all(np.array_equal(a.obs[k], b.obs[k]) for k in a.obs)
+            assert np.array_equal(a.actions, b.actions) and np.array_equal(a.states, b.states)
+            assert demo_record(src, name) == demo_record(dst, name)
+    low_dim = ["robot0_eef_pos", "object"]
+    ds = read_with_robomimic(robomimic, out, low_dim, ("front_left_rgb",), mask="train", seq_length=4)
+    assert len(ds) > 0 and ds[0]["actions"].shape == (4, 7)
+    # An export never overwrites: the same command again is refused and leaves the file as it was.
+    before = out.read_bytes()
+    assert main(["export", str(pick_dataset), "--format", "robomimic", "-o", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == before
 
 
 def test_kill_9_leaves_readable_demos_and_rerun_resumes(tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 from .. import __version__
 from ..dataset import MASKS, dataset_manifest, open_dataset
 from ..errors import ArgumentError, WorldgenError
+from ..export import FORMATS as EXPORT_FORMATS
 from ..keys import image_kind
 from ..manifest import BC_ALGORITHMS, POLICY_ALGORITHMS, ManifestError, load_manifest
 
@@ -115,6 +116,15 @@ def _cmd_seed(args: argparse.Namespace) -> int:
         f"wrote {args.output}: {len(writer)} demos ({successes} successful, "
         f"{len(writer.discarded)} discarded) in {time.perf_counter() - started:.1f} s"
     )
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ..export import export_robomimic
+
+    count = export_robomimic(args.dataset, args.output, args.mask)
+    which = f"the {args.mask} demos" if args.mask else "every demo"
+    print(f"wrote {args.output}: {count} demos ({which} of {args.dataset}), {args.format} layout")
     return EXIT_OK
 
 
@@ -564,6 +574,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-demos", type=_count_arg, default=8, help="pictures for at most this many demos")
     p.set_defaults(func=_cmd_inspect)
 
+    p = sub.add_parser("export", help="hand a dataset (or one mask of it) to another stack as it reads it")
+    p.add_argument("dataset", type=_dataset_arg, metavar="DATASET", help="HDF5 dataset")
+    p.add_argument(
+        "--format", required=True, choices=EXPORT_FORMATS, help="robomimic: one self-contained file"
+    )
+    p.add_argument("-o", "--output", type=_output_file, required=True, metavar="OUT", help="a new file")
+    p.add_argument("--mask", choices=MASKS, help="only the demos of this mask, e.g. passed (default: all)")
+    p.set_defaults(func=_cmd_export)
+
     p = sub.add_parser(
         "check", help="physics-consistency checks: score, gate and write verdicts into a dataset"
     )
@@ -779,6 +798,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output went away (``| head``): stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed stream until exit
+        return EXIT_OK
 
 
 if __name__ == "__main__":
