@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
+from worldgen.errors import CheckpointError
 from worldgen.files import staging_folder, swap_in_folder
 from worldgen.keys import EEF_POS
 
@@ -57,7 +58,7 @@ class PolicyConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known - {"type"})
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields {unknown}")
+            raise CheckpointError(f"unknown {cls.__name__} fields {unknown}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

@@ -124,6 +124,7 @@ def _cases(d: Path) -> dict[str, list[str]]:
         "train-policy missing": ["train-policy", missing, "--algo", "bc-mlp", "-o", "{out}/policy"],
         "seed missing manifest": ["seed", str(d / "missing.yaml"), "-o", "{out}/s.hdf5"],
         "eval missing manifest": ["eval", folder, str(d / "missing.yaml")],
+        "train-wm without camera images": ["train-wm", ds, "-o", "{out}/ckpt"],
         # names that do not exist
         "inspect wrong mask": ["inspect", ds, "--mask", "trian"],
         "check wrong camera": ["check", ds, "--camera", "nope"],

@@ -78,9 +78,13 @@ def read_checkpoint_meta(ckpt: str | Path) -> CheckpointMeta:
     if not path.is_file():
         raise CheckpointError(f"{ckpt}: not a world-model checkpoint (no {META_NAME}; see worldgen train-wm)")
     try:
-        return CheckpointMeta.from_json(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object describing the checkpoint")
+    try:
+        return CheckpointMeta.from_json(data)
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: not a world-model checkpoint description ({exc!r})") from None
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan
-from worldgen.errors import CheckpointError
+from worldgen.errors import ArgumentError, CheckpointError
 
 CHUNK = 64  # frames per VAE call: bounds the activation memory of a large VAE
 
@@ -33,9 +33,11 @@ class WanFrameCodec:
         patch = config.patch_size or 1
         self.image_channels = config.in_channels // patch**2
         if config.out_channels != config.in_channels:
-            raise ValueError(f"a VAE with {config.in_channels} in and {config.out_channels} out channels")
+            raise CheckpointError(
+                f"a VAE with {config.in_channels} in and {config.out_channels} out channels"
+            )
         if len(config.latents_mean) != config.z_dim or len(config.latents_std) != config.z_dim:
-            raise ValueError(f"latents_mean / latents_std must hold z_dim={config.z_dim} values")
+            raise CheckpointError(f"VAE latents_mean / latents_std must hold z_dim={config.z_dim} values")
         self.frame_channels = frame_channels
         self.groups = math.ceil(frame_channels / self.image_channels)
         self.latent_channels = self.groups * config.z_dim
@@ -59,7 +61,9 @@ class WanFrameCodec:
 
     def latent_size(self, resolution: int) -> int:
         if resolution % self.factor:
-            raise ValueError(f"resolution {resolution} must divide by the VAE's downsampling {self.factor}")
+            raise ArgumentError(
+                f"world_model.resolution {resolution} must divide by the VAE's downsampling {self.factor}"
+            )
         return resolution // self.factor
 
     @torch.no_grad()

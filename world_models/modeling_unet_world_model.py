@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from diffusers import ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
+from worldgen.errors import ArgumentError
 
 
 class UNetWorldModel(ModelMixin, ConfigMixin):
@@ -39,7 +40,9 @@ class UNetWorldModel(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         if resolution % (unshuffle * 2 ** (len(block_out_channels) - 1)):
-            raise ValueError(f"resolution {resolution} must divide by unshuffle x 2^(levels-1)")
+            raise ArgumentError(
+                f"world_model.resolution {resolution} must divide by unshuffle x 2^(levels-1)"
+            )
         time_embed_dim = block_out_channels[0] * 4
         self.unet = UNet2DModel(
             sample_size=resolution // unshuffle,

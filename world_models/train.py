@@ -148,7 +148,10 @@ def build_world_model(
     if pretrained is not None:
         config = json.loads((Path(pretrained) / "config.json").read_text())
         if config.get("_class_name") == cls.__name__:
-            model = cls.from_pretrained(pretrained)
+            try:
+                model = cls.from_pretrained(pretrained)
+            except OSError as exc:  # missing or unreadable weights
+                raise CheckpointError(f"{pretrained}: cannot load the model ({exc})") from None
             channels = model.config.get("frame_channels", model.config.get("out_channels"))
             if channels != frame_channels:
                 raise CheckpointError(
@@ -315,7 +318,8 @@ def train_world_model(
     """Train on ``train`` (plus ``play`` when present), validate on ``valid``; resumes from ``out`` when it
     holds a checkpoint. ``overrides`` are :class:`TrainingConfig` fields. The result has the step reached,
     the validation history and ``stopped_early`` (the time limit ended the run)."""
-    config = replace(config or TrainingConfig(), **overrides)
+    # A keyword given as None leaves the config's value (the CLI passes every flag, given or not).
+    config = replace(config or TrainingConfig(), **{k: v for k, v in overrides.items() if v is not None})
     dataset, out = Path(dataset), Path(out)
     recover_folder(out)  # a run killed while swapping in a checkpoint goes on from the previous one
     with open_dataset(dataset) as f:

@@ -6,9 +6,10 @@ On-disk layout (one file once a run completes)::
                                 worldgen (JSON: manifest_hash, manifest, code_version),
                                 depth_range (JSON: camera -> [near, far] metres),
                                 segmentation (JSON: instance id table), discarded (JSON list)
-    /data/demo_<i>       attrs: num_samples, seed, success, source ("sim" | "world_model"), parent,
-                                branch_step, noise_seed, model, check_scores (JSON), check_passed,
-                                scene (JSON of the sampled scene)
+    /data/demo_<i>       attrs: num_samples, seed, success, source ("sim" | "world_model" | "play"),
+                                scene (JSON of the sampled scene); where they apply (DemoRecord reads
+                                the rest as None): recipe, parent, branch_step, noise_seed, model,
+                                labeler, action_noise, check_scores (JSON), check_passed
       actions (T, A) float32 in [-1, 1]   rewards (T,)   dones (T,)   states (T, S) float64
       executed_actions (T, A)   where the labels are not what was executed (recovery demos)
       obs/<key>, next_obs/<key>   (T, ...) images chunked per frame and gzip-compressed
@@ -189,6 +190,13 @@ def read_obs(group: h5py.Group, keys: Iterable[str] | None = None) -> dict[str, 
     """A stored demo's T+1 observations of ``keys`` (every key when None): ``obs`` then the last
     ``next_obs``, undoing how :class:`DatasetWriter` splits them."""
     keys = list(group["obs"]) if keys is None else list(keys)
+    missing = [k for k in keys if k not in group["obs"]]
+    if missing:
+        hint = " (recorded without cameras?)" if any(image_kind(k) for k in missing) else ""
+        have = sorted(group["obs"])
+        raise DatasetError(
+            f"{group.file.filename}: {group.name} has no observations {missing}{hint}; it has {have}"
+        )
     return {k: np.concatenate([group["obs"][k][()], group["next_obs"][k][-1:]]) for k in keys}
 
 

@@ -716,6 +716,15 @@ def load_manifest(path: str | Path) -> Manifest:
     return parse_manifest(text, file=str(path), base_dir=path.resolve().parent)
 
 
+def manifest_text(manifest: Manifest) -> str:
+    """YAML that parses back to ``manifest``: the text it was read from, or (built or changed in code,
+    e.g. ``model_copy(update=...)``) a dump of its validated content. Datasets store it whole."""
+    text = manifest.source_text
+    if text and parse_manifest(text, base_dir=manifest.base_dir).content_hash() == manifest.content_hash():
+        return text
+    return yaml.safe_dump(manifest.model_dump(mode="json"), sort_keys=False)
+
+
 def as_manifest(manifest: Manifest | str | Path) -> Manifest:
     """The manifest object itself, or the one a path names: functions take either, and are passed the
     object once the edge (a command, a test) has parsed it."""

@@ -22,7 +22,7 @@ from .dataset import (
     read_header,
 )
 from .keys import EXECUTED_ACTIONS
-from .manifest import Manifest, as_manifest
+from .manifest import Manifest, as_manifest, manifest_text
 from .sim.base import SimDiverged, instance_table
 
 
@@ -134,7 +134,6 @@ def record_play_episode(
         "branch_step": 0,
         "noise_seed": noise_seed,
         "action_noise": action_noise,
-        "model": "",
     }
     return record_episode(env, seed, act, attrs, steps=len(parent_actions))
 
@@ -170,7 +169,7 @@ def run_seed_stage(
     Demo names are ``demo_<seed - base_seed>``, so the file is the same for any number of workers.
     """
     manifest = as_manifest(manifest)
-    header = dataset_header(manifest, instance_table(manifest), manifest.source_text)
+    header = dataset_header(manifest, instance_table(manifest), manifest_text(manifest))
     writer = DatasetWriter(output, header)
     todo = [s for s in seed_range(manifest, n) if s not in writer.done_seeds()]
     total = len(todo)

@@ -798,9 +798,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader of our output went away (``| head``): stop quietly
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed stream until exit
-        return EXIT_OK
+    except BrokenPipeError:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # our own reader went away (``| head``): stop quietly
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed stream until exit
+            return EXIT_OK
+        raise  # another pipe (a worker's): a failure
 
 
 if __name__ == "__main__":
