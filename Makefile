@@ -2,14 +2,14 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= test,distributed,ml
+EXTRAS ?= test,distributed,ml,export
 # Kept between runs so the 1-3 minute first Warp compile is paid once per machine.
 export WARP_CACHE_PATH ?= $(CURDIR)/.cache/warp
 export PYTHONHASHSEED := 0
 comma := ,
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)-$(subst $(comma),_,$(EXTRAS))
 
-.PHONY: venv demo test test-all lint bench clean
+.PHONY: venv demo test test-all test-interop lint bench clean
 
 venv: $(STAMP)
 
@@ -28,7 +28,20 @@ test: venv
 	$(PY) -m pytest -q
 
 test-all: venv
-	$(PY) -m pytest -q -m ""
+	$(PY) -m pytest -q -m "not interop"
+
+# LeRobot 0.6.1 reads our LeRobot export with its own LeRobotDataset. It needs Python >= 3.12 and
+# torch < 2.12 (a ~5 GB CUDA build from PyPI that runs on CPU), so it gets an environment of its own.
+INTEROP_PY := .venv-interop/bin/python
+PYTHON312 ?= $(shell pyenv root 2>/dev/null)/versions/3.12.1/bin/python
+$(INTEROP_PY).installed:
+	test -x $(INTEROP_PY) || $(PYTHON312) -m venv .venv-interop
+	$(INTEROP_PY) -m pip install -q --upgrade pip
+	$(INTEROP_PY) -m pip install -q torch==2.11.0 torchvision==0.26.0 "lerobot[dataset]==0.6.1"
+	touch $@
+
+test-interop: venv $(INTEROP_PY).installed
+	$(PY) -m pytest -q -m interop -s
 
 lint: venv
 	$(PY) -m ruff check .

@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from worldgen.dataset import dataset_info, open_dataset
+from worldgen.dataset import depth_ranges, open_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "checks_throughput.json"
@@ -67,7 +67,7 @@ def main() -> None:
             generate_s = time.perf_counter() - t0
             cam = manifest.world_model_camera
             with open_dataset(dataset) as f:
-                ranges = dataset_info(f).depth_range
+                ranges = depth_ranges(f)
                 clips = [
                     clip_from_demo(f["data"][n], manifest, cam, ranges[cam])
                     for n in sorted(f["data"], key=lambda n: int(n.split("_")[1]))

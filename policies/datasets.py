@@ -40,8 +40,8 @@ class PolicyDataset:
             if demos is not None:
                 chosen = set(demos)
                 names = [n for n in names if n in chosen]
-            records = [demo_record(f, n) for n in names]
-            names = [r.name for r in records if r.num_samples > 0]
+            records = [r for r in (demo_record(f, n) for n in names) if r.num_samples > 0]
+            names = [r.name for r in records]
             if not names:
                 raise DatasetError(
                     f"{self.path}: no demos in mask {mask!r}" + (" of those named" * bool(demos))
@@ -55,7 +55,6 @@ class PolicyDataset:
                 )
             self.names = names
             self.data_hash = dataset_digest(f, names)
-            records = [r for r in records if r.num_samples > 0]
             self.seeds = sorted({r.seed for r in records})
             self.sources = sorted({r.source for r in records})
             self.lengths = np.array([r.num_samples for r in records])

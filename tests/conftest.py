@@ -6,6 +6,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))
+PUSH = ROOT / "scenarios" / "push_to_target.yaml"
 
 
 @pytest.fixture(params=SCENARIOS, ids=lambda p: p.stem)
@@ -46,3 +47,48 @@ def read_with_robomimic(robomimic, path, low_dim, images=(), mask=None, seq_leng
         hdf5_normalize_obs=False,
         filter_by_attribute=mask,
     )
+
+
+# A tiny real pipeline shared by the generation and export tests: 2 push_to_target seed demos with
+# cameras, a 6-step world model trained on them and their play rollouts, and recovery attempts in it.
+
+
+@pytest.fixture(scope="session")
+def push():
+    from worldgen.manifest import load_manifest
+
+    return load_manifest(PUSH)
+
+
+@pytest.fixture(scope="session")
+def seeds(tmp_path_factory):
+    from worldgen.pipeline import run_seed_stage
+
+    path = tmp_path_factory.mktemp("gen") / "seeds.hdf5"
+    run_seed_stage(PUSH, path, n=2)
+    return path
+
+
+@pytest.fixture(scope="session")
+def world_model(seeds, push, tmp_path_factory):
+    from worldgen.pipeline import run_play_stage
+
+    from world_models.train import train_world_model
+
+    root = tmp_path_factory.mktemp("wm")
+    train = root / "wm_train.hdf5"
+    run_play_stage(push, seeds, train, [0.3])
+    ckpt = root / "ckpt"
+    train_world_model(train, ckpt, steps=6, batch_size=4, checkpoint_every=6)
+    return train, ckpt
+
+
+@pytest.fixture(scope="session")
+def recovered(seeds, world_model, tmp_path_factory):
+    """The seed demos and 8 recovery attempts generated in the world model, in one file."""
+    from world_models.generate import RecoverSpec, recover_in_world_model
+
+    out = tmp_path_factory.mktemp("recovered") / "recover.hdf5"
+    spec = RecoverSpec(per_seed=2, start_steps=(0, 20), action_noise=0.2)
+    recover_in_world_model(seeds, world_model[1], out, spec)
+    return out

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
-import pytest
 from worldgen.control import ArmController
 from worldgen.dataset import demo_names, read_demo
 from worldgen.envs import WorldgenEnv, predicate_steps, success_step
 from worldgen.experts import make_expert, object_poses, poses_from_object_obs
 from worldgen.manifest import load_manifest
-from worldgen.pipeline import run_play_stage, run_seed_stage
 
 from world_models.data import WorldModelData
 from world_models.generate import (
@@ -25,33 +23,8 @@ from world_models.generate import (
     seed_parents,
     tracking_offset,
 )
-from world_models.train import train_world_model
 
-from .conftest import ROOT, read_with_robomimic
-
-PUSH = ROOT / "scenarios" / "push_to_target.yaml"
-
-
-@pytest.fixture(scope="module")
-def push():
-    return load_manifest(PUSH)
-
-
-@pytest.fixture(scope="module")
-def seeds(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gen") / "seeds.hdf5"
-    run_seed_stage(PUSH, path, n=2)
-    return path
-
-
-@pytest.fixture(scope="module")
-def world_model(seeds, push, tmp_path_factory):
-    root = tmp_path_factory.mktemp("wm")
-    train = root / "wm_train.hdf5"
-    run_play_stage(push, seeds, train, [0.3])
-    ckpt = root / "ckpt"
-    train_world_model(train, ckpt, steps=6, batch_size=4, checkpoint_every=6)
-    return train, ckpt
+from .conftest import PUSH, read_with_robomimic
 
 
 def test_success_step_counts_consecutive_holds():

@@ -27,6 +27,7 @@ from worldgen.dataset import (
     open_dataset,
     read_demo,
     read_header,
+    read_scene,
 )
 from worldgen.errors import CheckpointError
 from worldgen.keys import DEPTH, RGB, SEG, image_key
@@ -246,7 +247,7 @@ def branch_dataset(
                             "noise_seed": seeds[i],
                             "model": sampler.hash,
                             "batch_layout": json.dumps({"size": per_seed, "index": i}),
-                            "scene": record.scene,
+                            "scene": read_scene(g),
                         },
                     )
                     writer.append(demo)

@@ -17,7 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from worldgen import plots
-from worldgen.dataset import DatasetError, dataset_info, demo_names, demo_record, open_dataset, read_obs
+from worldgen.dataset import (
+    DatasetError,
+    dataset_info,
+    demo_names,
+    demo_record,
+    depth_ranges,
+    open_dataset,
+    read_obs,
+)
 from worldgen.files import write_atomically
 from worldgen.keys import EEF_POS, RGB, SEG, image_key
 
@@ -175,7 +183,7 @@ def evaluate_open_loop(
     meta = sampler.meta
     camera, instances, k = meta.camera, meta.instances, meta.context_frames
     with open_dataset(dataset) as f:
-        near, far = dataset_info(f).depth_range[camera]
+        near, far = depth_ranges(f)[camera]
         episodes = [
             Episode.load(f["data"][name], camera, instances, meta.resolution) for name in demo_names(f, mask)
         ]

@@ -18,7 +18,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from worldgen.checks.clip import tracked_objects
-from worldgen.dataset import dataset_manifest, demo_names, demo_record, open_dataset
+from worldgen.dataset import dataset_manifest, demo_names, open_dataset, read_scene
 from worldgen.errors import ArgumentError, CheckpointError
 from worldgen.files import recover_folder, staging_folder, swap_in_folder, write_atomically
 from worldgen.manifest import Manifest
@@ -324,7 +324,7 @@ def train_world_model(
     recover_folder(out)  # a run killed while swapping in a checkpoint goes on from the previous one
     with open_dataset(dataset) as f:
         manifest = dataset_manifest(f)
-        scene = demo_record(f, demo_names(f)[0]).scene
+        scene = read_scene(f["data"][demo_names(f)[0]])
     spec = manifest.world_model
     vae = config.vae or spec.vae
     if vae is None and (out / META_NAME).is_file() and (out / "vae").is_dir():

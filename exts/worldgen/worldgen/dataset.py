@@ -151,6 +151,8 @@ def _write_demo(group: h5py.Group, demo: Demo) -> None:
 
 
 STANDARD_ARRAYS = ("actions", "states", "rewards", "dones")
+# Where an Isaac Lab export keeps the flat simulator states, its ``states`` being Isaac Lab's nested form.
+SIM_STATES = "sim_states"
 HEADER_KEYS = ("env_args", "worldgen", "depth_range", "segmentation")
 
 
@@ -189,7 +191,9 @@ def read_header(f: h5py.File) -> dict[str, Any]:
 def read_obs(group: h5py.Group, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     """A stored demo's T+1 observations of ``keys`` (every key when None): ``obs`` then the last
     ``next_obs``, undoing how :class:`DatasetWriter` splits them."""
-    keys = list(group["obs"]) if keys is None else list(keys)
+    if keys is None:  # arrays only: an Isaac Lab export also has the group obs/datagen_info
+        keys = [k for k, v in group["obs"].items() if isinstance(v, h5py.Dataset)]
+    keys = list(keys)
     missing = [k for k in keys if k not in group["obs"]]
     if missing:
         hint = " (recorded without cameras?)" if any(image_kind(k) for k in missing) else ""
@@ -218,7 +222,6 @@ class DemoRecord:
     check_passed: bool | None = None  # None until worldgen check has judged it
     labeler: str | None = None  # recover: "expert" or "parent" (whose corrective actions are the labels)
     action_noise: float | None = None  # std of the noise on the executed actions (play, recover)
-    scene: dict[str, Any] | None = None  # the sampled scene (worldgen.scene.SceneSample.to_dict)
 
     @classmethod
     def from_group(cls, group: h5py.Group) -> DemoRecord:
@@ -234,7 +237,7 @@ class DemoRecord:
             value = attrs.get(key)
             return None if value is None or int(value) < 0 else int(value)
 
-        passed, scene = attrs.get("check_passed"), attrs.get("scene")
+        passed = attrs.get("check_passed")
         return cls(
             name=name,
             num_samples=int(attrs["num_samples"]),
@@ -249,7 +252,6 @@ class DemoRecord:
             check_passed=None if passed is None else bool(passed),
             labeler=text("labeler"),
             action_noise=None if attrs.get("action_noise") is None else float(attrs["action_noise"]),
-            scene=json.loads(scene) if isinstance(scene, str) else scene,
         )
 
 
@@ -278,14 +280,18 @@ class DatasetInfo:
         return sorted(self.depth_range)
 
 
+def depth_ranges(f: h5py.File) -> dict[str, tuple[float, float]]:
+    """Camera -> (near, far) metres that its stored depth 0..1 spans (no manifest parse needed)."""
+    ranges = json.loads(f["data"].attrs.get("depth_range", "{}"))
+    return {camera: (float(near), float(far)) for camera, (near, far) in ranges.items()}
+
+
 def dataset_info(f: h5py.File) -> DatasetInfo:
     data = f["data"].attrs
     return DatasetInfo(
         manifest=dataset_manifest(f),
         manifest_hash=json.loads(data["worldgen"])["manifest_hash"],
-        depth_range={
-            c: (float(near), float(far)) for c, (near, far) in json.loads(data["depth_range"]).items()
-        },
+        depth_range=depth_ranges(f),
         instances=json.loads(data.get("segmentation", "[]")),
         masks={m: demo_names(f, m) for m in f.get("mask", {})},
     )
@@ -316,12 +322,15 @@ def read_demo(group: h5py.Group) -> Demo:
     """A stored demo as :class:`Demo`: T+1 observations (``obs``, then the last ``next_obs``), its
     attributes as stored (so appending it elsewhere writes the same bytes) and any extra arrays."""
     obs = read_obs(group)
+    states = group["states"] if isinstance(group["states"], h5py.Dataset) else group[SIM_STATES]
     extras = {
-        k: group[k][()] for k in group if k not in STANDARD_ARRAYS and isinstance(group[k], h5py.Dataset)
+        k: group[k][()]
+        for k in group
+        if k not in (*STANDARD_ARRAYS, SIM_STATES) and isinstance(group[k], h5py.Dataset)
     }
     return Demo(
         group["actions"][()],
-        group["states"][()],
+        states[()],
         obs,
         group["rewards"][()],
         group["dones"][()],

@@ -120,9 +120,9 @@ def _cmd_seed(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..export import export_robomimic
+    from ..export import export
 
-    count = export_robomimic(args.dataset, args.output, args.mask)
+    count = export(args.dataset, args.output, args.format, args.mask, args.videos)
     which = f"the {args.mask} demos" if args.mask else "every demo"
     print(f"wrote {args.output}: {count} demos ({which} of {args.dataset}), {args.format} layout")
     return EXIT_OK
@@ -414,18 +414,25 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _count_arg(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 1_000_000:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 1000000, got {value}")
-    return value
+def _number_arg(name: str, convert: Callable[[str], float], ok: Callable[[float], bool], expected: str):
+    """An argparse type: ``convert`` the text, then refuse it unless ``ok``."""
+
+    def parse(text: str):
+        value = convert(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    parse.__name__ = name  # argparse names it in "invalid <name> value"
+    return parse
 
 
-def _minutes_arg(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1e6:
-        raise argparse.ArgumentTypeError(f"expected minutes above 0, got {text}")
-    return value
+_count_arg = _number_arg("count", int, lambda v: 1 <= v <= 1_000_000, "a whole number from 1 to 1000000")
+_minutes_arg = _number_arg("minutes", float, lambda v: 0 < v <= 1e6, "minutes above 0")
+_seed_arg = _number_arg("seed", int, lambda v: 0 <= v < 2**31, "a seed in [0, 2**31)")
+_noise_arg = _number_arg(
+    "noise", float, lambda v: 0.0 <= v <= 1.0, "a std in [0, 1] (actions are in [-1, 1])"
+)
 
 
 def _device_arg(text: str) -> str:
@@ -438,13 +445,6 @@ def _device_arg(text: str) -> str:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device on this machine")
     return text
-
-
-def _seed_arg(text: str) -> int:
-    value = int(text)
-    if not 0 <= value < 2**31:
-        raise argparse.ArgumentTypeError(f"seed must be in [0, 2**31), got {value}")
-    return value
 
 
 def _int_list_arg(text: str) -> list[int]:
@@ -466,30 +466,28 @@ def _names_arg(text: str) -> list[str]:
     return names
 
 
-def _noise_arg(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a std in [0, 1] (actions are in [-1, 1]), got {text}")
-    return value
+def _checked_by(read: Callable[[str], object]):
+    """An argparse type that runs a library reader on the path before any work starts; its user error
+    (a WorldgenError naming the file) becomes argparse's one-line refusal."""
+
+    def check(text: str) -> str:
+        try:
+            read(text)
+        except WorldgenError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return check
 
 
-def _dataset_arg(text: str) -> str:
-    """An existing, readable dataset, checked before any work starts."""
-    try:
-        open_dataset(text).close()
-    except WorldgenError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+def _read_checkpoint_meta(path: str):
+    from world_models.checkpoint import read_checkpoint_meta  # torch and diffusers: only when asked
+
+    return read_checkpoint_meta(path)
 
 
-def _world_model_arg(text: str) -> str:
-    from world_models.checkpoint import read_checkpoint_meta
-
-    try:
-        read_checkpoint_meta(text)
-    except WorldgenError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+_dataset_arg = _checked_by(lambda path: open_dataset(path).close())
+_world_model_arg = _checked_by(_read_checkpoint_meta)
 
 
 def _output(text: str, folder: bool) -> str:
@@ -512,6 +510,13 @@ def _output_file(text: str) -> str:
 
 def _output_folder(text: str) -> str:
     return _output(text, folder=True)
+
+
+def _new_output(text: str) -> str:
+    """A file or folder that does not exist yet (an export never writes over anything)."""
+    if Path(text).exists():
+        raise argparse.ArgumentTypeError(f"{text}: already exists; an export never overwrites")
+    return _output(text, folder=False)
 
 
 class _ArgumentsRefused(Exception):
@@ -577,10 +582,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="hand a dataset (or one mask of it) to another stack as it reads it")
     p.add_argument("dataset", type=_dataset_arg, metavar="DATASET", help="HDF5 dataset")
     p.add_argument(
-        "--format", required=True, choices=EXPORT_FORMATS, help="robomimic: one self-contained file"
+        "--format",
+        required=True,
+        choices=EXPORT_FORMATS,
+        help="robomimic: one self-contained file; isaaclab: the same with Isaac Lab Mimic's nested states "
+        "and datagen_info; lerobot: a LeRobot v3.0 dataset folder",
     )
-    p.add_argument("-o", "--output", type=_output_file, required=True, metavar="OUT", help="a new file")
+    p.add_argument(
+        "-o", "--output", type=_new_output, required=True, metavar="OUT", help="a new file (lerobot: folder)"
+    )
     p.add_argument("--mask", choices=MASKS, help="only the demos of this mask, e.g. passed (default: all)")
+    p.add_argument("--videos", action="store_true", help="lerobot: camera images as mp4 videos, not PNG")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser(

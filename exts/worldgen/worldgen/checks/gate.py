@@ -15,10 +15,10 @@ import numpy as np
 
 from ..dataset import (
     DatasetError,
-    dataset_info,
     dataset_manifest,
     demo_names,
     demo_record,
+    depth_ranges,
     open_dataset,
     update_attributes,
 )
@@ -55,7 +55,7 @@ def calibrate(
 ) -> dict[str, float]:
     """Thresholds from the simulator clips in ``mask``, with the manifest's overrides on top."""
     scores: dict[str, list[float]] = defaultdict(list)
-    ranges = dataset_info(f).depth_range
+    ranges = depth_ranges(f)
     cam = camera or manifest.world_model_camera
     for name in demo_names(f, mask):
         clip = clip_from_demo(f["data"][name], manifest, cam, ranges.get(cam))
@@ -110,7 +110,7 @@ def gate_dataset(
         if cam not in cameras:
             raise ArgumentError(f"{path}: no camera {cam!r}; the manifest has {cameras}")
         thresholds = calibrate(f, manifest, calibrate_mask, cam)
-        ranges = dataset_info(f).depth_range
+        ranges = depth_ranges(f)
         report = GateReport(thresholds=thresholds, camera=cam)
         for name in demo_names(f, mask):
             group, record = f["data"][name], demo_record(f, name)

@@ -33,6 +33,31 @@ def default_device() -> str:
     return "cuda:0" if wp.get_cuda_device_count() > 0 else "cpu"
 
 
+@dataclass(frozen=True)
+class StateLayout:
+    """Where the robot's and the task objects' coordinates sit in a state vector (module docstring) of
+    one manifest's scenes: indices into ``joint_q`` / ``joint_qd``, which follow the state's time entry."""
+
+    nq: int
+    nqd: int
+    robot_q: np.ndarray  # (9,) the 7 arm joints and the 2 fingers, in panda.JOINT_NAMES order
+    robot_qd: np.ndarray  # (9,)
+    robot_root: np.ndarray  # (7,) the fixed base's world pose: position, quaternion (w, x, y, z)
+    objects: dict[str, tuple[int, int]]  # dynamic object -> first joint_q, first joint_qd of its free joint
+
+    def robot(self, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Joint positions and velocities (9 each) of the robot in a state vector."""
+        q, qd = state[1 : 1 + self.nq], state[1 + self.nq : 1 + self.nq + self.nqd]
+        return q[self.robot_q], qd[self.robot_qd]
+
+    def free_body(self, state: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """An object's pose (position, quaternion x, y, z, w, as Newton stores it) and velocity (linear
+        velocity of its centre of mass, angular velocity; both in the world frame) in a state vector."""
+        q_start, qd_start = self.objects[name]
+        q, qd = state[1 : 1 + self.nq], state[1 + self.nq : 1 + self.nq + self.nqd]
+        return q[q_start : q_start + 7], qd[qd_start : qd_start + 6]
+
+
 @dataclass
 class _Camera:
     spec: CameraSpec
@@ -100,9 +125,9 @@ class NewtonBackend:
         joint_labels = list(self.model.joint_label)
         q_start = self.model.joint_q_start.numpy()
         names = [*panda.JOINT_NAMES, *panda.FINGER_JOINT_NAMES]
-        self._robot_q_index = np.array(
-            [q_start[joint_labels.index(f"{ROBOT_PATH}/joints/{n}")] for n in names]
-        )
+        robot_joints = [joint_labels.index(f"{ROBOT_PATH}/joints/{n}") for n in names]
+        self._robot_q_index = q_start[robot_joints]
+        self.layout = self._state_layout(robot_joints)
         self._targets = np.concatenate([panda.HOME_Q, [panda.FINGER_MAX, panda.FINGER_MAX]])
         # Every joint coordinate's target; only the robot's drives read theirs.
         self._target_q = self.control.joint_target_q.numpy().astype(np.float32)
@@ -110,6 +135,23 @@ class NewtonBackend:
         self._place_distractors()
         self._cameras = self._make_cameras() if self.render_enabled else {}
         return self.get_state()
+
+    def _state_layout(self, robot_joints: list[int]) -> StateLayout:
+        q_start, qd_start = self.model.joint_q_start.numpy(), self.model.joint_qd_start.numpy()
+        child = list(self.model.joint_child.numpy())
+        base = self.model.joint_parent.numpy()[robot_joints[0]]  # the link the first arm joint hangs on
+        root = self.state_a.body_q.numpy()[base].astype(np.float64)
+        return StateLayout(
+            nq=self.model.joint_coord_count,
+            nqd=self.model.joint_dof_count,
+            robot_q=q_start[robot_joints],
+            robot_qd=qd_start[robot_joints],
+            robot_root=np.concatenate([root[:3], xyzw_to_wxyz(root[3:])]),
+            objects={
+                name: (int(q_start[child.index(body)]), int(qd_start[child.index(body)]))
+                for name, body in self._objects.items()
+            },
+        )
 
     def _add_distractors(self, builder, scene: SceneSample) -> list[int]:
         """Kinematic, collision-free bodies whose free-joint pose is scripted every control step."""
