@@ -8,6 +8,7 @@ the policy's training data. Each episode runs until the task's success predicate
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Callable
@@ -85,6 +86,57 @@ def run_episode(env: WorldgenEnv, policy: PretrainedPolicy, seed: int) -> Episod
     return Episode(seed, success, ret, len(actions), actions)
 
 
+def run_episodes_together(
+    manifest: Manifest,
+    policy: PretrainedPolicy,
+    seeds: list[int],
+    envs: int,
+    progress: Callable[[Episode, int, int], None] | None = None,
+) -> tuple[list[Episode], list[list[int]]]:
+    """The episodes of ``seeds`` in equal batches of at most ``envs`` worlds stepped together (one policy
+    copy per world); returns them in ``seeds`` order and the layout, the seeds of each batch in world
+    order (a short last batch is filled up with repeats of its last seed, whose episodes are not
+    counted)."""
+    from worldgen.vector_env import WorldgenVectorEnv
+
+    batches = -(-len(seeds) // envs)
+    n = -(-len(seeds) // batches)  # balanced: 100 episodes on 32 worlds run as 4 x 25, not 3 x 32 + 4
+    venv = WorldgenVectorEnv(manifest, n, autoreset_mode="Disabled")
+    policies = [copy.deepcopy(policy) for _ in range(n)]
+    keys = policy.observation_keys
+    results: dict[int, Episode] = {}
+    layout = []
+    try:
+        for start in range(0, len(seeds), n):
+            count = min(n, len(seeds) - start)
+            batch = seeds[start : start + count] + [seeds[start + count - 1]] * (n - count)
+            layout.append(batch)
+            obs, _ = venv.reset(seed=batch)
+            for p, seed in zip(policies, batch, strict=True):
+                p.reset(seed)
+            active = np.arange(n) < count
+            returns, actions = np.zeros(n), [[] for _ in range(n)]
+            while active.any():
+                chosen = np.zeros((n, venv.single_action_space.shape[0]), dtype=np.float32)
+                for i in np.flatnonzero(active):
+                    chosen[i] = np.clip(policies[i].select_action({k: obs[k][i] for k in keys}), -1.0, 1.0)
+                obs, rewards, terminated, truncated, _ = venv.step(chosen)
+                for i in np.flatnonzero(active):
+                    returns[i] += rewards[i]
+                    actions[i].append(chosen[i].tolist())
+                    if terminated[i] or truncated[i]:
+                        active[i] = False
+                        episode = Episode(
+                            batch[i], bool(terminated[i]), float(returns[i]), len(actions[i]), actions[i]
+                        )
+                        results[start + i] = episode
+                        if progress is not None:
+                            progress(episode, len(results), len(seeds))
+    finally:
+        venv.close()
+    return [results[i] for i in range(len(seeds))], layout
+
+
 def replay_gif(env: WorldgenEnv, episode: Episode, path: Path) -> Path:
     """Replay an episode's actions from its seed and write the colour cameras as a GIF."""
     keys = [k for k in env.observation_space.spaces if image_kind(k) == RGB]
@@ -108,9 +160,12 @@ def evaluate_policy(
     gifs: bool = True,
     progress: Callable[[Episode, int, int], None] | None = None,
     panel_offset: int = 0,
+    envs: int = 1,
 ) -> dict[str, Any]:
     """Success rate with its Wilson 95 % interval, mean return and per-episode records; written to
-    ``out/eval.json`` (plus ``success.gif`` / ``failure.gif``) when ``out`` is given."""
+    ``out/eval.json`` (plus ``success.gif`` / ``failure.gif``) when ``out`` is given. ``envs`` > 1:
+    that many scenes stepped together (low-dimensional policies; ``worldgen.vector_env``), the batches'
+    seeds recorded as ``layout``."""
     meta = policy_meta(policy) if not isinstance(policy, PretrainedPolicy) else {}
     if not isinstance(policy, PretrainedPolicy):
         policy = load_policy(policy)
@@ -122,14 +177,22 @@ def evaluate_policy(
             f"the evaluation panel shares seeds {overlap[:5]} with the policy's training data; "
             "choose another evaluation.held_out_base_seed"
         )
+    if envs > 1 and policy.needs_cameras:
+        raise ArgumentError(
+            f"--envs {envs}: scenes stepped together render no cameras; this policy needs them"
+        )
     env = WorldgenEnv(manifest, cameras=policy.needs_cameras)
+    layout = None
     try:
         check_contract(policy, env)
-        results = []
-        for i, seed in enumerate(seeds, start=1):
-            results.append(run_episode(env, policy, seed))
-            if progress is not None:
-                progress(results[-1], i, len(seeds))
+        if envs > 1:
+            results, layout = run_episodes_together(manifest, policy, seeds, envs, progress)
+        else:
+            results = []
+            for i, seed in enumerate(seeds, start=1):
+                results.append(run_episode(env, policy, seed))
+                if progress is not None:
+                    progress(results[-1], i, len(seeds))
     finally:
         env.close()
     successes = sum(e.success for e in results)
@@ -146,6 +209,8 @@ def evaluate_policy(
         "mean_return": float(np.mean([e.ret for e in results])),
         "mean_length": float(np.mean([e.length for e in results])),
         "panel": {"base_seed": seeds[0], "count": len(seeds)},
+        "envs": envs,
+        "layout": layout,
         "per_episode": [{k: v for k, v in asdict(e).items() if k != "actions"} for e in results],
     }
     if out is not None:

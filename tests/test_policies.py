@@ -113,6 +113,20 @@ def test_evaluation_reports_an_interval_and_writes_gifs(bc_policy, tmp_path):
     assert again["per_episode"] == saved["per_episode"]
 
 
+def test_evaluation_with_scenes_stepped_together(bc_policy):
+    """``envs`` > 1: the same panel through WorldgenVectorEnv. The layout (which seed in which world) is
+    recorded; the same layout gives the same episodes; each episode agrees with its one-scene run up to
+    MuJoCo solving the scenes' contacts together (a step or two of episode length)."""
+    out, _ = bc_policy
+    alone = evaluate_policy(out, PUSH, episodes=3)
+    together = evaluate_policy(out, PUSH, episodes=3, envs=2)
+    assert together["layout"] == [[1_000_000, 1_000_001], [1_000_002, 1_000_002]]  # the last one repeated
+    assert [e["seed"] for e in together["per_episode"]] == [e["seed"] for e in alone["per_episode"]]
+    for a, b in zip(alone["per_episode"], together["per_episode"], strict=True):
+        assert abs(a["length"] - b["length"]) <= 3
+    assert evaluate_policy(out, PUSH, episodes=3, envs=2)["per_episode"] == together["per_episode"]
+
+
 def test_evaluation_refuses_a_panel_that_overlaps_training_seeds(bc_policy):
     out, _ = bc_policy
     manifest = load_manifest(PUSH)
@@ -177,6 +191,32 @@ def test_ppo_trains_in_simulation_and_in_the_world_model(push_demos, tmp_path):
     assert meta["trained_in"] == "world_model"
     report = evaluate_policy(tmp_path / "ppo_wm", PUSH, episodes=1)  # imagination -> simulation
     assert report["episodes"] == 1
+
+
+def test_ppo_on_scenes_stepped_together(tmp_path):
+    """SB3's PPO on VectorTaskEnv: every world finishes an episode (horizon 120 < 128 steps each) and
+    restarts within the step on a training seed, its last observation in its info."""
+    from policies.ppo.training import VectorTaskEnv
+
+    manifest = load_manifest(PUSH)
+    config = PPOConfig(
+        obs_keys=["robot0_eef_pos", "object"], steps=512, n_steps=128, batch_size=64, n_epochs=1
+    )
+    meta = train_ppo(manifest, tmp_path / "ppo_vec", config, envs=4)
+    assert meta["envs"] == 4 and meta["episodes"] == 4
+    assert np.isfinite(mean_return(manifest, load_policy(tmp_path / "ppo_vec").select_action, [1_000_000]))
+    env = VectorTaskEnv(manifest, config, 2, seed=1)
+    first = env.reset()
+    assert first.shape == (2, config.low_dim_shapes["robot0_eef_pos"] + config.low_dim_shapes["object"])
+    env.env.steps[:] = manifest.horizon - 1
+    env.step_async(np.zeros((2, 7), np.float32))
+    obs, rewards, dones, infos = env.step_wait()
+    assert dones.all() and all(info["TimeLimit.truncated"] for info in infos)
+    assert all(info["terminal_observation"].shape == first.shape[1:] for info in infos)
+    assert list(env.env.steps) == [0, 0] and set(env.scene_seeds) <= set(
+        range(manifest.seeds.base_seed, 10**6)
+    )
+    env.close()
 
 
 def test_compare_reports_four_rows(tmp_path):

@@ -20,7 +20,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor, VecNormalize
 from worldgen.envs import object_slice
 from worldgen.errors import ArgumentError
 from worldgen.manifest import Manifest, as_manifest
@@ -44,38 +44,52 @@ class TrainingSeeds(gym.Wrapper):
         return self.env.reset(seed=int(self.rng.choice(self.seeds)), options=options)
 
 
-class TaskReward(gym.Wrapper):
-    """The success reward plus dense progress terms read from the low-dimensional observation, so they
-    work on simulated and on predicted state alike: ``0.5 * (reach + goal)`` per step, with ``reach`` =
-    1 - tanh(2.5 d) for the hand-to-object distance d (still sloped at the 0.4 m the hand starts from;
-    tanh(10 d) was flat there and PPO learnt nothing) and ``goal`` = 1 - tanh(5 d) for the object's
-    distance to the region's centre, or for a lift the height gained over ``min_height`` (capped at 1).
-    (Potential-based shaping, the difference of the same terms, taught PPO nothing in 16k CPU steps.)"""
+class TaskProgress:
+    """Dense progress terms read from the low-dimensional observation, so they work on simulated and on
+    predicted state alike: ``0.5 * (reach + goal)``, with ``reach`` = 1 - tanh(2.5 d) for the
+    hand-to-object distance d (still sloped at the 0.4 m the hand starts from; tanh(10 d) was flat there
+    and PPO learnt nothing) and ``goal`` = 1 - tanh(5 d) for the object's distance to the region's
+    centre, or for a lift the height gained over ``min_height`` (capped at 1). (Potential-based shaping,
+    the difference of the same terms, taught PPO nothing in 16k CPU steps.)"""
 
-    def __init__(self, env: gym.Env, manifest: Manifest):
-        super().__init__(env)
+    def __init__(self, manifest: Manifest):
         self.manifest = manifest
         self.slice = object_slice(manifest, manifest.task.success.object)
         spec = manifest.task.success
         self.region = next((r for r in manifest.task.regions if r.name == spec.region), None)
 
+    def object_z(self, objects: np.ndarray) -> np.ndarray:
+        """The success object's height in ``object`` observations (..., F)."""
+        return np.asarray(objects)[..., self.slice][..., 2]
+
+    def __call__(self, objects: np.ndarray, start_z: np.ndarray | float) -> np.ndarray:
+        """Progress for ``object`` observations (..., F) and the object's height at reset."""
+        features = np.asarray(objects)[..., self.slice]
+        reach = 1.0 - np.tanh(2.5 * np.linalg.norm(features[..., 7:10], axis=-1))
+        if self.region is not None:
+            offset = features[..., :2] - np.asarray(self.region.center)
+            goal = 1.0 - np.tanh(5.0 * np.linalg.norm(offset, axis=-1))
+        else:
+            lift = (features[..., 2] - start_z) / self.manifest.task.success.min_height
+            goal = np.clip(lift, 0.0, 1.0)
+        return 0.5 * (reach + goal)
+
+
+class TaskReward(gym.Wrapper):
+    """The success reward plus :class:`TaskProgress` at every step."""
+
+    def __init__(self, env: gym.Env, manifest: Manifest):
+        super().__init__(env)
+        self.progress = TaskProgress(manifest)
+
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        self.start_z = float(obs["object"][self.slice][2])
+        self.start_z = float(self.progress.object_z(obs["object"]))
         return obs, info
-
-    def progress(self, obs: dict[str, np.ndarray]) -> float:
-        features = obs["object"][self.slice]
-        reach = 1.0 - np.tanh(2.5 * np.linalg.norm(features[7:10]))
-        if self.region is not None:
-            goal = 1.0 - np.tanh(5.0 * np.linalg.norm(features[:2] - np.asarray(self.region.center)))
-        else:
-            goal = np.clip((features[2] - self.start_z) / self.manifest.task.success.min_height, 0.0, 1.0)
-        return float(0.5 * (reach + goal))
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        return obs, reward + self.progress(obs), terminated, truncated, info
+        return obs, reward + float(self.progress(obs["object"], self.start_z)), terminated, truncated, info
 
 
 class LowDimFeatures(gym.ObservationWrapper):
@@ -116,6 +130,77 @@ def make_env(
     return Monitor(LowDimFeatures(env, config))
 
 
+class VectorTaskEnv(VecEnv):
+    """SB3's ``VecEnv`` over ``worldgen.vector_env.WorldgenVectorEnv``: scenes drawn from the training
+    seeds, the reward of :class:`TaskReward` (``config.reward``), the policy's feature vectors, and SB3's
+    reset within the step (a finished world restarts at once; its last observation goes in its info as
+    ``terminal_observation``, ``TimeLimit.truncated`` saying whether the horizon ended it)."""
+
+    def __init__(self, manifest: Manifest, config: PPOConfig, num_envs: int, seed: int = 0):
+        from worldgen.vector_env import WorldgenVectorEnv
+
+        self.env = WorldgenVectorEnv(manifest, num_envs, autoreset_mode="Disabled")
+        missing = [k for k in config.obs_keys if k not in self.env.single_observation_space.spaces]
+        if missing:
+            raise ArgumentError(f"the environment has no observation keys {missing}")
+        config.low_dim_shapes = {
+            k: int(self.env.single_observation_space[k].shape[-1]) for k in config.obs_keys
+        }
+        self.render_mode = None  # SB3 asks every VecEnv for one
+        super().__init__(num_envs, feature_space(config), self.env.single_action_space)
+        self.keys = list(config.obs_keys)
+        self.shaped = config.reward == "shaped"
+        self.progress = TaskProgress(manifest)
+        self.seeds = training_seeds(manifest)
+        self.rng = np.random.default_rng(seed)
+        self.scene_seeds = self._draw(num_envs)
+
+    def _draw(self, n: int) -> list[int]:
+        return [int(s) for s in self.rng.choice(self.seeds, n)]
+
+    def _features(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return low_dim_features({k: torch.from_numpy(obs[k]) for k in self.keys}, self.keys).numpy()
+
+    def reset(self) -> np.ndarray:
+        obs, _ = self.env.reset(seed=self.scene_seeds)
+        self.start_z = self.progress.object_z(obs["object"])
+        return self._features(obs)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self.actions = np.asarray(actions, dtype=np.float32)
+
+    def step_wait(self):
+        obs, rewards, terminated, truncated, _ = self.env.step(self.actions)
+        if self.shaped:
+            rewards = rewards + self.progress(obs["object"], self.start_z)
+        dones = terminated | truncated
+        features = self._features(obs)
+        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        if dones.any():
+            for i in np.flatnonzero(dones):
+                infos[i] = {"terminal_observation": features[i], "TimeLimit.truncated": bool(truncated[i])}
+                self.scene_seeds[i] = self._draw(1)[0]
+            obs, _ = self.env.reset(seed=self.scene_seeds, options={"reset_mask": dones})
+            self.start_z = np.where(dones, self.progress.object_z(obs["object"]), self.start_z)
+            features = self._features(obs)
+        return features, rewards.astype(np.float32), dones, infos
+
+    def close(self) -> None:
+        self.env.close()
+
+    def get_attr(self, attr_name, indices=None):
+        return [getattr(self, attr_name)] * len(self._get_indices(indices))
+
+    def set_attr(self, attr_name, value, indices=None) -> None:
+        setattr(self, attr_name, value)
+
+    def env_method(self, method_name, *args, indices=None, **kwargs):
+        raise NotImplementedError("the worlds of a vector env have no methods of their own")
+
+    def env_is_wrapped(self, wrapper_class, indices=None):
+        return [False] * len(self._get_indices(indices))
+
+
 def training_seeds(manifest: Manifest) -> list[int]:
     return list(range(manifest.seeds.base_seed, manifest.seeds.base_seed + manifest.seeds.count))
 
@@ -141,19 +226,24 @@ def train_ppo(
     world_model: str | Path | None = None,
     dataset: str | Path | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    envs: int = 1,
 ) -> dict[str, Any]:
-    """Train PPO for ``config.steps`` environment steps; write a policy folder to ``out``."""
+    """Train PPO for ``config.steps`` environment steps; write a policy folder to ``out``. ``envs`` > 1
+    (simulator only): that many scenes stepped together (``worldgen.vector_env``); each PPO rollout then
+    holds ``config.n_steps`` steps of every scene."""
     manifest = as_manifest(manifest)
     config = config or PPOConfig(
         obs_keys=list(manifest.policy.obs_keys), action_dim=manifest.embodiment.action_dim
     )
-    env = make_env(manifest, config, world_model, dataset)
+    if envs > 1 and world_model is not None:
+        raise ArgumentError(f"--envs {envs}: scenes stepped together are simulator scenes, not a world model")
+    if envs > 1:
+        vec: VecEnv = VecMonitor(VectorTaskEnv(manifest, config, envs, seed=config.seed))
+    else:
+        env = make_env(manifest, config, world_model, dataset)
+        vec = DummyVecEnv([lambda: env])
     torch.manual_seed(config.seed)
-    venv = VecNormalize(
-        DummyVecEnv([lambda: env]),
-        gamma=config.gamma,
-        clip_obs=CLIP_OBS,
-    )
+    venv = VecNormalize(vec, gamma=config.gamma, clip_obs=CLIP_OBS)
     venv.seed(config.seed)
     model = PPO(
         "MlpPolicy",
@@ -192,6 +282,7 @@ def train_ppo(
         "training_seeds": list(
             range(manifest.seeds.base_seed, manifest.seeds.base_seed + manifest.seeds.count)
         ),
+        "envs": envs,
         "episodes": len(returns),
         "first_returns": float(np.mean(returns[:5])) if returns else None,
         "last_returns": float(np.mean(returns[-5:])) if returns else None,

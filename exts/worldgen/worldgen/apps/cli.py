@@ -326,7 +326,13 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
             fields.update({k: v for k, v in given.items() if v is not None})
             fields["image_keys"] = args.image_keys or []  # refused by PPOConfig: low-dimensional only
             meta = train_ppo(
-                manifest, args.output, PPOConfig(**fields), args.world_model, args.dataset, progress
+                manifest,
+                args.output,
+                PPOConfig(**fields),
+                args.world_model,
+                args.dataset,
+                progress,
+                envs=args.envs,
             )
             print(
                 f"PPO ({meta['trained_in']}) {meta['episodes']} episodes: return {meta['first_returns']:.2f} "
@@ -381,7 +387,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest)
     try:
         report = evaluate_policy(
-            args.policy, manifest, args.episodes, out, gifs=not args.no_gifs, progress=progress
+            args.policy,
+            manifest,
+            args.episodes,
+            out,
+            gifs=not args.no_gifs,
+            progress=progress,
+            envs=args.envs,
         )
     finally:
         bar.close()
@@ -762,6 +774,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-keys", type=_names_arg, help="comma-separated camera keys, e.g. front_rgb")
     p.add_argument("--manifest", metavar="MANIFEST", help="PPO: the scenario to train in")
     p.add_argument(
+        "--envs", type=_count_arg, default=1, help="PPO in the simulator: scenes stepped together (default 1)"
+    )
+    p.add_argument(
         "--world-model", type=_world_model_arg, metavar="CKPT", help="PPO: train inside this world model"
     )
     p.add_argument("--seed", type=_seed_arg, default=0)
@@ -773,6 +788,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", metavar="MANIFEST", help="scenario manifest")
     p.add_argument("--episodes", type=_count_arg, help="default: the manifest's evaluation.episodes")
     p.add_argument("-o", "--output", type=_output_folder, metavar="DIR", help="default POLICY/eval")
+    p.add_argument(
+        "--envs", type=_count_arg, default=1, help="scenes stepped together (low-dim policies; default 1)"
+    )
     p.add_argument("--no-gifs", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_eval)

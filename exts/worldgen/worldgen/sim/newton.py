@@ -69,6 +69,49 @@ class _Camera:
     transform: object = None  # cached world pose of a fixed camera
 
 
+def scene_builder(manifest: Manifest, stage: Usd.Stage, scene: SceneSample, ground: bool = True):
+    """A Newton ``ModelBuilder`` holding one scene (the compiled stage and its distractors), and the
+    distractors' joint indices in it. ``ground=False`` leaves the ground plane out (a scene added beside
+    others that already have one)."""
+    import newton
+    import newton.usd
+
+    builder = newton.ModelBuilder()
+    builder.add_usd(
+        stage,
+        # The stage carries PhysX attributes (armature) the way Isaac Sim authors them.
+        schema_resolvers=[newton.usd.SchemaResolverNewton(), newton.usd.SchemaResolverPhysx()],
+        enable_self_collisions=False,
+        ignore_paths=["/World/Distractors"] + ([] if ground else ["/World/Ground"]),
+    )
+    return builder, add_distractors(builder, manifest, scene)
+
+
+def add_distractors(builder, manifest: Manifest, scene: SceneSample) -> list[int]:
+    """Kinematic, collision-free bodies whose free-joint pose is scripted every control step."""
+    import warp as wp
+
+    cfg = builder.ShapeConfig(has_shape_collision=False, has_particle_collision=False, density=100.0)
+    specs = {d.name: d for d in manifest.stressors.distractors}
+    joints = []
+    for d in scene.distractors:
+        spec = specs[d.name]
+        path = f"/World/Distractors/{d.name}"
+        body = builder.add_body(
+            xform=wp.transform(d.position(0.0), wp.quat_identity()), label=path, is_kinematic=True
+        )
+        hx, hy, hz = (s / 2 for s in spec.size)
+        label, color = f"{path}/geom", tuple(spec.color)
+        if spec.shape == "box":
+            builder.add_shape_box(body, hx=hx, hy=hy, hz=hz, cfg=cfg, color=color, label=label)
+        elif spec.shape == "sphere":
+            builder.add_shape_sphere(body, radius=hx, cfg=cfg, color=color, label=label)
+        else:
+            builder.add_shape_cylinder(body, radius=hx, half_height=hz, cfg=cfg, color=color, label=label)
+        joints.append(builder.joint_count - 1)  # add_body gave it a free joint to the world
+    return joints
+
+
 class NewtonBackend:
     """One scene at a time; ``reset(seed)`` rebuilds the model from that seed's stage (~0.1 s warm)."""
 
@@ -91,17 +134,8 @@ class NewtonBackend:
 
     def load(self, stage: Usd.Stage, scene: SceneSample) -> np.ndarray:
         import newton
-        import newton.usd
 
-        builder = newton.ModelBuilder()
-        builder.add_usd(
-            stage,
-            # The stage carries PhysX attributes (armature) the way Isaac Sim authors them.
-            schema_resolvers=[newton.usd.SchemaResolverNewton(), newton.usd.SchemaResolverPhysx()],
-            enable_self_collisions=False,
-            ignore_paths=["/World/Distractors"],
-        )
-        self._distractor_joints = self._add_distractors(builder, scene)
+        builder, self._distractor_joints = scene_builder(self.manifest, stage, scene)
         self.model = builder.finalize(device=self.device)
         self.scene = scene
         self.solver = newton.solvers.SolverMuJoCo(
@@ -152,30 +186,6 @@ class NewtonBackend:
                 for name, body in self._objects.items()
             },
         )
-
-    def _add_distractors(self, builder, scene: SceneSample) -> list[int]:
-        """Kinematic, collision-free bodies whose free-joint pose is scripted every control step."""
-        import warp as wp
-
-        cfg = builder.ShapeConfig(has_shape_collision=False, has_particle_collision=False, density=100.0)
-        specs = {d.name: d for d in self.manifest.stressors.distractors}
-        joints = []
-        for d in scene.distractors:
-            spec = specs[d.name]
-            path = f"/World/Distractors/{d.name}"
-            body = builder.add_body(
-                xform=wp.transform(d.position(0.0), wp.quat_identity()), label=path, is_kinematic=True
-            )
-            hx, hy, hz = (s / 2 for s in spec.size)
-            label, color = f"{path}/geom", tuple(spec.color)
-            if spec.shape == "box":
-                builder.add_shape_box(body, hx=hx, hy=hy, hz=hz, cfg=cfg, color=color, label=label)
-            elif spec.shape == "sphere":
-                builder.add_shape_sphere(body, radius=hx, cfg=cfg, color=color, label=label)
-            else:
-                builder.add_shape_cylinder(body, radius=hx, half_height=hz, cfg=cfg, color=color, label=label)
-            joints.append(builder.joint_count - 1)  # add_body gave it a free joint to the world
-        return joints
 
     def _make_cameras(self) -> dict[str, _Camera]:
         import warp as wp

@@ -1,0 +1,165 @@
+"""Scenes stepped together against one scene at a time, measured side by side in one run: control steps/s
+and episodes/s of ``WorldgenVectorEnv`` with N worlds against ``WorldgenEnv`` (low-dimensional, no
+cameras), and, given a trained policy, the same held-out panel evaluated both ways (success rates and
+wall-clock). Writes bench/results/vector_throughput.json.
+
+Both sides drive the arm with the same seeded random ``ee_delta`` actions (small translations and
+rotations, the gripper switching now and then), so the physics does comparable work; an "episode" is a
+reset plus the manifest's horizon of steps.
+
+    python bench/vector_throughput.py [--worlds 1 8 32 128] [--policy data/.../policies/seeds --episodes 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "vector_throughput.json"
+
+
+def random_actions(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    actions = np.clip(rng.normal(0.0, 0.4, (n, dim)), -1.0, 1.0)
+    actions[:, -1] = np.where(rng.random(n) < 0.5, -1.0, 1.0)
+    return actions.astype(np.float32)
+
+
+def single_env(manifest, steps: int, episodes: int) -> dict:
+    from worldgen.envs import WorldgenEnv
+
+    env = WorldgenEnv(manifest, cameras=False)
+    rng = np.random.default_rng(0)
+    env.reset(seed=5000)
+    started = time.perf_counter()
+    for _ in range(steps):
+        env.step(random_actions(rng, 1, env.action_space.shape[0])[0])
+    step_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    for e in range(episodes):
+        env.reset(seed=6000 + e)
+        for _ in range(manifest.horizon):
+            env.step(random_actions(rng, 1, env.action_space.shape[0])[0])
+    episode_seconds = time.perf_counter() - started
+    env.close()
+    return {
+        "steps_per_s": steps / step_seconds,
+        "episodes_per_s": episodes / episode_seconds,
+        "episodes": episodes,
+    }
+
+
+def vector_env(manifest, worlds: int, steps: int, episodes: int) -> dict:
+    from worldgen.vector_env import WorldgenVectorEnv
+
+    started = time.perf_counter()
+    venv = WorldgenVectorEnv(manifest, worlds, autoreset_mode="Disabled")
+    venv.reset(seed=[5000 + i for i in range(worlds)])
+    build_seconds = time.perf_counter() - started
+    rng = np.random.default_rng(0)
+    dim = venv.single_action_space.shape[0]
+    started = time.perf_counter()
+    vector_steps = max(1, steps // worlds)
+    for _ in range(vector_steps):
+        venv.step(random_actions(rng, worlds, dim))
+    step_seconds = time.perf_counter() - started
+    batches = max(1, -(-episodes // worlds))
+    started = time.perf_counter()
+    for b in range(batches):
+        venv.reset(seed=[6000 + b * worlds + i for i in range(worlds)])
+        for _ in range(manifest.horizon):
+            venv.step(random_actions(rng, worlds, dim))
+    episode_seconds = time.perf_counter() - started
+    venv.close()
+    return {
+        "worlds": worlds,
+        "first_build_s": round(build_seconds, 2),
+        "steps_per_s": vector_steps * worlds / step_seconds,
+        "episodes_per_s": batches * worlds / episode_seconds,
+        "episodes": batches * worlds,
+    }
+
+
+def panel_agreement(policy: str, manifest, episodes: int, worlds: int) -> dict:
+    """One policy, one held-out panel, evaluated one scene at a time and ``worlds`` scenes together."""
+    from policies.evaluate import evaluate_policy
+
+    rows = {}
+    for envs in (1, worlds):
+        started = time.perf_counter()
+        report = evaluate_policy(policy, manifest, episodes, gifs=False, envs=envs)
+        rows[f"envs={envs}"] = {
+            "successes": report["successes"],
+            "episodes": report["episodes"],
+            "ci95": report["ci95"],
+            "seconds": round(time.perf_counter() - started, 1),
+            "per_episode_success": [e["success"] for e in report["per_episode"]],
+        }
+    one, many = rows["envs=1"], rows[f"envs={worlds}"]
+    agree = sum(a == b for a, b in zip(one["per_episode_success"], many["per_episode_success"], strict=True))
+    return {
+        "policy": policy,
+        "rows": {k: {kk: vv for kk, vv in v.items() if kk != "per_episode_success"} for k, v in rows.items()},
+        "same_outcome_episodes": agree,
+        "within_single_interval": one["ci95"][0] <= many["successes"] / many["episodes"] <= one["ci95"][1],
+        "speedup": round(one["seconds"] / many["seconds"], 2),
+    }
+
+
+def main() -> None:
+    from worldgen.manifest import load_manifest
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--manifest", type=Path, default=ROOT / "scenarios" / "push_to_target.yaml")
+    parser.add_argument("--worlds", type=int, nargs="+", default=[1, 8, 32, 128])
+    parser.add_argument("--steps", type=int, default=512, help="world-steps per throughput measurement")
+    parser.add_argument("--episodes", type=int, default=32, help="episodes per episodes/s measurement")
+    parser.add_argument("--policy", help="a trained low-dim policy: evaluate it both ways on one panel")
+    parser.add_argument("--panel", type=int, default=100, help="held-out episodes for --policy")
+    parser.add_argument("--panel-worlds", type=int, default=32)
+    args = parser.parse_args()
+    manifest = load_manifest(args.manifest)
+
+    started = time.perf_counter()
+    single = single_env(manifest, args.steps, min(args.episodes, 8))
+    print(
+        f"single env: {single['steps_per_s']:.1f} steps/s, {single['episodes_per_s']:.3f} episodes/s",
+        flush=True,
+    )
+    vector = []
+    for worlds in args.worlds:
+        row = vector_env(manifest, worlds, args.steps, args.episodes)
+        row["steps_ratio"] = round(row["steps_per_s"] / single["steps_per_s"], 2)
+        row["episodes_ratio"] = round(row["episodes_per_s"] / single["episodes_per_s"], 2)
+        vector.append(row)
+        print(
+            f"{worlds} worlds: {row['steps_per_s']:.1f} steps/s ({row['steps_ratio']}x), "
+            f"{row['episodes_per_s']:.3f} episodes/s ({row['episodes_ratio']}x), "
+            f"first build {row['first_build_s']} s",
+            flush=True,
+        )
+    result = {
+        "manifest": manifest.name,
+        "observations": "low-dim (cameras are not rendered by the vector backend)",
+        "machine": f"{multiprocessing.cpu_count()} CPU cores ({platform.machine()}), no GPU",
+        "single_env": single,
+        "vector_env": vector,
+        "best_steps_ratio": max(r["steps_ratio"] for r in vector),
+    }
+    if args.policy:
+        result["panel"] = panel_agreement(args.policy, manifest, args.panel, args.panel_worlds)
+        print(json.dumps(result["panel"], indent=2), flush=True)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

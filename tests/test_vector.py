@@ -1,0 +1,133 @@
+"""Many scenes in one Newton model (worldgen.sim.vector) and the gymnasium VectorEnv over it, on the real
+push_to_target scene: per-world state round trips, resets without a rebuild that equal a fresh build,
+worlds that do not interact, the same bytes for the same layout, divergence kept to its world."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gymnasium.vector import AutoresetMode
+from worldgen.assets import panda
+from worldgen.control import ArmController
+from worldgen.manifest import load_manifest
+from worldgen.sim.newton import NewtonBackend
+from worldgen.sim.vector import VectorNewtonBackend
+from worldgen.vector_env import WorldgenVectorEnv
+
+from .conftest import PUSH
+
+SEEDS = [1000, 1001, 1002]
+
+
+@pytest.fixture(scope="module")
+def manifest():
+    return load_manifest(PUSH)
+
+
+def drive(manifest, backends, steps: int, seed: int = 0, n: int = 3) -> None:
+    """Step every backend with the same random ee_delta actions (the arm sweeps down and about)."""
+    rng = np.random.default_rng(seed)
+    controllers = [ArmController.for_manifest(manifest) for _ in range(n)]
+    for c in controllers:
+        c.reset(panda.HOME_Q, panda.FINGER_MAX)
+    for _ in range(steps):
+        actions = np.clip(rng.normal(0.0, 0.5, (n, 7)), -1.0, 1.0)
+        actions[:, 2] = -0.6
+        targets = np.stack([c.apply(a) for c, a in zip(controllers, actions, strict=True)])
+        for b in backends:
+            b.step(targets)
+
+
+def test_a_world_starts_as_its_scene_alone_and_restores_exactly(manifest):
+    vector = VectorNewtonBackend(manifest, device="cpu")
+    vector.reset(SEEDS)
+    single = NewtonBackend(manifest, device="cpu", render=False)
+    # The single-scene state layout, its own frame: equal up to float32 rounding of the scene offset.
+    np.testing.assert_allclose(vector.get_state(1), single.reset(SEEDS[1]), atol=1e-6)
+    np.testing.assert_allclose(vector.body_pose("block")[0][1], single.body_pose("block")[0], atol=1e-6)
+    drive(manifest, [vector], 15)
+    saved = [vector.get_state(i) for i in range(3)]
+    drive(manifest, [vector], 15, seed=1)
+    after = [vector.get_state(i) for i in range(3)]
+    for i in range(3):
+        vector.set_state(i, saved[i])
+        assert np.array_equal(vector.get_state(i), saved[i])
+    drive(manifest, [vector], 15, seed=1)
+    assert all(np.array_equal(vector.get_state(i), after[i]) for i in range(3))
+
+
+def test_reset_without_rebuild_equals_a_fresh_build(manifest):
+    reused = VectorNewtonBackend(manifest, device="cpu")
+    reused.reset(SEEDS)
+    drive(manifest, [reused], 10)
+    reused.reset_worlds(np.array([True, False, True]), [2000, 0, 2002])
+    fresh = VectorNewtonBackend(manifest, device="cpu")
+    fresh.reset([2000, SEEDS[1], 2002])
+    for i in (0, 2):  # masses, frictions, placements and a zero warm start: as built for that seed
+        assert np.array_equal(reused.get_state(i), fresh.get_state(i))
+    for key in ("body_mass", "body_inertia", "geom_friction", "geom_pos"):
+        assert np.array_equal(getattr(reused.solver.mj_model, key), getattr(fresh.solver.mj_model, key)), key
+    fresh.set_state(1, reused.get_state(1))  # the world that was not reset carries on where it was
+    drive(manifest, [reused, fresh], 20)
+    assert all(np.array_equal(reused.get_state(i), fresh.get_state(i)) for i in range(3))
+
+
+def test_worlds_do_not_interact(manifest):
+    a, b = VectorNewtonBackend(manifest, device="cpu"), VectorNewtonBackend(manifest, device="cpu")
+    a.reset(SEEDS)
+    b.reset(SEEDS)
+    state = b.get_state(1)
+    single = NewtonBackend(manifest, device="cpu", render=False)
+    single.reset(SEEDS[1])
+    _, qd_start = single.layout.objects["block"]
+    state[1 + single.layout.nq + qd_start] = 1.5  # world 1's block is pushed: it slides at 1.5 m/s
+    b.set_state(1, state)
+    drive(manifest, [a, b], 20)
+    moved = np.linalg.norm(b.body_pose("block")[0][1] - a.body_pose("block")[0][1])
+    assert moved > 0.02
+    for i in (0, 2):  # MuJoCo solves all contacts together: the others agree to solver tolerance
+        np.testing.assert_allclose(a.get_state(i)[1:], b.get_state(i)[1:], atol=1e-5)
+
+
+def test_vector_env_same_layout_same_bytes_and_next_step_autoreset(manifest):
+    def run():
+        env = WorldgenVectorEnv(manifest, 3)
+        obs, info = env.reset(seed=SEEDS)
+        assert list(info["scene_seed"]) == SEEDS and obs["object"].shape == (3, 10)
+        rng = np.random.default_rng(3)
+        history = [obs]
+        for _ in range(12):
+            obs, rewards, terminated, truncated, info = env.step(
+                rng.uniform(-1, 1, (3, 7)).astype(np.float32)
+            )
+            history.append(obs)
+        env.close()
+        return history
+
+    first, second = run(), run()
+    assert all(np.array_equal(x[k], y[k]) for x, y in zip(first, second, strict=True) for k in x)
+    env = WorldgenVectorEnv(manifest, 2, autoreset_mode=AutoresetMode.NEXT_STEP)
+    env.reset(seed=[1000, 1001])
+    # World 0 at its horizon: it is truncated on this step and starts a new scene on the next.
+    env.steps[0] = manifest.horizon - 1
+    _, _, terminated, truncated, info = env.step(np.zeros((2, 7), np.float32))
+    assert list(truncated) == [True, False] and not terminated.any()
+    _, rewards, terminated, truncated, info = env.step(np.zeros((2, 7), np.float32))
+    assert list(info["steps"]) == [0, 2] and rewards[0] == 0.0 and not (terminated | truncated).any()
+    assert info["scene_seed"][0] != 1000 and info["scene_seed"][1] == 1001
+    env.close()
+
+
+def test_a_diverged_world_is_truncated_alone(manifest):
+    env = WorldgenVectorEnv(manifest, 3)
+    env.reset(seed=SEEDS)
+    state = env.backend.get_state(2)
+    single = NewtonBackend(manifest, device="cpu", render=False)
+    single.reset(SEEDS[2])
+    state[1 + single.layout.nq + single.layout.robot_qd[3]] = 500.0  # an arm joint spinning at 500 rad/s
+    env.backend.set_state(2, state)
+    _, _, terminated, truncated, info = env.step(np.zeros((3, 7), np.float32))
+    assert list(info["diverged"]) == [False, False, True] and list(truncated) == [False, False, True]
+    _, _, _, truncated, info = env.step(np.zeros((3, 7), np.float32))  # it restarts; the others go on
+    assert list(info["steps"]) == [2, 2, 0] and not truncated.any() and not info["diverged"].any()
+    env.close()
