@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
 from worldgen.assets import panda
-from worldgen.control import ArmController
+from worldgen.control import ArmController, apply_actions
 from worldgen.manifest import load_manifest
 from worldgen.sim.newton import NewtonBackend
 from worldgen.sim.vector import VectorNewtonBackend
@@ -65,11 +65,16 @@ def test_reset_without_rebuild_equals_a_fresh_build(manifest):
     fresh.reset([2000, SEEDS[1], 2002])
     for i in (0, 2):  # masses, frictions, placements and a zero warm start: as built for that seed
         assert np.array_equal(reused.get_state(i), fresh.get_state(i))
-    for key in ("body_mass", "body_inertia", "geom_friction", "geom_pos"):
+    for key in ("body_mass", "body_inertia", "geom_friction"):
         assert np.array_equal(getattr(reused.solver.mj_model, key), getattr(fresh.solver.mj_model, key)), key
+    # MuJoCo compiles a geom's offset in its body from the body's build-time pose: equal to the last bit.
+    np.testing.assert_allclose(
+        reused.solver.mj_model.geom_pos, fresh.solver.mj_model.geom_pos, rtol=0, atol=1e-15
+    )
     fresh.set_state(1, reused.get_state(1))  # the world that was not reset carries on where it was
     drive(manifest, [reused, fresh], 20)
-    assert all(np.array_equal(reused.get_state(i), fresh.get_state(i)) for i in range(3))
+    for i in range(3):
+        np.testing.assert_allclose(reused.get_state(i), fresh.get_state(i), rtol=0, atol=1e-9)
 
 
 def test_worlds_do_not_interact(manifest):
@@ -131,3 +136,19 @@ def test_a_diverged_world_is_truncated_alone(manifest):
     _, _, _, truncated, info = env.step(np.zeros((3, 7), np.float32))  # it restarts; the others go on
     assert list(info["steps"]) == [2, 2, 0] and not truncated.any() and not info["diverged"].any()
     env.close()
+
+
+def test_ik_for_many_controllers_equals_one_at_a_time(manifest):
+    """The vector env solves every world's IK together; each row stops where its own error does."""
+    rng = np.random.default_rng(7)
+    one = [ArmController.for_manifest(manifest) for _ in range(16)]
+    many = [ArmController.for_manifest(manifest) for _ in range(16)]
+    for c in one + many:
+        c.reset(panda.HOME_Q, panda.FINGER_MAX)
+    for _ in range(40):
+        actions = np.clip(rng.normal(0.0, 0.6, (16, 7)), -1.0, 1.0)
+        actions[:4] = 0.0  # these sit still: their IK converges at once
+        expected = np.stack([c.apply(a) for c, a in zip(one, actions, strict=True)])
+        np.testing.assert_allclose(apply_actions(many, actions), expected, rtol=0, atol=1e-12)
+        for a, b in zip(one, many, strict=True):
+            np.testing.assert_allclose(b.get_state(), a.get_state(), rtol=0, atol=1e-12)

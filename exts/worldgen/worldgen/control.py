@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .assets import panda
-from .geometry import axis_angle_from_rotation, rotation_from_axis_angle
+from .geometry import axis_angle_from_rotation, axis_angles_from_rotations, rotation_from_axis_angle
 from .manifest import EmbodimentSpec
 
 # TCP workspace (base frame): keeps the commanded pose reachable so IK never chases the impossible.
@@ -35,6 +35,33 @@ def solve_ik(target: np.ndarray, q_init: np.ndarray, iterations: int = IK_ITERAT
             break
         dq = jac.T @ np.linalg.solve(jac @ jac.T + IK_DAMPING**2 * np.eye(6), err)
         q = np.clip(q + dq, panda.JOINT_LOWER, panda.JOINT_UPPER)
+    return q
+
+
+def solve_ik_batch(targets: np.ndarray, q_init: np.ndarray, iterations: int = IK_ITERATIONS) -> np.ndarray:
+    """:func:`solve_ik` for N targets (N, 4, 4) from N starts (N, 7), vectorised: each row stops where
+    its own error does, as one call would (equal to the one-at-a-time results to rounding)."""
+    q = np.array(q_init, dtype=float)
+    active = np.ones(len(q), dtype=bool)
+    for _ in range(iterations):
+        rows = np.flatnonzero(active)
+        if not len(rows):
+            break
+        pose, jac = panda.tcp_poses_and_jacobians(q[rows])
+        target = targets[rows]
+        err = np.concatenate(
+            [
+                target[:, :3, 3] - pose[:, :3, 3],
+                axis_angles_from_rotations(target[:, :3, :3] @ np.transpose(pose[:, :3, :3], (0, 2, 1))),
+            ],
+            axis=1,
+        )
+        converged = np.linalg.norm(err, axis=1) < 1e-6
+        active[rows[converged]] = False
+        rows, jac, err = rows[~converged], jac[~converged], err[~converged]
+        jt = np.transpose(jac, (0, 2, 1))
+        step = np.linalg.solve(jac @ jt + IK_DAMPING**2 * np.eye(6), err[:, :, None])
+        q[rows] = np.clip(q[rows] + (jt @ step)[:, :, 0], panda.JOINT_LOWER, panda.JOINT_UPPER)
     return q
 
 
@@ -84,15 +111,9 @@ class ArmController:
 
     def apply(self, action: np.ndarray) -> np.ndarray:
         """Update the commanded pose from one action; returns the joint targets."""
-        a = np.clip(np.asarray(action, dtype=float), -1.0, 1.0)
-        if a.shape != (self.action_dim,):
-            raise ValueError(f"expected an action of shape ({self.action_dim},), got {a.shape}")
+        a = self._checked(action)
         if self.embodiment.action_space == "ee_delta":
-            pose = self.cmd_pose.copy()
-            pose[:3, 3] = np.clip(
-                pose[:3, 3] + a[:3] * self.embodiment.max_translation, WORKSPACE_LOW, WORKSPACE_HIGH
-            )
-            pose[:3, :3] = rotation_from_axis_angle(a[3:6] * self.embodiment.max_rotation) @ pose[:3, :3]
+            pose = self._next_pose(a)
             self.q_target = solve_ik(pose, self.q_target)
             self.cmd_pose = pose
         else:
@@ -100,6 +121,21 @@ class ArmController:
             self.cmd_pose = panda.tcp_pose(self.q_target)
         self.finger_target = panda.FINGER_MAX * (1.0 - a[-1]) / 2.0
         return self.targets()
+
+    def _checked(self, action: np.ndarray) -> np.ndarray:
+        a = np.clip(np.asarray(action, dtype=float), -1.0, 1.0)
+        if a.shape != (self.action_dim,):
+            raise ValueError(f"expected an action of shape ({self.action_dim},), got {a.shape}")
+        return a
+
+    def _next_pose(self, a: np.ndarray) -> np.ndarray:
+        """The commanded TCP pose after an ``ee_delta`` action."""
+        pose = self.cmd_pose.copy()
+        pose[:3, 3] = np.clip(
+            pose[:3, 3] + a[:3] * self.embodiment.max_translation, WORKSPACE_LOW, WORKSPACE_HIGH
+        )
+        pose[:3, :3] = rotation_from_axis_angle(a[3:6] * self.embodiment.max_rotation) @ pose[:3, :3]
+        return pose
 
     def get_state(self) -> np.ndarray:
         return np.concatenate(
@@ -113,3 +149,17 @@ class ArmController:
         self.cmd_pose[:3, :3] = state[3:12].reshape(3, 3)
         self.q_target = state[12:19].copy()
         self.finger_target = float(state[19])
+
+
+def apply_actions(controllers: list[ArmController], actions: np.ndarray) -> np.ndarray:
+    """:meth:`ArmController.apply` for many controllers at once (N, 9), their IK solved together
+    (:func:`solve_ik_batch`); joint-space controllers need no IK and apply one by one."""
+    if not controllers or controllers[0].embodiment.action_space != "ee_delta":
+        return np.stack([c.apply(a) for c, a in zip(controllers, actions, strict=True)])
+    checked = [c._checked(a) for c, a in zip(controllers, actions, strict=True)]
+    poses = np.stack([c._next_pose(a) for c, a in zip(controllers, checked, strict=True)])
+    q = solve_ik_batch(poses, np.stack([c.q_target for c in controllers]))
+    for c, a, pose, q_target in zip(controllers, checked, poses, q, strict=True):
+        c.q_target, c.cmd_pose = q_target, pose
+        c.finger_target = panda.FINGER_MAX * (1.0 - a[-1]) / 2.0
+    return np.stack([c.targets() for c in controllers])

@@ -71,6 +71,35 @@ def axis_angle_from_rotation(r: np.ndarray) -> np.ndarray:
     return q[1:] / s * 2.0 * math.atan2(s, q[0])
 
 
+def axis_angles_from_rotations(r: np.ndarray) -> np.ndarray:
+    """:func:`axis_angle_from_rotation` for a batch of 3x3 matrices (N, 3, 3) -> (N, 3): the common case
+    (positive trace) vectorised, any other row one at a time."""
+    r = np.asarray(r, dtype=float)
+    out = np.empty((len(r), 3))
+    trace = np.trace(r, axis1=1, axis2=2)
+    common = trace > 0
+    if common.any():
+        m = r[common]
+        s = 2.0 * np.sqrt(trace[common] + 1.0)
+        q = np.stack(
+            [
+                0.25 * s,
+                (m[:, 2, 1] - m[:, 1, 2]) / s,
+                (m[:, 0, 2] - m[:, 2, 0]) / s,
+                (m[:, 1, 0] - m[:, 0, 1]) / s,
+            ],
+            axis=1,
+        )
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)  # w > 0 here
+        sin_half = np.linalg.norm(q[:, 1:], axis=1)
+        safe = np.where(sin_half < 1e-12, 1.0, sin_half)
+        axis_angle = q[:, 1:] / safe[:, None] * (2.0 * np.arctan2(sin_half, q[:, 0]))[:, None]
+        out[common] = np.where((sin_half < 1e-12)[:, None], 0.0, axis_angle)
+    for i in np.flatnonzero(~common):
+        out[i] = axis_angle_from_rotation(r[i])
+    return out
+
+
 def rot_z(theta: float) -> np.ndarray:
     c, s = math.cos(theta), math.sin(theta)
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])

@@ -20,7 +20,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from .assets import panda
-from .control import ArmController
+from .control import ArmController, apply_actions
 from .envs import observation_space, predicate_holds
 from .geometry import wxyz_to_xyzw
 from .keys import EEF_POS, EEF_QUAT, GRIPPER_QPOS, JOINT_POS, OBJECT
@@ -93,9 +93,9 @@ class WorldgenVectorEnv(gym.vector.VectorEnv):
                 self.scene_seeds[i] = int(self._rngs[i].integers(0, 2**31 - 1))
             self._reset_worlds(restarting)
             held = {i: self.backend.get_state(i) for i in np.flatnonzero(restarting)}
-        targets = np.stack(
-            [c.targets() if restarting[i] else c.apply(actions[i]) for i, c in enumerate(self.controllers)]
-        )
+        targets = np.stack([c.targets() for c in self.controllers])
+        acting = np.flatnonzero(~restarting)
+        targets[acting] = apply_actions([self.controllers[i] for i in acting], actions[acting])
         diverged = self.backend.step(targets)
         if restarting.any():  # a world that has just been reset does not step (gymnasium's next-step reset)
             for i, state in held.items():

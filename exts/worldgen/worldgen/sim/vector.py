@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..assets import panda
-from ..geometry import matrix_from_quat, xyzw_to_wxyz
+from ..geometry import xyzw_to_wxyz
 from ..manifest import Manifest
 from ..scene import SceneSample, sample_scene
 from ..stage import HAND_PATH, OBJECTS_PATH, ROBOT_PATH, build_stage
@@ -32,7 +32,6 @@ from .newton import MAX_JOINT_SPEED, WORKSPACE_EXTENT, default_device, scene_bui
 # What differs between two scenes of one manifest, per body and per shape (shape_transform first).
 _BODY_ARRAYS = ("body_mass", "body_inv_mass", "body_inertia", "body_inv_inertia", "body_com")
 _SHAPE_ARRAYS = ("shape_transform", "shape_material_mu", "shape_material_restitution")
-_MJC_GEOM_ARRAYS = ("geom_friction", "geom_pos", "geom_quat", "geom_size", "geom_aabb", "geom_rbound")
 SPACING = 4.0  # metres between scene origins: a table and an arm's reach fit well inside
 GRID_COLUMNS = 16
 
@@ -100,17 +99,67 @@ class VectorNewtonBackend:
             self._build([sample_scene(self.manifest, int(s)) for s in seeds])
 
     def reset_worlds(self, mask: np.ndarray, seeds: Sequence[int]) -> None:
-        """Worlds where ``mask`` holds start ``seeds[i]``'s scene; the others continue exactly where they
-        were (the model is rebuilt and their states restored)."""
+        """Worlds where ``mask`` holds start ``seeds[i]``'s scene, the others continue undisturbed. The
+        model is not rebuilt (building MuJoCo's model is most of a build): each new scene's builder gives
+        the values that differ between scenes (joint coordinates, body masses and inertias, shape
+        frictions and poses), written over its world's entries, which leaves the world as a fresh build of
+        that scene would: the same state, masses, inertias and frictions; MuJoCo's compiled offset of a
+        geom in its body may differ in the last bit (~1e-16 m), as MuJoCo derives it from the pose the
+        body had when the model was built."""
+        import newton
+
         mask = np.asarray(mask, dtype=bool)
-        kept = {i: self.get_state(i) for i in np.flatnonzero(~mask)}
-        scenes = [
-            sample_scene(self.manifest, int(seeds[i])) if mask[i] else w.scene
-            for i, w in enumerate(self.worlds)
-        ]
-        self._build(scenes)
-        for i, state in kept.items():
-            self.set_state(i, state)
+        if not mask.any():
+            return
+        q, qd = self.state_a.joint_q.numpy(), self.state_a.joint_qd.numpy()
+        body = {k: getattr(self.model, k).numpy() for k in _BODY_ARRAYS}
+        shape = {k: getattr(self.model, k).numpy() for k in _SHAPE_ARRAYS}
+        placed_before = shape["shape_transform"].copy()
+        ws = self._warmstart().reshape(-1)
+        for i in np.flatnonzero(mask):
+            w = self.worlds[i]
+            scene = sample_scene(self.manifest, int(seeds[i]))
+            builder, _ = scene_builder(self.manifest, build_stage(self.manifest, scene), scene, ground=i == 0)
+            q[w.q] = w.to_combined(np.asarray(builder.joint_q, dtype=np.float64))
+            qd[w.qd] = 0.0
+            for key in _BODY_ARRAYS:  # Warp's matrices come out of a builder flat: shape them as the model's
+                rows = body[key][w.bodies]
+                rows[...] = np.asarray(getattr(builder, key), dtype=rows.dtype).reshape(rows.shape)
+            transforms = np.asarray(builder.shape_transform, dtype=np.float32)
+            static = np.asarray(builder.shape_body) < 0  # attached to the world: placed with the scene
+            transforms[static, :3] += w.origin
+            shape["shape_transform"][w.shapes] = transforms
+            for key in _SHAPE_ARRAYS[1:]:
+                rows = shape[key][w.shapes]
+                rows[...] = np.asarray(getattr(builder, key), dtype=rows.dtype).reshape(rows.shape)
+            ws[w.mjc_dofs] = 0.0
+            w.scene = scene
+            self.time[i] = 0.0
+            self._targets[i] = np.concatenate([panda.HOME_Q, [panda.FINGER_MAX] * 2])
+        for key, values in {**body, **shape}.items():
+            getattr(self.model, key).assign(values)
+        self.state_a.joint_q.assign(q)
+        self.state_a.joint_qd.assign(qd)
+        self._set_warmstart(ws)
+        self.solver.notify_model_changed(
+            newton.ModelFlags.BODY_INERTIAL_PROPERTIES | newton.ModelFlags.SHAPE_PROPERTIES
+        )
+        if self.device == "cpu":
+            # Newton 1.8 publishes changed shape properties to MuJoCo Warp's model only; the CPU model
+            # takes them from there (as Newton itself does for the inertial ones): frictions, and the
+            # poses of world-fixed geoms that moved (static objects placed with their scene, to float32
+            # rounding); every other geom keeps its compiled values.
+            cpu, warp_model = self.solver.mj_model, self.solver.mjw_model
+            cpu.geom_friction[:] = warp_model.geom_friction.numpy()[0].reshape(cpu.geom_friction.shape)
+            moved_shapes = np.any(shape["shape_transform"] != placed_before, axis=1)
+            geom_shape = np.asarray(self.solver.mjc_geom_to_newton_shape.numpy()[0])
+            moved = (cpu.geom_bodyid == 0) & moved_shapes[np.maximum(geom_shape, 0)] & (geom_shape >= 0)
+            for key in ("geom_pos", "geom_quat"):
+                values = getattr(warp_model, key).numpy()[0].reshape(getattr(cpu, key).shape)
+                getattr(cpu, key)[moved] = values[moved]
+        self._write_targets()
+        newton.eval_fk(self.model, self.state_a.joint_q, self.state_a.joint_qd, self.state_a)
+        self._place_distractors()
 
     def _build(self, scenes: list[SceneSample]) -> None:
         import newton
@@ -179,6 +228,25 @@ class VectorNewtonBackend:
                 )
             )
 
+        # Whole-model index arrays, so the per-step queries below are array operations, not loops.
+        self._robot_q = np.stack([w.robot_q for w in self.worlds])
+        self._origins = np.stack([w.origin for w in self.worlds])
+        self._hands = np.array([w.hand for w in self.worlds])
+        self._objects = {n: np.array([w.objects[n] for w in self.worlds]) for n in dynamic}
+        self._starts = {
+            "q": np.array([w.q.start for w in self.worlds]),
+            "qd": np.array([w.qd.start for w in self.worlds]),
+            "body": np.array([w.bodies.start for w in self.worlds]),
+        }
+        body_world = np.repeat(
+            np.arange(len(self.worlds)), [w.bodies.stop - w.bodies.start for w in self.worlds]
+        )
+        assert (
+            len(body_world) == self.model.body_count
+            and self.worlds[-1].q.stop == self.model.joint_coord_count
+        )
+        self._body_origins = self._origins[body_world]
+
     def _mjc_dof_to_newton_dof(self) -> np.ndarray:
         mapping = self.solver.mjc_dof_to_newton_dof
         return np.asarray(mapping.numpy() if hasattr(mapping, "numpy") else mapping).reshape(-1)
@@ -186,8 +254,7 @@ class VectorNewtonBackend:
     # -- stepping ---------------------------------------------------------------------------------
 
     def _write_targets(self) -> None:
-        for w, targets in zip(self.worlds, self._targets, strict=True):
-            self._target_q[w.robot_q] = targets
+        self._target_q[self._robot_q] = self._targets
         self.control.joint_target_q.assign(self._target_q)
 
     def _place_distractors(self) -> None:
@@ -223,15 +290,13 @@ class VectorNewtonBackend:
 
     def diverged(self) -> np.ndarray:
         q, qd = self.state_a.joint_q.numpy(), self.state_a.joint_qd.numpy()
-        body_q = self.state_a.body_q.numpy()
-        out = np.zeros(self.num_worlds, dtype=bool)
-        for i, w in enumerate(self.worlds):
-            wq, wqd = q[w.q], qd[w.qd]
-            positions = body_q[w.bodies, :3] - w.origin
-            out[i] = not (np.all(np.isfinite(wq)) and np.all(np.isfinite(wqd)))
-            out[i] |= bool(np.abs(wqd).max(initial=0.0) > MAX_JOINT_SPEED)
-            out[i] |= bool(np.abs(positions).max(initial=0.0) > WORKSPACE_EXTENT)
-        return out
+        offsets = np.abs(self.state_a.body_q.numpy()[:, :3] - self._body_origins).max(axis=1)
+        finite = np.logical_and.reduceat(np.isfinite(q), self._starts["q"])
+        finite &= np.logical_and.reduceat(np.isfinite(qd), self._starts["qd"])
+        # NaN compares False: a non-finite world is caught by ``finite``.
+        fast = np.maximum.reduceat(np.abs(qd), self._starts["qd"]) > MAX_JOINT_SPEED
+        away = np.maximum.reduceat(offsets, self._starts["body"]) > WORKSPACE_EXTENT
+        return ~finite | fast | away
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -299,19 +364,19 @@ class VectorNewtonBackend:
 
     def robot_q(self) -> np.ndarray:
         """(N, 9): the 7 arm joints and the 2 fingers of every world."""
-        q = self.state_a.joint_q.numpy()
-        return np.stack([q[w.robot_q] for w in self.worlds]).astype(np.float64)
+        return self.state_a.joint_q.numpy()[self._robot_q].astype(np.float64)
 
     def body_pose(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(N, 3) positions in each scene's frame and (N, 4) quaternions (w, x, y, z) of a task object,
         ``hand`` or ``tcp`` in every world."""
-        body_q = self.state_a.body_q.numpy()
-        index = [w.hand if name in ("hand", "tcp") else w.objects[name] for w in self.worlds]
-        rows = body_q[index].astype(np.float64)
-        pos = rows[:, :3] - np.stack([w.origin for w in self.worlds])
+        index = self._hands if name in ("hand", "tcp") else self._objects[name]
+        rows = self.state_a.body_q.numpy()[index].astype(np.float64)
+        pos = rows[:, :3] - self._origins
         quat = xyzw_to_wxyz(rows[:, 3:])
-        if name == "tcp":
-            pos = pos + np.stack([matrix_from_quat(q)[:, 2] for q in quat]) * panda.HAND_TO_TCP
+        if name == "tcp":  # the hand's z axis, as matrix_from_quat's third column
+            w, x, y, z = (quat / np.linalg.norm(quat, axis=1, keepdims=True)).T
+            axis = np.stack([2 * (x * z + w * y), 2 * (y * z - w * x), 1 - 2 * (x * x + y * y)], axis=1)
+            pos = pos + axis * panda.HAND_TO_TCP
         return pos, quat
 
     def close(self) -> None:
