@@ -134,26 +134,36 @@ def prepare(args, manifest_path: Path, out: Path) -> dict:
             )
         },
     )
-    stage("replay", lambda: replay_all(manifest, out / "recover_wm.hdf5", seeds))
+    stage("replay", lambda: replay_all(manifest, out / "recover_wm.hdf5", seeds, args.envs))
     return stats
 
 
-def replay_all(manifest, synth: Path, seeds: Path) -> dict:
-    """Replay every accepted world-model demo in the simulator from its parent's state."""
-    from worldgen.dataset import demo_names
+def replay_all(manifest, synth: Path, seeds: Path, envs: int = 1) -> dict:
+    """Replay every world-model demo in the simulator from its parent's state (``envs`` > 1: that many
+    scenes stepped together)."""
+    from worldgen.dataset import demo_names, read_demo
     from worldgen.envs import WorldgenEnv
 
-    from world_models.generate import replay_demo
+    from world_models.generate import replay_demo, replay_demos_together
 
-    env = WorldgenEnv(manifest, cameras=False)
-    records = []
     with open_dataset(synth) as f, open_dataset(seeds) as s:
-        for name in demo_names(f, "synthetic"):
-            record = demo_record(f, name)
-            parent = s["data"][record.parent]
-            rec = replay_demo(env, parent["states"][()], f["data"][name], record.seed)
-            records.append({"demo": name, "predicted_success": record.success, **rec})
-    env.close()
+        demos = [demo_record(f, name) for name in demo_names(f, "synthetic")]
+        if envs > 1:
+            replays = [
+                (s["data"][r.parent]["states"][r.branch_step], read_demo(f["data"][r.name]), r.seed)
+                for r in demos
+            ]
+            results = replay_demos_together(manifest, replays, envs)
+        else:
+            env = WorldgenEnv(manifest, cameras=False)
+            results = [
+                replay_demo(env, s["data"][r.parent]["states"][()], f["data"][r.name], r.seed) for r in demos
+            ]
+            env.close()
+        records = [
+            {"demo": r.name, "predicted_success": r.success, **rec}
+            for r, rec in zip(demos, results, strict=True)
+        ]
     predicted = [r for r in records if r["predicted_success"]]
     real = [r for r in records if r["replay_success"]]
     both = sum(r["replay_success"] for r in predicted)
@@ -242,6 +252,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50, help="held-out episodes per replicate")
     parser.add_argument("--workers", type=int, default=2, help="evaluation processes")
     parser.add_argument("--rows", nargs="+", default=list(ROWS))
+    parser.add_argument("--envs", type=int, default=1, help="replay verification: scenes stepped together")
     args = parser.parse_args()
 
     manifest_path = ROOT / "scenarios" / f"{args.scenario}.yaml"

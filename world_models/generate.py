@@ -406,6 +406,64 @@ def accepted_demos(path: str | Path) -> list[str]:
     return [r.name for r in records if r.recipe is None or r.success]
 
 
+def replay_errors(manifest: Manifest, demo: Demo, replayed: dict[str, np.ndarray], success: bool) -> dict:
+    """Replay success and the distances between replayed and predicted end-effector and success-object
+    positions (largest over the clip, and at its last step); ``replayed`` holds the replay's
+    observations after each step (R <= T rows)."""
+    sl = object_slice(manifest, manifest.task.success.object)
+    steps = len(replayed[EEF_POS])
+    eef_err = np.linalg.norm(replayed[EEF_POS] - demo.obs[EEF_POS][1 : steps + 1], axis=1)
+    obj_err = np.linalg.norm(
+        replayed["object"][:, sl][:, :3] - demo.obs["object"][1 : steps + 1, sl][:, :3], axis=1
+    )
+    return {
+        "replay_success": success,
+        "eef_error_max": float(eef_err.max(initial=0.0)),
+        "object_error_max": float(obj_err.max(initial=0.0)),
+        "object_error_end": float(obj_err[-1]) if steps else 0.0,
+    }
+
+
+def replay_demos_together(
+    manifest: Manifest, replays: list[tuple[np.ndarray, Demo, int]], envs: int
+) -> list[dict]:
+    """:func:`replay_demo` for many demos, ``envs`` scenes stepped together (``worldgen.vector_env``);
+    ``replays`` holds (start state, demo, scene seed) each. Scenes stepped together are not bit-identical
+    to one at a time (MuJoCo solves their contacts together): a diagnostic, as replay is."""
+    from worldgen.vector_env import WorldgenVectorEnv
+
+    batches = -(-len(replays) // envs)
+    n = -(-len(replays) // batches)
+    venv = WorldgenVectorEnv(manifest, n, autoreset_mode="Disabled")
+    results: list[dict] = []
+    try:
+        for start in range(0, len(replays), n):
+            batch = replays[start : start + n]
+            batch = batch + [batch[-1]] * (n - len(batch))  # a short batch repeats its last replay
+            venv.reset(seed=[seed for _, _, seed in batch])
+            for i, (state, _, _) in enumerate(batch):
+                venv.set_state(i, state)
+            actions = [d.extras.get(EXECUTED_ACTIONS, d.actions) for _, d, _ in batch]
+            seen = [{EEF_POS: [], "object": []} for _ in batch]
+            success, active = np.zeros(n, bool), np.array([len(a) > 0 for a in actions])
+            t = 0
+            while active.any():
+                step = np.stack([a[t] if t < len(a) else np.zeros_like(a[0]) for a in actions])
+                obs, _, terminated, truncated, info = venv.step(step)
+                for i in np.flatnonzero(active):
+                    seen[i][EEF_POS].append(obs[EEF_POS][i])
+                    seen[i]["object"].append(obs["object"][i])
+                    success[i] |= bool(info["success"][i])
+                    active[i] = not (terminated[i] or truncated[i]) and t + 1 < len(actions[i])
+                t += 1
+            for i in range(min(n, len(replays) - start)):
+                replayed = {k: np.asarray(v).reshape(len(v), -1) for k, v in seen[i].items()}
+                results.append(replay_errors(manifest, batch[i][1], replayed, bool(success[i])))
+    finally:
+        venv.close()
+    return results
+
+
 def replay_demo(env: WorldgenEnv, parent_states: np.ndarray, group: h5py.Group, seed: int) -> dict:
     """Replay a generated demo's executed actions in the simulator from its parent's state at its start
     step: replay success, and the distance between the replayed and the predicted end-effector and
@@ -414,19 +472,13 @@ def replay_demo(env: WorldgenEnv, parent_states: np.ndarray, group: h5py.Group, 
     executed = demo.extras.get(EXECUTED_ACTIONS, demo.actions)
     env.reset(seed=seed)
     env.set_state(parent_states[DemoRecord.from_group(group).branch_step])
-    manifest = env.manifest
-    sl = object_slice(manifest, manifest.task.success.object)
-    eef_err, obj_err, success = [], [], False
-    for t, action in enumerate(executed):
+    seen, success = {EEF_POS: [], "object": []}, False
+    for action in executed:
         obs, _, terminated, truncated, info = env.step(action)
-        eef_err.append(float(np.linalg.norm(obs[EEF_POS] - demo.obs[EEF_POS][t + 1])))
-        obj_err.append(float(np.linalg.norm(obs["object"][sl][:3] - demo.obs["object"][t + 1][sl][:3])))
+        seen[EEF_POS].append(obs[EEF_POS])
+        seen["object"].append(obs["object"])
         success = success or bool(info["success"])
         if terminated or truncated:
             break
-    return {
-        "replay_success": success,
-        "eef_error_max": max(eef_err, default=0.0),
-        "object_error_max": max(obj_err, default=0.0),
-        "object_error_end": obj_err[-1] if obj_err else 0.0,
-    }
+    replayed = {k: np.asarray(v).reshape(len(v), -1) for k, v in seen.items()}
+    return replay_errors(env.manifest, demo, replayed, success)

@@ -115,6 +115,15 @@ class WorldgenVectorEnv(gym.vector.VectorEnv):
         infos["diverged"] = diverged
         return self._observe(), rewards, terminated, truncated, infos
 
+    def set_state(self, i: int, state: np.ndarray) -> None:
+        """World i to a ``WorldgenEnv.get_state`` vector (backend, controller, [steps, success streak]) of
+        the scene it holds: a state recorded one scene at a time continues here."""
+        state = np.asarray(state, dtype=np.float64)
+        n = ArmController.STATE_DIM + 2
+        self.backend.set_state(i, state[:-n])
+        self.controllers[i].set_state(state[-n:-2])
+        self.steps[i], self.streak[i] = int(state[-2]), int(state[-1])
+
     def close_extras(self, **kwargs) -> None:
         self.backend.close()
 
