@@ -112,6 +112,21 @@ def add_distractors(builder, manifest: Manifest, scene: SceneSample) -> list[int
     return joints
 
 
+def mujoco_instability_warnings(solver, device: str) -> int:
+    """MuJoCo's CPU solver resets its data when it meets a bad qpos/qvel/qacc (and warns), which would
+    hide a blow-up behind a clean state: the number of those warnings so far."""
+    if device != "cpu":
+        return 0
+    import mujoco
+
+    kinds = (
+        mujoco.mjtWarning.mjWARN_BADQPOS,
+        mujoco.mjtWarning.mjWARN_BADQVEL,
+        mujoco.mjtWarning.mjWARN_BADQACC,
+    )
+    return sum(int(solver.mj_data.warning[int(k)].number) for k in kinds)
+
+
 class NewtonBackend:
     """One scene at a time; ``reset(seed)`` rebuilds the model from that seed's stage (~0.1 s warm)."""
 
@@ -261,22 +276,8 @@ class NewtonBackend:
         self._check_diverged()
         return self.get_state()
 
-    def _mujoco_instability_warnings(self) -> int:
-        """MuJoCo's CPU solver resets its data when it meets a bad qpos/qvel/qacc (and warns), which would
-        hide a blow-up behind a clean state: count those warnings instead."""
-        if self.device != "cpu":
-            return 0
-        import mujoco
-
-        kinds = (
-            mujoco.mjtWarning.mjWARN_BADQPOS,
-            mujoco.mjtWarning.mjWARN_BADQVEL,
-            mujoco.mjtWarning.mjWARN_BADQACC,
-        )
-        return sum(int(self.solver.mj_data.warning[int(k)].number) for k in kinds)
-
     def _check_diverged(self) -> None:
-        if self._mujoco_instability_warnings() > 0:
+        if mujoco_instability_warnings(self.solver, self.device) > 0:
             raise SimDiverged(f"MuJoCo reported non-finite or huge qpos/qvel/qacc at t={self.time:.3f}s")
         q, qd = self.state_a.joint_q.numpy(), self.state_a.joint_qd.numpy()
         if not (np.all(np.isfinite(q)) and np.all(np.isfinite(qd))):

@@ -27,7 +27,13 @@ from ..geometry import xyzw_to_wxyz
 from ..manifest import Manifest
 from ..scene import SceneSample, sample_scene
 from ..stage import HAND_PATH, OBJECTS_PATH, ROBOT_PATH, build_stage
-from .newton import MAX_JOINT_SPEED, WORKSPACE_EXTENT, default_device, scene_builder
+from .newton import (
+    MAX_JOINT_SPEED,
+    WORKSPACE_EXTENT,
+    default_device,
+    mujoco_instability_warnings,
+    scene_builder,
+)
 
 # What differs between two scenes of one manifest, per body and per shape (shape_transform first).
 _BODY_ARRAYS = ("body_mass", "body_inv_mass", "body_inertia", "body_inv_inertia", "body_com")
@@ -274,18 +280,23 @@ class VectorNewtonBackend:
 
     def step(self, joint_targets: np.ndarray) -> np.ndarray:
         """One control step of every world from (N, 9) joint targets; returns which worlds diverged
-        (non-finite state, a joint faster than MAX_JOINT_SPEED, a body out of the workspace)."""
+        (non-finite state, a joint faster than MAX_JOINT_SPEED, a body out of the workspace; every world
+        when MuJoCo's CPU solver met a bad state and reset its data, which it does for all at once)."""
         targets = np.asarray(joint_targets, dtype=float)
         if targets.shape != (self.num_worlds, 9):
             raise ValueError(f"expected ({self.num_worlds}, 9) joint targets, got {targets.shape}")
         self._targets = targets.copy()
         self._write_targets()
+        warnings = mujoco_instability_warnings(self.solver, self.device)
         for _ in range(self.manifest.substeps):
             self.state_a.clear_forces()
             self.solver.step(self.state_a, self.state_b, self.control, None, self.dt)
             self.state_a, self.state_b = self.state_b, self.state_a
         self.time += self.manifest.substeps * self.dt
         self._place_distractors()
+        if mujoco_instability_warnings(self.solver, self.device) > warnings:
+            # MuJoCo reset the data of every world at once: none of them carries on from its state.
+            return np.ones(self.num_worlds, dtype=bool)
         return self.diverged()
 
     def diverged(self) -> np.ndarray:
