@@ -116,8 +116,10 @@ def run_episodes_together(
                 p.reset(seed)
             active = np.arange(n) < count
             returns, actions = np.zeros(n), [[] for _ in range(n)]
+            # Finished and filler worlds repeat their last action (hold still) until the batch ends.
+            chosen = np.zeros((n, venv.single_action_space.shape[0]), dtype=np.float32)
+            chosen[:, -1] = -1.0
             while active.any():
-                chosen = np.zeros((n, venv.single_action_space.shape[0]), dtype=np.float32)
                 for i in np.flatnonzero(active):
                     chosen[i] = np.clip(policies[i].select_action({k: obs[k][i] for k in keys}), -1.0, 1.0)
                 obs, rewards, terminated, truncated, _ = venv.step(chosen)
@@ -216,7 +218,11 @@ def evaluate_policy(
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        if gifs:
+        if gifs and envs > 1:
+            # A GIF replays its episode alone, which is not bit-identical to the run among other scenes.
+            report["gifs"] = {}
+            report["gifs_left_out"] = "episodes ran with other scenes; replayed alone they may end otherwise"
+        elif gifs:
             chosen = {
                 name: next((e for e in results if e.success == wanted), None)
                 for name, wanted in (("success", True), ("failure", False))

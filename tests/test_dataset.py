@@ -235,7 +235,9 @@ def test_kill_9_leaves_readable_demos_and_rerun_resumes(tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     parts = Path(str(out) + ".parts")
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and len(list(parts.glob("demo_*.hdf5"))) < 2 and proc.poll() is None:
+    # A demo's shard appears just before the main file links it: once the third shard exists, the main
+    # file links at least two (waiting for two raced the link of the second).
+    while time.monotonic() < deadline and len(list(parts.glob("demo_*.hdf5"))) < 3 and proc.poll() is None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -448,7 +448,8 @@ def replay_demos_together(
             success, active = np.zeros(n, bool), np.array([len(a) > 0 for a in actions])
             t = 0
             while active.any():
-                step = np.stack([a[t] if t < len(a) else np.zeros_like(a[0]) for a in actions])
+                hold = np.zeros(venv.single_action_space.shape, np.float32)
+                step = np.stack([a[t] if t < len(a) else hold for a in actions])
                 obs, _, terminated, truncated, info = venv.step(step)
                 for i in np.flatnonzero(active):
                     seen[i][EEF_POS].append(obs[EEF_POS][i])
@@ -457,7 +458,9 @@ def replay_demos_together(
                     active[i] = not (terminated[i] or truncated[i]) and t + 1 < len(actions[i])
                 t += 1
             for i in range(min(n, len(replays) - start)):
-                replayed = {k: np.asarray(v).reshape(len(v), -1) for k, v in seen[i].items()}
+                replayed = {
+                    k: np.reshape(v, (len(v), batch[i][1].obs[k].shape[1])) for k, v in seen[i].items()
+                }
                 results.append(replay_errors(manifest, batch[i][1], replayed, bool(success[i])))
     finally:
         venv.close()
@@ -480,5 +483,5 @@ def replay_demo(env: WorldgenEnv, parent_states: np.ndarray, group: h5py.Group, 
         success = success or bool(info["success"])
         if terminated or truncated:
             break
-    replayed = {k: np.asarray(v).reshape(len(v), -1) for k, v in seen.items()}
+    replayed = {k: np.reshape(v, (len(v), demo.obs[k].shape[1])) for k, v in seen.items()}
     return replay_errors(env.manifest, demo, replayed, success)

@@ -23,6 +23,7 @@ from worldgen.dataset import (
     demo_names,
     demo_record,
     depth_ranges,
+    flat_states,
     open_dataset,
     read_obs,
 )
@@ -95,7 +96,7 @@ def evaluate_branches(
                     "parent": record.parent,
                     "step": record.branch_step,
                     "seed": parent.seed,
-                    "reset": f["data"][record.parent]["states"][record.branch_step],
+                    "reset": flat_states(f["data"][record.parent])[record.branch_step],
                     "actions": f["data"][name]["actions"][()],
                     "obs": read_obs(f["data"][name]),  # T+1: the branch step's frame, then the predictions
                     "noise_seed": record.noise_seed,

@@ -170,15 +170,20 @@ class VectorTaskEnv(VecEnv):
         self.actions = np.asarray(actions, dtype=np.float32)
 
     def step_wait(self):
-        obs, rewards, terminated, truncated, _ = self.env.step(self.actions)
+        obs, rewards, terminated, truncated, info = self.env.step(self.actions)
         if self.shaped:
             rewards = rewards + self.progress(obs["object"], self.start_z)
+        # A diverged world ends as a failure, not at a time limit: PPO must not bootstrap from its
+        # (blown-up) last observation, and nothing non-finite may reach the normalisation statistics.
+        diverged = info["diverged"]
+        rewards = np.where(diverged, 0.0, np.nan_to_num(rewards))
         dones = terminated | truncated
-        features = self._features(obs)
+        features = np.nan_to_num(self._features(obs), posinf=0.0, neginf=0.0)
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         if dones.any():
             for i in np.flatnonzero(dones):
-                infos[i] = {"terminal_observation": features[i], "TimeLimit.truncated": bool(truncated[i])}
+                limit = bool(truncated[i] and not diverged[i])
+                infos[i] = {"terminal_observation": features[i], "TimeLimit.truncated": limit}
                 self.scene_seeds[i] = self._draw(1)[0]
             obs, _ = self.env.reset(seed=self.scene_seeds, options={"reset_mask": dones})
             self.start_z = np.where(dones, self.progress.object_z(obs["object"]), self.start_z)
@@ -192,6 +197,8 @@ class VectorTaskEnv(VecEnv):
         return [getattr(self, attr_name)] * len(self._get_indices(indices))
 
     def set_attr(self, attr_name, value, indices=None) -> None:
+        if len(self._get_indices(indices)) != self.num_envs:
+            raise NotImplementedError("the worlds share their attributes: set them for all or none")
         setattr(self, attr_name, value)
 
     def env_method(self, method_name, *args, indices=None, **kwargs):

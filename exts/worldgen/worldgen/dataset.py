@@ -318,11 +318,16 @@ def update_attributes(path: str | Path, demos: dict[str, dict[str, Any]], data: 
         raise
 
 
+def flat_states(group: h5py.Group) -> h5py.Dataset:
+    """A demo's flat simulator states (T, S): ``states``, or ``sim_states`` in an Isaac Lab export."""
+    return group["states"] if isinstance(group["states"], h5py.Dataset) else group[SIM_STATES]
+
+
 def read_demo(group: h5py.Group) -> Demo:
     """A stored demo as :class:`Demo`: T+1 observations (``obs``, then the last ``next_obs``), its
     attributes as stored (so appending it elsewhere writes the same bytes) and any extra arrays."""
     obs = read_obs(group)
-    states = group["states"] if isinstance(group["states"], h5py.Dataset) else group[SIM_STATES]
+    states = flat_states(group)
     extras = {
         k: group[k][()]
         for k in group

@@ -5,13 +5,14 @@ without cameras), the same actions, rewards, success and horizon per world.
 ``reset(seed=[s0, s1, ...])`` puts scene ``s_i`` in world i (``seed=s``: ``s + i``). Autoreset follows
 gymnasium: ``next_step`` (the default) resets a world on the step after it ended (its action ignored,
 its scene seed drawn from its own random stream); ``disabled`` leaves resets to the caller,
-``reset(seed=..., options={"reset_mask": mask})``. A reset rebuilds the model (about 50 ms a scene on a
-CPU) and restores the other worlds exactly, so resets are cheapest in batches. A world that diverges is
-truncated with ``info["diverged"]`` and the others continue.
+``reset(seed=..., options={"reset_mask": mask})``. A reset rewrites the worlds it resets (about 60 ms a
+scene on a CPU, most of it reading the new scene's stage) and leaves the others as they are. A world
+that diverges is truncated with ``info["diverged"]`` and the others continue.
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import gymnasium as gym
@@ -71,8 +72,10 @@ class WorldgenVectorEnv(gym.vector.VectorEnv):
             mask = np.asarray(options["reset_mask"], dtype=bool)
             if self.backend.model is None and not mask.all():
                 raise ValueError("the first reset must reset every world")
-        if isinstance(seed, int):
-            seed = [seed + i for i in range(self.num_envs)]
+        if mask.shape != (self.num_envs,):
+            raise ValueError(f"reset_mask has shape {mask.shape}, expected ({self.num_envs},)")
+        if isinstance(seed, numbers.Integral):
+            seed = [int(seed) + i for i in range(self.num_envs)]
         if seed is not None:
             if len(seed) != self.num_envs:
                 raise ValueError(f"expected {self.num_envs} seeds, got {len(seed)}")

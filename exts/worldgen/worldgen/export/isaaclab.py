@@ -24,7 +24,16 @@ import h5py
 import numpy as np
 
 from ..control import ArmController
-from ..dataset import SIM_STATES, DatasetError, Demo, dataset_manifest, demo_record, open_dataset, read_demo
+from ..dataset import (
+    SIM_STATES,
+    DatasetError,
+    Demo,
+    dataset_manifest,
+    demo_record,
+    flat_states,
+    open_dataset,
+    read_demo,
+)
 from ..envs import object_slice
 from ..geometry import axis_angle_from_rotation, matrix_from_quat, xyzw_to_wxyz
 from ..keys import EEF_POS, EEF_QUAT, EXECUTED_ACTIONS, GRIPPER_QPOS, JOINT_POS
@@ -80,7 +89,7 @@ def _start_state(f: h5py.File, name: str, demo: Demo) -> np.ndarray:
         raise DatasetError(
             f"{f.filename}: {name} has no simulator states and its parent ({record.parent}) is not in it"
         )
-    return f["data"][record.parent]["states"][record.branch_step]
+    return flat_states(f["data"][record.parent])[record.branch_step]
 
 
 def mimic_groups(manifest: Manifest, layout: StateLayout, demo: Demo, start: np.ndarray) -> dict:

@@ -55,6 +55,7 @@ VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.m
 EPISODES_PATH = "meta/episodes/chunk-000/file-000.parquet"
 STATS = ("min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99")
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
+IMAGE_STATS_FRAMES = 100  # an image feature's statistics come from this many frames of each episode
 STATE, ENVIRONMENT_STATE, ACTION = "observation.state", "observation.environment_state", "action"
 ROBOT_KEYS = (EEF_POS, EEF_QUAT, JOINT_POS, GRIPPER_QPOS)
 IMAGE_SUFFIX = {RGB: "", DEPTH: "_depth", SEG: "_segmentation"}
@@ -82,12 +83,14 @@ def export_lerobot(
         masks = {m: set(demo_names(f, m)) for m in f.get("mask", {})}
         with staged(out) as root:
             writer = _Writer(root, layout)
-            for name in names:
-                record = DemoRecord.from_group(f["data"][name])
-                writer.add_episode(
-                    read_demo(f["data"][name]), record, sorted(m for m in masks if name in masks[m])
-                )
-            writer.finish(train=sum(n not in valid for n in names))
+            try:
+                for name in names:
+                    record = DemoRecord.from_group(f["data"][name])
+                    in_masks = sorted(m for m in masks if name in masks[m])
+                    writer.add_episode(read_demo(f["data"][name]), record, in_masks)
+                writer.finish(train=sum(n not in valid for n in names))
+            finally:
+                writer.close()
     return len(names)
 
 
@@ -233,13 +236,14 @@ def _hf_feature(spec: dict[str, Any]) -> dict[str, Any]:
 def feature_stats(values: np.ndarray, image: bool) -> dict[str, np.ndarray]:
     """min, max, mean, std, count and quantiles of one episode's values of a feature (T, ...): per
     component for vectors, per channel (C, 1, 1) for images (RGB scaled to [0, 1], as LeRobot does)."""
-    values = np.asarray(values, dtype=np.float64)
-    if image:
-        scale = 255.0 if values.shape[-1] == 3 else 1.0
-        flat = values.reshape(-1, values.shape[-1]) / scale
+    if image:  # at most IMAGE_STATS_FRAMES frames, evenly spaced, in float32: LeRobot samples them too
+        picked = np.linspace(0, len(values) - 1, min(len(values), IMAGE_STATS_FRAMES)).round().astype(int)
+        values = np.asarray(values)[np.unique(picked)]
+        scale = np.float32(255.0 if values.shape[-1] == 3 else 1.0)
+        flat = values.reshape(-1, values.shape[-1]).astype(np.float32) / scale
         shape = (values.shape[-1], 1, 1)
     else:
-        flat = values.reshape(len(values), -1)
+        flat = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
         shape = flat.shape[1:]
     stats = {
         "min": flat.min(0),
@@ -248,7 +252,7 @@ def feature_stats(values: np.ndarray, image: bool) -> dict[str, np.ndarray]:
         "std": flat.std(0),
         **{f"q{round(q * 100):02d}": np.quantile(flat, q, axis=0) for q in QUANTILES},
     }
-    out = {k: v.reshape(shape) for k, v in stats.items()}
+    out = {k: np.asarray(v, dtype=np.float64).reshape(shape) for k, v in stats.items()}
     out["count"] = np.array([len(values)], dtype=np.int64)
     return out
 
@@ -355,13 +359,17 @@ class _Writer:
         self.stats.append(stats)
         self.frames_written += t
 
+    def close(self) -> None:
+        """Close the open data file and videos (again after :meth:`finish` is harmless)."""
+        self.data.close()
+        for video in self.videos.values():
+            video.close()
+
     def finish(self, train: int) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        self.data.close()
-        for video in self.videos.values():
-            video.close()
+        self.close()
         episodes = pa.Table.from_pylist(self.episodes)
         (self.root / EPISODES_PATH).parent.mkdir(parents=True)
         pq.write_table(episodes, self.root / EPISODES_PATH, compression="snappy")

@@ -117,14 +117,22 @@ def mujoco_instability_warnings(solver, device: str) -> int:
     hide a blow-up behind a clean state: the number of those warnings so far."""
     if device != "cpu":
         return 0
+    return sum(int(solver.mj_data.warning[k].number) for k in _instability_kinds())
+
+
+def clear_mujoco_instability_warnings(solver, device: str) -> None:
+    """Zero those counts. MuJoCo's reset clears them and then counts itself once, so a running count
+    stays at 1 through any later reset: clear before a step and test after it."""
+    if device == "cpu":
+        for k in _instability_kinds():
+            solver.mj_data.warning[k].number = 0
+
+
+def _instability_kinds() -> list[int]:
     import mujoco
 
-    kinds = (
-        mujoco.mjtWarning.mjWARN_BADQPOS,
-        mujoco.mjtWarning.mjWARN_BADQVEL,
-        mujoco.mjtWarning.mjWARN_BADQACC,
-    )
-    return sum(int(solver.mj_data.warning[int(k)].number) for k in kinds)
+    warning = mujoco.mjtWarning
+    return [int(k) for k in (warning.mjWARN_BADQPOS, warning.mjWARN_BADQVEL, warning.mjWARN_BADQACC)]
 
 
 class NewtonBackend:

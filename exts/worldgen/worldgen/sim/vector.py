@@ -3,8 +3,9 @@ masses, friction, distractors) side by side in one Newton model, so the fixed co
 step (Warp kernel launches and argument packing in Newton's MuJoCo bridge, most of a single scene's
 step on a CPU) is paid once for all of them.
 
-On a CPU, MuJoCo simulates a multi-world Newton model's first world only, so the scenes are one world
-whose parts sit :data:`SPACING` metres apart on a grid and never touch; MuJoCo solves their contacts
+The scenes are parts of one Newton world, :data:`SPACING` metres apart on a grid so they never touch
+(on a CPU, Newton's MuJoCo solver simulates only the first world of a multi-world model; separate Newton
+worlds, as MuJoCo Warp would run them on a GPU, are not built here); MuJoCo solves their contacts
 together, so a scene's trajectory is not bit-identical to the same scene simulated alone (its success
 rate agrees within sampling error: ``bench/vector_throughput.py``). For a fixed layout (which seed in
 which slot) every run gives the same bytes.
@@ -30,6 +31,7 @@ from ..stage import HAND_PATH, OBJECTS_PATH, ROBOT_PATH, build_stage
 from .newton import (
     MAX_JOINT_SPEED,
     WORKSPACE_EXTENT,
+    clear_mujoco_instability_warnings,
     default_device,
     mujoco_instability_warnings,
     scene_builder,
@@ -287,14 +289,14 @@ class VectorNewtonBackend:
             raise ValueError(f"expected ({self.num_worlds}, 9) joint targets, got {targets.shape}")
         self._targets = targets.copy()
         self._write_targets()
-        warnings = mujoco_instability_warnings(self.solver, self.device)
+        clear_mujoco_instability_warnings(self.solver, self.device)
         for _ in range(self.manifest.substeps):
             self.state_a.clear_forces()
             self.solver.step(self.state_a, self.state_b, self.control, None, self.dt)
             self.state_a, self.state_b = self.state_b, self.state_a
         self.time += self.manifest.substeps * self.dt
         self._place_distractors()
-        if mujoco_instability_warnings(self.solver, self.device) > warnings:
+        if mujoco_instability_warnings(self.solver, self.device) > 0:
             # MuJoCo reset the data of every world at once: none of them carries on from its state.
             return np.ones(self.num_worlds, dtype=bool)
         return self.diverged()
