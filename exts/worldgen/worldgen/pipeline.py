@@ -21,6 +21,7 @@ from .dataset import (
     read_demo,
     read_header,
 )
+from .errors import ArgumentError
 from .keys import EXECUTED_ACTIONS
 from .manifest import Manifest, as_manifest, manifest_text
 from .sim.base import SimDiverged, instance_table
@@ -138,6 +139,88 @@ def record_play_episode(
     return record_episode(env, seed, act, attrs, steps=len(parent_actions))
 
 
+def record_expert_episodes_together(
+    manifest: Manifest, seeds: list[int], envs: int
+) -> Iterable[EpisodeResult]:
+    """:func:`record_expert_episode` for ``seeds``, ``envs`` scenes stepped together (no cameras;
+    ``worldgen.vector_env``), yielded in ``seeds`` order batch by batch. Scenes stepped together are not
+    bit-identical to one at a time (MuJoCo solves their contacts together); the demos record the
+    number of scenes they were stepped with (``vector_envs``), and the same number gives the same bytes."""
+    from .experts import make_expert
+    from .vector_env import WorldgenVectorEnv
+
+    batches = -(-len(seeds) // envs)
+    n = -(-len(seeds) // batches)
+    venv = WorldgenVectorEnv(manifest, n, autoreset_mode="Disabled")
+    dynamic = [o.name for o in manifest.task.objects if not o.static]
+    try:
+        for start in range(0, len(seeds), n):
+            batch = seeds[start : start + n]
+            slots = batch + [batch[-1]] * (n - len(batch))  # a short batch repeats its last seed
+            started = time.perf_counter()
+            obs, _ = venv.reset(seed=slots)
+
+            def poses() -> list[dict]:
+                """Every world's dynamic object poses, as the experts read them."""
+                each = {name: venv.backend.body_pose(name) for name in dynamic}
+                return [{name: (p[i], q[i]) for name, (p, q) in each.items()} for i in range(n)]
+
+            experts = [make_expert(manifest) for _ in slots]
+            for expert, seed, world in zip(experts, slots, poses(), strict=True):
+                expert.reset(seed, world)
+            history = [
+                {
+                    "obs": [{k: v[i] for k, v in obs.items()}],
+                    "states": [],
+                    "actions": [],
+                    "rewards": [],
+                    "dones": [],
+                }
+                for i in range(n)
+            ]
+            active, success, diverged = np.arange(n) < len(batch), np.zeros(n, bool), np.zeros(n, bool)
+            actions = np.zeros((n, venv.single_action_space.shape[0]), np.float32)
+            actions[:, -1] = -1.0
+            while active.any():
+                now = poses()
+                for i in np.flatnonzero(active):
+                    history[i]["states"].append(venv.get_state(i))
+                    actions[i] = experts[i].act(venv.controllers[i].commanded_tcp_world(), now[i])
+                obs, rewards, terminated, truncated, info = venv.step(actions)
+                for i in np.flatnonzero(active):
+                    h = history[i]
+                    h["obs"].append({k: v[i] for k, v in obs.items()})
+                    h["actions"].append(actions[i].copy())
+                    h["rewards"].append(rewards[i])
+                    h["dones"].append(terminated[i])
+                    success[i], diverged[i] = bool(terminated[i]), bool(info["diverged"][i])
+                    active[i] = not (terminated[i] or truncated[i])
+            seconds = (time.perf_counter() - started) / len(batch)
+            for i, seed in enumerate(batch):
+                if diverged[i]:
+                    yield EpisodeResult(seed, None, "simulation diverged (scenes stepped together)", seconds)
+                    continue
+                h = history[i]
+                demo = Demo(
+                    actions=np.asarray(h["actions"], dtype=np.float32),
+                    states=np.asarray(h["states"], dtype=np.float64),
+                    obs=_stack_obs(h["obs"]),
+                    rewards=np.asarray(h["rewards"], dtype=np.float32),
+                    dones=np.asarray(h["dones"], dtype=np.uint8),
+                    attrs={
+                        "seed": seed,
+                        "success": bool(success[i]),
+                        "sim_backend": type(venv.backend).__name__,
+                        "vector_envs": n,
+                        "scene": venv.backend.worlds[i].scene.to_dict(),
+                        "source": "sim",
+                    },
+                )
+                yield EpisodeResult(seed, demo, "", seconds)
+    finally:
+        venv.close()
+
+
 class SeedWorker:
     """Holds one environment and records episodes; also the body of a Ray actor."""
 
@@ -163,18 +246,24 @@ def run_seed_stage(
     ray_address: str | None = None,
     cameras: bool = True,
     progress: Callable[[EpisodeResult, int, int], None] | None = None,
+    envs: int = 1,
 ) -> DatasetWriter:
     """Append expert demos for the manifest's seeds to ``output``; returns the (finalized) writer.
 
     Demo names are ``demo_<seed - base_seed>``, so the file is the same for any number of workers.
+    ``envs`` > 1 (no cameras): that many scenes stepped together in one process.
     """
+    if envs > 1 and (cameras or workers > 1 or ray_address is not None):
+        raise ArgumentError(f"--envs {envs}: scenes stepped together record without cameras, in one process")
     manifest = as_manifest(manifest)
     header = dataset_header(manifest, instance_table(manifest), manifest_text(manifest))
     writer = DatasetWriter(output, header)
     todo = [s for s in seed_range(manifest, n) if s not in writer.done_seeds()]
     total = len(todo)
     results: Iterable[EpisodeResult]
-    if workers > 1 or ray_address is not None:
+    if envs > 1:
+        results = record_expert_episodes_together(manifest, todo, envs) if todo else []
+    elif workers > 1 or ray_address is not None:
         from .distributed import map_seeds
 
         results = map_seeds(SeedWorker, (manifest, cameras), todo, workers, ray_address)

@@ -118,6 +118,12 @@ class WorldgenVectorEnv(gym.vector.VectorEnv):
         infos["diverged"] = diverged
         return self._observe(), rewards, terminated, truncated, infos
 
+    def get_state(self, i: int) -> np.ndarray:
+        """World i's state in ``WorldgenEnv.get_state``'s layout (backend, controller, [steps, streak])."""
+        return np.concatenate(
+            [self.backend.get_state(i), self.controllers[i].get_state(), [self.steps[i], self.streak[i]]]
+        )
+
     def set_state(self, i: int, state: np.ndarray) -> None:
         """World i to a ``WorldgenEnv.get_state`` vector (backend, controller, [steps, success streak]) of
         the scene it holds: a state recorded one scene at a time continues here."""

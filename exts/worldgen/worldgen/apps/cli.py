@@ -108,6 +108,7 @@ def _cmd_seed(args: argparse.Namespace) -> int:
             ray_address=args.ray_address,
             cameras=not args.no_cameras,
             progress=progress,
+            envs=args.envs,
         )
     finally:
         bar.close()
@@ -580,6 +581,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", help="connect to a Ray cluster instead of starting a local one")
     p.add_argument("--no-cameras", action="store_true", help="low-dimensional observations only")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--envs",
+        type=_count_arg,
+        default=1,
+        help="scenes stepped together in one process (with --no-cameras; not bit-identical to one at a time)",
+    )
     p.set_defaults(func=_cmd_seed)
 
     p = sub.add_parser("inspect", help="summarise a dataset; write a contact sheet PNG and a GIF per demo")
