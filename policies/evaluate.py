@@ -97,19 +97,16 @@ def run_episodes_together(
     copy per world); returns them in ``seeds`` order and the layout, the seeds of each batch in world
     order (a short last batch is filled up with repeats of its last seed, whose episodes are not
     counted)."""
-    from worldgen.vector_env import WorldgenVectorEnv
+    from worldgen.vector_env import WorldgenVectorEnv, balanced_batches
 
-    batches = -(-len(seeds) // envs)
-    n = -(-len(seeds) // batches)  # balanced: 100 episodes on 32 worlds run as 4 x 25, not 3 x 32 + 4
+    n, batches = balanced_batches(seeds, envs)
     venv = WorldgenVectorEnv(manifest, n, autoreset_mode="Disabled")
     policies = [copy.deepcopy(policy) for _ in range(n)]
     keys = policy.observation_keys
     results: dict[int, Episode] = {}
     layout = []
     try:
-        for start in range(0, len(seeds), n):
-            count = min(n, len(seeds) - start)
-            batch = seeds[start : start + count] + [seeds[start + count - 1]] * (n - count)
+        for start, count, batch in batches:
             layout.append(batch)
             obs, _ = venv.reset(seed=batch)
             for p, seed in zip(policies, batch, strict=True):

@@ -430,16 +430,13 @@ def replay_demos_together(
     """:func:`replay_demo` for many demos, ``envs`` scenes stepped together (``worldgen.vector_env``);
     ``replays`` holds (start state, demo, scene seed) each. Scenes stepped together are not bit-identical
     to one at a time (MuJoCo solves their contacts together): a diagnostic, as replay is."""
-    from worldgen.vector_env import WorldgenVectorEnv
+    from worldgen.vector_env import WorldgenVectorEnv, balanced_batches
 
-    batches = -(-len(replays) // envs)
-    n = -(-len(replays) // batches)
+    n, batches = balanced_batches(replays, envs)
     venv = WorldgenVectorEnv(manifest, n, autoreset_mode="Disabled")
     results: list[dict] = []
     try:
-        for start in range(0, len(replays), n):
-            batch = replays[start : start + n]
-            batch = batch + [batch[-1]] * (n - len(batch))  # a short batch repeats its last replay
+        for _, count, batch in batches:
             venv.reset(seed=[seed for _, _, seed in batch])
             for i, (state, _, _) in enumerate(batch):
                 venv.set_state(i, state)
@@ -457,7 +454,7 @@ def replay_demos_together(
                     success[i] |= bool(info["success"][i])
                     active[i] = not (terminated[i] or truncated[i]) and t + 1 < len(actions[i])
                 t += 1
-            for i in range(min(n, len(replays) - start)):
+            for i in range(count):
                 replayed = {
                     k: np.reshape(v, (len(v), batch[i][1].obs[k].shape[1])) for k, v in seen[i].items()
                 }

@@ -101,8 +101,13 @@ class LowDimFeatures(gym.ObservationWrapper):
         self.observation_space = feature_space(config)
 
     def observation(self, observation: dict[str, np.ndarray]) -> np.ndarray:
-        obs = {k: torch.from_numpy(np.asarray(observation[k])) for k in self.keys}
-        return low_dim_features(obs, self.keys).numpy().astype(np.float32)
+        return feature_vector(observation, self.keys)
+
+
+def feature_vector(observation: dict[str, np.ndarray], keys: list[str]) -> np.ndarray:
+    """The policy's float32 feature vector of one observation (F,), or of a batch of them (N, F)."""
+    obs = {k: torch.from_numpy(np.asarray(observation[k])) for k in keys}
+    return low_dim_features(obs, keys).numpy().astype(np.float32)
 
 
 def make_env(
@@ -158,13 +163,10 @@ class VectorTaskEnv(VecEnv):
     def _draw(self, n: int) -> list[int]:
         return [int(s) for s in self.rng.choice(self.seeds, n)]
 
-    def _features(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return low_dim_features({k: torch.from_numpy(obs[k]) for k in self.keys}, self.keys).numpy()
-
     def reset(self) -> np.ndarray:
         obs, _ = self.env.reset(seed=self.scene_seeds)
         self.start_z = self.progress.object_z(obs["object"])
-        return self._features(obs)
+        return feature_vector(obs, self.keys)
 
     def step_async(self, actions: np.ndarray) -> None:
         self.actions = np.asarray(actions, dtype=np.float32)
@@ -178,7 +180,7 @@ class VectorTaskEnv(VecEnv):
         diverged = info["diverged"]
         rewards = np.where(diverged, 0.0, np.nan_to_num(rewards))
         dones = terminated | truncated
-        features = np.nan_to_num(self._features(obs), posinf=0.0, neginf=0.0)
+        features = np.nan_to_num(feature_vector(obs, self.keys), posinf=0.0, neginf=0.0)
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         if dones.any():
             for i in np.flatnonzero(dones):
@@ -187,7 +189,7 @@ class VectorTaskEnv(VecEnv):
                 self.scene_seeds[i] = self._draw(1)[0]
             obs, _ = self.env.reset(seed=self.scene_seeds, options={"reset_mask": dones})
             self.start_z = np.where(dones, self.progress.object_z(obs["object"]), self.start_z)
-            features = self._features(obs)
+            features = feature_vector(obs, self.keys)
         return features, rewards.astype(np.float32), dones, infos
 
     def close(self) -> None:

@@ -323,10 +323,11 @@ def flat_states(group: h5py.Group) -> h5py.Dataset:
     return group["states"] if isinstance(group["states"], h5py.Dataset) else group[SIM_STATES]
 
 
-def read_demo(group: h5py.Group) -> Demo:
-    """A stored demo as :class:`Demo`: T+1 observations (``obs``, then the last ``next_obs``), its
-    attributes as stored (so appending it elsewhere writes the same bytes) and any extra arrays."""
-    obs = read_obs(group)
+def read_demo(group: h5py.Group, obs_keys: Iterable[str] | None = None) -> Demo:
+    """A stored demo as :class:`Demo`: T+1 observations (``obs``, then the last ``next_obs``) of
+    ``obs_keys`` (every key when None), its attributes as stored (so appending it elsewhere writes the
+    same bytes) and any extra arrays."""
+    obs = read_obs(group, obs_keys)
     states = flat_states(group)
     extras = {
         k: group[k][()]

@@ -90,11 +90,20 @@ class SuccessTracker:
 
 
 def _unit_xyzw(quat_wxyz: np.ndarray) -> np.ndarray:
-    q = wxyz_to_xyzw(quat_wxyz / np.linalg.norm(quat_wxyz))
-    return np.clip(q, -1.0, 1.0)
+    """Unit quaternions (..., 4) as x, y, z, w. One quaternion keeps the plain vector norm the recorded
+    datasets were computed with (a batched norm may round its last bit differently)."""
+    quat_wxyz = np.asarray(quat_wxyz)
+    norm = (
+        np.linalg.norm(quat_wxyz)
+        if quat_wxyz.ndim == 1
+        else np.linalg.norm(quat_wxyz, axis=-1, keepdims=True)
+    )
+    return np.clip(wxyz_to_xyzw(quat_wxyz / norm), -1.0, 1.0)
 
 
-def low_dim_observation(manifest: Manifest, backend: SimBackend) -> dict[str, np.ndarray]:
+def low_dim_observation(manifest: Manifest, backend) -> dict[str, np.ndarray]:
+    """The low-dimensional observation of a backend's scene, or of every world of a vector backend
+    (whose queries return one row per world)."""
     eef_pos, eef_quat = backend.body_pose("tcp")
     q = backend.robot_q()
     objects = []
@@ -102,13 +111,13 @@ def low_dim_observation(manifest: Manifest, backend: SimBackend) -> dict[str, np
         if obj.static:
             continue
         pos, quat = backend.body_pose(obj.name)
-        objects.append(np.concatenate([pos, _unit_xyzw(quat), pos - eef_pos]))
+        objects.append(np.concatenate([pos, _unit_xyzw(quat), pos - eef_pos], axis=-1))
     return {
         EEF_POS: eef_pos.astype(np.float32),
         EEF_QUAT: _unit_xyzw(eef_quat).astype(np.float32),
-        JOINT_POS: q[:7].astype(np.float32),
-        GRIPPER_QPOS: q[7:].astype(np.float32),
-        "object": np.concatenate(objects).astype(np.float32),
+        JOINT_POS: q[..., :7].astype(np.float32),
+        GRIPPER_QPOS: q[..., 7:].astype(np.float32),
+        "object": np.concatenate(objects, axis=-1).astype(np.float32),
     }
 
 

@@ -75,26 +75,33 @@ def record_episode(
                 break
     except SimDiverged as exc:
         return EpisodeResult(seed, None, f"simulation diverged: {exc}", time.perf_counter() - started)
+    attrs = {
+        "seed": seed,
+        "success": success,
+        "sim_backend": type(env.backend).__name__,
+        "scene": env.backend.scene.to_dict(),
+        **attrs,
+    }
+    demo = episode_demo(observations, states, executed, labels, rewards, dones, attrs)
+    return EpisodeResult(seed, demo, "", time.perf_counter() - started)
+
+
+def episode_demo(observations, states, executed, labels, rewards, dones, attrs: dict) -> Demo:
+    """A recorded episode's per-step lists as a :class:`Demo` (T+1 observations); ``executed_actions``
+    beside the labels only where they differ."""
     executed_actions = np.asarray(executed, dtype=np.float32)
     label_actions = np.asarray(labels, dtype=np.float32)
-    demo = Demo(
+    return Demo(
         actions=label_actions,
         states=np.asarray(states, dtype=np.float64),
         obs=_stack_obs(observations),
         rewards=np.asarray(rewards, dtype=np.float32),
         dones=np.asarray(dones, dtype=np.uint8),
-        attrs={
-            "seed": seed,
-            "success": success,
-            "sim_backend": type(env.backend).__name__,
-            "scene": env.backend.scene.to_dict(),
-            **attrs,
-        },
+        attrs=attrs,
         extras={}
         if np.array_equal(executed_actions, label_actions)
         else {EXECUTED_ACTIONS: executed_actions},
     )
-    return EpisodeResult(seed, demo, "", time.perf_counter() - started)
 
 
 def record_expert_episode(env, seed: int) -> EpisodeResult:
@@ -147,24 +154,22 @@ def record_expert_episodes_together(
     bit-identical to one at a time (MuJoCo solves their contacts together); the demos record the
     number of scenes they were stepped with (``vector_envs``), and the same number gives the same bytes."""
     from .experts import make_expert
-    from .vector_env import WorldgenVectorEnv
+    from .vector_env import WorldgenVectorEnv, balanced_batches
 
-    batches = -(-len(seeds) // envs)
-    n = -(-len(seeds) // batches)
+    n, batches = balanced_batches(seeds, envs)
     venv = WorldgenVectorEnv(manifest, n, autoreset_mode="Disabled")
     dynamic = [o.name for o in manifest.task.objects if not o.static]
+
+    def poses() -> list[dict]:
+        """Every world's dynamic object poses, as the experts read them."""
+        each = {name: venv.backend.body_pose(name) for name in dynamic}
+        return [{name: (p[i], q[i]) for name, (p, q) in each.items()} for i in range(n)]
+
     try:
-        for start in range(0, len(seeds), n):
-            batch = seeds[start : start + n]
-            slots = batch + [batch[-1]] * (n - len(batch))  # a short batch repeats its last seed
+        for _, count, slots in batches:
+            batch = slots[:count]
             started = time.perf_counter()
             obs, _ = venv.reset(seed=slots)
-
-            def poses() -> list[dict]:
-                """Every world's dynamic object poses, as the experts read them."""
-                each = {name: venv.backend.body_pose(name) for name in dynamic}
-                return [{name: (p[i], q[i]) for name, (p, q) in each.items()} for i in range(n)]
-
             experts = [make_expert(manifest) for _ in slots]
             for expert, seed, world in zip(experts, slots, poses(), strict=True):
                 expert.reset(seed, world)
@@ -201,21 +206,16 @@ def record_expert_episodes_together(
                     yield EpisodeResult(seed, None, "simulation diverged (scenes stepped together)", seconds)
                     continue
                 h = history[i]
-                demo = Demo(
-                    actions=np.asarray(h["actions"], dtype=np.float32),
-                    states=np.asarray(h["states"], dtype=np.float64),
-                    obs=_stack_obs(h["obs"]),
-                    rewards=np.asarray(h["rewards"], dtype=np.float32),
-                    dones=np.asarray(h["dones"], dtype=np.uint8),
-                    attrs={
-                        "seed": seed,
-                        "success": bool(success[i]),
-                        "sim_backend": type(venv.backend).__name__,
-                        "vector_envs": n,
-                        "scene": venv.backend.worlds[i].scene.to_dict(),
-                        "source": "sim",
-                    },
-                )
+                attrs = {
+                    "seed": seed,
+                    "success": bool(success[i]),
+                    "sim_backend": type(venv.backend).__name__,
+                    "vector_envs": n,
+                    "scene": venv.backend.worlds[i].scene.to_dict(),
+                    "source": "sim",
+                }
+                acted = h["actions"]  # the expert's actions: executed and labels alike
+                demo = episode_demo(h["obs"], h["states"], acted, acted, h["rewards"], h["dones"], attrs)
                 yield EpisodeResult(seed, demo, "", seconds)
     finally:
         venv.close()

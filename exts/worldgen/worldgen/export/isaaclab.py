@@ -36,7 +36,7 @@ from ..dataset import (
 )
 from ..envs import object_slice
 from ..geometry import axis_angle_from_rotation, matrix_from_quat, xyzw_to_wxyz
-from ..keys import EEF_POS, EEF_QUAT, EXECUTED_ACTIONS, GRIPPER_QPOS, JOINT_POS
+from ..keys import EEF_POS, EEF_QUAT, EXECUTED_ACTIONS, GRIPPER_QPOS, JOINT_POS, image_kind
 from ..manifest import Manifest
 from ..sim.newton import StateLayout
 from .robomimic import copy_demos
@@ -58,7 +58,14 @@ def export_isaaclab(dataset: str | Path, out: str | Path, mask: str | None = Non
             copy_demos(f, names, path)
             with h5py.File(path, "r+") as g:
                 for name in names:
-                    demo = read_demo(f["data"][name])
+                    source = f["data"][name]
+                    # Poses, actions and states only: the images were copied, not read again.
+                    low_dim = [
+                        k
+                        for k, v in source["obs"].items()
+                        if isinstance(v, h5py.Dataset) and not image_kind(k)
+                    ]
+                    demo = read_demo(source, low_dim)
                     start = _start_state(f, name, demo)
                     group = g["data"][name]
                     group.move("states", SIM_STATES)
