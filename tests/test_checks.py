@@ -3,6 +3,7 @@ the corruption suite, skipped semantics and dataset gating."""
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import defaultdict
 
@@ -53,6 +54,7 @@ def _random_clip(rng, t=6, h=24, w=32) -> Clip:
     camera = PinholeCamera.from_spec(
         type("Spec", (), {"resolution": (w, h), "fov": 50.0})(), (1.0, 0.5, 1.0), (0.0, 0.0, 0.3)
     )
+    # The robot is instance 3; the state puts the end effector and the two objects around the scene.
     return Clip(
         fps=20.0,
         rgb=rgb,
@@ -61,6 +63,11 @@ def _random_clip(rng, t=6, h=24, w=32) -> Clip:
         camera=camera,
         objects=[TrackedObject(4, "a", (0.05, 0.05, 0.05), 0.3), TrackedObject(5, "b", (0.1, 0.1, 0.1), 0.3)],
         static_ids=(1, 2),
+        robot_id=3,
+        eef=rng.uniform(0.0, 0.5, (t, 3)),
+        object_positions=rng.uniform(0.0, 0.5, (t, 2, 3)),
+        actions=rng.uniform(-1, 1, (t - 1, 7)),
+        max_translation=0.015,
     )
 
 
@@ -75,7 +82,7 @@ def _assert_same_stats(a: dict, b: dict) -> None:
             if key == "sums":
                 n = np.maximum(a[group]["counts"], 1)[..., None]
                 np.testing.assert_allclose(x / n, y / n, atol=1e-5)
-            elif key in ("z_max", "z_min"):
+            elif key in ("z_max", "z_min", "robot_to_eef", "robot_to_object"):
                 np.testing.assert_allclose(x, y, atol=1e-5)
             else:
                 np.testing.assert_array_equal(x, y, err_msg=f"{group}/{key}")
@@ -84,7 +91,9 @@ def _assert_same_stats(a: dict, b: dict) -> None:
 @pytest.mark.parametrize("seed", range(5))
 def test_kernels_match_numpy_on_random_clips(seed):
     clip = _random_clip(np.random.default_rng(seed))
-    _assert_same_stats(clip_statistics(clip, "warp"), clip_statistics(clip, "numpy"))
+    stats = clip_statistics(clip, "warp")
+    assert "state" in stats and stats["state"]["robot_pixels"].sum() > 0
+    _assert_same_stats(stats, clip_statistics(clip, "numpy"))
 
 
 def test_kernels_match_numpy_on_real_clips(seed_clips):
@@ -111,9 +120,21 @@ def test_missing_inputs_are_skipped_never_passed():
     for name in CHECK_NAMES:
         if name != "flicker":
             assert results[name].verdict == "skipped" and results[name].reason
-    moving_camera = Clip(fps=20.0, seg=clip.seg, depth=clip.depth, objects=clip.objects, static_ids=(1, 2))
+    moving_camera = Clip(
+        fps=20.0,
+        seg=clip.seg,
+        depth=clip.depth,
+        objects=clip.objects,
+        static_ids=(1, 2),
+        eef=clip.eef,
+        actions=clip.actions,
+        max_translation=clip.max_translation,
+    )
     results = run_checks(moving_camera)
     assert results["teleport"].verdict == "skipped" and results["permanence"].verdict != "skipped"
+    # The state checks need a fixed camera too, except the end effector against the actions.
+    assert results["robot_image"].verdict == "skipped" and results["contact"].verdict == "skipped"
+    assert results["robot_action"].verdict != "skipped"
 
 
 def _calibrated(clips) -> dict[str, float]:
@@ -146,6 +167,31 @@ def test_corruption_suite_is_caught_at_moderate_strength(seed_clips):
                 caught[defect] += any(r.verdict == "failed" for r in run_checks(bad, thresholds).values())
     recall = {d: caught[d] / total[d] for d in DEFECTS}
     assert all(r >= 0.95 for r in recall.values()), recall
+
+
+def test_world_model_defects_touch_only_what_they_claim(seed_clips):
+    clip = seed_clips["push_to_target"][1][4]
+    frozen, record = corrupt(clip, "frozen", "moderate", np.random.default_rng(0))
+    first, *rest = record["frames"]
+    assert len(record["frames"]) == 11
+    assert all(np.array_equal(frozen.rgb[t], frozen.rgb[first - 1]) for t in rest)
+    assert np.array_equal(frozen.eef, clip.eef) and np.array_equal(frozen.actions, clip.actions)
+    drift, record = corrupt(clip, "state_drift", "moderate", np.random.default_rng(0))
+    assert np.array_equal(drift.rgb, clip.rgb) and np.array_equal(drift.seg, clip.seg)
+    offset = np.linalg.norm(drift.object_positions - clip.object_positions, axis=2).max(axis=1)
+    assert offset[record["frames"][-1]] == pytest.approx(0.05) and offset[0] == 0.0
+
+
+def test_state_that_ignores_the_actions_fails_robot_action(seed_clips):
+    clips = seed_clips["push_to_target"][1]
+    thresholds = _calibrated(clips[:4])
+    clip = copy.deepcopy(clips[4])
+    assert run_checks(clip, thresholds)["robot_action"].verdict == "passed"
+    # The predicted end effector stops where it moves fastest, while the actions still drive it on.
+    start = int(np.argmax(np.linalg.norm(clip.eef[4:] - clip.eef[:-4], axis=1)))
+    clip.eef[start:] = clip.eef[start]
+    result = run_checks(clip, thresholds)["robot_action"]
+    assert result.verdict == "failed" and min(result.frames) > start
 
 
 def test_corruptions_keep_inputs_consistent(seed_clips):

@@ -456,7 +456,20 @@ class BranchingSpec(_Strict):
 
 # The one list of checks (worldgen.checks scores these) and of policy recipes (policies trains these);
 # the command line offers the same names.
-CheckName = Literal["permanence", "teleport", "acceleration", "penetration", "floating", "flicker", "depth"]
+CheckName = Literal[
+    "permanence",
+    "teleport",
+    "acceleration",
+    "penetration",
+    "floating",
+    "flicker",
+    "depth",
+    "robot_image",
+    "robot_motion",
+    "robot_action",
+    "object_image",
+    "contact",
+]
 BCAlgorithm = Literal["bc-mlp", "bc-image", "diffusion"]
 PolicyAlgorithm = Literal["bc-mlp", "bc-image", "diffusion", "ppo"]
 CHECK_NAMES: tuple[str, ...] = get_args(CheckName)
@@ -465,17 +478,7 @@ POLICY_ALGORITHMS: tuple[str, ...] = get_args(PolicyAlgorithm)
 
 
 class ChecksSpec(_Strict):
-    enabled: list[CheckName] = Field(
-        default_factory=lambda: [
-            "permanence",
-            "teleport",
-            "acceleration",
-            "penetration",
-            "floating",
-            "flicker",
-            "depth",
-        ]
-    )
+    enabled: list[CheckName] = Field(default_factory=lambda: list(CHECK_NAMES))
     thresholds: dict[CheckName, Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] = Field(
         default_factory=dict
     )

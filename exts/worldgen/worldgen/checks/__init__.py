@@ -20,7 +20,22 @@ flicker        rgb                   largest fraction of pixels that jump for ex
 depth          seg, depth            largest fraction of static pixels whose depth changes (per 0.02),
                                      or drop of an object's outline depth edges below the clip's
                                      median (per 0.5)
+robot_image    seg, depth, camera,   farthest the state's end effector lies from the robot surface the
+               state                 frames show, m (frames where it is in view and not hidden)
+robot_motion   seg, depth, camera,   farthest the state's end effector moves over ACTION_WINDOW frames
+               state                 that show the robot still (< STILL_SHARE of its pixels change), m
+robot_action   state, actions        largest gap between the end effector's motion and the motion the
+                                     executed actions command over ACTION_WINDOW steps, m
+object_image   seg, depth, camera,   largest fraction of an object's visible points farther from the
+               state                 state's position than the object's half-diagonal + STATE_TOL
+contact        seg, depth, camera,   largest displacement of an object in the state while nothing can
+               state                 move it: no robot surface or end effector near, no moving object
+                                     beside it, not falling, not sliding on after contact, m
 =============  ====================  =================================================================
+
+The last four judge consistency between what a world model predicts side by side (frames, state) and
+what it was told (actions); on simulator clips they hold by construction, so their calibration on
+simulator clips measures only the rendering and the controller's lag.
 """
 
 from __future__ import annotations
@@ -40,6 +55,11 @@ PHYSICAL_BOUNDS = {
     "floating": 3.0,  # frames
     "flicker": 0.005,  # fraction of the image
     "depth": 1.0,  # multiples of STATIC_UNSTABLE / EDGE_DROP
+    "robot_image": 0.04,  # m: the TCP sits between the fingers, a few cm from the nearest finger surface
+    "robot_motion": 0.02,  # m the end effector may move while the frames show the robot still
+    "robot_action": 0.03,  # m over ACTION_WINDOW steps: about the controller's lag at full speed
+    "object_image": 0.2,  # fraction of visible points
+    "contact": 0.02,  # m
 }
 STATIC_UNSTABLE = 0.02  # fraction of static pixels whose depth may change between frames
 EDGE_DROP = 0.5  # drop of an object's outline depth-edge ratio below the clip's median
@@ -52,6 +72,13 @@ MIN_PIXELS = 6  # an object needs this many visible pixels to be measured
 FLOAT_HEIGHT = 0.015  # m above the support
 FALLING_SPEED = 0.3  # m/s downwards counts as falling
 ROBOT_NEAR_PX = 3  # robot pixels this close to an object's box mean it may be holding it
+ACTION_WINDOW = 4  # steps over which commanded and predicted end-effector motion are compared
+STATE_TOL = 0.01  # m beyond an object's half-diagonal before a surface point contradicts its state pose
+HIDDEN_TOL = 0.03  # m: a non-robot surface this much nearer than the end effector hides it
+CONTACT_NEAR = 0.03  # m between the robot (or a moving object) and an object's extent that may move it
+SLIDE_FRAMES = 5  # frames an object may keep moving after the last contact
+MOVING = 0.002  # m per frame: an object moving at least this much can push its neighbour
+STILL_SHARE = 0.02  # of the robot's pixels: fewer changed over ACTION_WINDOW frames is a still robot
 __all__ = [
     "CHECK_NAMES",
     "CheckResult",
@@ -111,9 +138,30 @@ def clip_statistics(clip: Clip, backend: str = "warp", device: str = "cpu") -> d
         )
         if clip.camera is not None:
             stats["points"] = k.object_points(seg, depth, tracked, clip.camera, device=device)
+        if clip.camera is not None and clip.eef is not None and clip.object_positions is not None:
+            slot = np.full(256, -1, np.int32)
+            slot[[o.instance for o in clip.objects]] = np.arange(len(clip.objects))
+            stats["state"] = k.state_distances(
+                seg,
+                depth,
+                clip.robot_id,
+                slot,
+                clip.camera,
+                clip.eef,
+                clip.object_positions,
+                _radius(clip) + STATE_TOL,
+                ACTION_WINDOW,
+                STATIC_DEPTH_TOL,
+                device=device,
+            )
     if rgb is not None:
         stats["flicker"] = {"counts": k.flicker_counts(rgb, FLICKER_TAU, device=device)}
     return stats
+
+
+def _radius(clip: Clip) -> np.ndarray:
+    """Each tracked object's half-diagonal: no point of it lies farther from its centre."""
+    return np.array([0.5 * float(np.linalg.norm(o.size)) for o in clip.objects])
 
 
 def _robot_near(seg: np.ndarray, instance: int, robot: int) -> np.ndarray:
@@ -215,12 +263,100 @@ def _depth(clip: Clip, stats: dict[str, dict]) -> dict[str, Score]:
     return {"depth": (float(per_frame.max(initial=0.0)), per_frame)}
 
 
+def _eef_in_view(clip: Clip, stats: dict[str, dict]) -> np.ndarray:
+    """Per frame: the state's end effector projects into the image, the frame shows enough of the robot,
+    and no other surface lies in front of the end effector."""
+    u, v, d = clip.camera.project(clip.eef)
+    col, row = np.round(u).astype(int), np.round(v).astype(int)
+    inside = (col >= 0) & (row >= 0) & (col < clip.camera.width) & (row < clip.camera.height) & (d > 0)
+    view = np.zeros(clip.frames, dtype=bool)
+    for t in np.flatnonzero(inside & (stats["state"]["robot_pixels"] >= MIN_PIXELS)):
+        seen_depth, seen_id = clip.depth[t, row[t], col[t]], clip.seg[t, row[t], col[t]]
+        view[t] = seen_id == clip.robot_id or not 0 < seen_depth < d[t] - HIDDEN_TOL
+    return view
+
+
+def _robot_image(clip: Clip, stats: dict[str, dict], view: np.ndarray) -> dict[str, Score]:
+    """Distance from the state's end effector to the nearest robot surface point the frame shows."""
+    per_frame = np.where(view, stats["state"]["robot_to_eef"], 0.0)
+    return {"robot_image": (float(per_frame.max(initial=0.0)), per_frame)}
+
+
+def _robot_motion(clip: Clip, stats: dict[str, dict], view: np.ndarray) -> dict[str, Score]:
+    """How far the state's end effector moved over ACTION_WINDOW frames, in view at both ends, in which
+    the frames show the robot (nearly) still: fewer than STILL_SHARE of its pixels changed."""
+    s, w = stats["state"], ACTION_WINDOW
+    per_frame = np.zeros(clip.frames)
+    if clip.frames > w:
+        moved = np.linalg.norm(clip.eef[w:] - clip.eef[:-w], axis=1)
+        still = s["robot_changed"][w:] < STILL_SHARE * np.maximum(s["robot_pixels"][w:], MIN_PIXELS)
+        per_frame[w:] = np.where(still & view[w:] & view[:-w], moved, 0.0)
+    return {"robot_motion": (float(per_frame.max(initial=0.0)), per_frame)}
+
+
+def _robot_action(clip: Clip) -> dict[str, Score]:
+    """How far the end effector's motion over ACTION_WINDOW steps strays from what the actions command."""
+    per_frame = np.zeros(clip.frames)
+    w = ACTION_WINDOW
+    if clip.frames > w:
+        commanded = np.cumsum(np.vstack([np.zeros(3), clip.actions[:, :3]]), axis=0) * clip.max_translation
+        moved = clip.eef[w:] - clip.eef[:-w]
+        ordered = commanded[w:] - commanded[:-w]
+        per_frame[w:] = np.linalg.norm(moved - ordered, axis=1)
+    return {"robot_action": (float(per_frame.max(initial=0.0)), per_frame)}
+
+
+def _object_image(clip: Clip, stats: dict[str, dict]) -> dict[str, Score]:
+    """Share of each object's visible points that its state pose cannot explain."""
+    s = stats["state"]
+    enough = s["object_pixels"] >= MIN_PIXELS
+    share = np.where(enough, s["object_outside"] / np.maximum(s["object_pixels"], 1), 0.0)
+    per_frame = share.max(axis=1, initial=0.0)
+    return {"object_image": (float(per_frame.max(initial=0.0)), per_frame)}
+
+
+def _contact(clip: Clip, stats: dict[str, dict]) -> dict[str, Score]:
+    """Displacement of an object, in its state, over a run of frames where nothing could have moved it."""
+    s, c, radius = stats["state"], clip.object_positions, _radius(clip)
+    t_count, k = c.shape[:2]
+    step = np.zeros((t_count, k))
+    step[1:] = np.linalg.norm(c[1:] - c[:-1], axis=2)
+    eef_gap = np.linalg.norm(clip.eef[:, None] - c, axis=2)
+    touched = (np.minimum(s["robot_to_object"], eef_gap) < radius + CONTACT_NEAR).astype(float)
+    for j in range(k):  # a moving neighbour within reach pushes too
+        for i in range(k):
+            if i != j:
+                reach = radius[i] + radius[j] + CONTACT_NEAR
+                touched[:, j] += (np.linalg.norm(c[:, i] - c[:, j], axis=1) < reach) & (step[:, i] > MOVING)
+    per_frame = np.zeros(t_count)
+    for j in range(k):
+        caused = np.convolve(touched[:, j] > 0, np.ones(SLIDE_FRAMES + 1), mode="full")[:t_count] > 0
+        falling = np.zeros(t_count, dtype=bool)
+        falling[1:] = (c[1:, j, 2] - c[:-1, j, 2]) * clip.fps < -FALLING_SPEED
+        run = 0.0
+        for t in range(1, t_count):
+            run = 0.0 if caused[t] or caused[t - 1] or falling[t] else run + step[t, j]
+            per_frame[t] = max(per_frame[t], run)
+    return {"contact": (float(per_frame.max(initial=0.0)), per_frame)}
+
+
+def _state_checks(clip: Clip, stats: dict[str, dict]) -> dict[str, Score]:
+    view = _eef_in_view(clip, stats)
+    return {
+        **_robot_image(clip, stats, view),
+        **_robot_motion(clip, stats, view),
+        **_object_image(clip, stats),
+        **_contact(clip, stats),
+    }
+
+
 # One scorer per group of checks, with the statistic it reads and whether it needs tracked objects.
 SCORERS = (
     ("mask", True, _permanence),
     ("points", True, _motion),
     ("flicker", False, _flicker),
     ("static_depth", False, _depth),
+    ("state", True, _state_checks),
 )
 
 
@@ -230,7 +366,23 @@ def clip_scores(clip: Clip, stats: dict[str, dict]) -> dict[str, Score]:
     for statistic, needs_objects, scorer in SCORERS:
         if statistic in stats and (clip.objects or not needs_objects):
             out.update(scorer(clip, stats))
+    if clip.eef is not None and clip.actions is not None and clip.max_translation > 0:
+        out.update(_robot_action(clip))  # needs no image: a moving camera's clip has it too
     return out
+
+
+_FIXED = "segmentation and depth from a fixed camera with a known pose"
+MISSING = {  # what a check needs, said when it is skipped
+    "permanence": "segmentation and depth",
+    "depth": "segmentation and depth",
+    "flicker": "RGB",
+    **{name: _FIXED for name in ("teleport", "acceleration", "penetration", "floating")},
+    **{
+        name: _FIXED + ", and the end-effector and object positions"
+        for name in ("robot_image", "robot_motion", "object_image", "contact")
+    },
+    "robot_action": "the end-effector positions and end-effector delta actions",
+}
 
 
 def run_checks(
@@ -247,10 +399,7 @@ def run_checks(
     for name in enabled:
         score, per_frame = scores[name]
         if score is None:
-            missing = "segmentation and depth" if name != "flicker" else "RGB"
-            if name in ("teleport", "acceleration", "penetration", "floating"):
-                missing += " from a fixed camera with a known pose"
-            results[name] = CheckResult("skipped", reason=f"needs {missing}")
+            results[name] = CheckResult("skipped", reason=f"needs {MISSING[name]}")
             continue
         limit = float(thresholds[name])
         failed = score > limit

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..dataset import read_scene
+from ..envs import object_slice
 from ..geometry import look_at_matrix
-from ..keys import DEPTH, RGB, SEG, image_key
+from ..keys import DEPTH, EEF_POS, EXECUTED_ACTIONS, OBJECT, RGB, SEG, image_key
 from ..manifest import Manifest
 from ..scene import ObjectSample, support_top
 from ..sim.base import ROBOT, instance_table
@@ -71,6 +72,11 @@ class Clip:
     objects: list[TrackedObject] = field(default_factory=list)
     static_ids: tuple[int, ...] = ()  # instances that never move (ground, table, bins, regions)
     robot_id: int = ROBOT
+    # What the state says, for the consistency checks (a world model predicts it beside the frames).
+    eef: np.ndarray | None = None  # (T, 3) end-effector (TCP) position, world
+    object_positions: np.ndarray | None = None  # (T, K, 3) position of each of ``objects``, world
+    actions: np.ndarray | None = None  # (T-1, A) the actions executed between consecutive frames
+    max_translation: float = 0.0  # metres per step at |a| = 1 of actions[:, :3]; 0: not end-effector deltas
 
     @property
     def frames(self) -> int:
@@ -117,6 +123,7 @@ def clip_from_demo(group, manifest: Manifest, camera: str | None = None, depth_r
         d = depth[..., 0].astype(np.float32)
         depth = np.where(d >= 1.0, 0.0, near + d * (far - near)).astype(np.float32)
     scene = read_scene(group)
+    objects = tracked_objects(manifest, scene) if scene is not None else []
     model = None
     if spec.mount == "world" and scene is not None:
         sample = next(c for c in scene["cameras"] if c["name"] == camera)
@@ -127,6 +134,27 @@ def clip_from_demo(group, manifest: Manifest, camera: str | None = None, depth_r
         depth=depth,
         seg=None if seg is None else seg[..., 0],
         camera=model,
-        objects=tracked_objects(manifest, scene) if scene is not None else [],
+        objects=objects,
         static_ids=static_instances(manifest),
+        **state_of_demo(group, manifest, objects),
     )
+
+
+def state_of_demo(group, manifest: Manifest, objects: list[TrackedObject]) -> dict:
+    """The Clip fields a demo's low-dimensional record fills: end effector, object positions and the
+    executed actions (a recovery demo's labels differ from what was executed). Missing keys stay None."""
+    obs, out = group["obs"], {}
+    t = next(iter(obs.values())).shape[0]
+    if EEF_POS in obs:
+        out["eef"] = obs[EEF_POS][()].astype(np.float64)
+    if OBJECT in obs and objects:
+        flat = obs[OBJECT][()].astype(np.float64)
+        out["object_positions"] = np.stack(
+            [flat[:, object_slice(manifest, o.name)][:, :3] for o in objects], axis=1
+        )
+    actions = group[EXECUTED_ACTIONS] if EXECUTED_ACTIONS in group else group.get("actions")
+    if actions is not None:
+        out["actions"] = actions[: t - 1].astype(np.float64)
+        if manifest.embodiment.action_space == "ee_delta":
+            out["max_translation"] = float(manifest.embodiment.max_translation)
+    return out

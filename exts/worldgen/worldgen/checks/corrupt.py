@@ -13,7 +13,16 @@ sink           an object drops into its support              1 cm        2 cm   
 float          an object rises off its support for 6 frames  2 cm        4 cm        8 cm
 flicker        a patch of 15 % of the image flashes 1 frame  15 levels   40 levels   80 levels
 depth_jump     a patch of 15 % of the depth jumps 1 frame    1 cm        5 cm        15 cm
+frozen         the frames stop while the actions and the     6 frames    12 frames   24 frames
+               state move on
+contradict     the frames retrace the clip backwards while   6 frames    12 frames   24 frames
+               the actions and the state move forwards
+state_drift    an object's state drifts sideways from where  2 cm        5 cm        10 cm
+               its frames show it (reached over 10 frames)
 =============  ===========================================  ==========  ==========  ==========
+
+The last three are how a world model fails while every frame stays plausible; they touch only what
+the model predicts (frames, or state) and need the clip's state and actions.
 """
 
 from __future__ import annotations
@@ -32,8 +41,13 @@ LEVELS = {
     "float": (0.02, 0.04, 0.08),
     "flicker": (15.0, 40.0, 80.0),
     "depth_jump": (0.01, 0.05, 0.15),
+    "frozen": (6, 12, 24),
+    "contradict": (6, 12, 24),
+    "state_drift": (0.02, 0.05, 0.10),
 }
 DEFECTS = tuple(LEVELS)
+WORLD_MODEL_DEFECTS = ("frozen", "contradict", "state_drift")
+DRIFT_FRAMES = 10
 
 
 def _fill_from_neighbours(
@@ -102,6 +116,10 @@ def corrupt(clip: Clip, defect: str, strength: str, rng: np.random.Generator) ->
     t_count = out.frames
     record = {"defect": defect, "strength": strength, "level": level}
 
+    if defect in WORLD_MODEL_DEFECTS:
+        record["frames"] = _world_model_defect(out, defect, level, rng)
+        return out, record
+
     if defect in ("flicker", "depth_jump"):
         t = int(rng.integers(1, t_count - 1))
         h, w = (out.rgb if defect == "flicker" else out.depth).shape[1:3]
@@ -155,3 +173,45 @@ def corrupt(clip: Clip, defect: str, strength: str, rng: np.random.Generator) ->
             _move(out, t, obj.instance, np.array([0.0, 0.0, dz]), floor=obj.support_top if dz < 0 else None)
     record["frames"] = frames
     return out, record
+
+
+def _moving_start(clip: Clip, length: int, earliest: int, rng: np.random.Generator) -> int:
+    """A start frame whose next ``length`` frames move the end effector at least 5 cm and change a tenth
+    of the robot's pixels (the one that moves it most when none does): freezing or retracing frames in
+    which the arm is out of view or still changes nothing."""
+    last = clip.frames - length
+    if last < earliest:
+        raise ValueError(f"a clip of {clip.frames} frames is too short for a {length}-frame defect")
+    starts = np.arange(earliest, last + 1)
+    moved = np.linalg.norm(clip.eef[starts + length - 1] - clip.eef[starts], axis=1)
+    robot = clip.seg == clip.robot_id
+    changed = (robot[starts + length - 1] != robot[starts]).sum(axis=(1, 2))
+    moving = starts[(moved >= 0.05) & (changed >= 0.1 * np.maximum(robot[starts].sum(axis=(1, 2)), 1))]
+    return int(rng.choice(moving)) if moving.size else int(starts[np.argmax(moved)])
+
+
+def _world_model_defect(clip: Clip, defect: str, level: float, rng: np.random.Generator) -> list[int]:
+    """Apply one of WORLD_MODEL_DEFECTS in place; returns the frames it touched."""
+    if clip.eef is None or clip.object_positions is None:
+        raise ValueError(f"{defect} needs the clip's end-effector and object positions")
+    images = [a for a in (clip.rgb, clip.depth, clip.seg) if a is not None]
+    if defect == "frozen":
+        length = int(level)
+        start = _moving_start(clip, length, 1, rng)
+        frames = list(range(start + 1, start + length))
+        for a in images:
+            a[frames] = a[start]
+        return frames
+    if defect == "contradict":
+        length = int(level)
+        start = _moving_start(clip, length, length - 1, rng)
+        frames = list(range(start + 1, start + length))
+        for a in images:
+            a[frames] = a[[2 * start - t for t in frames]]
+        return frames
+    j = int(rng.integers(len(clip.objects)))
+    start = int(rng.integers(1, max(clip.frames - DRIFT_FRAMES, 2)))
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = np.clip((np.arange(clip.frames) - start + 1) / DRIFT_FRAMES, 0.0, 1.0)
+    clip.object_positions[:, j, :2] += ramp[:, None] * level * np.array([np.cos(angle), np.sin(angle)])
+    return [int(t) for t in np.flatnonzero(ramp > 0)]

@@ -168,6 +168,62 @@ def object_points_kernel(
     wp.atomic_min(z_min_um, t, i, z_um)
 
 
+@wp.kernel
+def state_distances_kernel(
+    seg: wp.array3d(dtype=wp.uint8),
+    depth: wp.array3d(dtype=wp.float32),
+    robot_id: int,
+    slot: wp.array(dtype=wp.int32),
+    fx: wp.float32,
+    fy: wp.float32,
+    rotation: wp.mat33,
+    position: wp.vec3,
+    eef: wp.array(dtype=wp.vec3),
+    centres: wp.array2d(dtype=wp.vec3),
+    radius: wp.array(dtype=wp.float32),
+    lag: int,
+    depth_tol: wp.float32,
+    robot_pixels: wp.array(dtype=wp.int32),
+    robot_changed: wp.array(dtype=wp.int32),
+    robot_to_eef_um: wp.array(dtype=wp.int32),
+    robot_to_object_um: wp.array2d(dtype=wp.int32),
+    object_pixels: wp.array2d(dtype=wp.int32),
+    object_outside: wp.array2d(dtype=wp.int32),
+):
+    """Where the frames put the robot and the objects, against where the state says they are.
+
+    A robot pixel's surface point updates the frame's nearest distance to the state's end effector and
+    to each object's state centre (integer micrometres: exact under threaded CPU atomics); a pixel of
+    tracked object k counts as outside when its point lies beyond ``radius[k]`` of the state's centre; a
+    pixel that shows the robot in frame t or t - ``lag`` but not both, or its depth changed by more than
+    ``depth_tol``, counts as changed robot."""
+    t, v, u = wp.tid()
+    d = depth[t, v, u]
+    i = int(seg[t, v, u])
+    if t >= lag:
+        was = int(seg[t - lag, v, u]) == robot_id
+        now = i == robot_id
+        if was != now or (now and wp.abs(d - depth[t - lag, v, u]) > depth_tol):
+            wp.atomic_add(robot_changed, t, 1)
+    if d <= 0.0:
+        return
+    k = slot[i]
+    if i != robot_id and k < 0:
+        return
+    x = (float(u) + 0.5 - float(seg.shape[2]) * 0.5) / fx * d
+    y = -(float(v) + 0.5 - float(seg.shape[1]) * 0.5) / fy * d
+    p = rotation * wp.vec3(x, y, -d) + position
+    if i == robot_id:
+        wp.atomic_add(robot_pixels, t, 1)
+        wp.atomic_min(robot_to_eef_um, t, int(wp.round(wp.length(p - eef[t]) * 1.0e6)))
+        for j in range(centres.shape[1]):
+            wp.atomic_min(robot_to_object_um, t, j, int(wp.round(wp.length(p - centres[t, j]) * 1.0e6)))
+    else:
+        wp.atomic_add(object_pixels, t, k, 1)
+        if wp.length(p - centres[t, k]) > radius[k]:
+            wp.atomic_add(object_outside, t, k, 1)
+
+
 @wp.func
 def rgb_distance(rgb: wp.array4d(dtype=wp.uint8), ta: int, tb: int, v: int, u: int) -> float:
     d = 0.0
@@ -282,3 +338,65 @@ def flicker_counts(rgb: np.ndarray, tau: float, device: str = "cpu") -> np.ndarr
             device=device,
         )
     return counts.numpy()
+
+
+FAR_UM = 2**31 - 1  # "no robot pixel": the initial value of the nearest-distance minima
+
+
+def state_distances(
+    seg: np.ndarray,
+    depth: np.ndarray,
+    robot_id: int,
+    slot: np.ndarray,
+    camera,
+    eef: np.ndarray,
+    centres: np.ndarray,
+    radius: np.ndarray,
+    lag: int,
+    depth_tol: float,
+    device: str = "cpu",
+) -> dict[str, np.ndarray]:
+    """Per frame: robot pixels, those changed since frame t - ``lag``, and their nearest distance (m) to
+    the state's end effector ``eef`` (T, 3) and to each object centre ``centres`` (T, K, 3); per frame and
+    object: its pixels and those farther than ``radius`` (K,) from its centre. ``slot`` (256,) maps an
+    instance id to its object index or -1."""
+    t, k = centres.shape[:2]
+    robot_pixels = _zeros(t, wp.int32, device)
+    robot_changed = _zeros(t, wp.int32, device)
+    to_eef = wp.full(t, FAR_UM, dtype=wp.int32, device=device)
+    to_object = wp.full((t, k), FAR_UM, dtype=wp.int32, device=device)
+    object_pixels = _zeros((t, k), wp.int32, device)
+    outside = _zeros((t, k), wp.int32, device)
+    wp.launch(
+        state_distances_kernel,
+        dim=seg.shape,
+        inputs=[
+            as_warp(seg, wp.uint8, device),
+            as_warp(depth, wp.float32, device),
+            int(robot_id),
+            as_warp(slot.astype(np.int32), wp.int32, device),
+            float(camera.fx),
+            float(camera.fy),
+            wp.mat33(*np.asarray(camera.rotation, dtype=np.float32).reshape(-1)),
+            wp.vec3(*np.asarray(camera.position, dtype=np.float32)),
+            as_warp(eef.astype(np.float32), wp.vec3, device),
+            as_warp(centres.astype(np.float32), wp.vec3, device),
+            as_warp(radius.astype(np.float32), wp.float32, device),
+            int(lag),
+            float(depth_tol),
+        ],
+        outputs=[robot_pixels, robot_changed, to_eef, to_object, object_pixels, outside],
+        device=device,
+    )
+    return {
+        "robot_pixels": robot_pixels.numpy(),
+        "robot_changed": robot_changed.numpy(),
+        "robot_to_eef": _metres(to_eef.numpy()),
+        "robot_to_object": _metres(to_object.numpy()),
+        "object_pixels": object_pixels.numpy(),
+        "object_outside": outside.numpy(),
+    }
+
+
+def _metres(um: np.ndarray) -> np.ndarray:
+    return np.where(um == FAR_UM, np.inf, um * 1e-6).astype(np.float32)

@@ -138,3 +138,45 @@ def pixel_counts(
         "static_depth": static_depth_counts(seg, depth, is_static, static_tol),
         "edges": boundary_edge_counts(seg, depth, is_tracked, edge_step),
     }
+
+
+def state_distances(
+    seg: np.ndarray,
+    depth: np.ndarray,
+    robot_id: int,
+    slot: np.ndarray,
+    camera,
+    eef: np.ndarray,
+    centres: np.ndarray,
+    radius: np.ndarray,
+    lag: int,
+    depth_tol: float,
+    device: str = "cpu",
+) -> dict[str, np.ndarray]:
+    t, k = centres.shape[:2]
+    points = camera.unproject(depth.astype(np.float64))  # (T, H, W, 3)
+    seen = depth > 0
+    robot = seen & (seg == robot_id)
+    out = {
+        "robot_pixels": robot.sum(axis=(1, 2)).astype(np.int32),
+        "robot_changed": np.zeros(t, np.int32),
+        "robot_to_eef": np.full(t, np.inf, np.float32),
+        "robot_to_object": np.full((t, k), np.inf, np.float32),
+        "object_pixels": np.zeros((t, k), np.int32),
+        "object_outside": np.zeros((t, k), np.int32),
+    }
+    if t > lag:
+        was, now = seg[:-lag] == robot_id, seg[lag:] == robot_id
+        moved = now & (np.abs(depth[lag:] - depth[:-lag]) > depth_tol)
+        out["robot_changed"][lag:] = ((was != now) | moved).sum(axis=(1, 2))
+    for f in range(t):
+        arm = points[f][robot[f]]
+        if len(arm):
+            out["robot_to_eef"][f] = np.linalg.norm(arm - eef[f], axis=1).min()
+            out["robot_to_object"][f] = np.linalg.norm(arm[:, None] - centres[f][None], axis=2).min(axis=0)
+        for j in range(k):
+            own = seen[f] & (slot[seg[f]] == j)
+            out["object_pixels"][f, j] = own.sum()
+            far = np.linalg.norm(points[f][own] - centres[f, j], axis=1) > radius[j]
+            out["object_outside"][f, j] = far.sum()
+    return out
