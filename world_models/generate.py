@@ -407,20 +407,25 @@ def accepted_demos(path: str | Path) -> list[str]:
 
 
 def replay_errors(manifest: Manifest, demo: Demo, replayed: dict[str, np.ndarray], success: bool) -> dict:
-    """Replay success and the distances between replayed and predicted end-effector and success-object
-    positions (largest over the clip, and at its last step); ``replayed`` holds the replay's
-    observations after each step (R <= T rows)."""
-    sl = object_slice(manifest, manifest.task.success.object)
+    """Replay success and the distances between replayed and predicted positions: the end effector's and
+    every dynamic object's largest over the clip, and the success object's at the last step; ``replayed``
+    holds the replay's observations after each step (R <= T rows)."""
     steps = len(replayed[EEF_POS])
     eef_err = np.linalg.norm(replayed[EEF_POS] - demo.obs[EEF_POS][1 : steps + 1], axis=1)
-    obj_err = np.linalg.norm(
-        replayed["object"][:, sl][:, :3] - demo.obs["object"][1 : steps + 1, sl][:, :3], axis=1
-    )
+
+    def object_error(name: str) -> np.ndarray:
+        sl = object_slice(manifest, name)
+        return np.linalg.norm(
+            replayed["object"][:, sl][:, :3] - demo.obs["object"][1 : steps + 1, sl][:, :3], axis=1
+        )
+
+    dynamic = [o.name for o in manifest.task.objects if not o.static]
+    success_err = object_error(manifest.task.success.object)
     return {
         "replay_success": success,
         "eef_error_max": float(eef_err.max(initial=0.0)),
-        "object_error_max": float(obj_err.max(initial=0.0)),
-        "object_error_end": float(obj_err[-1]) if steps else 0.0,
+        "object_error_max": max(float(object_error(n).max(initial=0.0)) for n in dynamic),
+        "object_error_end": float(success_err[-1]) if steps else 0.0,
     }
 
 

@@ -22,6 +22,7 @@ from worldgen.dataset import dataset_manifest, demo_names, open_dataset, read_sc
 from worldgen.errors import ArgumentError, CheckpointError
 from worldgen.files import recover_folder, staging_folder, swap_in_folder, write_atomically
 from worldgen.manifest import Manifest
+from worldgen.sim.base import ROBOT
 
 from .checkpoint import (
     META_NAME,
@@ -330,7 +331,8 @@ def train_world_model(
     if vae is None and (out / META_NAME).is_file() and (out / "vae").is_dir():
         vae = out / "vae"  # resuming a run in latent space
     pretrained, vae = resolve_pretrained(config.pretrained or spec.pretrained, vae)
-    instances = [o.instance for o in tracked_objects(manifest, scene)]
+    # The robot's mask too: the checks hold the predicted end effector against the robot the frames show.
+    instances = [ROBOT, *(o.instance for o in tracked_objects(manifest, scene))]
     data = load_training_data(dataset, manifest, instances, vae, config.device)
     train, valid = data.train, data.valid
     norm = train.normalization()

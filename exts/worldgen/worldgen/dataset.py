@@ -222,6 +222,8 @@ class DemoRecord:
     check_passed: bool | None = None  # None until worldgen check has judged it
     labeler: str | None = None  # recover: "expert" or "parent" (whose corrective actions are the labels)
     action_noise: float | None = None  # std of the noise on the executed actions (play, recover)
+    sample_spread: float | None = None  # m: how far other samples of the same attempt stray from it
+    replay_faithful: bool | None = None  # its simulator replay stayed within tolerance of its prediction
 
     @classmethod
     def from_group(cls, group: h5py.Group) -> DemoRecord:
@@ -237,7 +239,7 @@ class DemoRecord:
             value = attrs.get(key)
             return None if value is None or int(value) < 0 else int(value)
 
-        passed = attrs.get("check_passed")
+        passed, faithful = attrs.get("check_passed"), attrs.get("replay_faithful")
         return cls(
             name=name,
             num_samples=int(attrs["num_samples"]),
@@ -252,6 +254,8 @@ class DemoRecord:
             check_passed=None if passed is None else bool(passed),
             labeler=text("labeler"),
             action_noise=None if attrs.get("action_noise") is None else float(attrs["action_noise"]),
+            sample_spread=None if attrs.get("sample_spread") is None else float(attrs["sample_spread"]),
+            replay_faithful=None if faithful is None else bool(faithful),
         )
 
 

@@ -469,6 +469,7 @@ CheckName = Literal[
     "robot_action",
     "object_image",
     "contact",
+    "agreement",
 ]
 BCAlgorithm = Literal["bc-mlp", "bc-image", "diffusion"]
 PolicyAlgorithm = Literal["bc-mlp", "bc-image", "diffusion", "ppo"]

@@ -8,6 +8,7 @@ written); 1 anything else, a bug, with its traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -18,6 +19,7 @@ from .. import __version__
 from ..dataset import MASKS, dataset_manifest, open_dataset
 from ..errors import ArgumentError, WorldgenError
 from ..export import FORMATS as EXPORT_FORMATS
+from ..files import write_atomically
 from ..keys import image_kind
 from ..manifest import BC_ALGORITHMS, POLICY_ALGORITHMS, ManifestError, load_manifest
 
@@ -168,12 +170,28 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from .. import plots
     from ..checks.gate import gate_dataset
 
+    if args.against_replay and not args.world_model:
+        raise ArgumentError("--against-replay judges world-model demos: give --world-model CKPT")
+    world_model = None
+    if args.world_model:
+        from world_models.checking import calibrate_world_model, sample_spreads
+
+        source = args.calibrate_with or args.dataset
+        print(f"calibrating on {source} (mask {args.wm_calibrate_mask}) through {args.world_model} ...")
+        world_model = calibrate_world_model(
+            source, args.world_model, args.wm_calibrate_mask, args.samples, device=args.device
+        )
+        print(f"  {world_model.about}")
+        if args.samples >= 2:
+            spreads = sample_spreads(args.dataset, args.world_model, args.samples, device=args.device)
+            print(f"agreement: {len(spreads)} world-model demos sampled {args.samples} times each")
     report = gate_dataset(
         args.dataset,
         mask=args.mask,
         calibrate_mask=args.calibrate_mask,
         camera=args.camera,
         backend=args.backend,
+        world_model=world_model,
     )
     print(
         f"{args.dataset}: checked {report.checked} demos on camera {report.camera}: "
@@ -184,7 +202,41 @@ def _cmd_check(args: argparse.Namespace) -> int:
         out = Path(args.heatmap) if args.heatmap else Path(str(args.dataset) + ".violations.png")
         plots.violation_heatmap(report.heatmap, out, f"{Path(args.dataset).name}: camera {report.camera}")
         print(f"violation heat map: {out}")
+    if args.against_replay:
+        from world_models.checking import judge_against_replay
+
+        result = judge_against_replay(args.dataset, envs=args.envs, tolerance=args.tolerance)
+        out = Path(args.report) if args.report else Path(str(args.dataset) + ".replay.json")
+        write_atomically(out, (json.dumps(result, indent=2) + "\n").encode())
+        print(replay_summary(result))
+        print(f"report: {out}")
     return EXIT_OK
+
+
+def replay_summary(result: dict) -> str:
+    """The gate against simulator replay, in a few lines."""
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.0f} %"
+
+    def area(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    r = result
+    lines = [
+        f"replayed {r['demos']} world-model demos: {r['faithful']} faithful (within "
+        f"{100 * r['tolerance_m']:.0f} cm), {r['unfaithful']} not; the gate passed {r['passed']}",
+        f"  rejected {pct(r['rejected_of_unfaithful'])} of the unfaithful, passed "
+        f"{pct(r['passed_of_faithful'])} of the faithful; precision of passed "
+        f"{pct(r['precision_of_passed'])}; AUROC {area(r['auroc'])}",
+        f"  {'check':<13} {'fails unfaithful':>16} {'fails faithful':>14} {'alone':>6} {'AUROC':>6}",
+    ]
+    for name, c in r["checks"].items():
+        lines.append(
+            f"  {name:<13} {c['failed_unfaithful']:>16} {c['failed_faithful']:>14} {c['decides_alone']:>6} "
+            f"{area(c['auroc']):>6}"
+        )
+    return "\n".join(lines)
 
 
 def _cmd_train_wm(args: argparse.Namespace) -> int:
@@ -632,6 +684,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--heatmap", type=_output_file, metavar="PNG", help="where to write the violation heat map"
     )
+    p.add_argument(
+        "--world-model",
+        type=_world_model_arg,
+        metavar="CKPT",
+        help="judge world-model demos with thresholds calibrated through this model, and their agreement",
+    )
+    p.add_argument(
+        "--calibrate-with",
+        type=_dataset_arg,
+        metavar="DATASET",
+        help="--world-model: held-out seed clips to calibrate on (default: DATASET)",
+    )
+    p.add_argument(
+        "--wm-calibrate-mask",
+        choices=MASKS,
+        default="valid",
+        help="--world-model: the mask of those clips, held out from the model's training (default valid)",
+    )
+    p.add_argument(
+        "--samples",
+        type=_count_arg,
+        default=3,
+        help="--world-model: samples per attempt for the agreement check (default 3; 1 turns it off)",
+    )
+    p.add_argument(
+        "--against-replay",
+        action="store_true",
+        help="replay every world-model demo in the simulator and measure the gate against it",
+    )
+    p.add_argument("--envs", type=_count_arg, default=1, help="--against-replay: scenes stepped together")
+    p.add_argument(
+        "--tolerance",
+        type=_number_arg("tolerance", float, lambda v: 0 < v <= 1, "metres in (0, 1]"),
+        default=0.02,
+        help="--against-replay: largest replay error of a faithful demo, m (default 0.02)",
+    )
+    p.add_argument("--report", type=_output_file, metavar="JSON", help="--against-replay: where to write it")
+    p.add_argument("--device", type=_device_arg, default="cpu", help="--world-model: torch device")
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("train-wm", help="post-train the action-conditioned world model on a dataset")

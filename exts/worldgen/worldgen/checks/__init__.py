@@ -31,6 +31,9 @@ object_image   seg, depth, camera,   largest fraction of an object's visible poi
 contact        seg, depth, camera,   largest displacement of an object in the state while nothing can
                state                 move it: no robot surface or end effector near, no moving object
                                      beside it, not falling, not sliding on after contact, m
+agreement      samples of the same   largest distance between the end-effector or object positions
+               attempt               that several samples of one attempt predict (scored by
+                                     ``world_models.checking``, judged by the gate), m
 =============  ====================  =================================================================
 
 The last four judge consistency between what a world model predicts side by side (frames, state) and
@@ -60,6 +63,7 @@ PHYSICAL_BOUNDS = {
     "robot_action": 0.03,  # m over ACTION_WINDOW steps: about the controller's lag at full speed
     "object_image": 0.2,  # fraction of visible points
     "contact": 0.02,  # m
+    "agreement": 0.03,  # m between samples of the same attempt (end effector or an object)
 }
 STATIC_UNSTABLE = 0.02  # fraction of static pixels whose depth may change between frames
 EDGE_DROP = 0.5  # drop of an object's outline depth-edge ratio below the clip's median
@@ -382,6 +386,7 @@ MISSING = {  # what a check needs, said when it is skipped
         for name in ("robot_image", "robot_motion", "object_image", "contact")
     },
     "robot_action": "the end-effector positions and end-effector delta actions",
+    "agreement": "several samples of the same attempt (worldgen check --world-model CKPT)",
 }
 
 

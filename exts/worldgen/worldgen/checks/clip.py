@@ -107,28 +107,37 @@ def static_instances(manifest: Manifest) -> tuple[int, ...]:
 def clip_from_demo(group, manifest: Manifest, camera: str | None = None, depth_range=None) -> Clip:
     """A :class:`Clip` of a dataset demo (an h5py group) for ``camera`` (default: the world-model camera)."""
     camera = camera or manifest.world_model_camera
+    keys = [image_key(camera, kind) for kind in (RGB, DEPTH, SEG)] + [EEF_POS, OBJECT]
+    obs = {key: group["obs"][key][()] for key in keys if key in group["obs"]}
+    actions = group[EXECUTED_ACTIONS] if EXECUTED_ACTIONS in group else group.get("actions")
+    actions = None if actions is None else actions[()]
+    return clip_from_arrays(manifest, obs, actions, read_scene(group), camera, depth_range)
+
+
+def clip_from_arrays(
+    manifest: Manifest,
+    obs: dict[str, np.ndarray],
+    actions: np.ndarray | None,
+    scene: dict | None,
+    camera: str | None = None,
+    depth_range=None,
+) -> Clip:
+    """A :class:`Clip` of observations as a dataset stores them (T frames: depth normalised (T, H, W, 1),
+    segmentation (T, H, W, 1); ``robot0_eef_pos`` and ``object`` where present), the actions executed
+    after each (at least T - 1 rows) and the scene they were recorded in (``SceneSample.to_dict()``)."""
+    camera = camera or manifest.world_model_camera
     spec = next(c for c in manifest.cameras if c.name == camera)
-    obs = group["obs"]
-
-    def frames(key):
-        return obs[key][()] if key in obs else None
-
-    rgb, depth, seg = (
-        frames(image_key(camera, RGB)),
-        frames(image_key(camera, DEPTH)),
-        frames(image_key(camera, SEG)),
-    )
+    rgb, depth, seg = (obs.get(image_key(camera, kind)) for kind in (RGB, DEPTH, SEG))
     near, far = depth_range or (spec.near, spec.far)
     if depth is not None:
         d = depth[..., 0].astype(np.float32)
         depth = np.where(d >= 1.0, 0.0, near + d * (far - near)).astype(np.float32)
-    scene = read_scene(group)
     objects = tracked_objects(manifest, scene) if scene is not None else []
     model = None
     if spec.mount == "world" and scene is not None:
         sample = next(c for c in scene["cameras"] if c["name"] == camera)
         model = PinholeCamera.from_spec(spec, sample["position"], sample["look_at"])
-    return Clip(
+    clip = Clip(
         fps=float(manifest.control_hz),
         rgb=rgb,
         depth=depth,
@@ -136,25 +145,17 @@ def clip_from_demo(group, manifest: Manifest, camera: str | None = None, depth_r
         camera=model,
         objects=objects,
         static_ids=static_instances(manifest),
-        **state_of_demo(group, manifest, objects),
     )
-
-
-def state_of_demo(group, manifest: Manifest, objects: list[TrackedObject]) -> dict:
-    """The Clip fields a demo's low-dimensional record fills: end effector, object positions and the
-    executed actions (a recovery demo's labels differ from what was executed). Missing keys stay None."""
-    obs, out = group["obs"], {}
-    t = next(iter(obs.values())).shape[0]
+    t = clip.frames
     if EEF_POS in obs:
-        out["eef"] = obs[EEF_POS][()].astype(np.float64)
+        clip.eef = obs[EEF_POS][:t].astype(np.float64)
     if OBJECT in obs and objects:
-        flat = obs[OBJECT][()].astype(np.float64)
-        out["object_positions"] = np.stack(
+        flat = obs[OBJECT][:t].astype(np.float64)
+        clip.object_positions = np.stack(
             [flat[:, object_slice(manifest, o.name)][:, :3] for o in objects], axis=1
         )
-    actions = group[EXECUTED_ACTIONS] if EXECUTED_ACTIONS in group else group.get("actions")
     if actions is not None:
-        out["actions"] = actions[: t - 1].astype(np.float64)
+        clip.actions = np.asarray(actions)[: t - 1].astype(np.float64)
         if manifest.embodiment.action_space == "ee_delta":
-            out["max_translation"] = float(manifest.embodiment.max_translation)
-    return out
+            clip.max_translation = float(manifest.embodiment.max_translation)
+    return clip

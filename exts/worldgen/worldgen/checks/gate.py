@@ -1,7 +1,13 @@
-"""Calibrate the checks on a dataset's simulator clips and gate its demos: per demo, per check, a score
-and a verdict in ``check_scores`` / ``check_passed``, a ``check_confidence`` for branches with
-siblings, and the ``/mask/passed`` list. Nothing is deleted. The file is updated on a copy that is
-renamed over it, so an interrupted run leaves the dataset as it was."""
+"""Calibrate the checks and gate a dataset's demos: per demo, per check, a score and a verdict in
+``check_scores`` / ``check_passed``, the calibration that judged it in ``check_calibration``, a
+``check_confidence`` for branches with siblings, and the ``/mask/passed`` list. Nothing is deleted. The
+file is updated on a copy that is renamed over it, so an interrupted run leaves the dataset as it was.
+
+Simulator demos are judged with thresholds calibrated on the dataset's simulator clips. World-model
+demos are judged with a world-model calibration when one is given (``world_models.checking`` measures
+it on seed clips passed through the model's own frame pipeline), else with the simulator's. A demo
+whose ``sample_spread`` attribute is set (the spread of several samples of the same attempt) is also
+judged by the ``agreement`` check."""
 
 from __future__ import annotations
 
@@ -24,13 +30,53 @@ from ..dataset import (
 )
 from ..errors import ArgumentError
 from ..manifest import Manifest
-from . import CHECK_NAMES, clip_from_demo, clip_scores, clip_statistics, run_checks, thresholds_from_scores
+from . import (
+    CHECK_NAMES,
+    CheckResult,
+    clip_from_demo,
+    clip_scores,
+    clip_statistics,
+    run_checks,
+    thresholds_from_scores,
+)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Thresholds per check, and what they were measured on: ``name`` is the domain they judge
+    (``simulator`` or ``world_model``), ``clips`` how many clips, ``about`` what those clips were."""
+
+    name: str
+    thresholds: dict[str, float]
+    clips: int
+    about: str
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"thresholds": self.thresholds, "clips": self.clips, "about": self.about, **self.details}
+
+
+def calibration_from_scores(
+    name: str, scores: dict[str, list[float]], clips: int, about: str, manifest: Manifest, **details
+) -> Calibration:
+    """Thresholds from the scores seen on ``clips`` calibration clips, with the manifest's overrides."""
+    thresholds = thresholds_from_scores(scores)
+    thresholds.update(manifest.checks.thresholds)
+    return Calibration(name, thresholds, clips, about, details)
+
+
+def add_scores(scores: dict[str, list[float]], clip) -> None:
+    """Append a clip's score per check to ``scores`` (the checks its inputs allow)."""
+    for check, (score, _) in clip_scores(clip, clip_statistics(clip)).items():
+        if score is not None:
+            scores[check].append(score)
 
 
 @dataclass
 class GateReport:
-    thresholds: dict[str, float]
+    thresholds: dict[str, float]  # the simulator calibration's
     camera: str
+    calibrations: dict[str, Calibration] = field(default_factory=dict)
     checked: int = 0
     passed: int = 0
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # check -> verdict -> demos
@@ -38,33 +84,31 @@ class GateReport:
     demos: dict[str, dict] = field(default_factory=dict)
 
     def table(self) -> str:
-        rows = [f"{'check':<13} {'threshold':>10} {'passed':>7} {'failed':>7} {'skipped':>8}"]
+        model = self.calibrations.get("world_model")
+        head = f"{'check':<13} {'threshold':>10}" + (f" {'(WM)':>10}" if model else "")
+        rows = [f"{head} {'passed':>7} {'failed':>7} {'skipped':>8}"]
         for name in CHECK_NAMES:
             if name not in self.counts:
                 continue
             c = self.counts[name]
+            wm = f" {model.thresholds[name]:>10.4g}" if model else ""
             rows.append(
-                f"{name:<13} {self.thresholds[name]:>10.4g} {c.get('passed', 0):>7} {c.get('failed', 0):>7} "
-                f"{c.get('skipped', 0):>8}"
+                f"{name:<13} {self.thresholds[name]:>10.4g}{wm} {c.get('passed', 0):>7} "
+                f"{c.get('failed', 0):>7} {c.get('skipped', 0):>8}"
             )
         return "\n".join(rows)
 
 
-def calibrate(
-    f: h5py.File, manifest: Manifest, mask: str = "seed", camera: str | None = None
-) -> dict[str, float]:
-    """Thresholds from the simulator clips in ``mask``, with the manifest's overrides on top."""
+def calibrate(f: h5py.File, manifest: Manifest, mask: str = "seed", camera: str | None = None) -> Calibration:
+    """The simulator calibration: thresholds from the simulator clips in ``mask`` at camera resolution."""
     scores: dict[str, list[float]] = defaultdict(list)
     ranges = depth_ranges(f)
     cam = camera or manifest.world_model_camera
-    for name in demo_names(f, mask):
-        clip = clip_from_demo(f["data"][name], manifest, cam, ranges.get(cam))
-        for check, (score, _) in clip_scores(clip, clip_statistics(clip)).items():
-            if score is not None:
-                scores[check].append(score)
-    thresholds = thresholds_from_scores(scores)
-    thresholds.update(manifest.checks.thresholds)
-    return thresholds
+    names = demo_names(f, mask)
+    for name in names:
+        add_scores(scores, clip_from_demo(f["data"][name], manifest, cam, ranges.get(cam)))
+    about = f"simulator clips of mask {mask!r} at camera resolution"
+    return calibration_from_scores("simulator", scores, len(names), about, manifest)
 
 
 def _confidence(demos: dict[str, dict]) -> dict[str, float]:
@@ -98,8 +142,10 @@ def gate_dataset(
     camera: str | None = None,
     backend: str = "warp",
     device: str = "cpu",
+    world_model: Calibration | None = None,
 ) -> GateReport:
-    """Check the demos in ``mask`` (all when None) and write the verdicts into the dataset."""
+    """Check the demos in ``mask`` (all when None) and write the verdicts into the dataset; world-model
+    demos are judged by the ``world_model`` calibration when given."""
     path = Path(path)
     if Path(str(path) + ".parts").exists():
         raise DatasetError(f"{path}: a seed run is in progress or was interrupted; finish it first")
@@ -109,13 +155,22 @@ def gate_dataset(
         cameras = [c.name for c in manifest.cameras]
         if cam not in cameras:
             raise ArgumentError(f"{path}: no camera {cam!r}; the manifest has {cameras}")
-        thresholds = calibrate(f, manifest, calibrate_mask, cam)
+        simulator = calibrate(f, manifest, calibrate_mask, cam)
+        calibrations = {"simulator": simulator, **({"world_model": world_model} if world_model else {})}
         ranges = depth_ranges(f)
-        report = GateReport(thresholds=thresholds, camera=cam)
+        report = GateReport(thresholds=simulator.thresholds, camera=cam, calibrations=calibrations)
         for name in demo_names(f, mask):
             group, record = f["data"][name], demo_record(f, name)
+            judge = world_model if world_model and record.source == "world_model" else simulator
             clip = clip_from_demo(group, manifest, cam, ranges.get(cam))
-            results = run_checks(clip, thresholds, manifest.checks.enabled, backend=backend, device=device)
+            enabled = manifest.checks.enabled
+            results = run_checks(clip, judge.thresholds, enabled, backend=backend, device=device)
+            spread = group.attrs.get("sample_spread")
+            if spread is not None and "agreement" in enabled:
+                limit = judge.thresholds["agreement"]
+                results["agreement"] = CheckResult(
+                    "failed" if spread > limit else "passed", float(spread), float(limit)
+                )
             verdicts = {k: r.verdict for k, r in results.items()}
             ok = "failed" not in verdicts.values() and "passed" in verdicts.values()
             report.demos[name] = {
@@ -124,6 +179,7 @@ def gate_dataset(
                     for k, r in results.items()
                 },
                 "passed": ok,
+                "calibration": judge.name,
                 "parent": record.parent,
                 "branch_step": record.branch_step,
             }
@@ -149,9 +205,14 @@ def _write_verdicts(path: Path, report: GateReport) -> None:
         name: {
             "check_scores": json.dumps(d["scores"], sort_keys=True),
             "check_passed": bool(d["passed"]),
+            "check_calibration": d["calibration"],
             **({"check_confidence": confidence[name]} if name in confidence else {}),
         }
         for name, d in report.demos.items()
     }
-    thresholds = {"camera": report.camera, "thresholds": report.thresholds}
+    thresholds = {
+        "camera": report.camera,
+        "thresholds": report.thresholds,
+        "calibrations": {name: c.to_dict() for name, c in report.calibrations.items()},
+    }
     update_attributes(path, verdicts, {"check_thresholds": json.dumps(thresholds, sort_keys=True)})

@@ -1,0 +1,330 @@
+"""Judging world-model output: the checks calibrated in the model's own domain, agreement between
+samples of one attempt, and the gate measured against simulator replay.
+
+- :func:`calibrate_world_model`: thresholds from held-out seed clips passed through the model's frame
+  pipeline (its resolution and channel encoding, and its VAE when it has one) and from teacher-forced
+  one-step predictions of the same clips (each frame predicted from the true frames, actions and state
+  before it); the ``agreement`` threshold from the spread of several open-loop samples of each clip's
+  actions. A model's blur is then judged against what the model does at its best, not against
+  camera-resolution simulator frames.
+- :func:`sample_spreads`: each generated demo's executed actions rolled out again under other noise
+  seeds from the same start; the largest distance between the samples' end-effector or object positions
+  is written as ``sample_spread``, which the gate judges as the ``agreement`` check.
+- :func:`judge_against_replay`: every generated demo replayed in the simulator from its start state;
+  "faithful" when the replay keeps the end effector and every object within ``tolerance`` of the
+  prediction over the whole clip. Reports how the gate's verdicts and each check's scores separate
+  faithful from unfaithful demos (rejection, pass rates, precision, AUROC) and which checks decide.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from worldgen.checks import CHECK_NAMES
+from worldgen.checks.clip import clip_from_arrays
+from worldgen.checks.gate import Calibration, add_scores, calibration_from_scores
+from worldgen.dataset import (
+    DatasetError,
+    dataset_manifest,
+    demo_names,
+    demo_record,
+    depth_ranges,
+    open_dataset,
+    read_demo,
+    read_scene,
+    update_attributes,
+)
+from worldgen.envs import WorldgenEnv, object_slice
+from worldgen.keys import EEF_POS, EXECUTED_ACTIONS, OBJECT, RGB, image_key
+from worldgen.manifest import Manifest
+
+from .branch import WorldModelSampler, predicted_obs, state_obs
+from .data import STATE_KEYS, Episode
+from .generate import replay_demo, replay_demos_together
+
+REPLAY_TOLERANCE = 0.02  # m: a replay this close to the prediction everywhere makes the demo faithful
+TEACHER_FORCED_BATCH = 32  # one-step predictions per model call
+
+
+def _layout(group: h5py.Group) -> dict[str, int]:
+    return {key: int(group["obs"][key].shape[1]) for key in STATE_KEYS}
+
+
+def _camera_size(group: h5py.Group, camera: str) -> tuple[int, int]:
+    return tuple(group["obs"][image_key(camera, RGB)].shape[1:3])
+
+
+def _clip(sampler, manifest, group, frames, states, depth_range):
+    """A Clip of model pixel frames (T+1, C, h, w) and raw states (T+1, S) of ``group``'s scene."""
+    camera = sampler.meta.camera
+    obs = predicted_obs(
+        camera,
+        list(sampler.meta.instances),
+        frames,
+        np.asarray(states),
+        _layout(group),
+        _camera_size(group, camera),
+    )
+    return clip_from_arrays(manifest, obs, group["actions"][()], read_scene(group), camera, depth_range)
+
+
+@torch.no_grad()
+def pipeline_frames(sampler: WorldModelSampler, episode: Episode) -> torch.Tensor:
+    """The episode's true frames as the model sees and emits them: at its resolution, in its channel
+    encoding, through its VAE when it has one."""
+    return sampler.decode(sampler.encode(episode.frames))
+
+
+@torch.no_grad()
+def teacher_forced(
+    sampler: WorldModelSampler, episode: Episode, seed: int
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Frames (T+1, C, h, w) and raw states (T+1, S): the true first ones, then each step predicted from
+    the true frames, actions and state before it (one noise generator per step, seeded from ``seed``)."""
+    k = sampler.meta.context_frames
+    t_count = episode.actions.shape[0]
+    frames, states = [episode.frames[:1]], [episode.states[:1].numpy()]
+    for first in range(0, t_count, TEACHER_FORCED_BATCH):
+        steps = range(first, min(first + TEACHER_FORCED_BATCH, t_count))
+        windows, actions, start = [], [], []
+        for t in steps:
+            context, past, state = episode.history(t, k)
+            windows.append(sampler.encode(context))
+            actions.append(torch.cat([past[1:], episode.actions[t : t + 1]]))
+            start.append(state)
+        generators = [torch.Generator().manual_seed(seed * 100_003 + t) for t in steps]
+        nxt, norm = sampler.step(
+            torch.stack(windows), torch.stack(actions), sampler.norm.normalize(torch.stack(start)), generators
+        )
+        frames.append(sampler.decode(nxt))
+        states.append(sampler.norm.denormalize(norm).numpy())
+    return torch.cat(frames), np.concatenate(states)
+
+
+def positions(manifest: Manifest, states: np.ndarray, layout: dict[str, int]) -> np.ndarray:
+    """(..., 1 + K, 3): the end effector and each dynamic object's position in raw model states (..., S)."""
+    obs = state_obs(states.reshape(-1, states.shape[-1]), layout)
+    parts = [obs[EEF_POS]] + [
+        obs[OBJECT][:, object_slice(manifest, o.name)][:, :3] for o in manifest.task.objects if not o.static
+    ]
+    return np.stack(parts, axis=1).reshape(*states.shape[:-1], len(parts), 3)
+
+
+def spread(samples: np.ndarray) -> float:
+    """Largest distance of any sample's position from the samples' mean: (M, T, P, 3) -> metres."""
+    return float(np.linalg.norm(samples - samples.mean(axis=0), axis=-1).max(initial=0.0))
+
+
+def _resample_seeds(noise_seed: int, samples: int) -> list[int]:
+    return [int(np.random.SeedSequence([noise_seed, j]).generate_state(1)[0]) for j in range(1, samples)]
+
+
+def calibrate_world_model(
+    dataset: str | Path,
+    ckpt: str | Path,
+    mask: str = "valid",
+    samples: int = 3,
+    device: str = "cpu",
+    progress: Callable[[str], None] | None = None,
+) -> Calibration:
+    """The world-model calibration from the seed clips of ``mask`` (held out from the model's training):
+    each clip through the frame pipeline and teacher-forced, and ``samples`` open-loop rollouts of its
+    actions for the agreement threshold."""
+    sampler = WorldModelSampler(ckpt, device=device)
+    meta = sampler.meta
+    scores: dict[str, list[float]] = defaultdict(list)
+    with open_dataset(dataset) as f:
+        manifest = dataset_manifest(f)
+        names = [n for n in demo_names(f, mask) if demo_record(f, n).source == "sim"]
+        if not names:
+            raise DatasetError(f"{dataset}: mask {mask!r} holds no simulator demos to calibrate on")
+        depth_range = depth_ranges(f).get(meta.camera)
+        for name in names:
+            group = f["data"][name]
+            episode = Episode.load(group, meta.camera, list(meta.instances), meta.resolution)
+            states = episode.states.numpy()
+            add_scores(
+                scores,
+                _clip(sampler, manifest, group, pipeline_frames(sampler, episode), states, depth_range),
+            )
+            frames, predicted = teacher_forced(sampler, episode, int(demo_record(f, name).seed))
+            add_scores(scores, _clip(sampler, manifest, group, frames, predicted, depth_range))
+            context, past, state = episode.history(0, meta.context_frames)
+            seeds = _resample_seeds(int(demo_record(f, name).seed), samples + 1)
+            actions = episode.actions[None].repeat(samples, 1, 1)
+            _, rolled = sampler.rollout(context, past, state, actions, seeds)
+            scores["agreement"].append(spread(positions(manifest, rolled.numpy(), _layout(group))))
+            if progress is not None:
+                progress(name)
+    about = (
+        f"{len(names)} seed clips of mask {mask!r} through the world model's frame pipeline "
+        f"({meta.resolution[0]}x{meta.resolution[1]}{', VAE' if meta.latent else ''}) and teacher-forced "
+        f"one-step predictions; agreement from {samples} open-loop samples of each"
+    )
+    return calibration_from_scores(
+        "world_model", scores, 2 * len(names), about, manifest, checkpoint=sampler.hash, samples=samples
+    )
+
+
+def sample_spreads(
+    dataset: str | Path,
+    ckpt: str | Path,
+    samples: int = 3,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, float]:
+    """Each world-model demo's ``sample_spread``: its own predicted trajectory and ``samples - 1`` more
+    rollouts of its executed actions from the same start, under seeds derived from its noise seed.
+    Demos of one parent and start step are rolled out in one batch. Written into the dataset."""
+    if samples < 2:
+        raise ValueError("agreement needs at least 2 samples")
+    sampler = WorldModelSampler(ckpt, device=device)
+    meta = sampler.meta
+    out: dict[str, float] = {}
+    with open_dataset(dataset) as f:
+        manifest = dataset_manifest(f)
+        groups: dict[tuple[str, int], list] = defaultdict(list)
+        for name in demo_names(f):
+            record = demo_record(f, name)
+            if record.source == "world_model" and record.parent is not None:
+                groups[(record.parent, record.branch_step)].append(record)
+        done = 0
+        for (parent, step), records in groups.items():
+            if parent not in f["data"]:
+                raise DatasetError(f"{dataset}: {records[0].name}'s parent {parent} is not in the dataset")
+            layout = _layout(f["data"][parent])
+            episode = Episode.load(f["data"][parent], meta.camera, list(meta.instances), meta.resolution)
+            context, past, state = episode.history(step, meta.context_frames)
+            demos = [read_demo(f["data"][r.name]) for r in records]
+            executed = [d.extras.get(EXECUTED_ACTIONS, d.actions) for d in demos]
+            horizon = max(len(a) for a in executed)
+            actions, seeds = [], []
+            for record, acts in zip(records, executed, strict=True):
+                padded = np.zeros((horizon, acts.shape[1]), np.float32)
+                padded[: len(acts)] = acts
+                for seed in _resample_seeds(record.noise_seed or 0, samples):
+                    actions.append(padded)
+                    seeds.append(seed)
+            _, rolled = sampler.rollout(context, past, state, torch.from_numpy(np.stack(actions)), seeds)
+            rolled = rolled.numpy().reshape(len(records), samples - 1, horizon, -1)
+            for i, (record, demo) in enumerate(zip(records, demos, strict=True)):
+                t = len(executed[i])
+                own = np.concatenate([demo.obs[key][1 : t + 1] for key in STATE_KEYS], axis=1)
+                trajectories = np.concatenate([own[None], rolled[i, :, :t]])
+                out[record.name] = spread(positions(manifest, trajectories, layout))
+            done += len(records)
+            if progress is not None:
+                progress(done, sum(len(r) for r in groups.values()))
+    update_attributes(dataset, {name: {"sample_spread": value} for name, value in out.items()}, {})
+    return out
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """Area under the ROC curve of ``scores`` ranking ``positive`` above the rest (ties count half);
+    None when one class is empty."""
+    pos, neg = scores[positive], scores[~positive]
+    if pos.size == 0 or neg.size == 0:
+        return None
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (pos.size * neg.size))
+
+
+def judge_against_replay(dataset: str | Path, envs: int = 1, tolerance: float = REPLAY_TOLERANCE) -> dict:
+    """Replay every checked world-model demo in the simulator, label it faithful or not (written into the
+    dataset as ``replay_faithful`` with its errors), and measure the gate against that label."""
+
+    with open_dataset(dataset) as f:
+        manifest = dataset_manifest(f)
+        records = [demo_record(f, n) for n in demo_names(f)]
+        records = [r for r in records if r.source == "world_model" and r.check_passed is not None]
+        if not records:
+            raise DatasetError(f"{dataset}: no world-model demo has been checked yet (run worldgen check)")
+        scores = {r.name: json.loads(f["data"][r.name].attrs["check_scores"]) for r in records}
+        if envs > 1:
+            replays = [
+                (f["data"][r.parent]["states"][r.branch_step], read_demo(f["data"][r.name]), r.seed)
+                for r in records
+            ]
+            results = replay_demos_together(manifest, replays, envs)
+        else:
+            env = WorldgenEnv(manifest, cameras=False)
+            try:
+                results = [
+                    replay_demo(env, f["data"][r.parent]["states"][()], f["data"][r.name], r.seed)
+                    for r in records
+                ]
+            finally:
+                env.close()
+    faithful = np.array(
+        [max(x["eef_error_max"], x["object_error_max"]) <= tolerance for x in results], dtype=bool
+    )
+    passed = np.array([bool(r.check_passed) for r in records])
+    update_attributes(
+        dataset,
+        {
+            r.name: {
+                "replay_faithful": bool(ok),
+                "replay_success": bool(x["replay_success"]),
+                "replay_eef_error_max": x["eef_error_max"],
+                "replay_object_error_max": x["object_error_max"],
+            }
+            for r, ok, x in zip(records, faithful, results, strict=True)
+        },
+        {},
+    )
+    return gate_against_label(records, scores, passed, faithful, tolerance)
+
+
+def gate_against_label(
+    records, scores: dict[str, dict], passed: np.ndarray, faithful: np.ndarray, tolerance: float
+) -> dict:
+    """How the gate and each check separate faithful from unfaithful demos."""
+    unfaithful = ~faithful
+
+    def ratio(name: str, check: str) -> float:
+        s = scores[name].get(check)
+        return 0.0 if not s or s.get("score") is None else float(s["score"]) / float(s["threshold"])
+
+    names = [r.name for r in records]
+    worst = np.array([max([ratio(n, c) for c in CHECK_NAMES] + [0.0]) for n in names])
+    checks = {}
+    for check in CHECK_NAMES:
+        failed = np.array([scores[n].get(check, {}).get("verdict") == "failed" for n in names])
+        judged = np.array([scores[n].get(check, {}).get("verdict") in ("passed", "failed") for n in names])
+        if not judged.any():
+            continue
+        others = np.array(
+            [
+                any(scores[n].get(c, {}).get("verdict") == "failed" for c in CHECK_NAMES if c != check)
+                for n in names
+            ]
+        )
+        checks[check] = {
+            "judged": int(judged.sum()),
+            "failed_unfaithful": int((failed & unfaithful).sum()),
+            "failed_faithful": int((failed & faithful).sum()),
+            "decides_alone": int((failed & ~others).sum()),  # demos this check alone rejects
+            "auroc": auroc(np.array([ratio(n, check) for n in names]), unfaithful),
+        }
+
+    def share(a: np.ndarray, b: np.ndarray) -> float | None:
+        return float((a & b).sum() / b.sum()) if b.any() else None
+
+    return {
+        "demos": len(names),
+        "tolerance_m": tolerance,
+        "faithful": int(faithful.sum()),
+        "unfaithful": int(unfaithful.sum()),
+        "passed": int(passed.sum()),
+        "rejected_of_unfaithful": share(~passed, unfaithful),
+        "passed_of_faithful": share(passed, faithful),
+        "precision_of_passed": share(faithful, passed),
+        "auroc": auroc(worst, unfaithful),  # the gate's continuous score: the worst score / threshold
+        "checks": checks,
+    }
