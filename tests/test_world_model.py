@@ -495,13 +495,14 @@ def test_cosmos_backbone_trains_post_trains_and_branches_through_the_same_comman
     assert meta.preset == "cosmos" and config["_class_name"] == "CosmosWorldModel"
 
     sampler = WorldModelSampler(ckpt)
+    channels = frame_channels(sampler.meta.instances)  # RGB, depth, the robot's and the object's masks
     g = torch.Generator().manual_seed(0)
-    context = torch.rand(2, 5, 16, 16, generator=g) * 2 - 1
+    context = torch.rand(2, channels, 16, 16, generator=g) * 2 - 1
     past, state = torch.zeros(2, 7), torch.tensor(sampler.norm.state_mean)
     actions = torch.rand(3, 2, 7, generator=g) * 2 - 1
     a, _ = sampler.rollout(context, past, state, actions, [1, 2, 1])
     b, _ = sampler.rollout(context, past, state, actions[:1], [1])
-    assert a.shape == (3, 2, 5, 16, 16) and torch.allclose(a[0], b[0], atol=1e-5)
+    assert a.shape == (3, 2, channels, 16, 16) and torch.allclose(a[0], b[0], atol=1e-5)
     assert not torch.allclose(a[0], a[1])
     synth = tmp_path / "synth.hdf5"
     args = ["branch", str(dataset), str(ckpt), "-o", str(synth), "--per-seed", "2", "--at", "2"]
@@ -510,7 +511,7 @@ def test_cosmos_backbone_trains_post_trains_and_branches_through_the_same_comman
 
     # Post-training from a Video2World-format transformer folder: the action layers start at zero.
     torch.manual_seed(0)
-    base = CosmosTransformer3DModel(**{**COSMOS_TINY, "in_channels": 6, "out_channels": 5})
+    base = CosmosTransformer3DModel(**{**COSMOS_TINY, "in_channels": channels + 1, "out_channels": channels})
     base.save_pretrained(tmp_path / "base")
     tuned = tmp_path / "tuned"
     result = train_world_model(dataset, tuned, steps=2, batch_size=2, pretrained=tmp_path / "base")
@@ -684,7 +685,9 @@ def test_cosmos_post_trains_from_a_video2world_pipeline_folder_with_its_vae(tmp_
     config = json.loads((ckpt / "model" / "config.json").read_text())
     assert (config["_class_name"], config["out_channels"]) == ("CosmosWorldModel", 8)
     assert (ckpt / "vae" / "config.json").is_file()
-    frames, _ = WorldModelSampler(ckpt).rollout(
-        torch.zeros(2, 5, 32, 32), torch.zeros(2, 7), torch.zeros(15), torch.zeros(1, 2, 7), [0]
+    sampler = WorldModelSampler(ckpt)
+    c = frame_channels(sampler.meta.instances)
+    frames, _ = sampler.rollout(
+        torch.zeros(2, c, 32, 32), torch.zeros(2, 7), torch.zeros(15), torch.zeros(1, 2, 7), [0]
     )
-    assert frames.shape == (1, 2, 5, 32, 32) and torch.isfinite(frames).all()
+    assert frames.shape == (1, 2, c, 32, 32) and torch.isfinite(frames).all()
