@@ -31,11 +31,11 @@ import argparse
 import dataclasses
 import json
 import multiprocessing
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from stages import Stages, prepare_world_model, say  # bench/stages.py, beside this script
 from worldgen import plots
 from worldgen.dataset import demo_record, open_dataset
 
@@ -52,10 +52,6 @@ ROWS = (
 )
 
 
-def say(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
 def _slug(row: str) -> str:
     return row.replace("+", "plus_").replace(" (", "_").replace(")", "").replace(" ", "_").lower()
 
@@ -64,42 +60,15 @@ def prepare(args, manifest_path: Path, out: Path) -> dict:
     """Seeds, play rollouts, world model and the generated datasets; returns their counts."""
     from worldgen.dataset import demo_names
     from worldgen.manifest import load_manifest
-    from worldgen.pipeline import run_play_stage, run_seed_stage
+    from worldgen.pipeline import run_seed_stage
 
     from world_models.branch import branch_dataset
     from world_models.generate import RecoverSpec, recover_in_simulator, recover_in_world_model
-    from world_models.train import train_world_model
 
     manifest = load_manifest(manifest_path)
-    stats_path = out / "stages.json"
-    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
-
-    def stage(name, fn):
-        if name in stats:
-            return stats[name]
-        started = time.perf_counter()
-        say(f"{name} ...")
-        value = fn() or {}
-        stats[name] = {**value, "seconds": round(time.perf_counter() - started, 1)}
-        stats_path.write_text(json.dumps(stats, indent=2) + "\n")
-        say(f"{name}: { {k: v for k, v in stats[name].items() if k != 'per_demo'} }")
-        return stats[name]
-
-    seeds = out / "seeds.hdf5"
-    stage("seeds", lambda: {"demos": len(run_seed_stage(manifest_path, seeds, n=args.seeds))})
-    wm_train = out / "wm_train.hdf5"
-    noise = [0.15, 0.3][: args.play]
-    stage("play", lambda: {"rollouts": len(run_play_stage(manifest, seeds, wm_train, noise)) - args.seeds})
-    ckpt = out / "wm"
-
-    def train():
-        result = train_world_model(wm_train, ckpt, steps=args.wm_steps, time_limit=args.wm_time_limit * 60)
-        if result.get("stopped_early"):
-            sys.exit("world model stopped at its time limit: run again to resume")
-        last = result["validation"][-1] if result.get("validation") else None
-        return {"steps": result["step"], "last_validation": last}
-
-    stage("world_model", train)
+    stage = Stages(out)
+    prepare_world_model(stage, manifest_path, out, args.seeds, args.play, args.wm_steps, args.wm_time_limit)
+    seeds, ckpt = out / "seeds.hdf5", out / "wm"
     spec = RecoverSpec(
         per_seed=args.recover_per_seed,
         start_steps=tuple(args.recover_starts),
@@ -125,7 +94,7 @@ def prepare(args, manifest_path: Path, out: Path) -> dict:
         "recover_parent_sim",
         lambda: recover_in_simulator(seeds, out / "recover_parent_sim.hdf5", parent_spec),
     )
-    extra = stats["recover_wm"]["accepted"]
+    extra = stage.stats["recover_wm"]["accepted"]
     stage(
         "oracle",
         lambda: {
@@ -135,7 +104,7 @@ def prepare(args, manifest_path: Path, out: Path) -> dict:
         },
     )
     stage("replay", lambda: replay_all(manifest, out / "recover_wm.hdf5", seeds, args.envs))
-    return stats
+    return stage.stats
 
 
 def replay_all(manifest, synth: Path, seeds: Path, envs: int = 1) -> dict:

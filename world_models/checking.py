@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from worldgen.checks import CHECK_NAMES
 from worldgen.checks.clip import clip_from_arrays
-from worldgen.checks.gate import Calibration, add_scores, calibration_from_scores
+from worldgen.checks.gate import Calibration, GateReport, add_scores, calibration_from_scores, gate_dataset
 from worldgen.dataset import (
     DatasetError,
     dataset_manifest,
@@ -225,6 +225,25 @@ def sample_spreads(
     return out
 
 
+def gate_with_world_model(
+    dataset: str | Path,
+    ckpt: str | Path,
+    mask: str | None = "synthetic",
+    held_out: str | Path | None = None,
+    held_out_mask: str = "valid",
+    samples: int = 3,
+    device: str = "cpu",
+    **gate_options,
+) -> GateReport:
+    """Gate a dataset's world-model demos the way this module means: thresholds calibrated through the
+    model on held-out seed clips (``held_out``'s ``held_out_mask``; default this dataset's), the
+    agreement of ``samples`` samples per attempt (``samples`` < 2: none), simulator demos as before."""
+    calibration = calibrate_world_model(held_out or dataset, ckpt, held_out_mask, samples, device)
+    if samples >= 2:
+        sample_spreads(dataset, ckpt, samples, device)
+    return gate_dataset(dataset, mask=mask, world_model=calibration, device=device, **gate_options)
+
+
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     """Area under the ROC curve of ``scores`` ranking ``positive`` above the rest (ties count half);
     None when one class is empty."""
@@ -245,7 +264,6 @@ def judge_against_replay(dataset: str | Path, envs: int = 1, tolerance: float = 
         records = [r for r in records if r.source == "world_model" and r.check_passed is not None]
         if not records:
             raise DatasetError(f"{dataset}: no world-model demo has been checked yet (run worldgen check)")
-        scores = {r.name: json.loads(f["data"][r.name].attrs["check_scores"]) for r in records}
         if envs > 1:
             replays = [
                 (f["data"][r.parent]["states"][r.branch_step], read_demo(f["data"][r.name]), r.seed)
@@ -261,24 +279,49 @@ def judge_against_replay(dataset: str | Path, envs: int = 1, tolerance: float = 
                 ]
             finally:
                 env.close()
-    faithful = np.array(
-        [max(x["eef_error_max"], x["object_error_max"]) <= tolerance for x in results], dtype=bool
-    )
-    passed = np.array([bool(r.check_passed) for r in records])
     update_attributes(
         dataset,
         {
             r.name: {
-                "replay_faithful": bool(ok),
+                "replay_faithful": max(x["eef_error_max"], x["object_error_max"]) <= tolerance,
                 "replay_success": bool(x["replay_success"]),
                 "replay_eef_error_max": x["eef_error_max"],
                 "replay_object_error_max": x["object_error_max"],
             }
-            for r, ok, x in zip(records, faithful, results, strict=True)
+            for r, x in zip(records, results, strict=True)
         },
-        {},
+        {"replay_tolerance": tolerance},
     )
-    return gate_against_label(records, scores, passed, faithful, tolerance)
+    return gate_against_replay(dataset)
+
+
+def gate_against_replay(dataset: str | Path) -> dict:
+    """The gate's verdicts and scores against the replay labels a dataset already holds (written by
+    :func:`judge_against_replay`; a copy gated again keeps them)."""
+    with open_dataset(dataset) as f:
+        records = [demo_record(f, n) for n in demo_names(f)]
+        records = [r for r in records if r.replay_faithful is not None and r.check_passed is not None]
+        scores = {r.name: json.loads(f["data"][r.name].attrs["check_scores"]) for r in records}
+        replay_success = np.array([bool(f["data"][r.name].attrs["replay_success"]) for r in records])
+        tolerance = float(f["data"].attrs["replay_tolerance"])
+    faithful = np.array([bool(r.replay_faithful) for r in records])
+    passed = np.array([bool(r.check_passed) for r in records])
+    result = gate_against_label(records, scores, passed, faithful, tolerance)
+    # What acceptance (the world model's predicted success, then the gate) keeps, against replay success.
+    predicted = np.array([r.success for r in records])
+    result["acceptance"] = {
+        "predicted_success": int(predicted.sum()),
+        "replay_success": int(replay_success.sum()),
+        "precision_predicted": _share(replay_success, predicted),
+        "accepted": int((predicted & passed).sum()),
+        "precision_accepted": _share(replay_success, predicted & passed),
+    }
+    return result
+
+
+def _share(a: np.ndarray, b: np.ndarray) -> float | None:
+    """The share of ``b`` that is also ``a``; None when ``b`` is empty."""
+    return float((a & b).sum() / b.sum()) if b.any() else None
 
 
 def gate_against_label(
@@ -313,18 +356,15 @@ def gate_against_label(
             "auroc": auroc(np.array([ratio(n, check) for n in names]), unfaithful),
         }
 
-    def share(a: np.ndarray, b: np.ndarray) -> float | None:
-        return float((a & b).sum() / b.sum()) if b.any() else None
-
     return {
         "demos": len(names),
         "tolerance_m": tolerance,
         "faithful": int(faithful.sum()),
         "unfaithful": int(unfaithful.sum()),
         "passed": int(passed.sum()),
-        "rejected_of_unfaithful": share(~passed, unfaithful),
-        "passed_of_faithful": share(passed, faithful),
-        "precision_of_passed": share(faithful, passed),
+        "rejected_of_unfaithful": _share(~passed, unfaithful),
+        "passed_of_faithful": _share(passed, faithful),
+        "precision_of_passed": _share(faithful, passed),
         "auroc": auroc(worst, unfaithful),  # the gate's continuous score: the worst score / threshold
         "checks": checks,
     }

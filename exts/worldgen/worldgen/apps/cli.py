@@ -172,27 +172,25 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     if args.against_replay and not args.world_model:
         raise ArgumentError("--against-replay judges world-model demos: give --world-model CKPT")
-    world_model = None
+    options = {"mask": args.mask, "calibrate_mask": args.calibrate_mask, "camera": args.camera}
     if args.world_model:
-        from world_models.checking import calibrate_world_model, sample_spreads
+        from world_models.checking import gate_with_world_model
 
         source = args.calibrate_with or args.dataset
         print(f"calibrating on {source} (mask {args.wm_calibrate_mask}) through {args.world_model} ...")
-        world_model = calibrate_world_model(
-            source, args.world_model, args.wm_calibrate_mask, args.samples, device=args.device
+        report = gate_with_world_model(
+            args.dataset,
+            args.world_model,
+            held_out=source,
+            held_out_mask=args.wm_calibrate_mask,
+            samples=args.samples,
+            device=args.device,
+            backend=args.backend,
+            **options,
         )
-        print(f"  {world_model.about}")
-        if args.samples >= 2:
-            spreads = sample_spreads(args.dataset, args.world_model, args.samples, device=args.device)
-            print(f"agreement: {len(spreads)} world-model demos sampled {args.samples} times each")
-    report = gate_dataset(
-        args.dataset,
-        mask=args.mask,
-        calibrate_mask=args.calibrate_mask,
-        camera=args.camera,
-        backend=args.backend,
-        world_model=world_model,
-    )
+        print(f"  {report.calibrations['world_model'].about}")
+    else:
+        report = gate_dataset(args.dataset, backend=args.backend, **options)
     print(
         f"{args.dataset}: checked {report.checked} demos on camera {report.camera}: "
         f"{report.passed} passed, {report.checked - report.passed} flagged"

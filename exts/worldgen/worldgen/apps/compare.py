@@ -4,7 +4,8 @@ One policy recipe is trained on four datasets and evaluated on the same held-out
 
 (a) ``seeds``           S expert demos from the simulator;
 (b) ``seeds+branches``  (a) plus every world-model branch sampled from them;
-(c) ``seeds+passed``    (a) plus only the branches that passed the physics checks;
+(c) ``seeds+passed``    (a) plus only the branches that passed the checks (thresholds calibrated
+                        through the world model, agreement of 3 samples per branch);
 (d) ``sim-oracle``      (a) plus as many extra simulated expert demos as (b) has branches: what the
                         same amount of extra data gives when it comes from the simulator.
 
@@ -22,7 +23,6 @@ from typing import Any
 
 from policies.evaluate import evaluate_policy
 from policies.train import train_bc
-from worldgen.checks.gate import gate_dataset
 from worldgen.dataset import demo_names
 from worldgen.files import write_atomically
 from worldgen.manifest import Manifest, as_manifest
@@ -52,6 +52,7 @@ def compare(
 ) -> dict[str, Any]:
     """Run the four-row comparison; returns (and writes) the table."""
     from world_models.branch import branch_dataset
+    from world_models.checking import gate_with_world_model
     from world_models.checkpoint import checkpoint_hash
     from world_models.train import train_world_model
 
@@ -70,7 +71,8 @@ def compare(
         synth.unlink()  # branches of an earlier checkpoint: sample them again
     _say(progress, f"branching {branches} futures per seed at steps {manifest.branching.at_steps}")
     branch_dataset(seed_file, ckpt, synth, per_seed=branches, base_seed=manifest.seeds.base_seed)
-    gate = gate_dataset(synth, mask="synthetic")
+    _say(progress, "checking the branches (thresholds calibrated through the world model)")
+    gate = gate_with_world_model(synth, ckpt, held_out=seed_file)
     with open_dataset(synth) as f:
         seed_names, synthetic = demo_names(f, "seed"), demo_names(f, "synthetic")
         passed = [n for n in demo_names(f, "passed") if n in set(synthetic)]
@@ -111,6 +113,7 @@ def compare(
         "synthetic": extra,
         "passed": len(passed),
         "check_thresholds": gate.thresholds,
+        "check_calibrations": {name: c.to_dict() for name, c in gate.calibrations.items()},
         "rows": rows,
     }
     _write_text(out / "compare.json", json.dumps(result, indent=2) + "\n")

@@ -55,6 +55,7 @@ def _corruptions_caught(dataset: Path, thresholds: dict[str, float]) -> str:
 def _world_model_step(out: Path, steps: int) -> str:
     """Train the world model on push_to_target's seeds, branch futures, gate and score them."""
     from world_models.branch import branch_dataset
+    from world_models.checking import gate_with_world_model
     from world_models.metrics import evaluate_branches
     from world_models.train import train_world_model
 
@@ -74,7 +75,7 @@ def _world_model_step(out: Path, steps: int) -> str:
     if synth.exists():  # branches belong to one checkpoint: start over
         synth.unlink()
     branch_dataset(seeds, ckpt, synth, per_seed=4, at_steps=[10])  # horizon: the manifest's
-    report = gate_dataset(synth, mask="synthetic")
+    report = gate_with_world_model(synth, ckpt)
     fidelity = evaluate_branches(synth, ckpt, out / "world_model" / "eval_push_to_target.json")
     psnr = fidelity["per_step"]["psnr"]
     copy = fidelity["per_step"]["copy_last_psnr"]

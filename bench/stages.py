@@ -1,0 +1,60 @@
+"""What the experiments in bench/ share: stages that run once and resume from what their folder holds,
+and the seeds -> play rollouts -> world model preparation both the synthetic-demos and the world-model
+checks experiments stand on (the same files, so one prepared folder serves both)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+class Stages:
+    """Each named stage runs once; its result (a dict, plus its seconds) is kept in ``stages.json``."""
+
+    def __init__(self, out: Path):
+        self.path = out / "stages.json"
+        self.stats: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def __call__(self, name: str, fn: Callable[[], dict | None]) -> dict:
+        if name in self.stats:
+            return self.stats[name]
+        started = time.perf_counter()
+        say(f"{name} ...")
+        value = fn() or {}
+        self.stats[name] = {**value, "seconds": round(time.perf_counter() - started, 1)}
+        self.path.write_text(json.dumps(self.stats, indent=2) + "\n")
+        say(f"{name}: { {k: v for k, v in self.stats[name].items() if k != 'per_demo'} }")
+        return self.stats[name]
+
+
+def prepare_world_model(
+    stage: Stages, manifest_path: Path, out: Path, seeds: int, play: int, wm_steps: int | None, minutes: float
+) -> None:
+    """``seeds.hdf5`` (expert demos with cameras), ``wm_train.hdf5`` (+ ``play`` noisy replays per seed)
+    and the world model ``wm/`` trained on them (exits when its time limit stops it: run again to go on)."""
+    from worldgen.manifest import load_manifest
+    from worldgen.pipeline import run_play_stage, run_seed_stage
+
+    from world_models.train import train_world_model
+
+    seeds_path, train_path = out / "seeds.hdf5", out / "wm_train.hdf5"
+    stage("seeds", lambda: {"demos": len(run_seed_stage(manifest_path, seeds_path, n=seeds))})
+    noise = [0.15, 0.3][:play]
+    manifest = load_manifest(manifest_path)
+    stage("play", lambda: {"rollouts": len(run_play_stage(manifest, seeds_path, train_path, noise)) - seeds})
+
+    def train():
+        result = train_world_model(train_path, out / "wm", steps=wm_steps, time_limit=minutes * 60)
+        if result.get("stopped_early"):
+            sys.exit("world model stopped at its time limit: run again to resume")
+        last = result["validation"][-1] if result.get("validation") else None
+        return {"steps": result["step"], "last_validation": last}
+
+    stage("world_model", train)

@@ -1,0 +1,201 @@
+"""Do the checks tell faithful world-model demos from unfaithful ones? Measured against the simulator.
+
+On a trained world model of ``--scenario`` (the folder ``bench/synthetic_demos.py`` prepares: 10 seed
+demos, 20 play rollouts, the world model), ``recover`` attempts are generated from every seed at several
+start steps (``--per-seed`` x ``--starts`` x seeds attempts, all of them judged, accepted or not). Every
+attempt is replayed in the simulator from its start state: "faithful" when the replay keeps the end
+effector and the object within ``--tolerance`` of the prediction over the whole attempt (the label).
+The gate is then run twice on the same attempts and scored against that label:
+
+    simulator calibration    thresholds from camera-resolution simulator clips (what `worldgen check`
+                             did before)
+    world-model calibration  thresholds from held-out seed clips passed through the model's frame
+                             pipeline and teacher-forced, plus the agreement of ``--samples`` samples
+
+The held-out clips are ``--calibration`` more seed demos on seeds after the training seeds. Reported per
+gate: rejected share of the unfaithful, passed share of the faithful, precision, AUROC of the worst
+score / threshold, per check how often it fails either class and alone decides; and what acceptance
+(the world model's predicted success, then the gate) keeps against replay success.
+
+Resumes stage by stage from ``--out``. Figures: bench/results/wm_checks.json and .md.
+
+    python bench/wm_checks.py --out data/experiments/push --envs 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+
+from stages import Stages, prepare_world_model, say
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def calibration_seeds(manifest_path: Path, out: Path, first: int, count: int) -> dict:
+    """``count`` more expert demos with cameras on seeds ``base + first ...``: never trained on."""
+    from worldgen.manifest import load_manifest
+    from worldgen.pipeline import run_seed_stage
+
+    manifest = load_manifest(manifest_path)
+    seeds = manifest.seeds.model_copy(update={"base_seed": manifest.seeds.base_seed + first, "count": count})
+    run_seed_stage(manifest.model_copy(update={"seeds": seeds}), out / "calibration.hdf5", n=count)
+    return {"demos": count, "first_seed": manifest.seeds.base_seed + first}
+
+
+def gated_copy(out: Path, name: str, world_model=None) -> dict:
+    """Gate a copy of the replay-labelled attempts and score it against the labels."""
+    from worldgen.checks.gate import gate_dataset
+
+    from world_models.checking import gate_against_replay
+
+    path = out / f"{name}.hdf5"
+    shutil.copy(out / "labelled.hdf5", path)
+    gate_dataset(path, mask="synthetic", world_model=world_model)
+    return gate_against_replay(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scenario", default="push_to_target")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--play", type=int, default=2)
+    parser.add_argument("--wm-steps", type=int)
+    parser.add_argument("--wm-time-limit", type=float, default=60.0, help="minutes per call")
+    parser.add_argument("--per-seed", type=int, default=4)
+    parser.add_argument("--starts", type=int, nargs="+", default=[0, 15, 30, 45, 60])
+    parser.add_argument("--noise", type=float, default=0.1)
+    parser.add_argument("--calibration", type=int, default=10, help="held-out seed demos to calibrate on")
+    parser.add_argument("--samples", type=int, default=3, help="samples per attempt for agreement")
+    parser.add_argument("--tolerance", type=float, default=0.02)
+    parser.add_argument("--envs", type=int, default=16, help="replay: scenes stepped together")
+    args = parser.parse_args()
+
+    from worldgen.manifest import load_manifest
+
+    from world_models.checking import calibrate_world_model, judge_against_replay, sample_spreads
+    from world_models.generate import RecoverSpec, recover_in_world_model
+
+    manifest_path = ROOT / "scenarios" / f"{args.scenario}.yaml"
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Stages(out)
+    prepare_world_model(stage, manifest_path, out, args.seeds, args.play, args.wm_steps, args.wm_time_limit)
+    seeds, ckpt = out / "seeds.hdf5", out / "wm"
+    stage("calibration_seeds", lambda: calibration_seeds(manifest_path, out, 100_000, args.calibration))
+    manifest = load_manifest(manifest_path)
+    spec = RecoverSpec(
+        per_seed=args.per_seed,
+        start_steps=tuple(args.starts),
+        action_noise=args.noise,
+        base_seed=manifest.seeds.base_seed,
+    )
+    attempts = out / "attempts.hdf5"
+    stage("attempts", lambda: recover_in_world_model(seeds, ckpt, attempts, spec))
+
+    def label():
+        # The labels do not depend on the gate; the simulator-calibrated gate marks every demo as checked.
+        labelled = out / "labelled.hdf5"
+        shutil.copy(attempts, labelled)
+        from worldgen.checks.gate import gate_dataset
+
+        gate_dataset(labelled, mask="synthetic")
+        result = judge_against_replay(labelled, envs=args.envs, tolerance=args.tolerance)
+        return {"demos": result["demos"], "faithful": result["faithful"]}
+
+    stage("replay", label)
+    # The gate as it was: simulator thresholds, before any sample agreement is written.
+    simulator_gate = stage("gate_simulator", lambda: gated_copy(out, "gated_simulator"))
+    stage(
+        "wm_calibration",
+        lambda: calibrate_world_model(out / "calibration.hdf5", ckpt, "seed", args.samples).to_dict(),
+    )
+
+    def spreads():
+        values = sample_spreads(out / "labelled.hdf5", ckpt, args.samples)
+        return {"demos": len(values)}
+
+    stage("agreement", spreads)
+    from worldgen.checks.gate import Calibration
+
+    cal = stage.stats["wm_calibration"]
+    world_model = Calibration("world_model", cal["thresholds"], cal["clips"], cal["about"])
+    gates = {
+        "simulator calibration": simulator_gate,
+        "world-model calibration": stage(
+            "gate_world_model", lambda: gated_copy(out, "gated_world_model", world_model)
+        ),
+    }
+    write_results(args, stage.stats, gates)
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f} %"
+
+
+def write_results(args, stats: dict, gates: dict) -> None:
+    tag = "" if args.scenario == "push_to_target" else f"_{args.scenario}"
+    result = {
+        "benchmark": "wm_checks",
+        "scenario": args.scenario,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": None},
+        "world_model": stats["world_model"],
+        "attempts": {k: v for k, v in stats["attempts"].items()},
+        "recover": {"per_seed": args.per_seed, "starts": args.starts, "action_noise": args.noise},
+        "tolerance_m": args.tolerance,
+        "samples": args.samples,
+        "calibration": stats["wm_calibration"],
+        "gates": {name: {k: v for k, v in g.items() if k != "seconds"} for name, g in gates.items()},
+        "seconds": {k: v["seconds"] for k, v in stats.items()},
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"wm_checks{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    first = next(iter(gates.values()))
+    lines = [
+        f"{args.scenario}: {first['demos']} recover attempts of a world model trained "
+        f"{stats['world_model']['steps']} steps; {first['faithful']} faithful (replay within "
+        f"{100 * args.tolerance:.0f} cm over the attempt), {first['unfaithful']} not",
+        "",
+        "| gate | passed | rejected of unfaithful | passed of faithful | precision of passed | AUROC |"
+        " accepted (predicted success + passed) | replay success of accepted |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, g in gates.items():
+        a = g["acceptance"]
+        auroc = "n/a" if g["auroc"] is None else f"{g['auroc']:.3f}"
+        lines.append(
+            f"| {name} | {g['passed']}/{g['demos']} | {_pct(g['rejected_of_unfaithful'])} | "
+            f"{_pct(g['passed_of_faithful'])} | {_pct(g['precision_of_passed'])} | {auroc} | "
+            f"{a['accepted']} | {_pct(a['precision_accepted'])} |"
+        )
+    lines += [
+        "",
+        f"Predicted success alone: {first['acceptance']['predicted_success']} attempts, replay success "
+        f"{_pct(first['acceptance']['precision_predicted'])} of them.",
+        "",
+        "Per check (world-model calibration): fails on unfaithful / on faithful, decides alone, AUROC",
+        "",
+        "| check | fails unfaithful | fails faithful | alone | AUROC |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for check, c in gates["world-model calibration"]["checks"].items():
+        auroc = "n/a" if c["auroc"] is None else f"{c['auroc']:.3f}"
+        lines.append(
+            f"| {check} | {c['failed_unfaithful']} | {c['failed_faithful']} | {c['decides_alone']} "
+            f"| {auroc} |"
+        )
+    (RESULTS / f"wm_checks{tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    say(f"wrote {RESULTS / f'wm_checks{tag}.json'}")
+
+
+if __name__ == "__main__":
+    main()
