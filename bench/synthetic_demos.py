@@ -103,32 +103,20 @@ def prepare(args, manifest_path: Path, out: Path) -> dict:
             )
         },
     )
-    stage("replay", lambda: replay_all(manifest, out / "recover_wm.hdf5", seeds, args.envs))
+    stage("replay", lambda: replay_all(out / "recover_wm.hdf5", args.envs))
     return stage.stats
 
 
-def replay_all(manifest, synth: Path, seeds: Path, envs: int = 1) -> dict:
+def replay_all(synth: Path, envs: int = 1) -> dict:
     """Replay every world-model demo in the simulator from its parent's state (``envs`` > 1: that many
-    scenes stepped together)."""
-    from worldgen.dataset import demo_names, read_demo
-    from worldgen.envs import WorldgenEnv
+    scenes stepped together); the generated file holds the parents too."""
+    from worldgen.dataset import demo_names
 
-    from world_models.generate import replay_demo, replay_demos_together
+    from world_models.generate import replay_generated
 
-    with open_dataset(synth) as f, open_dataset(seeds) as s:
+    with open_dataset(synth) as f:
         demos = [demo_record(f, name) for name in demo_names(f, "synthetic")]
-        if envs > 1:
-            replays = [
-                (s["data"][r.parent]["states"][r.branch_step], read_demo(f["data"][r.name]), r.seed)
-                for r in demos
-            ]
-            results = replay_demos_together(manifest, replays, envs)
-        else:
-            env = WorldgenEnv(manifest, cameras=False)
-            results = [
-                replay_demo(env, s["data"][r.parent]["states"][()], f["data"][r.name], r.seed) for r in demos
-            ]
-            env.close()
+        results = replay_generated(f, [r.name for r in demos], envs)
         records = [
             {"demo": r.name, "predicted_success": r.success, **rec}
             for r, rec in zip(demos, results, strict=True)

@@ -4,7 +4,7 @@ On a trained world model of ``--scenario`` (the folder ``bench/synthetic_demos.p
 demos, 20 play rollouts, the world model), ``recover`` attempts are generated from every seed at several
 start steps (``--per-seed`` x ``--starts`` x seeds attempts, all of them judged, accepted or not). Every
 attempt is replayed in the simulator from its start state: "faithful" when the replay keeps the end
-effector and the object within ``--tolerance`` of the prediction over the whole attempt (the label).
+effector and every object within ``--tolerance`` of the prediction over the whole attempt (the label).
 The gate is then run twice on the same attempts and scored against that label:
 
     simulator calibration    thresholds from camera-resolution simulator clips (what `worldgen check`
@@ -65,6 +65,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--scenario", default="push_to_target")
+    parser.add_argument("--tag", default="", help="suffix of the results files")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--play", type=int, default=2)
@@ -73,12 +74,19 @@ def main() -> None:
     parser.add_argument("--per-seed", type=int, default=4)
     parser.add_argument("--starts", type=int, nargs="+", default=[0, 15, 30, 45, 60])
     parser.add_argument("--noise", type=float, default=0.1)
+    parser.add_argument(
+        "--robot-state",
+        choices=["controller", "model"],
+        default="model",
+        help="end effector in imagination (the best recipe of bench/synthetic_demos.py: model)",
+    )
     parser.add_argument("--calibration", type=int, default=10, help="held-out seed demos to calibrate on")
     parser.add_argument("--samples", type=int, default=3, help="samples per attempt for agreement")
     parser.add_argument("--tolerance", type=float, default=0.02)
     parser.add_argument("--envs", type=int, default=16, help="replay: scenes stepped together")
     args = parser.parse_args()
 
+    from worldgen.dataset import demo_names, demo_record, open_dataset
     from worldgen.manifest import load_manifest
 
     from world_models.checking import calibrate_world_model, judge_against_replay, sample_spreads
@@ -97,9 +105,17 @@ def main() -> None:
         start_steps=tuple(args.starts),
         action_noise=args.noise,
         base_seed=manifest.seeds.base_seed,
+        robot_state=args.robot_state,
     )
     attempts = out / "attempts.hdf5"
-    stage("attempts", lambda: recover_in_world_model(seeds, ckpt, attempts, spec))
+
+    def generate():
+        recover_in_world_model(seeds, ckpt, attempts, spec)
+        with open_dataset(attempts) as f:  # counted from the file: a resumed stage made only the rest
+            made = [demo_record(f, n) for n in demo_names(f, "synthetic")]
+        return {"attempts": len(made), "accepted": sum(r.success for r in made)}
+
+    stage("attempts", generate)
 
     def label():
         # The labels do not depend on the gate; the simulator-calibrated gate marks every demo as checked.
@@ -126,8 +142,7 @@ def main() -> None:
     stage("agreement", spreads)
     from worldgen.checks.gate import Calibration
 
-    cal = stage.stats["wm_calibration"]
-    world_model = Calibration("world_model", cal["thresholds"], cal["clips"], cal["about"])
+    world_model = Calibration.from_dict("world_model", stage.stats["wm_calibration"])
     gates = {
         "simulator calibration": simulator_gate,
         "world-model calibration": stage(
@@ -142,14 +157,21 @@ def _pct(x) -> str:
 
 
 def write_results(args, stats: dict, gates: dict) -> None:
-    tag = "" if args.scenario == "push_to_target" else f"_{args.scenario}"
+    tag = ("" if args.scenario == "push_to_target" else f"_{args.scenario}") + (
+        f"_{args.tag}" if args.tag else ""
+    )
     result = {
         "benchmark": "wm_checks",
         "scenario": args.scenario,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": None},
         "world_model": stats["world_model"],
         "attempts": {k: v for k, v in stats["attempts"].items()},
-        "recover": {"per_seed": args.per_seed, "starts": args.starts, "action_noise": args.noise},
+        "recover": {
+            "per_seed": args.per_seed,
+            "starts": args.starts,
+            "action_noise": args.noise,
+            "robot_state": args.robot_state,
+        },
         "tolerance_m": args.tolerance,
         "samples": args.samples,
         "calibration": stats["wm_calibration"],

@@ -8,8 +8,10 @@ samples of one attempt, and the gate measured against simulator replay.
   actions. A model's blur is then judged against what the model does at its best, not against
   camera-resolution simulator frames.
 - :func:`sample_spreads`: each generated demo's executed actions rolled out again under other noise
-  seeds from the same start; the largest distance between the samples' end-effector or object positions
-  is written as ``sample_spread``, which the gate judges as the ``agreement`` check.
+  seeds from the same start; the largest distance of a sample's object position from the samples' mean
+  is written as ``sample_spread`` (with the checkpoint's hash), which the gate judges as ``agreement``.
+  Its threshold is calibrated on open-loop samples of whole held-out clips from their first step, the
+  longest horizon any attempt has, so it errs on the side of passing shorter attempts.
 - :func:`judge_against_replay`: every generated demo replayed in the simulator from its start state;
   "faithful" when the replay keeps the end effector and every object within ``tolerance`` of the
   prediction over the whole clip. Reports how the gate's verdicts and each check's scores separate
@@ -26,7 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from worldgen.checks import CHECK_NAMES
+from worldgen.checks import CHECK_NAMES, WORLD_MODEL_CEILINGS
 from worldgen.checks.clip import clip_from_arrays
 from worldgen.checks.gate import Calibration, GateReport, add_scores, calibration_from_scores, gate_dataset
 from worldgen.dataset import (
@@ -40,13 +42,13 @@ from worldgen.dataset import (
     read_scene,
     update_attributes,
 )
-from worldgen.envs import WorldgenEnv, object_slice
-from worldgen.keys import EEF_POS, EXECUTED_ACTIONS, OBJECT, RGB, image_key
+from worldgen.envs import object_slice
+from worldgen.keys import EXECUTED_ACTIONS, OBJECT, RGB, image_key
 from worldgen.manifest import Manifest
 
 from .branch import WorldModelSampler, predicted_obs, state_obs
 from .data import STATE_KEYS, Episode
-from .generate import replay_demo, replay_demos_together
+from .generate import replay_generated
 
 REPLAY_TOLERANCE = 0.02  # m: a replay this close to the prediction everywhere makes the demo faithful
 TEACHER_FORCED_BATCH = 32  # one-step predictions per model call
@@ -107,12 +109,12 @@ def teacher_forced(
     return torch.cat(frames), np.concatenate(states)
 
 
-def positions(manifest: Manifest, states: np.ndarray, layout: dict[str, int]) -> np.ndarray:
-    """(..., 1 + K, 3): the end effector and each dynamic object's position in raw model states (..., S)."""
+def object_positions(manifest: Manifest, states: np.ndarray, layout: dict[str, int]) -> np.ndarray:
+    """(..., K, 3): each dynamic object's position in raw model states (..., S). Agreement judges the
+    world the model predicts; the end effector may come from the controller instead (``robot_state``)."""
     obs = state_obs(states.reshape(-1, states.shape[-1]), layout)
-    parts = [obs[EEF_POS]] + [
-        obs[OBJECT][:, object_slice(manifest, o.name)][:, :3] for o in manifest.task.objects if not o.static
-    ]
+    dynamic = [o.name for o in manifest.task.objects if not o.static]
+    parts = [obs[OBJECT][:, object_slice(manifest, name)][:, :3] for name in dynamic]
     return np.stack(parts, axis=1).reshape(*states.shape[:-1], len(parts), 3)
 
 
@@ -159,7 +161,7 @@ def calibrate_world_model(
             seeds = _resample_seeds(int(demo_record(f, name).seed), samples + 1)
             actions = episode.actions[None].repeat(samples, 1, 1)
             _, rolled = sampler.rollout(context, past, state, actions, seeds)
-            scores["agreement"].append(spread(positions(manifest, rolled.numpy(), _layout(group))))
+            scores["agreement"].append(spread(object_positions(manifest, rolled.numpy(), _layout(group))))
             if progress is not None:
                 progress(name)
     about = (
@@ -168,7 +170,14 @@ def calibrate_world_model(
         f"one-step predictions; agreement from {samples} open-loop samples of each"
     )
     return calibration_from_scores(
-        "world_model", scores, 2 * len(names), about, manifest, checkpoint=sampler.hash, samples=samples
+        "world_model",
+        scores,
+        2 * len(names),
+        about,
+        manifest,
+        ceilings=WORLD_MODEL_CEILINGS,
+        checkpoint=sampler.hash,
+        samples=samples,
     )
 
 
@@ -217,11 +226,12 @@ def sample_spreads(
                 t = len(executed[i])
                 own = np.concatenate([demo.obs[key][1 : t + 1] for key in STATE_KEYS], axis=1)
                 trajectories = np.concatenate([own[None], rolled[i, :, :t]])
-                out[record.name] = spread(positions(manifest, trajectories, layout))
+                out[record.name] = spread(object_positions(manifest, trajectories, layout))
             done += len(records)
             if progress is not None:
                 progress(done, sum(len(r) for r in groups.values()))
-    update_attributes(dataset, {name: {"sample_spread": value} for name, value in out.items()}, {})
+    spread_of = {name: {"sample_spread": v, "sample_spread_model": sampler.hash} for name, v in out.items()}
+    update_attributes(dataset, spread_of, {})
     return out
 
 
@@ -259,26 +269,11 @@ def judge_against_replay(dataset: str | Path, envs: int = 1, tolerance: float = 
     dataset as ``replay_faithful`` with its errors), and measure the gate against that label."""
 
     with open_dataset(dataset) as f:
-        manifest = dataset_manifest(f)
         records = [demo_record(f, n) for n in demo_names(f)]
         records = [r for r in records if r.source == "world_model" and r.check_passed is not None]
         if not records:
             raise DatasetError(f"{dataset}: no world-model demo has been checked yet (run worldgen check)")
-        if envs > 1:
-            replays = [
-                (f["data"][r.parent]["states"][r.branch_step], read_demo(f["data"][r.name]), r.seed)
-                for r in records
-            ]
-            results = replay_demos_together(manifest, replays, envs)
-        else:
-            env = WorldgenEnv(manifest, cameras=False)
-            try:
-                results = [
-                    replay_demo(env, f["data"][r.parent]["states"][()], f["data"][r.name], r.seed)
-                    for r in records
-                ]
-            finally:
-                env.close()
+        results = replay_generated(f, [r.name for r in records], envs)
     update_attributes(
         dataset,
         {
@@ -301,6 +296,8 @@ def gate_against_replay(dataset: str | Path) -> dict:
     with open_dataset(dataset) as f:
         records = [demo_record(f, n) for n in demo_names(f)]
         records = [r for r in records if r.replay_faithful is not None and r.check_passed is not None]
+        if not records:
+            raise DatasetError(f"{dataset}: no checked demo has a replay label (check --against-replay)")
         scores = {r.name: json.loads(f["data"][r.name].attrs["check_scores"]) for r in records}
         replay_success = np.array([bool(f["data"][r.name].attrs["replay_success"]) for r in records])
         tolerance = float(f["data"].attrs["replay_tolerance"])

@@ -37,7 +37,7 @@ class CheckpointMeta:
     preset: str  # the backbone, a key of WORLD_MODELS
     camera: str
     resolution: tuple[int, int]  # the frames' (width, height) in pixels
-    instances: tuple[int, ...]  # segmentation ids of the tracked objects, one mask channel each
+    instances: tuple[int, ...]  # segmentation ids with a mask channel each: the robot, then the objects
     context_frames: int
     normalization: Normalization
     data_hash: str  # the training demos (worldgen.dataset.dataset_digest)

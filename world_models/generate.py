@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from worldgen.control import ArmController
 from worldgen.dataset import (
+    DatasetError,
     DatasetWriter,
     Demo,
     DemoRecord,
@@ -469,10 +470,33 @@ def replay_demos_together(
     return results
 
 
+def replay_generated(f: h5py.File, names: list[str], envs: int = 1) -> list[dict]:
+    """:func:`replay_demo` for the generated demos ``names`` of an open dataset that also holds their
+    parents (generation copies the seed demos into its output); ``envs`` > 1: that many scenes stepped
+    together (:func:`replay_demos_together`)."""
+    manifest = dataset_manifest(f)
+    records = [demo_record(f, n) for n in names]
+    for r in records:
+        if r.parent is None or r.parent not in f["data"]:
+            raise DatasetError(f"{f.filename}: {r.name} has no parent demo in the file to replay it from")
+    if envs > 1:
+        replays = [
+            (f["data"][r.parent]["states"][r.branch_step], read_demo(f["data"][r.name]), r.seed)
+            for r in records
+        ]
+        return replay_demos_together(manifest, replays, envs)
+    env = WorldgenEnv(manifest, cameras=False)
+    try:
+        parents = [f["data"][r.parent]["states"][()] for r in records]
+        return [replay_demo(env, p, f["data"][r.name], r.seed) for p, r in zip(parents, records, strict=True)]
+    finally:
+        env.close()
+
+
 def replay_demo(env: WorldgenEnv, parent_states: np.ndarray, group: h5py.Group, seed: int) -> dict:
     """Replay a generated demo's executed actions in the simulator from its parent's state at its start
-    step: replay success, and the distance between the replayed and the predicted end-effector and
-    success-object positions (largest over the clip, and at its last step)."""
+    step: replay success, and the distances between replayed and predicted positions
+    (:func:`replay_errors`)."""
     demo = read_demo(group)
     executed = demo.extras.get(EXECUTED_ACTIONS, demo.actions)
     env.reset(seed=seed)

@@ -29,6 +29,7 @@ from worldgen.dataset import (
 )
 from worldgen.files import write_atomically
 from worldgen.keys import EEF_POS, RGB, SEG, image_key
+from worldgen.sim.base import ROBOT
 
 
 def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
@@ -71,7 +72,9 @@ def _frame_metrics(pred: dict, true: dict, instances: list[int], depth_scale: fl
         "ssim": ssim(pred["rgb"], true["rgb"]),
         "depth_abs_m": float(np.abs(pred["depth"] - true["depth"]).mean() * depth_scale),
     }
-    ious = [v for v in (mask_iou(pred["seg"], true["seg"], i) for i in instances) if v is not None]
+    # The tracked objects' masks (not the robot's, which newer models also predict): comparable across models.
+    objects = [i for i in instances if i != ROBOT]
+    ious = [v for v in (mask_iou(pred["seg"], true["seg"], i) for i in objects) if v is not None]
     if ious:
         out["mask_iou"] = float(np.mean(ious))
     return out

@@ -297,6 +297,11 @@ def resume_training(
         )
     if previous.latent != meta.latent:
         raise CheckpointError(f"{out}: checkpoint was trained in another latent space (VAE)")
+    if previous.instances != meta.instances:
+        raise CheckpointError(
+            f"{out}: checkpoint predicts masks of instances {list(previous.instances)}, this run "
+            f"{list(meta.instances)} (models before the robot's mask channel): train into a new folder"
+        )
     if previous.lora_rank != meta.lora_rank:
         raise CheckpointError(f"{out}: checkpoint was trained with lora_rank {previous.lora_rank}")
     tensors = load_file(out / "training_state.safetensors")

@@ -21,7 +21,8 @@ depth          seg, depth            largest fraction of static pixels whose dep
                                      or drop of an object's outline depth edges below the clip's
                                      median (per 0.5)
 robot_image    seg, depth, camera,   farthest the state's end effector lies from the robot surface the
-               state                 frames show, m (frames where it is in view and not hidden)
+               state                 frames show, m (frames where it is in view and not hidden; 1 m
+                                     where no robot is shown; skipped if no frame ever shows it)
 robot_motion   seg, depth, camera,   farthest the state's end effector moves over ACTION_WINDOW frames
                state                 that show the robot still (< STILL_SHARE of its pixels change), m
 robot_action   state, actions        largest gap between the end effector's motion and the motion the
@@ -31,8 +32,9 @@ object_image   seg, depth, camera,   largest fraction of an object's visible poi
 contact        seg, depth, camera,   largest displacement of an object in the state while nothing can
                state                 move it: no robot surface or end effector near, no moving object
                                      beside it, not falling, not sliding on after contact, m
-agreement      samples of the same   largest distance between the end-effector or object positions
-               attempt               that several samples of one attempt predict (scored by
+agreement      samples of the same   largest distance of an object's position (and of the end
+               attempt               effector, where the model predicts it) in one of several samples
+                                     of an attempt from their mean (scored by
                                      ``world_models.checking``, judged by the gate), m
 =============  ====================  =================================================================
 
@@ -63,7 +65,7 @@ PHYSICAL_BOUNDS = {
     "robot_action": 0.03,  # m over ACTION_WINDOW steps: about the controller's lag at full speed
     "object_image": 0.2,  # fraction of visible points
     "contact": 0.02,  # m
-    "agreement": 0.03,  # m between samples of the same attempt (end effector or an object)
+    "agreement": 0.03,  # m from the samples' mean position of an object (or a predicted end effector)
 }
 STATIC_UNSTABLE = 0.02  # fraction of static pixels whose depth may change between frames
 EDGE_DROP = 0.5  # drop of an object's outline depth-edge ratio below the clip's median
@@ -83,6 +85,24 @@ CONTACT_NEAR = 0.03  # m between the robot (or a moving object) and an object's 
 SLIDE_FRAMES = 5  # frames an object may keep moving after the last contact
 MOVING = 0.002  # m per frame: an object moving at least this much can push its neighbour
 STILL_SHARE = 0.02  # of the robot's pixels: fewer changed over ACTION_WINDOW frames is a still robot
+ROBOT_MISSING = 1.0  # m: robot_image's score of a frame whose end effector is in view but no robot is shown
+# How loose a world-model calibration may make each check: its own one-step errors may loosen a threshold
+# up to here, no further (a calibration records which thresholds it capped).
+WORLD_MODEL_CEILINGS = {
+    "permanence": 0.9,
+    "teleport": 3.0,
+    "acceleration": 60.0,
+    "penetration": 0.05,
+    "floating": 10.0,
+    "flicker": 0.05,
+    "depth": 3.0,
+    "robot_image": 0.25,
+    "robot_motion": 0.1,
+    "robot_action": 0.1,
+    "object_image": 0.9,
+    "contact": 0.1,
+    "agreement": 0.1,
+}
 __all__ = [
     "CHECK_NAMES",
     "CheckResult",
@@ -267,22 +287,27 @@ def _depth(clip: Clip, stats: dict[str, dict]) -> dict[str, Score]:
     return {"depth": (float(per_frame.max(initial=0.0)), per_frame)}
 
 
-def _eef_in_view(clip: Clip, stats: dict[str, dict]) -> np.ndarray:
-    """Per frame: the state's end effector projects into the image, the frame shows enough of the robot,
-    and no other surface lies in front of the end effector."""
+def _eef_in_view(clip: Clip) -> np.ndarray:
+    """Per frame: the state's end effector projects into the image and no surface other than the robot
+    lies in front of it."""
     u, v, d = clip.camera.project(clip.eef)
     col, row = np.round(u).astype(int), np.round(v).astype(int)
     inside = (col >= 0) & (row >= 0) & (col < clip.camera.width) & (row < clip.camera.height) & (d > 0)
     view = np.zeros(clip.frames, dtype=bool)
-    for t in np.flatnonzero(inside & (stats["state"]["robot_pixels"] >= MIN_PIXELS)):
+    for t in np.flatnonzero(inside):
         seen_depth, seen_id = clip.depth[t, row[t], col[t]], clip.seg[t, row[t], col[t]]
         view[t] = seen_id == clip.robot_id or not 0 < seen_depth < d[t] - HIDDEN_TOL
     return view
 
 
 def _robot_image(clip: Clip, stats: dict[str, dict], view: np.ndarray) -> dict[str, Score]:
-    """Distance from the state's end effector to the nearest robot surface point the frame shows."""
-    per_frame = np.where(view, stats["state"]["robot_to_eef"], 0.0)
+    """Distance from the state's end effector to the nearest robot surface point the frame shows, where
+    the end effector is in view; a frame that shows no robot there scores ROBOT_MISSING."""
+    s = stats["state"]
+    distance = np.where(
+        s["robot_pixels"] >= MIN_PIXELS, np.minimum(s["robot_to_eef"], ROBOT_MISSING), ROBOT_MISSING
+    )
+    per_frame = np.where(view, distance, 0.0)
     return {"robot_image": (float(per_frame.max(initial=0.0)), per_frame)}
 
 
@@ -345,10 +370,12 @@ def _contact(clip: Clip, stats: dict[str, dict]) -> dict[str, Score]:
 
 
 def _state_checks(clip: Clip, stats: dict[str, dict]) -> dict[str, Score]:
-    view = _eef_in_view(clip, stats)
+    robot_checks = {}
+    if (stats["state"]["robot_pixels"] >= MIN_PIXELS).any():  # frames that never show the robot: skipped
+        view = _eef_in_view(clip)
+        robot_checks = {**_robot_image(clip, stats, view), **_robot_motion(clip, stats, view)}
     return {
-        **_robot_image(clip, stats, view),
-        **_robot_motion(clip, stats, view),
+        **robot_checks,
         **_object_image(clip, stats),
         **_contact(clip, stats),
     }

@@ -6,8 +6,8 @@ file is updated on a copy that is renamed over it, so an interrupted run leaves 
 Simulator demos are judged with thresholds calibrated on the dataset's simulator clips. World-model
 demos are judged with a world-model calibration when one is given (``world_models.checking`` measures
 it on seed clips passed through the model's own frame pipeline), else with the simulator's. A demo
-whose ``sample_spread`` attribute is set (the spread of several samples of the same attempt) is also
-judged by the ``agreement`` check."""
+whose ``sample_spread`` attribute was measured with the calibration's checkpoint (the spread of several
+samples of the same attempt) is also judged by the ``agreement`` check."""
 
 from __future__ import annotations
 
@@ -55,12 +55,29 @@ class Calibration:
     def to_dict(self) -> dict:
         return {"thresholds": self.thresholds, "clips": self.clips, "about": self.about, **self.details}
 
+    @classmethod
+    def from_dict(cls, name: str, data: dict) -> Calibration:
+        """The inverse of :meth:`to_dict` (what a dataset's ``check_thresholds`` stores per calibration)."""
+        rest = {k: v for k, v in data.items() if k not in ("thresholds", "clips", "about", "seconds")}
+        return cls(name, dict(data["thresholds"]), int(data["clips"]), str(data["about"]), rest)
+
 
 def calibration_from_scores(
-    name: str, scores: dict[str, list[float]], clips: int, about: str, manifest: Manifest, **details
+    name: str,
+    scores: dict[str, list[float]],
+    clips: int,
+    about: str,
+    manifest: Manifest,
+    ceilings: dict[str, float] | None = None,
+    **details,
 ) -> Calibration:
-    """Thresholds from the scores seen on ``clips`` calibration clips, with the manifest's overrides."""
+    """Thresholds from the scores seen on ``clips`` calibration clips, none above its ``ceilings`` entry
+    (the checks capped are listed in ``details["capped"]``), with the manifest's overrides on top."""
     thresholds = thresholds_from_scores(scores)
+    if ceilings:
+        capped = sorted(k for k, v in thresholds.items() if v > ceilings[k])
+        thresholds = {k: min(v, ceilings[k]) for k, v in thresholds.items()}
+        details = {**details, "capped": capped}
     thresholds.update(manifest.checks.thresholds)
     return Calibration(name, thresholds, clips, about, details)
 
@@ -166,7 +183,10 @@ def gate_dataset(
             enabled = manifest.checks.enabled
             results = run_checks(clip, judge.thresholds, enabled, backend=backend, device=device)
             spread = group.attrs.get("sample_spread")
-            if spread is not None and "agreement" in enabled:
+            current = world_model and group.attrs.get("sample_spread_model") == world_model.details.get(
+                "checkpoint"
+            )
+            if spread is not None and current and "agreement" in enabled:
                 limit = judge.thresholds["agreement"]
                 results["agreement"] = CheckResult(
                     "failed" if spread > limit else "passed", float(spread), float(limit)
