@@ -33,6 +33,8 @@ def test_spread_is_the_largest_distance_from_the_samples_mean():
     apart = np.zeros((2, 5, 2, 3))
     apart[1, 4, 1, 0] = 0.02  # one object, one step, 2 cm apart: each sample 1 cm from the mean
     assert spread(apart) == pytest.approx(0.01)
+    apart[0, 4, 1] = np.nan  # a sample that does not show the object there: that step is not compared
+    assert spread(apart) == 0.0
 
 
 def test_teacher_forced_predictions_start_from_the_truth_and_repeat(world_model, seeds):

@@ -166,13 +166,15 @@ def predicted_obs(
 ) -> dict[str, np.ndarray]:
     """A rollout's T+1 model frames and raw states as dataset observations: the camera's images at the
     camera's (h, w) and the low-dimensional keys."""
+    return {**predicted_images(camera, instances, frames, size), **state_obs(states, layout)}
+
+
+def predicted_images(
+    camera: str, instances: list[int], frames: torch.Tensor, size: tuple[int, int]
+) -> dict[str, np.ndarray]:
+    """Model frames (T, C, h, w) as the camera's dataset images at its (h, w)."""
     picture = obs_from_frames(F.interpolate(frames, size=size, mode="nearest"), instances)
-    return {
-        image_key(camera, RGB): picture["rgb"],
-        image_key(camera, DEPTH): picture["depth"],
-        image_key(camera, SEG): picture["seg"],
-        **state_obs(states, layout),
-    }
+    return {image_key(camera, kind): picture[kind] for kind in (RGB, DEPTH, SEG)}
 
 
 def branch_dataset(

@@ -8,8 +8,10 @@ samples of one attempt, and the gate measured against simulator replay.
   actions. A model's blur is then judged against what the model does at its best, not against
   camera-resolution simulator frames.
 - :func:`sample_spreads`: each generated demo's executed actions rolled out again under other noise
-  seeds from the same start; the largest distance of a sample's object position from the samples' mean
-  is written as ``sample_spread`` (with the checkpoint's hash), which the gate judges as ``agreement``.
+  seeds from the same start; the largest distance of an object's centroid in one sample's frames (its
+  mask and depth, back-projected) from the samples' mean is written as ``sample_spread`` (with the
+  checkpoint's hash), which the gate judges as ``agreement``. Frames, not the predicted state: the
+  state head is deterministic given the actions, so only the frames differ between samples.
   Its threshold is calibrated on open-loop samples of whole held-out clips from their first step, the
   longest horizon any attempt has, so it errs on the side of passing shorter attempts.
 - :func:`judge_against_replay`: every generated demo replayed in the simulator from its start state;
@@ -28,7 +30,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from worldgen.checks import CHECK_NAMES, WORLD_MODEL_CEILINGS
+from worldgen.checks import CHECK_NAMES, MIN_PIXELS, WORLD_MODEL_CEILINGS, clip_statistics
 from worldgen.checks.clip import clip_from_arrays
 from worldgen.checks.gate import Calibration, GateReport, add_scores, calibration_from_scores, gate_dataset
 from worldgen.dataset import (
@@ -42,11 +44,10 @@ from worldgen.dataset import (
     read_scene,
     update_attributes,
 )
-from worldgen.envs import object_slice
-from worldgen.keys import EXECUTED_ACTIONS, OBJECT, RGB, image_key
+from worldgen.keys import DEPTH, EXECUTED_ACTIONS, RGB, SEG, image_key
 from worldgen.manifest import Manifest
 
-from .branch import WorldModelSampler, predicted_obs, state_obs
+from .branch import WorldModelSampler, predicted_images, predicted_obs
 from .data import STATE_KEYS, Episode
 from .generate import replay_generated
 
@@ -109,18 +110,27 @@ def teacher_forced(
     return torch.cat(frames), np.concatenate(states)
 
 
-def object_positions(manifest: Manifest, states: np.ndarray, layout: dict[str, int]) -> np.ndarray:
-    """(..., K, 3): each dynamic object's position in raw model states (..., S). Agreement judges the
-    world the model predicts; the end effector may come from the controller instead (``robot_state``)."""
-    obs = state_obs(states.reshape(-1, states.shape[-1]), layout)
-    dynamic = [o.name for o in manifest.task.objects if not o.static]
-    parts = [obs[OBJECT][:, object_slice(manifest, name)][:, :3] for name in dynamic]
-    return np.stack(parts, axis=1).reshape(*states.shape[:-1], len(parts), 3)
+def frame_centroids(
+    manifest: Manifest, images: dict[str, np.ndarray], scene: dict, camera: str, depth_range
+) -> np.ndarray:
+    """(T, K, 3): the world centroid of each tracked object's visible surface in a camera's dataset images
+    (T frames); NaN where fewer than MIN_PIXELS of it are visible."""
+    clip = clip_from_arrays(manifest, images, None, scene, camera, depth_range)
+    points = clip_statistics(clip)["points"]
+    ids = [o.instance for o in clip.objects]
+    counts, sums = points["counts"][:, ids], points["sums"][:, ids]
+    centroids = sums / np.maximum(counts, 1)[..., None]
+    return np.where((counts >= MIN_PIXELS)[..., None], centroids, np.nan)
 
 
 def spread(samples: np.ndarray) -> float:
-    """Largest distance of any sample's position from the samples' mean: (M, T, P, 3) -> metres."""
-    return float(np.linalg.norm(samples - samples.mean(axis=0), axis=-1).max(initial=0.0))
+    """Largest distance of a sample's position from the samples' mean, over the steps and objects every
+    sample shows: (M, T, K, 3) with NaN where not shown -> metres (0 where none is shown by all)."""
+    shown = np.isfinite(samples).all(axis=(0, 3))  # (T, K)
+    if not shown.any():
+        return 0.0
+    seen = samples[:, shown]  # (M, N, 3)
+    return float(np.linalg.norm(seen - seen.mean(axis=0), axis=-1).max())
 
 
 def _resample_seeds(noise_seed: int, samples: int) -> list[int]:
@@ -140,6 +150,7 @@ def calibrate_world_model(
     actions for the agreement threshold."""
     sampler = WorldModelSampler(ckpt, device=device)
     meta = sampler.meta
+    instances = list(meta.instances)
     scores: dict[str, list[float]] = defaultdict(list)
     with open_dataset(dataset) as f:
         manifest = dataset_manifest(f)
@@ -160,8 +171,11 @@ def calibrate_world_model(
             context, past, state = episode.history(0, meta.context_frames)
             seeds = _resample_seeds(int(demo_record(f, name).seed), samples + 1)
             actions = episode.actions[None].repeat(samples, 1, 1)
-            _, rolled = sampler.rollout(context, past, state, actions, seeds)
-            scores["agreement"].append(spread(object_positions(manifest, rolled.numpy(), _layout(group))))
+            rolled, _ = sampler.rollout(context, past, state, actions, seeds)
+            size, scene = _camera_size(group, meta.camera), read_scene(group)
+            images = [predicted_images(meta.camera, instances, r, size) for r in rolled]
+            centroids = [frame_centroids(manifest, i, scene, meta.camera, depth_range) for i in images]
+            scores["agreement"].append(spread(np.stack(centroids)))
             if progress is not None:
                 progress(name)
     about = (
@@ -195,9 +209,11 @@ def sample_spreads(
         raise ValueError("agreement needs at least 2 samples")
     sampler = WorldModelSampler(ckpt, device=device)
     meta = sampler.meta
+    camera, instances = meta.camera, list(meta.instances)
     out: dict[str, float] = {}
     with open_dataset(dataset) as f:
         manifest = dataset_manifest(f)
+        depth_range = depth_ranges(f).get(camera)
         groups: dict[tuple[str, int], list] = defaultdict(list)
         for name in demo_names(f):
             record = demo_record(f, name)
@@ -207,8 +223,9 @@ def sample_spreads(
         for (parent, step), records in groups.items():
             if parent not in f["data"]:
                 raise DatasetError(f"{dataset}: {records[0].name}'s parent {parent} is not in the dataset")
-            layout = _layout(f["data"][parent])
-            episode = Episode.load(f["data"][parent], meta.camera, list(meta.instances), meta.resolution)
+            group = f["data"][parent]
+            size, scene = _camera_size(group, camera), read_scene(group)
+            episode = Episode.load(group, camera, instances, meta.resolution)
             context, past, state = episode.history(step, meta.context_frames)
             demos = [read_demo(f["data"][r.name]) for r in records]
             executed = [d.extras.get(EXECUTED_ACTIONS, d.actions) for d in demos]
@@ -220,13 +237,14 @@ def sample_spreads(
                 for seed in _resample_seeds(record.noise_seed or 0, samples):
                     actions.append(padded)
                     seeds.append(seed)
-            _, rolled = sampler.rollout(context, past, state, torch.from_numpy(np.stack(actions)), seeds)
-            rolled = rolled.numpy().reshape(len(records), samples - 1, horizon, -1)
+            rolled, _ = sampler.rollout(context, past, state, torch.from_numpy(np.stack(actions)), seeds)
+            rolled = rolled.unflatten(0, (len(records), samples - 1))
             for i, (record, demo) in enumerate(zip(records, demos, strict=True)):
                 t = len(executed[i])
-                own = np.concatenate([demo.obs[key][1 : t + 1] for key in STATE_KEYS], axis=1)
-                trajectories = np.concatenate([own[None], rolled[i, :, :t]])
-                out[record.name] = spread(object_positions(manifest, trajectories, layout))
+                own = {image_key(camera, k): demo.obs[image_key(camera, k)][1 : t + 1] for k in (DEPTH, SEG)}
+                runs = [own] + [predicted_images(camera, instances, r[:t], size) for r in rolled[i]]
+                centroids = [frame_centroids(manifest, images, scene, camera, depth_range) for images in runs]
+                out[record.name] = spread(np.stack(centroids))
             done += len(records)
             if progress is not None:
                 progress(done, sum(len(r) for r in groups.values()))
