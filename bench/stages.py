@@ -4,6 +4,7 @@ checks experiments stand on (the same files, so one prepared folder serves both)
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -32,6 +33,17 @@ class Stages:
         self.path.write_text(json.dumps(self.stats, indent=2) + "\n")
         say(f"{name}: { {k: v for k, v in self.stats[name].items() if k != 'per_demo'} }")
         return self.stats[name]
+
+
+def add_preparation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of :func:`prepare_world_model`, the same in every experiment that calls it."""
+    parser.add_argument("--scenario", default="push_to_target")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--tag", default="", help="suffix of the results files")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--play", type=int, default=2, help="play rollouts per seed demo (0-2)")
+    parser.add_argument("--wm-steps", type=int, help="world-model steps (default: the manifest's)")
+    parser.add_argument("--wm-time-limit", type=float, default=60.0, help="minutes per call")
 
 
 def prepare_world_model(

@@ -35,7 +35,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from stages import Stages, prepare_world_model, say  # bench/stages.py, beside this script
+from stages import (  # bench/stages.py, beside this script
+    Stages,
+    add_preparation_arguments,
+    prepare_world_model,
+    say,
+)
 from worldgen import plots
 from worldgen.dataset import demo_record, open_dataset
 
@@ -187,13 +192,7 @@ def run_cell(task: tuple) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenario", default="push_to_target")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--tag", default="", help="suffix of the results files")
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--play", type=int, default=2, help="play rollouts per seed demo (0-2)")
-    parser.add_argument("--wm-steps", type=int, help="world-model steps (default: the manifest's)")
-    parser.add_argument("--wm-time-limit", type=float, default=60.0, help="minutes per call")
+    add_preparation_arguments(parser)
     parser.add_argument("--recover-per-seed", type=int, default=4)
     parser.add_argument("--recover-starts", type=int, nargs="+", default=[0])
     parser.add_argument("--recover-noise", type=float, default=0.1)

@@ -31,7 +31,7 @@ import platform
 import shutil
 from pathlib import Path
 
-from stages import Stages, prepare_world_model, say
+from stages import Stages, add_preparation_arguments, prepare_world_model, say
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -64,13 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--scenario", default="push_to_target")
-    parser.add_argument("--tag", default="", help="suffix of the results files")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--play", type=int, default=2)
-    parser.add_argument("--wm-steps", type=int)
-    parser.add_argument("--wm-time-limit", type=float, default=60.0, help="minutes per call")
+    add_preparation_arguments(parser)
     parser.add_argument("--per-seed", type=int, default=4)
     parser.add_argument("--starts", type=int, nargs="+", default=[0, 15, 30, 45, 60])
     parser.add_argument("--noise", type=float, default=0.1)

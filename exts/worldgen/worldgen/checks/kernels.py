@@ -140,38 +140,6 @@ def pixel_counts_kernel(
         count_boundary_edges(seg, depth, is_tracked, edge_step, t, v, u, boundary, edged)
 
 
-@wp.func
-def add_object_point(
-    seg: wp.array3d(dtype=wp.uint8),
-    depth: wp.array3d(dtype=wp.float32),
-    is_tracked: wp.array(dtype=wp.int32),
-    fx: wp.float32,
-    fy: wp.float32,
-    rotation: wp.mat33,
-    position: wp.vec3,
-    t: int,
-    v: int,
-    u: int,
-    sums: wp.array2d(dtype=wp.vec3d),
-    counts: wp.array2d(dtype=wp.int32),
-    z_max_um: wp.array2d(dtype=wp.int32),
-    z_min_um: wp.array2d(dtype=wp.int32),
-):
-    """Back-project one pixel of a tracked object and add it to its instance's sums and z extent."""
-    i = int(seg[t, v, u])
-    d = depth[t, v, u]
-    if d <= 0.0 or is_tracked[i] == 0:
-        return
-    x = (float(u) + 0.5 - float(seg.shape[2]) * 0.5) / fx * d
-    y = -(float(v) + 0.5 - float(seg.shape[1]) * 0.5) / fy * d
-    p = rotation * wp.vec3(x, y, -d) + position
-    wp.atomic_add(sums, t, i, wp.vec3d(wp.float64(p[0]), wp.float64(p[1]), wp.float64(p[2])))
-    wp.atomic_add(counts, t, i, 1)
-    z_um = int(wp.round(p[2] * 1.0e6))
-    wp.atomic_max(z_max_um, t, i, z_um)
-    wp.atomic_min(z_min_um, t, i, z_um)
-
-
 @wp.kernel
 def object_points_kernel(
     seg: wp.array3d(dtype=wp.uint8),
@@ -186,74 +154,25 @@ def object_points_kernel(
     z_max_um: wp.array2d(dtype=wp.int32),
     z_min_um: wp.array2d(dtype=wp.int32),
 ):
-    """Back-project tracked objects' pixels to the world, one image row per thread; accumulate centroid
+    """Back-project tracked objects' pixels to the world (one image row per thread); accumulate centroid
     sums and z extent.
 
     The extent is kept in integer micrometres: integer atomics are exact under Warp's multi-threaded
     CPU launches, where a float max/min could lose an update."""
     t, v = wp.tid()
     for u in range(seg.shape[2]):
-        add_object_point(
-            seg, depth, is_tracked, fx, fy, rotation, position, t, v, u, sums, counts, z_max_um, z_min_um
-        )
-
-
-@wp.func
-def add_state_distances(
-    seg: wp.array3d(dtype=wp.uint8),
-    depth: wp.array3d(dtype=wp.float32),
-    robot_id: int,
-    slot: wp.array(dtype=wp.int32),
-    fx: wp.float32,
-    fy: wp.float32,
-    rotation: wp.mat33,
-    position: wp.vec3,
-    eef: wp.array(dtype=wp.vec3),
-    centres: wp.array2d(dtype=wp.vec3),
-    radius: wp.array(dtype=wp.float32),
-    lag: int,
-    depth_tol: wp.float32,
-    t: int,
-    v: int,
-    u: int,
-    robot_pixels: wp.array(dtype=wp.int32),
-    robot_changed: wp.array(dtype=wp.int32),
-    robot_to_eef_um: wp.array(dtype=wp.int32),
-    robot_to_object_um: wp.array2d(dtype=wp.int32),
-    object_pixels: wp.array2d(dtype=wp.int32),
-    object_outside: wp.array2d(dtype=wp.int32),
-):
-    """Where the frames put the robot and the objects, against where the state says they are.
-
-    A robot pixel's surface point updates the frame's nearest distance to the state's end effector and
-    to each object's state centre (integer micrometres: exact under threaded CPU atomics); a pixel of
-    tracked object k counts as outside when its point lies beyond ``radius[k]`` of the state's centre; a
-    pixel that shows the robot in frame t or t - ``lag`` but not both, or its depth changed by more than
-    ``depth_tol``, counts as changed robot."""
-    d = depth[t, v, u]
-    i = int(seg[t, v, u])
-    if t >= lag:
-        was = int(seg[t - lag, v, u]) == robot_id
-        now = i == robot_id
-        if was != now or (now and wp.abs(d - depth[t - lag, v, u]) > depth_tol):
-            wp.atomic_add(robot_changed, t, 1)
-    if d <= 0.0:
-        return
-    k = slot[i]
-    if i != robot_id and k < 0:
-        return
-    x = (float(u) + 0.5 - float(seg.shape[2]) * 0.5) / fx * d
-    y = -(float(v) + 0.5 - float(seg.shape[1]) * 0.5) / fy * d
-    p = rotation * wp.vec3(x, y, -d) + position
-    if i == robot_id:
-        wp.atomic_add(robot_pixels, t, 1)
-        wp.atomic_min(robot_to_eef_um, t, int(wp.round(wp.length(p - eef[t]) * 1.0e6)))
-        for j in range(centres.shape[1]):
-            wp.atomic_min(robot_to_object_um, t, j, int(wp.round(wp.length(p - centres[t, j]) * 1.0e6)))
-    else:
-        wp.atomic_add(object_pixels, t, k, 1)
-        if wp.length(p - centres[t, k]) > radius[k]:
-            wp.atomic_add(object_outside, t, k, 1)
+        i = int(seg[t, v, u])
+        d = depth[t, v, u]
+        if d <= 0.0 or is_tracked[i] == 0:
+            continue
+        x = (float(u) + 0.5 - float(seg.shape[2]) * 0.5) / fx * d
+        y = -(float(v) + 0.5 - float(seg.shape[1]) * 0.5) / fy * d
+        p = rotation * wp.vec3(x, y, -d) + position
+        wp.atomic_add(sums, t, i, wp.vec3d(wp.float64(p[0]), wp.float64(p[1]), wp.float64(p[2])))
+        wp.atomic_add(counts, t, i, 1)
+        z_um = int(wp.round(p[2] * 1.0e6))
+        wp.atomic_max(z_max_um, t, i, z_um)
+        wp.atomic_min(z_min_um, t, i, z_um)
 
 
 @wp.kernel
@@ -278,33 +197,39 @@ def state_distances_kernel(
     object_pixels: wp.array2d(dtype=wp.int32),
     object_outside: wp.array2d(dtype=wp.int32),
 ):
-    """:func:`add_state_distances` over one image row per thread."""
+    """Where the frames put the robot and the objects, against where the state says they are (one image
+    row per thread).
+
+    A robot pixel's surface point updates the frame's nearest distance to the state's end effector and
+    to each object's state centre (integer micrometres: exact under threaded CPU atomics); a pixel of
+    tracked object k counts as outside when its point lies beyond ``radius[k]`` of the state's centre; a
+    pixel that shows the robot in frame t or t - ``lag`` but not both, or its depth changed by more than
+    ``depth_tol``, counts as changed robot."""
     t, v = wp.tid()
     for u in range(seg.shape[2]):
-        add_state_distances(
-            seg,
-            depth,
-            robot_id,
-            slot,
-            fx,
-            fy,
-            rotation,
-            position,
-            eef,
-            centres,
-            radius,
-            lag,
-            depth_tol,
-            t,
-            v,
-            u,
-            robot_pixels,
-            robot_changed,
-            robot_to_eef_um,
-            robot_to_object_um,
-            object_pixels,
-            object_outside,
-        )
+        d = depth[t, v, u]
+        i = int(seg[t, v, u])
+        if t >= lag:
+            was = int(seg[t - lag, v, u]) == robot_id
+            now = i == robot_id
+            if was != now or (now and wp.abs(d - depth[t - lag, v, u]) > depth_tol):
+                wp.atomic_add(robot_changed, t, 1)
+        k = slot[i]
+        if d <= 0.0 or (i != robot_id and k < 0):
+            continue
+        x = (float(u) + 0.5 - float(seg.shape[2]) * 0.5) / fx * d
+        y = -(float(v) + 0.5 - float(seg.shape[1]) * 0.5) / fy * d
+        p = rotation * wp.vec3(x, y, -d) + position
+        if i == robot_id:
+            wp.atomic_add(robot_pixels, t, 1)
+            wp.atomic_min(robot_to_eef_um, t, int(wp.round(wp.length(p - eef[t]) * 1.0e6)))
+            for j in range(centres.shape[1]):
+                to_object = int(wp.round(wp.length(p - centres[t, j]) * 1.0e6))
+                wp.atomic_min(robot_to_object_um, t, j, to_object)
+        else:
+            wp.atomic_add(object_pixels, t, k, 1)
+            if wp.length(p - centres[t, k]) > radius[k]:
+                wp.atomic_add(object_outside, t, k, 1)
 
 
 @wp.func
