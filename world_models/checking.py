@@ -74,7 +74,8 @@ def _clip(sampler, manifest, group, frames, states, depth_range):
         _layout(group),
         _camera_size(group, camera),
     )
-    return clip_from_arrays(manifest, obs, group["actions"][()], read_scene(group), camera, depth_range)
+    actions = group[EXECUTED_ACTIONS] if EXECUTED_ACTIONS in group else group["actions"]
+    return clip_from_arrays(manifest, obs, actions[()], read_scene(group), camera, depth_range)
 
 
 @torch.no_grad()

@@ -222,7 +222,7 @@ class DemoRecord:
     check_passed: bool | None = None  # None until worldgen check has judged it
     labeler: str | None = None  # recover: "expert" or "parent" (whose corrective actions are the labels)
     action_noise: float | None = None  # std of the noise on the executed actions (play, recover)
-    sample_spread: float | None = None  # m: how far other samples of the same attempt stray from it
+    sample_spread: float | None = None  # m: an object's farthest centroid from the mean of several samples
     replay_faithful: bool | None = None  # its simulator replay stayed within tolerance of its prediction
 
     @classmethod
