@@ -704,7 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--samples",
         type=_count_arg,
         default=3,
-        help="--world-model: samples per attempt for the agreement check (default 3; 1 turns it off)",
+        help="--world-model: samples per attempt for the agreement check (default 3; 1: take none)",
     )
     p.add_argument(
         "--against-replay",
