@@ -34,7 +34,7 @@ from worldgen.keys import DEPTH, RGB, SEG, image_key
 from worldgen.manifest import rng_for
 
 from .checkpoint import WORLD_MODELS, checkpoint_hash, read_checkpoint_meta
-from .data import STATE_KEYS, Episode, frame_channels, obs_from_frames
+from .data import STATE_KEYS, Episode, camera_size, frame_channels, obs_from_frames, state_layout
 from .latents import WanFrameCodec
 from .objectives import objective_from_config
 
@@ -209,8 +209,8 @@ def branch_dataset(
             if name not in writer.demos:
                 writer.append(read_demo(f["data"][name]), name)
         done = {(r.parent, r.branch_step) for r in writer.records() if r.source == "world_model"}
-        layout = {key: f["data"][seed_names[0]]["obs"][key].shape[1] for key in STATE_KEYS}
-        w, h = f["data"][seed_names[0]]["obs"][image_key(camera, RGB)].shape[2:0:-1]
+        layout = state_layout(f["data"][seed_names[0]])
+        h, w = camera_size(f["data"][seed_names[0]], camera)
         for name in seed_names:
             g, record = f["data"][name], demo_record(f, name)
             if not record.success:

@@ -27,10 +27,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
-from worldgen.checks import CHECK_NAMES, MIN_PIXELS, WORLD_MODEL_CEILINGS, clip_statistics
+from worldgen.checks import CHECK_NAMES, MIN_PIXELS, WORLD_MODEL_CEILINGS, kernels
 from worldgen.checks.clip import clip_from_arrays
 from worldgen.checks.gate import Calibration, GateReport, add_scores, calibration_from_scores, gate_dataset
 from worldgen.dataset import (
@@ -44,23 +43,15 @@ from worldgen.dataset import (
     read_scene,
     update_attributes,
 )
-from worldgen.keys import DEPTH, EXECUTED_ACTIONS, RGB, SEG, image_key
+from worldgen.keys import DEPTH, EXECUTED_ACTIONS, SEG, image_key
 from worldgen.manifest import Manifest
 
 from .branch import WorldModelSampler, predicted_images, predicted_obs
-from .data import STATE_KEYS, Episode
+from .data import Episode, camera_size, state_layout
 from .generate import replay_generated
 
 REPLAY_TOLERANCE = 0.02  # m: a replay this close to the prediction everywhere makes the demo faithful
 TEACHER_FORCED_BATCH = 32  # one-step predictions per model call
-
-
-def _layout(group: h5py.Group) -> dict[str, int]:
-    return {key: int(group["obs"][key].shape[1]) for key in STATE_KEYS}
-
-
-def _camera_size(group: h5py.Group, camera: str) -> tuple[int, int]:
-    return tuple(group["obs"][image_key(camera, RGB)].shape[1:3])
 
 
 def _clip(sampler, manifest, group, frames, states, depth_range):
@@ -71,8 +62,8 @@ def _clip(sampler, manifest, group, frames, states, depth_range):
         list(sampler.meta.instances),
         frames,
         np.asarray(states),
-        _layout(group),
-        _camera_size(group, camera),
+        state_layout(group),
+        camera_size(group, camera),
     )
     actions = group[EXECUTED_ACTIONS] if EXECUTED_ACTIONS in group else group["actions"]
     return clip_from_arrays(manifest, obs, actions[()], read_scene(group), camera, depth_range)
@@ -117,8 +108,10 @@ def frame_centroids(
     """(T, K, 3): the world centroid of each tracked object's visible surface in a camera's dataset images
     (T frames); NaN where fewer than MIN_PIXELS of it are visible."""
     clip = clip_from_arrays(manifest, images, None, scene, camera, depth_range)
-    points = clip_statistics(clip)["points"]
     ids = [o.instance for o in clip.objects]
+    tracked = np.zeros(256, np.int32)
+    tracked[ids] = 1
+    points = kernels.object_points(clip.seg, clip.depth, tracked, clip.camera)  # only what is needed
     counts, sums = points["counts"][:, ids], points["sums"][:, ids]
     centroids = sums / np.maximum(counts, 1)[..., None]
     return np.where((counts >= MIN_PIXELS)[..., None], centroids, np.nan)
@@ -160,20 +153,20 @@ def calibrate_world_model(
             raise DatasetError(f"{dataset}: mask {mask!r} holds no simulator demos to calibrate on")
         depth_range = depth_ranges(f).get(meta.camera)
         for name in names:
-            group = f["data"][name]
-            episode = Episode.load(group, meta.camera, list(meta.instances), meta.resolution)
+            group, seed = f["data"][name], int(demo_record(f, name).seed)
+            episode = Episode.load(group, meta.camera, instances, meta.resolution)
             states = episode.states.numpy()
             add_scores(
                 scores,
                 _clip(sampler, manifest, group, pipeline_frames(sampler, episode), states, depth_range),
             )
-            frames, predicted = teacher_forced(sampler, episode, int(demo_record(f, name).seed))
+            frames, predicted = teacher_forced(sampler, episode, seed)
             add_scores(scores, _clip(sampler, manifest, group, frames, predicted, depth_range))
             context, past, state = episode.history(0, meta.context_frames)
-            seeds = _resample_seeds(int(demo_record(f, name).seed), samples + 1)
+            seeds = _resample_seeds(seed, samples + 1)
             actions = episode.actions[None].repeat(samples, 1, 1)
             rolled, _ = sampler.rollout(context, past, state, actions, seeds)
-            size, scene = _camera_size(group, meta.camera), read_scene(group)
+            size, scene = camera_size(group, meta.camera), read_scene(group)
             images = [predicted_images(meta.camera, instances, r, size) for r in rolled]
             centroids = [frame_centroids(manifest, i, scene, meta.camera, depth_range) for i in images]
             scores["agreement"].append(spread(np.stack(centroids)))
@@ -225,7 +218,7 @@ def sample_spreads(
             if parent not in f["data"]:
                 raise DatasetError(f"{dataset}: {records[0].name}'s parent {parent} is not in the dataset")
             group = f["data"][parent]
-            size, scene = _camera_size(group, camera), read_scene(group)
+            size, scene = camera_size(group, camera), read_scene(group)
             episode = Episode.load(group, camera, instances, meta.resolution)
             context, past, state = episode.history(step, meta.context_frames)
             demos = [read_demo(f["data"][r.name]) for r in records]
@@ -286,7 +279,6 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
 def judge_against_replay(dataset: str | Path, envs: int = 1, tolerance: float = REPLAY_TOLERANCE) -> dict:
     """Replay every checked world-model demo in the simulator, label it faithful or not (written into the
     dataset as ``replay_faithful`` with its errors), and measure the gate against that label."""
-
     with open_dataset(dataset) as f:
         records = [demo_record(f, n) for n in demo_names(f)]
         records = [r for r in records if r.source == "world_model" and r.check_passed is not None]
@@ -322,7 +314,7 @@ def gate_against_replay(dataset: str | Path) -> dict:
         tolerance = float(f["data"].attrs["replay_tolerance"])
     faithful = np.array([bool(r.replay_faithful) for r in records])
     passed = np.array([bool(r.check_passed) for r in records])
-    result = gate_against_label(records, scores, passed, faithful, tolerance)
+    result = gate_against_label([r.name for r in records], scores, passed, faithful, tolerance)
     # What acceptance (the world model's predicted success, then the gate) keeps, against replay success.
     predicted = np.array([r.success for r in records])
     result["acceptance"] = {
@@ -341,16 +333,16 @@ def _share(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def gate_against_label(
-    records, scores: dict[str, dict], passed: np.ndarray, faithful: np.ndarray, tolerance: float
+    names: list[str], scores: dict[str, dict], passed: np.ndarray, faithful: np.ndarray, tolerance: float
 ) -> dict:
-    """How the gate and each check separate faithful from unfaithful demos."""
+    """How the gate and each check separate faithful from unfaithful demos (``names`` in the order of the
+    label arrays; ``scores`` their ``check_scores``)."""
     unfaithful = ~faithful
 
     def ratio(name: str, check: str) -> float:
         s = scores[name].get(check)
         return 0.0 if not s or s.get("score") is None else float(s["score"]) / float(s["threshold"])
 
-    names = [r.name for r in records]
     worst = np.array([max([ratio(n, c) for c in CHECK_NAMES] + [0.0]) for n in names])
     checks = {}
     for check in CHECK_NAMES:

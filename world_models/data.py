@@ -14,11 +14,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from worldgen.dataset import DatasetError, dataset_digest, demo_names, open_dataset, read_obs
-from worldgen.keys import EEF_POS, GRIPPER_QPOS, IMAGE_KINDS, image_key
+from worldgen.keys import EEF_POS, GRIPPER_QPOS, IMAGE_KINDS, RGB, image_key
 
 from .latents import WanFrameCodec
 
 STATE_KEYS = (EEF_POS, GRIPPER_QPOS, "object")
+
+
+def state_layout(group: h5py.Group) -> dict[str, int]:
+    """How many columns each of STATE_KEYS has in a demo's observations (the model's state layout)."""
+    return {key: int(group["obs"][key].shape[1]) for key in STATE_KEYS}
+
+
+def camera_size(group: h5py.Group, camera: str) -> tuple[int, int]:
+    """(height, width) of a demo's images from ``camera``."""
+    return tuple(group["obs"][image_key(camera, RGB)].shape[1:3])
 
 
 def frame_channels(instances: list[int]) -> int:

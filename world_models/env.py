@@ -23,7 +23,7 @@ from worldgen.keys import DEPTH, GRIPPER_QPOS, RGB, SEG, image_key
 from worldgen.manifest import rng_for
 
 from .branch import WorldModelSampler, state_obs
-from .data import STATE_KEYS, Episode, obs_from_frames
+from .data import Episode, obs_from_frames, state_layout
 
 
 class WorldModelEnv(gym.Env):
@@ -47,7 +47,7 @@ class WorldModelEnv(gym.Env):
             if not names:
                 raise DatasetError(f"{dataset}: mask {mask!r} holds no demos to start from")
             groups = [f["data"][n] for n in names]
-            self.layout = {key: int(groups[0]["obs"][key].shape[1]) for key in STATE_KEYS}
+            self.layout = state_layout(groups[0])
             self.starts = [
                 Episode.load(g, self.camera, self.instances, meta.resolution).history(0, self.k)
                 for g in groups

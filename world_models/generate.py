@@ -42,12 +42,12 @@ from worldgen.dataset import (
 from worldgen.envs import OBJECT_FEATURES, WorldgenEnv, object_slice, predicate_steps, success_step
 from worldgen.experts import WaypointExpert, make_expert, object_poses, poses_from_object_obs
 from worldgen.geometry import axis_angle_from_rotation
-from worldgen.keys import EEF_POS, EXECUTED_ACTIONS, GRIPPER_QPOS, RGB, image_key
+from worldgen.keys import EEF_POS, EXECUTED_ACTIONS, GRIPPER_QPOS
 from worldgen.manifest import Manifest, rng_for
 from worldgen.pipeline import record_episode
 
 from .branch import WorldModelSampler, noise_seed, predicted_obs, state_obs
-from .data import STATE_KEYS, Episode
+from .data import Episode, camera_size, state_layout
 
 
 @dataclass(frozen=True)
@@ -226,9 +226,8 @@ def recover_in_world_model(
         episodes = {
             p.name: Episode.load(f["data"][p.name], camera, instances, meta.resolution) for p in parents
         }
-        first = f["data"][parents[0].name]["obs"]
-        layout = {key: int(first[key].shape[1]) for key in STATE_KEYS}
-        cam_hw = first[image_key(camera, RGB)].shape[1:3]
+        layout = state_layout(f["data"][parents[0].name])
+        cam_hw = camera_size(f["data"][parents[0].name], camera)
     offset = tracking_offset(manifest, parents) if spec.robot_state == "controller" else None
     done, counts = _done(writer, spec), {"attempts": 0, "accepted": 0}
     for parent in parents:

@@ -399,6 +399,8 @@ def clip_scores(clip: Clip, stats: dict[str, dict]) -> dict[str, Score]:
             out.update(scorer(clip, stats))
     if clip.eef is not None and clip.actions is not None and clip.max_translation > 0:
         out.update(_robot_action(clip))  # needs no image: a moving camera's clip has it too
+    if clip.sample_spread is not None:  # one number per attempt: no frame of its own to flag
+        out["agreement"] = (clip.sample_spread, np.zeros(clip.frames))
     return out
 
 

@@ -77,6 +77,7 @@ class Clip:
     object_positions: np.ndarray | None = None  # (T, K, 3) position of each of ``objects``, world
     actions: np.ndarray | None = None  # (T-1, A) the actions executed between consecutive frames
     max_translation: float = 0.0  # metres per step at |a| = 1 of actions[:, :3]; 0: not end-effector deltas
+    sample_spread: float | None = None  # m: how far samples of the same attempt disagree (agreement)
 
     @property
     def frames(self) -> int:
@@ -111,7 +112,10 @@ def clip_from_demo(group, manifest: Manifest, camera: str | None = None, depth_r
     obs = {key: group["obs"][key][()] for key in keys if key in group["obs"]}
     actions = group[EXECUTED_ACTIONS] if EXECUTED_ACTIONS in group else group.get("actions")
     actions = None if actions is None else actions[()]
-    return clip_from_arrays(manifest, obs, actions, read_scene(group), camera, depth_range)
+    clip = clip_from_arrays(manifest, obs, actions, read_scene(group), camera, depth_range)
+    spread = group.attrs.get("sample_spread")
+    clip.sample_spread = None if spread is None else float(spread)
+    return clip
 
 
 def clip_from_arrays(

@@ -32,7 +32,6 @@ from ..errors import ArgumentError
 from ..manifest import Manifest
 from . import (
     CHECK_NAMES,
-    CheckResult,
     clip_from_demo,
     clip_scores,
     clip_statistics,
@@ -91,14 +90,18 @@ def add_scores(scores: dict[str, list[float]], clip) -> None:
 
 @dataclass
 class GateReport:
-    thresholds: dict[str, float]  # the simulator calibration's
     camera: str
-    calibrations: dict[str, Calibration] = field(default_factory=dict)
+    calibrations: dict[str, Calibration]  # "simulator", and "world_model" when one was given
     checked: int = 0
     passed: int = 0
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # check -> verdict -> demos
     heatmap: np.ndarray | None = None  # (H, W) violations per pixel
     demos: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The simulator calibration's thresholds."""
+        return self.calibrations["simulator"].thresholds
 
     def table(self) -> str:
         model = self.calibrations.get("world_model")
@@ -175,22 +178,17 @@ def gate_dataset(
         simulator = calibrate(f, manifest, calibrate_mask, cam)
         calibrations = {"simulator": simulator, **({"world_model": world_model} if world_model else {})}
         ranges = depth_ranges(f)
-        report = GateReport(thresholds=simulator.thresholds, camera=cam, calibrations=calibrations)
+        report = GateReport(camera=cam, calibrations=calibrations)
         for name in demo_names(f, mask):
             group, record = f["data"][name], demo_record(f, name)
             judge = world_model if world_model and record.source == "world_model" else simulator
             clip = clip_from_demo(group, manifest, cam, ranges.get(cam))
-            enabled = manifest.checks.enabled
-            results = run_checks(clip, judge.thresholds, enabled, backend=backend, device=device)
-            spread = group.attrs.get("sample_spread")
-            current = world_model and group.attrs.get("sample_spread_model") == world_model.details.get(
-                "checkpoint"
+            checkpoint = world_model.details.get("checkpoint") if world_model else None
+            if checkpoint is None or group.attrs.get("sample_spread_model") != checkpoint:
+                clip.sample_spread = None  # measured with another model, or no model judges it
+            results = run_checks(
+                clip, judge.thresholds, manifest.checks.enabled, backend=backend, device=device
             )
-            if spread is not None and current and "agreement" in enabled:
-                limit = judge.thresholds["agreement"]
-                results["agreement"] = CheckResult(
-                    "failed" if spread > limit else "passed", float(spread), float(limit)
-                )
             verdicts = {k: r.verdict for k, r in results.items()}
             ok = "failed" not in verdicts.values() and "passed" in verdicts.values()
             report.demos[name] = {
