@@ -112,6 +112,24 @@ def count_boundary_edges(
                     wp.atomic_add(edged, t, i, 1)
 
 
+@wp.func
+def world_point(
+    u: int,
+    v: int,
+    d: float,
+    width: int,
+    height: int,
+    fx: float,
+    fy: float,
+    rotation: wp.mat33,
+    position: wp.vec3,
+) -> wp.vec3:
+    """The world point pixel (u, v) shows at optical depth ``d`` (``PinholeCamera.unproject``)."""
+    x = (float(u) + 0.5 - float(width) * 0.5) / fx * d
+    y = -(float(v) + 0.5 - float(height) * 0.5) / fy * d
+    return rotation * wp.vec3(x, y, -d) + position
+
+
 @wp.kernel
 def pixel_counts_kernel(
     seg: wp.array3d(dtype=wp.uint8),
@@ -166,9 +184,7 @@ def object_points_kernel(
         d = depth[t, v, u]
         if d <= 0.0 or is_tracked[i] == 0:
             continue
-        x = (float(u) + 0.5 - float(seg.shape[2]) * 0.5) / fx * d
-        y = -(float(v) + 0.5 - float(seg.shape[1]) * 0.5) / fy * d
-        p = rotation * wp.vec3(x, y, -d) + position
+        p = world_point(u, v, d, seg.shape[2], seg.shape[1], fx, fy, rotation, position)
         wp.atomic_add(sums, t, i, wp.vec3d(wp.float64(p[0]), wp.float64(p[1]), wp.float64(p[2])))
         wp.atomic_add(counts, t, i, 1)
         z_um = int(wp.round(p[2] * 1.0e6))
@@ -218,9 +234,7 @@ def state_distances_kernel(
         k = slot[i]
         if d <= 0.0 or (i != robot_id and k < 0):
             continue
-        x = (float(u) + 0.5 - float(seg.shape[2]) * 0.5) / fx * d
-        y = -(float(v) + 0.5 - float(seg.shape[1]) * 0.5) / fy * d
-        p = rotation * wp.vec3(x, y, -d) + position
+        p = world_point(u, v, d, seg.shape[2], seg.shape[1], fx, fy, rotation, position)
         if i == robot_id:
             wp.atomic_add(robot_pixels, t, 1)
             wp.atomic_min(robot_to_eef_um, t, int(wp.round(wp.length(p - eef[t]) * 1.0e6)))
