@@ -16,6 +16,7 @@ from worldgen.dataset import DatasetError, dataset_manifest, open_dataset
 from worldgen.errors import ArgumentError
 from worldgen.keys import EEF_POS, GRIPPER_QPOS, RGB, image_key
 from worldgen.manifest import BC_ALGORITHMS, Manifest
+from worldgen.training_log import TrainingLog
 
 from .bc import BCConfig, BCPolicy
 from .datasets import PolicyDataset
@@ -65,15 +66,23 @@ def train_bc(
     mask: str | None = "train",
     demos: list[str] | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    manifest: Manifest | None = None,
+    log_dir: str | Path | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Train a behaviour-cloning policy on the demos of ``mask`` (and/or ``demos``); write ``out``."""
+    """Train a behaviour-cloning policy on the demos of ``mask`` (and/or ``demos``); write ``out``.
+    ``manifest``: the one to train for (its policy section), when not the dataset's own; it must describe
+    the scene the demos were recorded in. ``log_dir``: TensorBoard event files (loss, learning rate)."""
     if algo not in BC_POLICIES:
         raise ArgumentError(f"algo {algo!r}: expected one of {list(BC_ALGORITHMS)}")
     dataset, out = Path(dataset), Path(out)
     with open_dataset(dataset) as f:
-        manifest = dataset_manifest(f)
+        recorded = dataset_manifest(f)
         has_valid = "mask/valid" in f and mask == "train" and demos is None
+    if manifest is None:
+        manifest = recorded
+    elif manifest.scene_hash() != recorded.scene_hash():
+        raise DatasetError(f"{dataset}: recorded for another scene than manifest {manifest.name!r} describes")
     config = default_config(algo, manifest, **overrides)
     data = PolicyDataset(
         dataset, config.obs_keys, config.image_keys, config.n_obs_steps, config.horizon, mask, demos
@@ -96,6 +105,7 @@ def train_bc(
     generator = torch.Generator().manual_seed(config.seed)
     policy.train()
     started, losses = time.perf_counter(), []
+    log = TrainingLog(log_dir)
     for step in range(1, config.steps + 1):
         loss = policy.compute_loss(data.sample(config.batch_size, generator))
         optimizer.zero_grad(set_to_none=True)
@@ -104,8 +114,20 @@ def train_bc(
         optimizer.step()
         lr_schedule.step()
         losses.append(loss.item())
-        if progress is not None and (step % 50 == 0 or step == config.steps):
-            progress(step, config.steps, float(np.mean(losses[-50:])))
+        if step % 50 == 0 or step == config.steps:
+            mean_loss = float(np.mean(losses[-50:]))
+            rate = step * config.batch_size / (time.perf_counter() - started)
+            log.scalars(
+                step,
+                {
+                    "train/loss": mean_loss,
+                    "train/lr": lr_schedule.get_last_lr()[0],
+                    "train/samples_per_s": rate,
+                },
+            )
+            if progress is not None:
+                progress(step, config.steps, mean_loss)
+    log.close()
     meta: dict[str, Any] = {
         "algo": algo,
         "dataset": str(dataset.resolve()),

@@ -23,6 +23,7 @@ from worldgen.errors import ArgumentError, CheckpointError
 from worldgen.files import recover_folder, staging_folder, swap_in_folder, write_atomically
 from worldgen.manifest import Manifest
 from worldgen.sim.base import ROBOT
+from worldgen.training_log import TrainingLog
 
 from .checkpoint import (
     META_NAME,
@@ -225,7 +226,8 @@ class TrainingConfig:
     action/state conditioning in full; the saved ``model/`` has the adapters merged, so it loads as a
     plain model. ``mixed_precision="bf16"`` runs forward passes under bfloat16 autocast;
     ``gradient_checkpointing`` recomputes U-Net activations in the backward pass. ``device``: where the
-    model trains ("cuda" on a GPU); the data is held and batches and noise are drawn there."""
+    model trains ("cuda" on a GPU); the data is held and batches and noise are drawn there. ``log_dir``:
+    TensorBoard event files of the run."""
 
     steps: int | None = None
     batch_size: int | None = None
@@ -238,6 +240,7 @@ class TrainingConfig:
     gradient_checkpointing: bool = False
     device: str = "cpu"
     time_limit: float | None = None
+    log_dir: str | Path | None = None  # TensorBoard event files: losses, learning rate, samples/s, validation
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in ("no", "bf16"):
@@ -393,13 +396,17 @@ def train_world_model(
     # Batches and noise are drawn on the training device: the same seed gives the same run on the same
     # machine and device (CPU and GPU runs draw different numbers).
     train.to(device)
-    generator = torch.Generator(device).manual_seed(config.seed * 1_000_003 + start)
+    generator = torch.Generator(device)
     val_generator = torch.Generator().manual_seed(12345)
     val_batch = valid.batch(min(64, len(valid.index)), val_generator)
     model.train()
     started = time.perf_counter()
     done, out_of_time = start, False
+    log = TrainingLog(config.log_dir)
     for step in range(start, steps):
+        # Reseeded where a checkpoint can be: a run killed and resumed draws what an uninterrupted one does.
+        if step == start or step % config.checkpoint_every == 0:
+            generator.manual_seed(config.seed * 1_000_003 + step)
         batch = train.batch(batch_size, generator)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16"):
             frame_loss, state_loss = world_model_loss(model, objective, batch, generator, norm)
@@ -411,9 +418,14 @@ def train_world_model(
         ema.step(model.parameters())
         done = step + 1
         # Reading the loss waits for the device: every step, that would serialise a GPU run.
-        if progress is not None and (done % PROGRESS_EVERY == 0 or done == steps):
+        if done % PROGRESS_EVERY == 0 or done == steps:
             rate = (done - start) * batch_size / (time.perf_counter() - started)
-            progress(done, frame_loss.item(), state_loss.item(), rate)
+            losses = {"train/frame_loss": frame_loss.item(), "train/state_loss": state_loss.item()}
+            log.scalars(
+                done, {**losses, "train/lr": lr_schedule.get_last_lr()[0], "train/samples_per_s": rate}
+            )
+            if progress is not None:
+                progress(done, losses["train/frame_loss"], losses["train/state_loss"], rate)
         out_of_time = config.time_limit is not None and time.perf_counter() - started >= config.time_limit
         if done % config.checkpoint_every == 0 or done == steps or out_of_time:
             with torch.no_grad():
@@ -423,6 +435,7 @@ def train_world_model(
                 )
                 model.train()
             history.append({"step": done, "frame_loss": float(v_frame), "state_loss": float(v_state)})
+            log.scalars(done, {"valid/frame_loss": float(v_frame), "valid/state_loss": float(v_state)})
             save_checkpoint(
                 out,
                 model,
@@ -440,4 +453,5 @@ def train_world_model(
             )
         if out_of_time:
             break
+    log.close()
     return {"step": done, "validation": history, "out": str(out), "stopped_early": out_of_time}

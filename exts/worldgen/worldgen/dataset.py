@@ -42,7 +42,7 @@ import numpy as np
 from . import __version__
 from .errors import OutputError, WorldgenError
 from .keys import image_kind
-from .manifest import Manifest, parse_manifest
+from .manifest import Manifest, manifest_text, parse_manifest
 
 ENV_TYPE_ISAAC_LAB = 2  # robomimic's EnvType for Isaac Lab / "gym-like" environments
 MASKS = ("train", "valid", "seed", "synthetic", "passed", "play")
@@ -593,3 +593,32 @@ def dataset_header(manifest, instances: list[dict], manifest_text: str) -> dict[
         "depth_range": {c.name: [c.near, c.far] for c in manifest.cameras},
         "segmentation": instances,
     }
+
+
+def restamp_dataset(source: str | Path, output: str | Path, manifest: Manifest) -> None:
+    """Write ``source``'s demos and masks to ``output`` under ``manifest``, whose scene must be the one
+    they were recorded in (:meth:`Manifest.scene_hash`): a run whose world-model, generation, checks,
+    policy or evaluation sections changed keeps its recorded seed demos. Chunks are copied as stored;
+    ``output`` appears whole or not at all (it may be ``source``)."""
+    source, output = Path(source), Path(output)
+    with open_dataset(source) as f:
+        recorded = dataset_manifest(f)
+        if recorded.scene_hash() != manifest.scene_hash():
+            raise DatasetError(
+                f"{source}: recorded for another scene than manifest {manifest.name!r} describes "
+                "(only its seeds, world_model, branching, checks, policy and evaluation may differ)"
+            )
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _atomic_h5(output)
+        with h5py.File(tmp, "w") as out:
+            data = out.create_group("data")
+            for key, value in f["data"].attrs.items():
+                data.attrs[key] = value
+            info = json.loads(f["data"].attrs["worldgen"])
+            info.update(manifest_hash=manifest.content_hash(), manifest=manifest_text(manifest))
+            data.attrs["worldgen"] = json.dumps(info, sort_keys=True)
+            for name in demo_names(f):
+                f.copy(f["data"][name], data, name=name)
+            if "mask" in f:
+                f.copy(f["mask"], out, name="mask")
+    os.replace(tmp, output)

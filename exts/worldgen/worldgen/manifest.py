@@ -505,6 +505,10 @@ class EvaluationSpec(_Strict):
 # --------------------------------------------------------------------------------------------------
 # The manifest
 
+# What an episode of a given seed does not depend on: the seed range, the text, and what the stages
+# after recording read (the world model, generation, checks, policies, evaluation).
+NOT_SCENE = ("description", "seeds", "world_model", "branching", "checks", "policy", "evaluation")
+
 
 class Manifest(_Strict):
     # Set by parse_manifest: the YAML text and the folder it was read from (not fields: the hash is of
@@ -590,6 +594,17 @@ class Manifest(_Strict):
     def content_hash(self) -> str:
         """sha256 of the canonical JSON of the validated manifest: formatting and comments do not count."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def section_hash(self, *sections: str) -> str:
+        """sha256 of the canonical JSON of these top-level fields only: what one pipeline stage reads."""
+        content = self.model_dump(mode="json", include=set(sections))
+        text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def scene_hash(self) -> str:
+        """The hash of what a seed's episode depends on: every field but the seed range and the sections
+        of the stages after recording. Demos recorded for one manifest serve any with the same scene."""
+        return self.section_hash(*(f for f in type(self).model_fields if f not in NOT_SCENE))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -72,12 +72,25 @@ def psnr_per_step(per_step: Mapping[str, Mapping[str, float]], path: Path, title
     return _save(fig, path)
 
 
-def violation_heatmap(counts: np.ndarray, path: Path, title: str) -> Path:
-    """Where in the camera image the checks flagged violations: counts per pixel, with a colour bar."""
-    fig = Figure(figsize=(4.8, 4.0), dpi=120)
+def violation_heatmap(
+    counts: np.ndarray, path: Path, title: str, background: np.ndarray | None = None
+) -> Path:
+    """Where in the camera image the checks flagged violations: counts per pixel with a colour bar, over
+    a greyed frame of the scene (``background``, (H, W, 3) uint8) so the places can be recognised."""
+    fig = Figure(figsize=(5.2, 4.2), dpi=120)
     ax = fig.subplots()
-    image = ax.imshow(counts, cmap="inferno", interpolation="nearest", vmin=0)
-    fig.colorbar(image, ax=ax, label="failed checks x flagged frames on object pixels")
+    if background is not None:
+        if background.shape[:2] != counts.shape:
+            from PIL import Image
+
+            background = np.asarray(Image.fromarray(background).resize(counts.shape[::-1], Image.NEAREST))
+        grey = background.astype(np.float64).mean(axis=-1)
+        ax.imshow(grey, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    shown = np.ma.masked_equal(counts, 0) if background is not None else counts
+    image = ax.imshow(
+        shown, cmap="inferno", interpolation="nearest", vmin=0, vmax=max(float(counts.max()), 1.0), alpha=0.8
+    )
+    fig.colorbar(image, ax=ax, label="failed checks x flagged frames per pixel")
     ax.set_xlabel("x (pixels)")
     ax.set_ylabel("y (pixels)")
     ax.set_title(title, fontsize=10)

@@ -22,6 +22,8 @@ from ..export import FORMATS as EXPORT_FORMATS
 from ..files import write_atomically
 from ..keys import image_kind
 from ..manifest import BC_ALGORITHMS, POLICY_ALGORITHMS, ManifestError, load_manifest
+from .run import PROFILES as RUN_PROFILES
+from .run import STAGES as RUN_STAGES
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -477,6 +479,40 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .run import run_pipeline
+
+    manifest = load_manifest(args.manifest)
+    started = time.perf_counter()
+
+    def say(text: str) -> None:
+        if not args.quiet:
+            print(f"{time.perf_counter() - started:6.0f} s  {text}", flush=True)
+
+    record = run_pipeline(
+        manifest,
+        args.output,
+        profile=args.profile,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        rerun=tuple(args.rerun or ()),
+        until=args.until,
+        say=say,
+    )
+    ran = [name for name, stage in record["stages"].items() if stage["ran"]]
+    print(f"\nworldgen run {manifest.name} ({args.profile} profile) in {record['seconds']:.0f} s")
+    print(
+        f"stages run: {', '.join(ran) or 'none'}; cached: "
+        + (", ".join(n for n in record["stages"] if n not in ran) or "none")
+    )
+    if "verdict" in record:
+        print(f"verdict: {record['verdict']}")
+    if "report" in record["stages"]:
+        print(f"report: {Path(args.output) / record['stages']['report']['summary']['report']}")
+    print(f"lineage: {Path(args.output) / 'run.json'}")
+    return EXIT_OK
+
+
 def _number_arg(name: str, convert: Callable[[str], float], ok: Callable[[float], bool], expected: str):
     """An argparse type: ``convert`` the text, then refuse it unless ``ok``."""
 
@@ -889,6 +925,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-gifs", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "run", help="the whole loop into one run folder: cached by stage, resumable, with a report"
+    )
+    p.add_argument("manifest", metavar="MANIFEST")
+    p.add_argument("-o", "--output", type=_output_folder, required=True, metavar="RUN_DIR")
+    p.add_argument(
+        "--profile",
+        choices=list(RUN_PROFILES),
+        default="quick",
+        help="quick: minutes on 2 CPU cores (make demo); full: the manifest's own budgets",
+    )
+    p.add_argument("--workers", type=_count_arg, default=1, help="Ray workers for seed recording")
+    p.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (ray start --head)")
+    p.add_argument("--rerun", type=_names_arg, metavar="STAGES", help="redo these stages (and what follows)")
+    p.add_argument("--until", choices=RUN_STAGES, metavar="STAGE", help="stop after this stage")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("compare", help="seed-only vs seed + synthetic policies on one evaluation panel")
     p.add_argument("manifest", metavar="MANIFEST")

@@ -1,0 +1,654 @@
+"""``worldgen run``: the main job end to end, one folder a stage, cached by what each stage reads.
+
+A run folder holds ``manifest.yaml`` (the manifest the run used: the given one with the profile's
+budgets laid over it), ``run.json`` (lineage: input hashes, parameters, code version, timings, machine,
+each stage's summary and the verdict) and one folder a stage:
+
+    scene/        the USD stage of the first seed
+    seeds/        scripted-expert demos with cameras (seeds.hdf5), contact sheets
+    world_model/  its training data (seeds + play rollouts), checkpoint, open-loop fidelity vs copy-last
+    synthetic/    ``recover`` attempts generated in the world model, labelled by the expert
+    checks/       the attempts checked (thresholds calibrated through the world model) and replayed in
+                  the simulator (a diagnostic: the precision of the model's predicted success)
+    policies/     one policy a row: seeds alone, seeds + the attempts the world model judged successful
+    eval/         each row closed-loop on the held-out panel, success with its 95 % interval
+    report/       index.html, self-contained
+
+Each stage's key is a hash of the manifest sections and profile parameters it reads and of the keys of
+the stages it reads from, so a changed field reruns exactly the stages that depend on it. A stage folder
+with ``stage.json`` marked done under the current key is skipped; one marked running under it resumes
+(every stage appends or checkpoints as it goes); one under another key is cleared and run again. Outputs
+made by another code version are said and kept (``--rerun STAGE`` redoes one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import __version__
+from ..dataset import DatasetReader, dataset_manifest, open_dataset, restamp_dataset
+from ..errors import ArgumentError
+from ..files import write_atomically
+from ..manifest import Manifest, manifest_text, parse_manifest
+
+STAGES = ("scene", "seeds", "world_model", "synthetic", "checks", "policies", "eval", "report")
+ROWS = ("seeds", "seeds+recover")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Budgets laid over the manifest (``overlay``, nested like it) and the run's own parameters."""
+
+    name: str
+    overlay: dict[str, Any] = field(default_factory=dict)
+    play_noise: tuple[float, ...] = (0.3,)  # play rollouts per seed demo for the world model's training
+    checkpoint_every: int = 500
+    check_samples: int = 3  # samples per attempt for the agreement check
+    envs: int = 8  # scenes stepped together for replay and low-dimensional evaluation
+
+
+PROFILES = {
+    # The manifest's own settings.
+    "full": Profile("full"),
+    # make demo: the whole loop in minutes on 2 CPU cores. The world model works at 32 x 32, where it
+    # learns enough in about 1500 steps to beat copy-last-frame (bench/results/run_quick.json).
+    "quick": Profile(
+        "quick",
+        overlay={
+            "seeds": {"count": 10},
+            "world_model": {"resolution": [32, 32], "train_steps": 1500, "batch_size": 16},
+            "branching": {"per_seed": 4, "at_steps": [0]},
+            "policy": {"train_steps": 1500},
+            "evaluation": {"episodes": 50},
+        },
+        checkpoint_every=250,
+        check_samples=2,
+    ),
+    # Tests: every stage runs for real on the smallest budgets that still exercise it.
+    "tiny": Profile(
+        "tiny",
+        overlay={
+            "seeds": {"count": 3},
+            "world_model": {"resolution": [16, 16], "train_steps": 4, "batch_size": 4},
+            "branching": {"per_seed": 1, "at_steps": [0]},
+            "policy": {"train_steps": 20},
+            "evaluation": {"episodes": 4},
+        },
+        checkpoint_every=2,
+        check_samples=2,
+        envs=4,
+    ),
+}
+
+
+def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def run_manifest(manifest: Manifest, profile: Profile) -> Manifest:
+    """The manifest a run uses: ``manifest`` with the profile's overlay; validated like any manifest."""
+    if not profile.overlay:
+        return manifest
+    merged = _merge(manifest.model_dump(mode="json"), profile.overlay)
+    text = yaml.safe_dump(merged, sort_keys=False)
+    return parse_manifest(text, file=f"{manifest.name} + profile {profile.name}", base_dir=manifest.base_dir)
+
+
+def code_version() -> str:
+    """worldgen's version and, in a git checkout, its commit (``+dirty`` with uncommitted changes)."""
+    root = Path(__file__).resolve().parents[3]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty=+dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__} ({commit})" if commit else __version__
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    write_atomically(path, (json.dumps(data, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# The stages
+
+
+@dataclass
+class Run:
+    """What every stage reads: the run's manifest and profile, its folder, where to say what it does."""
+
+    manifest: Manifest
+    profile: Profile
+    folder: Path
+    say: Callable[[str], None]
+    workers: int = 1
+    ray_address: str | None = None
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def path(self, stage: str, name: str = "") -> Path:
+        return self.folder / stage / name if name else self.folder / stage
+
+    @property
+    def seeds(self) -> Path:
+        return self.path("seeds", "seeds.hdf5")
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path("world_model", "checkpoint")
+
+    @property
+    def checked(self) -> Path:
+        return self.path("checks", "checked.hdf5")
+
+
+def _eta(done: int, total: int, started: float) -> str:
+    elapsed = time.perf_counter() - started
+    if done <= 0:
+        return f"{elapsed:.0f} s"
+    left = elapsed / done * (total - done)
+    return f"{elapsed:.0f} s, about {left:.0f} s left"
+
+
+def scene_stage(run: Run) -> dict[str, Any]:
+    from pxr import Usd, UsdGeom, UsdPhysics
+
+    from ..stage import compile_stage
+
+    seed = run.manifest.seeds.base_seed
+    path, _ = compile_stage(run.manifest, seed, run.path("scene", f"{run.manifest.name}_seed{seed}.usda"))
+    stage = Usd.Stage.Open(str(path))
+    prims = list(stage.Traverse())
+    return {
+        "usd": str(path.relative_to(run.folder)),
+        "rigid_bodies": sum(p.HasAPI(UsdPhysics.RigidBodyAPI) for p in prims),
+        "joints": sum(p.IsA(UsdPhysics.Joint) for p in prims),
+        "cameras": sum(p.IsA(UsdGeom.Camera) for p in prims),
+    }
+
+
+def seeds_stage(run: Run) -> dict[str, Any]:
+    from ..pipeline import run_seed_stage
+    from ..report import contact_sheet
+
+    started = time.perf_counter()
+
+    def progress(result, done: int, total: int) -> None:
+        ok = "success" if result.demo is not None and result.demo.attrs.get("success") else "failure"
+        run.say(f"seed {result.seed}: {ok} ({done}/{total}; {_eta(done, total, started)})")
+
+    run_seed_stage(
+        run.manifest,
+        run.seeds,
+        workers=run.workers,
+        ray_address=run.ray_address,
+        progress=progress,
+    )
+    with DatasetReader(run.seeds) as reader:
+        summary = reader.summary()
+        for name, group in list(reader.iter_demos())[:3]:
+            contact_sheet(group).save(run.path("seeds", f"{name}.png"))
+    return {
+        "dataset": str(run.seeds.relative_to(run.folder)),
+        "demos": summary["demos"],
+        "samples": summary["samples"],
+        "success_rate": summary["success_rate"],
+    }
+
+
+def world_model_stage(run: Run) -> dict[str, Any]:
+    from world_models.metrics import evaluate_open_loop
+    from world_models.train import train_world_model
+
+    from ..pipeline import run_play_stage
+
+    train_data = run.path("world_model", "train.hdf5")
+    run.say(f"play rollouts (the seeds' actions with noise {list(run.profile.play_noise)}) for training")
+    run_play_stage(run.manifest, run.seeds, train_data, list(run.profile.play_noise))
+    spec = run.manifest.world_model
+    started = time.perf_counter()
+
+    def progress(step: int, frame_loss: float, state_loss: float, rate: float) -> None:
+        if step % max(spec.train_steps // 20, 1) and step != spec.train_steps:
+            return  # about twenty lines a run
+        run.say(
+            f"step {step}/{spec.train_steps}: frame loss {frame_loss:.4f}, state loss {state_loss:.4f}, "
+            f"{rate:.0f} samples/s ({_eta(step, spec.train_steps, started)})"
+        )
+
+    result = train_world_model(
+        train_data,
+        run.checkpoint,
+        checkpoint_every=run.profile.checkpoint_every,
+        progress=progress,
+        log_dir=str(run.path("world_model", "logs")),
+    )
+    run.say("open-loop fidelity on the held-out seed demo against copy-last-frame")
+    fidelity = evaluate_open_loop(
+        run.seeds, run.checkpoint, mask="valid", out=run.path("world_model", "fidelity.json")
+    )
+    per_step = fidelity["per_step"]
+    last = max(per_step["psnr"], key=int)
+    return {
+        "checkpoint": str(run.checkpoint.relative_to(run.folder)),
+        "steps": result["step"],
+        "resolution": list(spec.resolution),
+        "psnr_last": per_step["psnr"][last],
+        "copy_last_psnr_last": per_step["copy_last_psnr"][last],
+        "psnr_gain_last": per_step["psnr"][last] - per_step["copy_last_psnr"][last],
+        "steps_ahead": int(last),
+        "action_sensitivity_psnr_gap": fidelity["action_sensitivity_psnr_gap"],
+        "fidelity": "world_model/fidelity.json",
+    }
+
+
+def recover_spec(manifest: Manifest):
+    """The run's ``recover`` recipe from the manifest's ``branching`` block."""
+    from world_models.generate import RecoverSpec
+
+    branching = manifest.branching
+    return RecoverSpec(
+        per_seed=branching.per_seed,
+        start_steps=tuple(branching.at_steps),
+        action_noise=branching.action_noise,
+        base_seed=manifest.seeds.base_seed,
+    )
+
+
+def synthetic_stage(run: Run) -> dict[str, Any]:
+    from world_models.generate import recover_in_world_model
+
+    def progress(parent: str, step: int, accepted: int, attempts: int) -> None:
+        run.say(f"{parent} from step {step}: {accepted}/{attempts} attempts succeeded in the world model")
+
+    out = run.path("synthetic", "synthetic.hdf5")
+    spec = recover_spec(run.manifest)
+    counts = recover_in_world_model(run.seeds, run.checkpoint, out, spec, progress=progress)
+    return {"dataset": "synthetic/synthetic.hdf5", "recipe": "recover", **counts}
+
+
+def checks_stage(run: Run) -> dict[str, Any]:
+    from world_models.checking import gate_with_world_model, judge_against_replay
+
+    from .. import plots
+
+    # The checks write their verdicts into the dataset: into a copy (under the run's manifest, whose
+    # checks section they read), so the synthetic stage stays as it was made.
+    restamp_dataset(run.path("synthetic", "synthetic.hdf5"), run.checked, run.manifest)
+    samples = run.profile.check_samples
+    run.say(f"checking every attempt (thresholds calibrated through the world model, {samples} samples)")
+    report = gate_with_world_model(run.checked, run.checkpoint, samples=run.profile.check_samples)
+    heatmap = None
+    if report.heatmap is not None:
+        with open_dataset(run.seeds) as f:
+            first = f["data"][sorted(f["data"])[0]]
+            background = first["obs"][f"{report.camera}_rgb"][0]
+        heatmap = plots.violation_heatmap(
+            report.heatmap,
+            run.path("checks", "violations.png"),
+            f"where the checks failed ({report.camera} camera)",
+            background=background,
+        )
+    run.say("replaying every attempt in the simulator (a diagnostic, never used for acceptance)")
+    replay = judge_against_replay(run.checked, envs=run.profile.envs)
+    acceptance = replay["acceptance"]
+    return {
+        "dataset": str(run.checked.relative_to(run.folder)),
+        "checked": report.checked,
+        "passed": report.passed,
+        "counts": report.counts,
+        "thresholds": {name: c.thresholds for name, c in report.calibrations.items()},
+        "heatmap": None if heatmap is None else str(heatmap.relative_to(run.folder)),
+        "predicted_success": acceptance["predicted_success"],
+        "replay_success": acceptance["replay_success"],
+        "precision_predicted": acceptance["precision_predicted"],
+        "precision_accepted": acceptance["precision_accepted"],
+        "auroc": replay.get("auroc"),
+    }
+
+
+def _row_demos(run: Run) -> dict[str, list[str]]:
+    from world_models.generate import accepted_demos
+
+    from ..dataset import demo_names
+
+    with open_dataset(run.checked) as f:
+        seeds = demo_names(f, "train")
+    accepted = [n for n in accepted_demos(run.checked) if n not in set(seeds)]
+    with open_dataset(run.checked) as f:
+        accepted = [n for n in accepted if f["data"][n].attrs.get("source") == "world_model"]
+    return {"seeds": seeds, "seeds+recover": seeds + accepted}
+
+
+def policies_stage(run: Run) -> dict[str, Any]:
+    from policies.train import train_bc
+
+    algo = run.manifest.policy.algorithm
+    rows = {}
+    for row, demos in _row_demos(run).items():
+        folder = run.path("policies", row.replace("+", "_"))
+        done = _read_json(run.path("policies", f"{folder.name}.json"))
+        if done is not None:  # trained before the run was interrupted
+            rows[row] = done
+            continue
+        run.say(f"{row}: training {algo} on {len(demos)} demos")
+
+        def progress(step: int, steps: int, loss: float, row: str = row) -> None:
+            if step % 250 == 0 or step == steps:
+                run.say(f"{row}: step {step}/{steps}, loss {loss:.4f}")
+
+        meta = train_bc(
+            run.checked,
+            folder,
+            algo,
+            mask=None,
+            demos=demos,
+            progress=progress,
+            manifest=run.manifest,
+            log_dir=run.path("policies", f"logs/{folder.name}"),
+        )
+        summary = {
+            "folder": str(folder.relative_to(run.folder)),
+            "demos": meta["demos"],
+            "samples": meta["samples"],
+            "seconds": meta["seconds"],
+        }
+        _write_json(run.path("policies", f"{folder.name}.json"), summary)
+        rows[row] = summary
+    return {"algo": algo, "rows": rows}
+
+
+def eval_stage(run: Run) -> dict[str, Any]:
+    from policies.evaluate import evaluate_policy
+
+    rows = {}
+    episodes = run.manifest.evaluation.episodes
+    for row, trained in run.summaries["policies"]["rows"].items():
+        out = run.path("eval", row.replace("+", "_"))
+        report = _read_json(out / "eval.json")
+        if report is None:
+            started = time.perf_counter()
+
+            def progress(episode, done: int, total: int, row: str = row, started: float = started) -> None:
+                if done % max(total // 5, 1) == 0 or done == total:
+                    run.say(f"{row}: {done}/{total} episodes ({_eta(done, total, started)})")
+
+            envs = 1 if run.manifest.policy.algorithm in ("bc-image",) else run.profile.envs
+            report = evaluate_policy(
+                run.folder / trained["folder"], run.manifest, episodes, out=out, progress=progress, envs=envs
+            )
+        rows[row] = {
+            "demos": trained["demos"],
+            "samples": trained["samples"],
+            "successes": report["successes"],
+            "episodes": report["episodes"],
+            "success_rate": report["success_rate"],
+            "ci95": report["ci95"],
+        }
+    return {"rows": rows, "verdict": verdict(rows)}
+
+
+def verdict(rows: dict[str, dict[str, Any]]) -> str:
+    """The run's answer in one sentence: does seed + synthetic data beat seed data alone, and by how much."""
+    base, synth = rows["seeds"], rows["seeds+recover"]
+    gain = 100 * (synth["success_rate"] - base["success_rate"])
+    if synth["ci95"][0] > base["ci95"][1]:
+        answer = "yes"
+    elif synth["ci95"][1] < base["ci95"][0]:
+        answer = "no: worse"
+    else:
+        answer = "not shown (the 95 % intervals overlap)"
+    return (
+        f"seeds + world-model demos {synth['successes']}/{synth['episodes']} vs seeds alone "
+        f"{base['successes']}/{base['episodes']} on the same held-out panel ({gain:+.0f} points): {answer}"
+    )
+
+
+def report_stage(run: Run) -> dict[str, Any]:
+    from .run_report import write_report
+
+    path = write_report(run)
+    return {"report": str(path.relative_to(run.folder))}
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[Run], dict[str, Any]]] = {
+    "scene": scene_stage,
+    "seeds": seeds_stage,
+    "world_model": world_model_stage,
+    "synthetic": synthetic_stage,
+    "checks": checks_stage,
+    "policies": policies_stage,
+    "eval": eval_stage,
+    "report": report_stage,
+}
+
+
+# The stages each stage reads the outputs of; its key includes theirs.
+UPSTREAM: dict[str, tuple[str, ...]] = {
+    "scene": (),
+    "seeds": (),
+    "world_model": ("seeds",),
+    "synthetic": ("world_model",),
+    "checks": ("synthetic",),
+    "policies": ("checks",),
+    "eval": ("policies",),
+    "report": ("scene", "eval"),
+}
+
+
+def stage_inputs(run: Run) -> dict[str, dict[str, Any]]:
+    """What each stage reads besides the stages before it: manifest sections and profile parameters."""
+    m, p = run.manifest, run.profile
+    return {
+        "scene": {"scene": m.scene_hash(), "seed": m.seeds.base_seed},
+        "seeds": {"scene": m.scene_hash(), "seeds": [m.seeds.base_seed, m.seeds.count]},
+        "world_model": {
+            "world_model": m.section_hash("world_model"),
+            "play_noise": list(p.play_noise),
+            "checkpoint_every": p.checkpoint_every,
+        },
+        "synthetic": {"branching": m.section_hash("branching")},
+        "checks": {"checks": m.section_hash("checks"), "samples": p.check_samples, "envs": p.envs},
+        "policies": {"policy": m.section_hash("policy")},
+        "eval": {"evaluation": m.section_hash("evaluation"), "envs": p.envs},
+        "report": {},
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    key: str
+    ran: bool
+    seconds: float
+    summary: dict[str, Any]
+
+
+def _stage_keys(inputs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each stage's key: a hash of its own inputs and of the keys of the stages it reads."""
+    keys: dict[str, str] = {}
+    for name in STAGES:
+        keys[name] = _hash(
+            {"stage": name, "inputs": inputs[name], "upstream": [keys[u] for u in UPSTREAM[name]]}
+        )
+    return keys
+
+
+def _downstream(stages: tuple[str, ...]) -> tuple[str, ...]:
+    """The stages and every stage that reads their outputs, directly or not."""
+    chosen = set(stages)
+    for name in STAGES:
+        if chosen & set(UPSTREAM[name]):
+            chosen.add(name)
+    return tuple(n for n in STAGES if n in chosen)
+
+
+def _changed(before: dict[str, Any] | None, now: dict[str, Any]) -> str:
+    if before is None:
+        return "no earlier output"
+    fields = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    return "changed: " + ", ".join(fields) if fields else "changed"
+
+
+def run_pipeline(
+    manifest: Manifest,
+    folder: str | Path,
+    profile: str | Profile = "quick",
+    workers: int = 1,
+    ray_address: str | None = None,
+    rerun: tuple[str, ...] = (),
+    until: str | None = None,
+    say: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) every stage into ``folder``; returns what ``run.json`` holds."""
+    profile = PROFILES[profile] if isinstance(profile, str) else profile
+    unknown = [s for s in (*rerun, *([until] if until else [])) if s not in STAGES]
+    if unknown:
+        raise ArgumentError(f"unknown stage {unknown[0]!r}: expected one of {', '.join(STAGES)}")
+    rerun = _downstream(rerun)
+    folder = Path(folder)
+    manifest = run_manifest(manifest, profile)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomically(folder / "manifest.yaml", manifest_text(manifest).encode())
+    started = time.perf_counter()
+    version = code_version()
+    record: dict[str, Any] = {
+        "manifest": {
+            "name": manifest.name,
+            "hash": manifest.content_hash(),
+            "scene_hash": manifest.scene_hash(),
+            "file": "manifest.yaml",
+        },
+        "profile": dataclasses.asdict(profile),
+        "code_version": version,
+        "machine": machine(),
+        "stages": {},
+    }
+    current_stage = [""]
+
+    def stage_say(text: str) -> None:
+        if say is not None:
+            say(f"[{current_stage[0]}] {text}")
+
+    run = Run(manifest, profile, folder, stage_say, workers, ray_address)
+    inputs = stage_inputs(run)
+    keys = _stage_keys(inputs)
+    last = STAGES.index(until) if until else len(STAGES) - 1
+    for index, name in enumerate(STAGES[: last + 1], start=1):
+        current_stage[0] = f"{index}/{last + 1} {name}"
+        stage_folder = folder / name
+        marker = _read_json(stage_folder / "stage.json")
+        t0 = time.perf_counter()
+        if (
+            marker
+            and marker.get("key") == keys[name]
+            and marker.get("status") == "done"
+            and name not in rerun
+        ):
+            if marker.get("code_version") != version:
+                stage_say(
+                    f"made by code {marker.get('code_version')}, this is {version}: kept (--rerun {name})"
+                )
+            stage_say("unchanged inputs: skipped")
+            run.summaries[name] = marker["summary"]
+            outcome = StageOutcome(name, keys[name], False, 0.0, marker["summary"])
+        else:
+            if marker and (marker.get("key") != keys[name] or name in rerun):
+                why = "asked to rerun" if name in rerun else _changed(marker.get("inputs"), inputs[name])
+                stage_say(f"{why}: clearing its earlier outputs")
+                shutil.rmtree(stage_folder)
+            elif marker:
+                stage_say("resuming an interrupted run")
+            stage_folder.mkdir(parents=True, exist_ok=True)
+            _write_json(
+                stage_folder / "stage.json",
+                {"key": keys[name], "status": "running", "inputs": inputs[name], "code_version": version},
+            )
+            summary = STAGE_FUNCTIONS[name](run)
+            seconds = time.perf_counter() - t0
+            _write_json(
+                stage_folder / "stage.json",
+                {
+                    "key": keys[name],
+                    "status": "done",
+                    "inputs": inputs[name],
+                    "code_version": version,
+                    "seconds": round(seconds, 1),
+                    "summary": summary,
+                },
+            )
+            run.summaries[name] = summary
+            outcome = StageOutcome(name, keys[name], True, seconds, summary)
+            stage_say(f"done in {seconds:.0f} s")
+        if name == "seeds":
+            _restamp_seeds(run)
+        record["stages"][name] = {
+            "key": outcome.key,
+            "ran": outcome.ran,
+            "seconds": round(outcome.seconds, 1),
+            "made_in_seconds": (_read_json(stage_folder / "stage.json") or {}).get("seconds"),
+            "inputs": inputs[name],
+            "summary": outcome.summary,
+        }
+        record["seconds"] = round(time.perf_counter() - started, 1)
+        _write_json(folder / "run.json", record)
+    if "eval" in run.summaries:
+        record["verdict"] = run.summaries["eval"]["verdict"]
+        _write_json(folder / "run.json", record)
+    return record
+
+
+def _restamp_seeds(run: Run) -> None:
+    """The recorded seed demos under the run's manifest when only later sections changed since."""
+    with open_dataset(run.seeds) as f:
+        recorded = dataset_manifest(f).content_hash()
+    if recorded != run.manifest.content_hash():
+        run.say("the manifest changed after the seed sections: the recorded demos now carry it")
+        restamp_dataset(run.seeds, run.seeds, run.manifest)

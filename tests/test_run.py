@@ -1,0 +1,230 @@
+"""``worldgen run`` on the tiny profile, for real (Newton, a real world model, real policies): every stage
+runs, a second run skips them all, a changed field reruns exactly the stages that read it, a killed run
+resumes to the same outputs, and the report shows run.json's numbers in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from worldgen.apps.run import STAGES, UPSTREAM, run_pipeline
+from worldgen.dataset import dataset_manifest, demo_names, open_dataset
+from worldgen.manifest import load_manifest, manifest_text
+
+from .conftest import PUSH
+
+
+def _ran(record: dict) -> list[str]:
+    return [name for name, stage in record["stages"].items() if stage["ran"]]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run") / "push"
+    lines: list[str] = []
+    record = run_pipeline(load_manifest(PUSH), folder, profile="tiny", say=lines.append)
+    return folder, record, lines
+
+
+def test_every_stage_runs_and_records_its_lineage(first_run):
+    folder, record, lines = first_run
+    assert _ran(record) == list(STAGES)
+    on_disk = json.loads((folder / "run.json").read_text())
+    assert on_disk["verdict"] == record["verdict"]
+    assert on_disk["manifest"]["hash"] == load_manifest(folder / "manifest.yaml").content_hash()
+    assert set(on_disk["machine"]) >= {"platform", "cpus", "torch"}
+    assert on_disk["code_version"]
+    for name in STAGES:
+        marker = json.loads((folder / name / "stage.json").read_text())
+        assert marker["status"] == "done" and marker["key"] == on_disk["stages"][name]["key"]
+    # Every stage said what it did, under its own name.
+    for index, name in enumerate(STAGES, start=1):
+        assert any(line.startswith(f"[{index}/{len(STAGES)} {name}]") for line in lines), name
+    # The run trains on what it recorded: the world model and policies leave TensorBoard event files.
+    assert list((folder / "world_model" / "logs").glob("events.out.tfevents.*"))
+    assert list((folder / "policies" / "logs" / "seeds").glob("events.out.tfevents.*"))
+    rows = record["stages"]["eval"]["summary"]["rows"]
+    assert list(rows) == ["seeds", "seeds+recover"]
+    assert all(row["episodes"] == 4 for row in rows.values())
+
+
+def test_second_run_skips_every_stage(first_run):
+    folder, record, _ = first_run
+    written = ("run.json", "manifest.yaml")  # the run's own record, rewritten by every run
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.name not in written}
+    again = run_pipeline(load_manifest(PUSH), folder, profile="tiny")
+    assert _ran(again) == []
+    assert again["verdict"] == record["verdict"]
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing rewritten (manifest.yaml aside)
+
+
+def test_changed_generation_field_reruns_generation_and_what_follows_only(first_run, tmp_path):
+    folder, record, _ = first_run
+    copy = tmp_path / "push"
+    shutil.copytree(folder, copy)
+    manifest = load_manifest(PUSH)
+    changed = manifest.model_copy(
+        update={"branching": manifest.branching.model_copy(update={"action_noise": 0.25})}
+    )
+    lines: list[str] = []
+    again = run_pipeline(changed, copy, profile="tiny", say=lines.append)
+    assert _ran(again) == ["synthetic", "checks", "policies", "eval", "report"]
+    assert any("changed: branching" in line for line in lines)
+    # The recorded seed demos were kept, and now carry the manifest the run used.
+    with open_dataset(copy / "seeds" / "seeds.hdf5") as f:
+        assert dataset_manifest(f).branching.action_noise == 0.25
+    with (
+        open_dataset(copy / "synthetic" / "synthetic.hdf5") as f,
+        h5py.File(folder / "seeds" / "seeds.hdf5") as g,
+    ):
+        assert f["data"][demo_names(f, "synthetic")[0]].attrs["action_noise"] == 0.25
+        np.testing.assert_array_equal(f["data/demo_0/actions"][()], g["data/demo_0/actions"][()])
+
+
+def test_each_stage_depends_on_what_it_reads():
+    # A stage never reads a later one, and every stage but the first two reads an earlier one.
+    for name, upstream in UPSTREAM.items():
+        assert all(STAGES.index(u) < STAGES.index(name) for u in upstream)
+    assert [n for n in STAGES if not UPSTREAM[n]] == ["scene", "seeds"]
+
+
+def _run_command(manifest: Path, folder: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "worldgen.apps.cli",
+        "run",
+        str(manifest),
+        "-o",
+        str(folder),
+        "--profile",
+        "tiny",
+    ]
+
+
+def test_killed_run_resumes_to_the_same_outputs(first_run, tmp_path):
+    """SIGKILL while the seeds are recorded (after the first demo is written), then run again: the same
+    demos, world model, generated demos and evaluation as the uninterrupted run."""
+    folder, record, _ = first_run
+    manifest = tmp_path / "push_to_target.yaml"
+    manifest.write_text(manifest_text(load_manifest(PUSH)))
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        _run_command(manifest, killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    seeds = killed / "seeds" / "seeds.hdf5"
+    deadline = time.monotonic() + 600
+    while not seeds.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, process.stderr.read().decode()[-2000:]
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert json.loads((killed / "seeds" / "stage.json").read_text())["status"] == "running"
+    done = subprocess.run(_run_command(manifest, killed), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming an interrupted run" in done.stdout
+    resumed = json.loads((killed / "run.json").read_text())
+    assert resumed["verdict"] == record["verdict"]
+    for name in ("seeds", "world_model", "synthetic", "checks", "eval"):
+        assert resumed["stages"][name]["summary"] == record["stages"][name]["summary"], name
+    with h5py.File(folder / "seeds" / "seeds.hdf5") as f, h5py.File(seeds) as g:
+        for name in demo_names(f):
+            np.testing.assert_array_equal(f["data"][name]["actions"][()], g["data"][name]["actions"][()])
+    for row in ("seeds", "seeds_recover"):
+        first, again = (json.loads((p / "eval" / row / "eval.json").read_text()) for p in (folder, killed))
+        assert first["per_episode"] == again["per_episode"]
+
+
+def test_world_model_training_resumed_from_a_checkpoint_matches_an_uninterrupted_run(first_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from world_models.train import train_world_model
+
+    folder, _, _ = first_run
+    data = folder / "world_model" / "train.hdf5"
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train_world_model(data, whole, steps=3, batch_size=2, checkpoint_every=1)
+    stopped = train_world_model(data, resumed, steps=3, batch_size=2, checkpoint_every=1, time_limit=0.0)
+    assert stopped["step"] == 1 and stopped["stopped_early"]
+    train_world_model(data, resumed, steps=3, batch_size=2, checkpoint_every=1)
+    a, b = (load_file(p / "training_state.safetensors") for p in (whole, resumed))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert np.array_equal(a[key].numpy(), b[key].numpy()), key
+
+
+def test_cli_refuses_an_unknown_profile_in_one_line(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worldgen.apps.cli",
+            "run",
+            str(PUSH),
+            "-o",
+            str(tmp_path),
+            "--profile",
+            "huge",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "--profile" in done.stderr
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_renders_in_headless_chromium_with_the_runs_numbers(first_run, tmp_path):
+    folder, record, _ = first_run
+    page = folder / "report" / "index.html"
+    html = page.read_text()
+    assert "<script" not in html and "http://" not in html and "https://" not in html  # self-contained
+    rows = record["stages"]["eval"]["summary"]["rows"]
+    for name, row in rows.items():
+        assert re.search(rf"<td>{re.escape(name)}</td>.*?{row['successes']}/{row['episodes']}", html, re.S)
+    assert record["verdict"] in html
+    shot = tmp_path / "report.png"
+    done = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--window-size=1200,2400",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    console = [line for line in done.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()]
+    assert console == []
+    from PIL import Image
+
+    image = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert image.std() > 10  # text, tables and figures, not a blank page
+    dark = (image < 128).mean()
+    assert 0.01 < dark < 0.6
