@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# The main job: `worldgen run` on a shipped scenario, quick profile (minutes on 2 CPU cores). A second
+# `make demo` skips every stage whose inputs are unchanged; an interrupted one resumes.
+DEMO_SCENARIO ?= scenarios/push_to_target.yaml
 demo: venv
-	$(PY) -m worldgen.apps.demo
+	$(PY) -m worldgen.apps.cli run $(DEMO_SCENARIO) -o data/demo/$(basename $(notdir $(DEMO_SCENARIO))) --profile quick
 
 test: venv
 	$(PY) -m pytest -q

@@ -86,54 +86,117 @@ def run_episode(env: WorldgenEnv, policy: PretrainedPolicy, seed: int) -> Episod
     return Episode(seed, success, ret, len(actions), actions)
 
 
+class BatchWorker:
+    """``num_envs`` scenes stepped together with one policy copy each: whole batches of episodes
+    (:func:`worldgen.vector_env.balanced_batches`); also the body of a Ray actor, so a worker process
+    builds its scenes once."""
+
+    def __init__(self, policy: str | Path | PretrainedPolicy, manifest: Manifest, num_envs: int):
+        from worldgen.vector_env import WorldgenVectorEnv
+
+        policy = policy if isinstance(policy, PretrainedPolicy) else load_policy(policy)
+        self.venv = WorldgenVectorEnv(manifest, num_envs, autoreset_mode="Disabled")
+        self.policies = [copy.deepcopy(policy) for _ in range(num_envs)]
+        self.keys = policy.observation_keys
+
+    def run(self, batch: tuple[int, int, list[int]]) -> tuple[int, list[Episode]]:
+        """The first ``count`` episodes of (start, count, seeds): the batch's start and its episodes."""
+        start, count, seeds = batch
+        venv, n = self.venv, len(self.policies)
+        obs, _ = venv.reset(seed=seeds)
+        for p, seed in zip(self.policies, seeds, strict=True):
+            p.reset(seed)
+        active = np.arange(n) < count
+        returns, actions = np.zeros(n), [[] for _ in range(n)]
+        episodes: dict[int, Episode] = {}
+        # Finished and filler worlds repeat their last action (hold still) until the batch ends.
+        chosen = np.zeros((n, venv.single_action_space.shape[0]), dtype=np.float32)
+        chosen[:, -1] = -1.0
+        while active.any():
+            for i in np.flatnonzero(active):
+                chosen[i] = np.clip(self.policies[i].select_action({k: obs[k][i] for k in self.keys}), -1, 1)
+            obs, rewards, terminated, truncated, _ = venv.step(chosen)
+            for i in np.flatnonzero(active):
+                returns[i] += rewards[i]
+                actions[i].append(chosen[i].tolist())
+                if terminated[i] or truncated[i]:
+                    active[i] = False
+                    success = bool(terminated[i])
+                    episodes[i] = Episode(seeds[i], success, float(returns[i]), len(actions[i]), actions[i])
+        return start, [episodes[i] for i in range(count)]
+
+    def close(self) -> None:
+        self.venv.close()
+
+
 def run_episodes_together(
     manifest: Manifest,
-    policy: PretrainedPolicy,
+    policy: str | Path | PretrainedPolicy,
     seeds: list[int],
     envs: int,
     progress: Callable[[Episode, int, int], None] | None = None,
+    workers: int = 1,
+    ray_address: str | None = None,
 ) -> tuple[list[Episode], list[list[int]]]:
     """The episodes of ``seeds`` in equal batches of at most ``envs`` worlds stepped together (one policy
     copy per world); returns them in ``seeds`` order and the layout, the seeds of each batch in world
     order (a short last batch is filled up with repeats of its last seed, whose episodes are not
-    counted)."""
-    from worldgen.vector_env import WorldgenVectorEnv, balanced_batches
+    counted). ``workers`` > 1 or a ``ray_address``: the batches on that many Ray actors (a saved policy
+    only), the same layout and so the same episodes as in one process."""
+    from worldgen.vector_env import balanced_batches
 
     n, batches = balanced_batches(seeds, envs)
-    venv = WorldgenVectorEnv(manifest, n, autoreset_mode="Disabled")
-    policies = [copy.deepcopy(policy) for _ in range(n)]
-    keys = policy.observation_keys
-    results: dict[int, Episode] = {}
-    layout = []
+    layout = [batch for _, _, batch in batches]
+    if workers > 1 or ray_address is not None:
+        from worldgen.distributed import map_on_workers
+
+        results = map_on_workers(BatchWorker, (str(policy), manifest, n), batches, workers, ray_address)
+    else:
+        worker = BatchWorker(policy, manifest, n)
+        results = (worker.run(batch) for batch in batches)
+    done: dict[int, Episode] = {}
     try:
-        for start, count, batch in batches:
-            layout.append(batch)
-            obs, _ = venv.reset(seed=batch)
-            for p, seed in zip(policies, batch, strict=True):
-                p.reset(seed)
-            active = np.arange(n) < count
-            returns, actions = np.zeros(n), [[] for _ in range(n)]
-            # Finished and filler worlds repeat their last action (hold still) until the batch ends.
-            chosen = np.zeros((n, venv.single_action_space.shape[0]), dtype=np.float32)
-            chosen[:, -1] = -1.0
-            while active.any():
-                for i in np.flatnonzero(active):
-                    chosen[i] = np.clip(policies[i].select_action({k: obs[k][i] for k in keys}), -1.0, 1.0)
-                obs, rewards, terminated, truncated, _ = venv.step(chosen)
-                for i in np.flatnonzero(active):
-                    returns[i] += rewards[i]
-                    actions[i].append(chosen[i].tolist())
-                    if terminated[i] or truncated[i]:
-                        active[i] = False
-                        episode = Episode(
-                            batch[i], bool(terminated[i]), float(returns[i]), len(actions[i]), actions[i]
-                        )
-                        results[start + i] = episode
-                        if progress is not None:
-                            progress(episode, len(results), len(seeds))
+        for start, episodes in results:
+            for i, episode in enumerate(episodes):
+                done[start + i] = episode
+                if progress is not None:
+                    progress(episode, len(done), len(seeds))
     finally:
-        venv.close()
-    return [results[i] for i in range(len(seeds))], layout
+        if workers <= 1 and ray_address is None:
+            worker.close()
+    return [done[i] for i in range(len(seeds))], layout
+
+
+class EpisodeWorker:
+    """One environment and one copy of a saved policy: whole episodes by seed; also the body of a Ray
+    actor (``worldgen.distributed``), so a worker process loads both once."""
+
+    def __init__(self, policy: str | Path, manifest: Manifest):
+        self.policy = load_policy(policy)
+        self.env = WorldgenEnv(manifest, cameras=self.policy.needs_cameras)
+
+    def run(self, seed: int) -> Episode:
+        return run_episode(self.env, self.policy, seed)
+
+
+def run_episodes_on_workers(
+    policy: str | Path,
+    manifest: Manifest,
+    seeds: list[int],
+    workers: int,
+    ray_address: str | None = None,
+    progress: Callable[[Episode, int, int], None] | None = None,
+) -> list[Episode]:
+    """The episodes of ``seeds`` on ``workers`` Ray actors, one scene each, in ``seeds`` order: the same
+    episodes as one process runs them (each depends on its seed and the policy alone)."""
+    from worldgen.distributed import map_on_workers
+
+    done: dict[int, Episode] = {}
+    for episode in map_on_workers(EpisodeWorker, (str(policy), manifest), seeds, workers, ray_address):
+        done[episode.seed] = episode
+        if progress is not None:
+            progress(episode, len(done), len(seeds))
+    return [done[seed] for seed in seeds]
 
 
 def replay_gif(env: WorldgenEnv, episode: Episode, path: Path) -> Path:
@@ -160,11 +223,18 @@ def evaluate_policy(
     progress: Callable[[Episode, int, int], None] | None = None,
     panel_offset: int = 0,
     envs: int = 1,
+    workers: int = 1,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Success rate with its Wilson 95 % interval, mean return and per-episode records; written to
     ``out/eval.json`` (plus ``success.gif`` / ``failure.gif``) when ``out`` is given. ``envs`` > 1:
     that many scenes stepped together (low-dimensional policies; ``worldgen.vector_env``), the batches'
-    seeds recorded as ``layout``."""
+    seeds recorded as ``layout``. ``workers`` > 1 or a ``ray_address``: the episodes (or with ``envs`` > 1
+    the batches) on that many Ray actors (a saved policy only), the same episodes as in one process."""
+    on_workers = workers > 1 or ray_address is not None
+    if on_workers and isinstance(policy, PretrainedPolicy):
+        raise ArgumentError("evaluation on Ray workers takes a saved policy folder, not a policy object")
+    policy_folder = policy
     meta = policy_meta(policy) if not isinstance(policy, PretrainedPolicy) else {}
     if not isinstance(policy, PretrainedPolicy):
         policy = load_policy(policy)
@@ -185,7 +255,12 @@ def evaluate_policy(
     try:
         check_contract(policy, env)
         if envs > 1:
-            results, layout = run_episodes_together(manifest, policy, seeds, envs, progress)
+            chosen = policy_folder if on_workers else policy
+            results, layout = run_episodes_together(
+                manifest, chosen, seeds, envs, progress, workers, ray_address
+            )
+        elif on_workers:
+            results = run_episodes_on_workers(policy_folder, manifest, seeds, workers, ray_address, progress)
         else:
             results = []
             for i, seed in enumerate(seeds, start=1):
@@ -209,6 +284,7 @@ def evaluate_policy(
         "mean_length": float(np.mean([e.length for e in results])),
         "panel": {"base_seed": seeds[0], "count": len(seeds)},
         "envs": envs,
+        "workers": workers,
         "layout": layout,
         "per_episode": [{k: v for k, v in asdict(e).items() if k != "actions"} for e in results],
     }

@@ -276,15 +276,22 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     return float(greater / (pos.size * neg.size))
 
 
-def judge_against_replay(dataset: str | Path, envs: int = 1, tolerance: float = REPLAY_TOLERANCE) -> dict:
+def judge_against_replay(
+    dataset: str | Path,
+    envs: int = 1,
+    tolerance: float = REPLAY_TOLERANCE,
+    workers: int = 1,
+    ray_address: str | None = None,
+) -> dict:
     """Replay every checked world-model demo in the simulator, label it faithful or not (written into the
-    dataset as ``replay_faithful`` with its errors), and measure the gate against that label."""
+    dataset as ``replay_faithful`` with its errors), and measure the gate against that label. ``envs``,
+    ``workers``, ``ray_address``: as :func:`world_models.generate.replay_generated` takes them."""
     with open_dataset(dataset) as f:
         records = [demo_record(f, n) for n in demo_names(f)]
         records = [r for r in records if r.source == "world_model" and r.check_passed is not None]
         if not records:
             raise DatasetError(f"{dataset}: no world-model demo has been checked yet (run worldgen check)")
-        results = replay_generated(f, [r.name for r in records], envs)
+        results = replay_generated(f, [r.name for r in records], envs, workers, ray_address)
     update_attributes(
         dataset,
         {

@@ -206,6 +206,48 @@ def _record_attrs(parent: Parent, step: int, seed: int, spec: RecoverSpec, i: in
     }
 
 
+class WorldModelAttempts:
+    """What ``recover`` attempts from one dataset's seed demos in one world model need, loaded once: the
+    sampler, the manifest, the parents and their frames. Also the body of a Ray actor
+    (``worldgen.distributed``), so each worker process loads them once."""
+
+    def __init__(self, dataset: str | Path, ckpt: str | Path, spec: RecoverSpec, device: str = "cpu"):
+        self.sampler = WorldModelSampler(ckpt, device=device)
+        self.spec = spec
+        meta = self.sampler.meta
+        with open_dataset(dataset) as f:
+            self.manifest = dataset_manifest(f)
+            parents = seed_parents(f)
+            self.episodes = {
+                p.name: Episode.load(f["data"][p.name], meta.camera, meta.instances, meta.resolution)
+                for p in parents
+            }
+            self.layout = state_layout(f["data"][parents[0].name])
+            self.cam_hw = camera_size(f["data"][parents[0].name], meta.camera)
+        self.parents = {p.name: p for p in parents}
+        controller = spec.robot_state == "controller"
+        self.offset = tracking_offset(self.manifest, parents) if controller else None
+
+    def run(self, task: tuple[str, int]) -> tuple[tuple[str, int], list[Demo]]:
+        """The ``per_seed`` attempts from seed demo ``task[0]`` at step ``task[1]``."""
+        name, step = task
+        meta = self.sampler.meta
+        demos = _attempts_in_world_model(
+            self.sampler,
+            self.manifest,
+            self.parents[name],
+            self.episodes[name],
+            step,
+            self.spec,
+            self.layout,
+            meta.context_frames,
+            meta.instances,
+            self.cam_hw,
+            self.offset,
+        )
+        return task, demos
+
+
 def recover_in_world_model(
     dataset: str | Path,
     ckpt: str | Path,
@@ -213,47 +255,51 @@ def recover_in_world_model(
     spec: RecoverSpec,
     device: str = "cpu",
     progress: Callable[[str, int, int, int], None] | None = None,
+    workers: int = 1,
+    ray_address: str | None = None,
 ) -> dict:
     """Append the seed demos of ``dataset`` and every recovery attempt to ``out`` (resumes per parent and
     start step); an attempt's ``success`` is the world model's verdict, and only those that succeeded are
-    meant for training (:func:`accepted_demos`). Returns counts: attempts, accepted."""
-    sampler = WorldModelSampler(ckpt, device=device)
-    meta = sampler.meta
-    camera, instances, k = meta.camera, meta.instances, meta.context_frames
+    meant for training (:func:`accepted_demos`). Returns counts: attempts, accepted. ``workers`` > 1 or a
+    ``ray_address``: (parent, start step) tasks on that many Ray actors, written in the order one process
+    writes them."""
     dataset = Path(dataset)
     with open_dataset(dataset) as f:
-        manifest, writer, parents = _start_output(f, dataset, out)
-        episodes = {
-            p.name: Episode.load(f["data"][p.name], camera, instances, meta.resolution) for p in parents
-        }
-        layout = state_layout(f["data"][parents[0].name])
-        cam_hw = camera_size(f["data"][parents[0].name], camera)
-    offset = tracking_offset(manifest, parents) if spec.robot_state == "controller" else None
+        _, writer, parents = _start_output(f, dataset, out)
     done, counts = _done(writer, spec), {"attempts": 0, "accepted": 0}
-    for parent in parents:
-        for step in spec.start_steps:
-            if (parent.name, step) in done or step >= parent.demo.num_samples:
-                continue
-            demos = _attempts_in_world_model(
-                sampler,
-                manifest,
-                parent,
-                episodes[parent.name],
-                step,
-                spec,
-                layout,
-                k,
-                instances,
-                cam_hw,
-                offset,
-            )
-            counts["attempts"] += len(demos)
-            for demo in demos:
+    tasks = [
+        (p.name, step)
+        for p in parents
+        for step in spec.start_steps
+        if (p.name, step) not in done and step < p.demo.num_samples
+    ]
+    if not tasks:
+        writer.finalize()
+        return counts
+    if workers > 1 or ray_address is not None:
+        from worldgen.distributed import map_on_workers
+
+        init = (dataset, ckpt, spec, device)
+        results = map_on_workers(WorldModelAttempts, init, tasks, workers, ray_address)
+    else:
+        attempts = WorldModelAttempts(dataset, ckpt, spec, device)
+        results = (attempts.run(task) for task in tasks)
+    finished: dict[tuple[str, int], list[Demo]] = {}
+    next_task = 0
+    for task, demos in results:
+        finished[task] = demos
+        # Written in task order whatever order they finish in: demo names are those of one process.
+        while next_task < len(tasks) and tasks[next_task] in finished:
+            name, step = tasks[next_task]
+            written = finished.pop(tasks[next_task])
+            next_task += 1
+            for demo in written:
                 writer.append(demo)
-            accepted = sum(bool(d.attrs["success"]) for d in demos)
+            accepted = sum(bool(d.attrs["success"]) for d in written)
+            counts["attempts"] += len(written)
             counts["accepted"] += accepted
             if progress is not None:
-                progress(parent.name, step, accepted, len(demos))
+                progress(name, step, accepted, len(written))
     writer.finalize()
     return counts
 
@@ -429,50 +475,97 @@ def replay_errors(manifest: Manifest, demo: Demo, replayed: dict[str, np.ndarray
     }
 
 
+class ReplayBatchWorker:
+    """``num_envs`` scenes stepped together replaying generated demos, a batch at a time
+    (:func:`worldgen.vector_env.balanced_batches` of (start state, demo, scene seed)); also the body of a
+    Ray actor."""
+
+    def __init__(self, manifest: Manifest, num_envs: int):
+        from worldgen.vector_env import WorldgenVectorEnv
+
+        self.manifest = manifest
+        self.venv = WorldgenVectorEnv(manifest, num_envs, autoreset_mode="Disabled")
+
+    def run(self, batch: tuple[int, int, list[tuple[np.ndarray, Demo, int]]]) -> tuple[int, list[dict]]:
+        start, count, replays = batch
+        venv, n = self.venv, self.venv.num_envs
+        venv.reset(seed=[seed for _, _, seed in replays])
+        for i, (state, _, _) in enumerate(replays):
+            venv.set_state(i, state)
+        actions = [d.extras.get(EXECUTED_ACTIONS, d.actions) for _, d, _ in replays]
+        seen = [{EEF_POS: [], "object": []} for _ in replays]
+        success, active = np.zeros(n, bool), np.array([len(a) > 0 for a in actions])
+        t = 0
+        while active.any():
+            hold = np.zeros(venv.single_action_space.shape, np.float32)
+            step = np.stack([a[t] if t < len(a) else hold for a in actions])
+            obs, _, terminated, truncated, info = venv.step(step)
+            for i in np.flatnonzero(active):
+                seen[i][EEF_POS].append(obs[EEF_POS][i])
+                seen[i]["object"].append(obs["object"][i])
+                success[i] |= bool(info["success"][i])
+                active[i] = not (terminated[i] or truncated[i]) and t + 1 < len(actions[i])
+            t += 1
+        results = []
+        for i in range(count):
+            demo = replays[i][1]
+            replayed = {k: np.reshape(v, (len(v), demo.obs[k].shape[1])) for k, v in seen[i].items()}
+            results.append(replay_errors(self.manifest, demo, replayed, bool(success[i])))
+        return start, results
+
+    def close(self) -> None:
+        self.venv.close()
+
+
 def replay_demos_together(
-    manifest: Manifest, replays: list[tuple[np.ndarray, Demo, int]], envs: int
+    manifest: Manifest,
+    replays: list[tuple[np.ndarray, Demo, int]],
+    envs: int,
+    workers: int = 1,
+    ray_address: str | None = None,
 ) -> list[dict]:
     """:func:`replay_demo` for many demos, ``envs`` scenes stepped together (``worldgen.vector_env``);
     ``replays`` holds (start state, demo, scene seed) each. Scenes stepped together are not bit-identical
-    to one at a time (MuJoCo solves their contacts together): a diagnostic, as replay is."""
-    from worldgen.vector_env import WorldgenVectorEnv, balanced_batches
+    to one at a time (MuJoCo solves their contacts together): a diagnostic, as replay is. ``workers`` > 1
+    or a ``ray_address``: the batches on that many Ray actors, the same batches and results."""
+    from worldgen.vector_env import balanced_batches
 
     n, batches = balanced_batches(replays, envs)
-    venv = WorldgenVectorEnv(manifest, n, autoreset_mode="Disabled")
-    results: list[dict] = []
-    try:
-        for _, count, batch in batches:
-            venv.reset(seed=[seed for _, _, seed in batch])
-            for i, (state, _, _) in enumerate(batch):
-                venv.set_state(i, state)
-            actions = [d.extras.get(EXECUTED_ACTIONS, d.actions) for _, d, _ in batch]
-            seen = [{EEF_POS: [], "object": []} for _ in batch]
-            success, active = np.zeros(n, bool), np.array([len(a) > 0 for a in actions])
-            t = 0
-            while active.any():
-                hold = np.zeros(venv.single_action_space.shape, np.float32)
-                step = np.stack([a[t] if t < len(a) else hold for a in actions])
-                obs, _, terminated, truncated, info = venv.step(step)
-                for i in np.flatnonzero(active):
-                    seen[i][EEF_POS].append(obs[EEF_POS][i])
-                    seen[i]["object"].append(obs["object"][i])
-                    success[i] |= bool(info["success"][i])
-                    active[i] = not (terminated[i] or truncated[i]) and t + 1 < len(actions[i])
-                t += 1
-            for i in range(count):
-                replayed = {
-                    k: np.reshape(v, (len(v), batch[i][1].obs[k].shape[1])) for k, v in seen[i].items()
-                }
-                results.append(replay_errors(manifest, batch[i][1], replayed, bool(success[i])))
-    finally:
-        venv.close()
-    return results
+    if workers > 1 or ray_address is not None:
+        from worldgen.distributed import map_on_workers
+
+        done = dict(map_on_workers(ReplayBatchWorker, (manifest, n), batches, workers, ray_address))
+    else:
+        worker = ReplayBatchWorker(manifest, n)
+        try:
+            done = dict(worker.run(batch) for batch in batches)
+        finally:
+            worker.close()
+    return [result for start in sorted(done) for result in done[start]]
 
 
-def replay_generated(f: h5py.File, names: list[str], envs: int = 1) -> list[dict]:
+class ReplayWorker:
+    """One simulator scene replaying generated demos of one dataset by name (:func:`replay_demo`); also
+    the body of a Ray actor (``worldgen.distributed``)."""
+
+    def __init__(self, dataset: str | Path, manifest: Manifest):
+        self.dataset = Path(dataset)
+        self.env = WorldgenEnv(manifest, cameras=False)
+
+    def run(self, name: str) -> tuple[str, dict]:
+        with open_dataset(self.dataset) as f:
+            record = demo_record(f, name)
+            parent = f["data"][record.parent]["states"][()]
+            return name, replay_demo(self.env, parent, f["data"][name], record.seed)
+
+
+def replay_generated(
+    f: h5py.File, names: list[str], envs: int = 1, workers: int = 1, ray_address: str | None = None
+) -> list[dict]:
     """:func:`replay_demo` for the generated demos ``names`` of an open dataset that also holds their
     parents (generation copies the seed demos into its output); ``envs`` > 1: that many scenes stepped
-    together (:func:`replay_demos_together`)."""
+    together (:func:`replay_demos_together`); ``workers`` > 1 or a ``ray_address``: the demos (or the
+    batches of ``envs``) on that many Ray actors, the same replays as in one process."""
     manifest = dataset_manifest(f)
     records = [demo_record(f, n) for n in names]
     for r in records:
@@ -483,7 +576,12 @@ def replay_generated(f: h5py.File, names: list[str], envs: int = 1) -> list[dict
             (f["data"][r.parent]["states"][r.branch_step], read_demo(f["data"][r.name]), r.seed)
             for r in records
         ]
-        return replay_demos_together(manifest, replays, envs)
+        return replay_demos_together(manifest, replays, envs, workers, ray_address)
+    if workers > 1 or ray_address is not None:
+        from worldgen.distributed import map_on_workers
+
+        done = dict(map_on_workers(ReplayWorker, (f.filename, manifest), names, workers, ray_address))
+        return [done[name] for name in names]
     env = WorldgenEnv(manifest, cameras=False)
     try:
         parents = [f["data"][r.parent]["states"][()] for r in records]

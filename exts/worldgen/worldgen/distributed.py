@@ -1,8 +1,10 @@
-"""Ray sharding of seeds over worker processes: ``ray.init(num_cpus=W)`` locally, or a cluster at
-``--ray-address``. Each actor is one worker object (e.g. :class:`worldgen.pipeline.SeedWorker`, which
-holds one environment so its Warp kernels load once) and runs whole episodes; results come back as they
-finish and the caller writes them under seed-derived names, so the dataset is the same as a
-single-process run's. Knows nothing of what the workers compute."""
+"""Ray sharding of independent work items over worker processes: ``ray.init(num_cpus=W)`` locally, or a
+cluster at ``--ray-address`` (the files the workers open must be on a path every node sees). Each actor
+is one worker object that loads what it needs once (:class:`worldgen.pipeline.SeedWorker` holds one
+environment so its Warp kernels load once; the evaluation, replay and generation workers likewise) and
+runs whole items: episodes by seed, replays by demo name, generation tasks. Results come back as they
+finish and the caller writes them in its own order, so outputs are the same as a single-process run's.
+Knows nothing of what the workers compute."""
 
 from __future__ import annotations
 
@@ -24,28 +26,53 @@ def _init_ray(workers: int, address: str | None):
     return ray
 
 
-def map_seeds(
-    worker_cls: type, init_args: tuple, seeds: list[int], workers: int, address: str | None = None
+def map_on_workers(
+    worker_cls: type,
+    init_args: tuple,
+    items: list[Any],
+    workers: int,
+    address: str | None = None,
+    retries: int = 2,
 ) -> Iterator[Any]:
-    """``worker_cls(*init_args).run(seed)`` for every seed on ``workers`` Ray actors; yields the results
-    in completion order."""
-    if not seeds:
+    """``worker_cls(*init_args).run(item)`` for every item on ``workers`` Ray actors; yields the results
+    in completion order. An actor that dies (its process killed, out of memory) is replaced and its item
+    run again, up to ``retries`` times an item; results already yielded are never recomputed."""
+    if not items:
         return
     ray = _init_ray(workers, address)
+    from ray.exceptions import RayActorError
+
     actor_cls = ray.remote(num_cpus=1)(worker_cls)
-    actors = [actor_cls.remote(*init_args) for _ in range(min(workers, len(seeds)))]
-    pending = {}
-    queue = list(seeds)
-    for actor in actors:
+    actors = [actor_cls.remote(*init_args) for _ in range(min(workers, len(items)))]
+    pending: dict[Any, tuple[Any, int]] = {}  # result ref -> (actor, item index)
+    queue = list(range(len(items)))
+    failures = [0] * len(items)
+
+    def submit(actor) -> None:
         if queue:
-            pending[actor.run.remote(queue.pop(0))] = actor
+            index = queue.pop(0)
+            pending[actor.run.remote(items[index])] = (actor, index)
+
+    for actor in actors:
+        submit(actor)
     try:
         while pending:
             (ready,), _ = ray.wait(list(pending), num_returns=1)
-            actor = pending.pop(ready)
-            if queue:
-                pending[actor.run.remote(queue.pop(0))] = actor
-            yield ray.get(ready)
+            actor, index = pending.pop(ready)
+            try:
+                result = ray.get(ready)
+            except RayActorError:
+                failures[index] += 1
+                if failures[index] > retries:
+                    raise
+                actors.remove(actor)
+                actor = actor_cls.remote(*init_args)
+                actors.append(actor)
+                queue.insert(0, index)
+                submit(actor)
+                continue
+            submit(actor)
+            yield result
     finally:
         for actor in actors:
             ray.kill(actor)

@@ -264,9 +264,9 @@ def run_seed_stage(
     if envs > 1:
         results = record_expert_episodes_together(manifest, todo, envs) if todo else []
     elif workers > 1 or ray_address is not None:
-        from .distributed import map_seeds
+        from .distributed import map_on_workers
 
-        results = map_seeds(SeedWorker, (manifest, cameras), todo, workers, ray_address)
+        results = map_on_workers(SeedWorker, (manifest, cameras), todo, workers, ray_address)
     else:
         worker = SeedWorker(manifest, cameras=cameras)
         results = (worker.run(seed) for seed in todo)

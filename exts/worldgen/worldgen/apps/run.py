@@ -306,7 +306,15 @@ def synthetic_stage(run: Run) -> dict[str, Any]:
 
     out = run.path("synthetic", "synthetic.hdf5")
     spec = recover_spec(run.manifest)
-    counts = recover_in_world_model(run.seeds, run.checkpoint, out, spec, progress=progress)
+    counts = recover_in_world_model(
+        run.seeds,
+        run.checkpoint,
+        out,
+        spec,
+        progress=progress,
+        workers=run.workers,
+        ray_address=run.ray_address,
+    )
     return {"dataset": "synthetic/synthetic.hdf5", "recipe": "recover", **counts}
 
 
@@ -333,7 +341,9 @@ def checks_stage(run: Run) -> dict[str, Any]:
             background=background,
         )
     run.say("replaying every attempt in the simulator (a diagnostic, never used for acceptance)")
-    replay = judge_against_replay(run.checked, envs=run.profile.envs)
+    replay = judge_against_replay(
+        run.checked, envs=run.profile.envs, workers=run.workers, ray_address=run.ray_address
+    )
     acceptance = replay["acceptance"]
     return {
         "dataset": str(run.checked.relative_to(run.folder)),
@@ -416,9 +426,18 @@ def eval_stage(run: Run) -> dict[str, Any]:
                 if done % max(total // 5, 1) == 0 or done == total:
                     run.say(f"{row}: {done}/{total} episodes ({_eta(done, total, started)})")
 
-            envs = 1 if run.manifest.policy.algorithm in ("bc-image",) else run.profile.envs
+            envs = (
+                1 if run.manifest.policy.algorithm == "bc-image" else run.profile.envs
+            )  # cameras: one scene
             report = evaluate_policy(
-                run.folder / trained["folder"], run.manifest, episodes, out=out, progress=progress, envs=envs
+                run.folder / trained["folder"],
+                run.manifest,
+                episodes,
+                out=out,
+                progress=progress,
+                envs=envs,
+                workers=run.workers,
+                ray_address=run.ray_address,
             )
         rows[row] = {
             "demos": trained["demos"],
