@@ -72,7 +72,7 @@ PROFILES = {
             "world_model": {"resolution": [32, 32], "train_steps": 1500, "batch_size": 16},
             "branching": {"per_seed": 4, "at_steps": [0]},
             "policy": {"train_steps": 1500},
-            "evaluation": {"episodes": 50},
+            "evaluation": {"episodes": 100},
         },
         checkpoint_every=250,
         check_samples=2,
@@ -469,7 +469,7 @@ def verdict(rows: dict[str, dict[str, Any]]) -> str:
 def report_stage(run: Run) -> dict[str, Any]:
     from .run_report import write_report
 
-    path = write_report(run)
+    path = write_report(run.folder, run.manifest)
     return {"report": str(path.relative_to(run.folder))}
 
 
@@ -553,7 +553,7 @@ def _changed(before: dict[str, Any] | None, now: dict[str, Any]) -> str:
     if before is None:
         return "no earlier output"
     fields = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-    return "changed: " + ", ".join(fields) if fields else "changed"
+    return "changed: " + ", ".join(fields) if fields else "a stage it reads changed"
 
 
 def run_pipeline(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h5py
 import jinja2
@@ -16,10 +16,8 @@ from .. import plots
 from ..dataset import DemoRecord, demo_names, open_dataset, read_demo
 from ..files import write_atomically
 from ..keys import EXECUTED_ACTIONS, RGB, image_key
+from ..manifest import Manifest
 from ..report import frames_gif
-
-if TYPE_CHECKING:
-    from .run import Run
 
 TEMPLATES = Path(__file__).with_name("templates")
 GIF_DEMOS = 2  # generated demos shown beside their seed and their replay
@@ -36,14 +34,14 @@ def _same_length(frames: list[np.ndarray]) -> list[np.ndarray]:
     return [np.concatenate([f, np.repeat(f[-1:], n - len(f), axis=0)]) for f in frames]
 
 
-def replayed_frames(run: Run, parent: h5py.Group, group: h5py.Group, key: str) -> np.ndarray:
+def replayed_frames(manifest: Manifest, parent: h5py.Group, group: h5py.Group, key: str) -> np.ndarray:
     """A generated demo's executed actions replayed in the simulator from its parent's state at its start
     step, with cameras: the frames of ``key``."""
     from ..envs import WorldgenEnv
 
     demo, record = read_demo(group), DemoRecord.from_group(group)
     executed = demo.extras.get(EXECUTED_ACTIONS, demo.actions)
-    env = WorldgenEnv(run.manifest, cameras=True)
+    env = WorldgenEnv(manifest, cameras=True)
     try:
         obs, _ = env.reset(seed=record.seed)
         env.set_state(read_demo(parent).states[record.branch_step])
@@ -58,11 +56,11 @@ def replayed_frames(run: Run, parent: h5py.Group, group: h5py.Group, key: str) -
     return np.stack(frames)
 
 
-def side_by_side_gifs(run: Run, out: Path) -> list[dict[str, str]]:
-    """For the first generated demos: seed | world model | simulator replay, as one GIF each."""
-    key = image_key(run.manifest.world_model_camera, RGB)
+def side_by_side_gifs(manifest: Manifest, dataset: Path, out: Path) -> list[dict[str, str]]:
+    """For the first generated demos of ``dataset``: seed | world model | simulator replay, a GIF each."""
+    key = image_key(manifest.world_model_camera, RGB)
     gifs = []
-    with open_dataset(run.checked) as f:
+    with open_dataset(dataset) as f:
         records = [DemoRecord.from_group(f["data"][n]) for n in demo_names(f, "synthetic")]
         shown = sorted(records, key=lambda r: not r.success)[:GIF_DEMOS]  # successful attempts first
         for record in shown:
@@ -71,7 +69,7 @@ def side_by_side_gifs(run: Run, out: Path) -> list[dict[str, str]]:
             seed_clip = parent["obs"][key][start:]
             seed_clip = np.concatenate([seed_clip, parent["next_obs"][key][-1:]])
             predicted = np.concatenate([group["obs"][key][()], group["next_obs"][key][-1:]])
-            replayed = replayed_frames(run, parent, group, key)
+            replayed = replayed_frames(manifest, parent, group, key)
             clips = _same_length([seed_clip, predicted, replayed])
             path = out / f"{record.name}.gif"
             frames_gif({f"{i}_{RGB}": c[::2] for i, c in enumerate(clips)}, path, fps=5)
@@ -86,28 +84,29 @@ def side_by_side_gifs(run: Run, out: Path) -> list[dict[str, str]]:
     return gifs
 
 
-def write_report(run: Run) -> Path:
-    """Write ``report/index.html`` from ``run.json`` and the stages' outputs; returns its path."""
-    record: dict[str, Any] = json.loads((run.folder / "run.json").read_text())
-    out = run.path("report")
+def write_report(folder: Path, manifest: Manifest) -> Path:
+    """Write ``report/index.html`` of the run in ``folder`` from its ``run.json`` and its stages' outputs;
+    returns its path."""
+    record: dict[str, Any] = json.loads((folder / "run.json").read_text())
+    out = folder / "report"
     stages = record["stages"]
     seeds, wm = stages["seeds"]["summary"], stages["world_model"]["summary"]
     synthetic, checks = stages["synthetic"]["summary"], stages["checks"]["summary"]
     evaluation = stages["eval"]["summary"]
     rows = evaluation["rows"]
     success = plots.success_rates(
-        rows, out / "success.png", f"{run.manifest.name}: success on one held-out panel, 95 % CI", "seeds"
+        rows, out / "success.png", f"{manifest.name}: success on one held-out panel, 95 % CI", "seeds"
     )
-    fidelity = json.loads((run.folder / wm["fidelity"]).read_text())
+    fidelity = json.loads((folder / wm["fidelity"]).read_text())
     curve = plots.psnr_per_step(
         fidelity["per_step"], out / "fidelity.png", "world model against copy-last-frame, held-out demo"
     )
     images = {
         "success": _data_uri(success),
         "fidelity": _data_uri(curve),
-        "sheets": [_data_uri(p) for p in sorted(run.path("seeds").glob("demo_*.png"))[:1]],
-        "heatmap": _data_uri(run.folder / checks["heatmap"]) if checks.get("heatmap") else None,
-        "gifs": side_by_side_gifs(run, out),
+        "sheets": [_data_uri(p) for p in sorted((folder / "seeds").glob("demo_*.png"))[:1]],
+        "heatmap": _data_uri(folder / checks["heatmap"]) if checks.get("heatmap") else None,
+        "gifs": side_by_side_gifs(manifest, folder / checks["dataset"], out),
     }
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
@@ -122,7 +121,7 @@ def write_report(run: Run) -> Path:
         checks=checks,
         images=images,
         total_seconds=sum(s["made_in_seconds"] or 0 for s in stages.values()),
-        manifest_text=(run.folder / "manifest.yaml").read_text(),
+        manifest_text=(folder / "manifest.yaml").read_text(),
         precision=lambda p: "none" if p is None else f"{100 * p:.0f} %",
     )
     path = out / "index.html"

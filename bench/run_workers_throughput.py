@@ -1,0 +1,121 @@
+"""The heavy stages of ``worldgen run`` in one process against the same on Ray actors, side by side in one
+run, on a run folder's own outputs: generation (``recover`` tasks in the world model), replay
+verification of the generated demos (batches of scenes stepped together) and evaluation of the seeds-only
+policy (the same). For each: wall-clock both ways, the ratio, and whether the outputs are identical.
+Writes bench/results/run_workers.json.
+
+    python bench/run_workers_throughput.py [RUN_DIR] [--workers 2]   (RUN_DIR: a finished worldgen run;
+                                                                      default: runs the tiny profile)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "run_workers.json"
+
+
+def timed(fn):
+    started = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - started
+
+
+def same_datasets(a: Path, b: Path) -> bool:
+    from worldgen.dataset import demo_names
+
+    with h5py.File(a) as f, h5py.File(b) as g:
+        if demo_names(f) != demo_names(g):
+            return False
+        for name in demo_names(f):
+            for key in ("actions", "states", "obs/object"):
+                if not np.array_equal(f["data"][name][key][()], g["data"][name][key][()]):
+                    return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("run", nargs="?", type=Path, help="a finished worldgen run folder")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    from worldgen.apps.run import PROFILES, recover_spec, run_pipeline
+    from worldgen.dataset import demo_names
+    from worldgen.manifest import load_manifest
+
+    from policies.evaluate import evaluate_policy
+    from world_models.generate import recover_in_world_model, replay_generated
+
+    scratch = Path(tempfile.mkdtemp(prefix="run_workers_"))
+    run = args.run
+    if run is None:
+        run = scratch / "run"
+        run_pipeline(load_manifest(ROOT / "scenarios" / "push_to_target.yaml"), run, "tiny")
+    manifest = load_manifest(run / "manifest.yaml")
+    profile = json.loads((run / "run.json").read_text())["profile"]
+    envs = PROFILES[profile["name"]].envs
+    seeds, ckpt = run / "seeds" / "seeds.hdf5", run / "world_model" / "checkpoint"
+    spec = recover_spec(manifest)
+    stages = {}
+
+    one, many = scratch / "one.hdf5", scratch / "many.hdf5"
+    counts, t_one = timed(lambda: recover_in_world_model(seeds, ckpt, one, spec))
+    _, t_many = timed(lambda: recover_in_world_model(seeds, ckpt, many, spec, workers=args.workers))
+    stages["generation"] = {"attempts": counts["attempts"], "identical": same_datasets(one, many)}
+    stages["generation"].update(one_process_s=t_one, workers_s=t_many)
+
+    with h5py.File(one) as f:
+        names = demo_names(f, "synthetic")
+        a, t_one = timed(lambda: replay_generated(f, names, envs=envs))
+        b, t_many = timed(lambda: replay_generated(f, names, envs=envs, workers=args.workers))
+    stages["replay"] = {"demos": len(names), "envs": envs, "identical": a == b}
+    stages["replay"].update(one_process_s=t_one, workers_s=t_many)
+
+    policy = run / "policies" / "seeds"
+    episodes = manifest.evaluation.episodes
+    a, t_one = timed(lambda: evaluate_policy(policy, manifest, episodes, gifs=False, envs=envs))
+    b, t_many = timed(
+        lambda: evaluate_policy(policy, manifest, episodes, gifs=False, envs=envs, workers=args.workers)
+    )
+    stages["evaluation"] = {
+        "episodes": episodes,
+        "envs": envs,
+        "identical": a["per_episode"] == b["per_episode"],
+        "success_rate": a["success_rate"],
+    }
+    stages["evaluation"].update(one_process_s=t_one, workers_s=t_many)
+    for stage in stages.values():
+        stage["speedup"] = stage["one_process_s"] / stage["workers_s"]
+    result = {
+        "benchmark": "run_workers",
+        "machine": {"cpus": multiprocessing.cpu_count(), "platform": platform.platform()},
+        "run": {"profile": profile["name"], "manifest": manifest.name},
+        "workers": args.workers,
+        "note": "Ray actor start-up (a process, imports, Warp modules, the world model) is inside workers_s.",
+        "stages": stages,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    for name, stage in stages.items():
+        print(
+            f"{name:<11} one process {stage['one_process_s']:6.1f} s, {args.workers} Ray workers "
+            f"{stage['workers_s']:6.1f} s: x{stage['speedup']:.2f}, identical outputs: {stage['identical']}"
+        )
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
