@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers.optimization import get_scheduler
+from worldgen.data_parallel import DataParallel
 from worldgen.dataset import DatasetError, dataset_manifest, open_dataset
 from worldgen.errors import ArgumentError
 from worldgen.keys import EEF_POS, GRIPPER_QPOS, RGB, image_key
@@ -102,19 +103,23 @@ def train_bc(
     lr_schedule = get_scheduler(
         "cosine", optimizer, num_warmup_steps=min(200, config.steps // 10), num_training_steps=config.steps
     )
+    # Under torchrun / accelerate launch: every rank draws the global batch and trains on its share.
+    parallel = DataParallel()
+    parallel.check_batch(config.batch_size)
     generator = torch.Generator().manual_seed(config.seed)
     policy.train()
     started, losses = time.perf_counter(), []
-    log = TrainingLog(log_dir)
+    log = TrainingLog(log_dir if parallel.main else None)
     for step in range(1, config.steps + 1):
-        loss = policy.compute_loss(data.sample(config.batch_size, generator))
+        loss = policy.compute_loss(parallel.share(data.sample(config.batch_size, generator)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        parallel.average_gradients(policy.parameters())
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 10.0)
         optimizer.step()
         lr_schedule.step()
-        losses.append(loss.item())
-        if step % 50 == 0 or step == config.steps:
+        losses.append(parallel.mean(loss.item()))
+        if (step % 50 == 0 or step == config.steps) and parallel.main:
             mean_loss = float(np.mean(losses[-50:]))
             rate = step * config.batch_size / (time.perf_counter() - started)
             log.scalars(
@@ -140,12 +145,16 @@ def train_bc(
         "manifest_hash": manifest.content_hash(),
         "training_seeds": data.seeds,
         "train_loss": float(np.mean(losses[-100:])),
+        "loss_curve": losses[::10],  # the global batch's loss every 10 steps from the first
+        "data_parallel_ranks": parallel.world,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    if has_valid:
+    if has_valid and parallel.main:
         valid = PolicyDataset(
             dataset, config.obs_keys, config.image_keys, config.n_obs_steps, config.horizon, "valid"
         )
         meta["valid_loss"] = evaluate_loss(policy, valid)
-    policy.eval().save_pretrained(out, meta)
+    if parallel.main:
+        policy.eval().save_pretrained(out, meta)
+    parallel.close()
     return meta

@@ -153,6 +153,17 @@ def evaluate_branches(
     return report
 
 
+def write_image(path: Path, image: np.ndarray) -> None:
+    """An (H, W, 3) uint8 image as a PNG, written atomically."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    write_atomically(path, buffer.getvalue())
+
+
 def _write_report(report: dict, out: str | Path) -> None:
     """The report as JSON at ``out`` and its per-step PSNR plot beside it (same name, ``.png``)."""
     out = Path(out)
@@ -175,10 +186,12 @@ def evaluate_open_loop(
     stride: int = 6,
     device: str = "cpu",
     out: str | Path | None = None,
+    strip: str | Path | None = None,
 ) -> dict:
     """Roll out from every ``stride``-th step of each demo in ``mask`` under its recorded actions and
     score each step ahead against the recorded frames, beside copy-last-frame; the action-sensitivity gap
-    uses another window's actions with the same noise. Frames are compared at the model's resolution."""
+    uses another window's actions with the same noise. Frames are compared at the model's resolution.
+    ``strip``: a PNG of the first window, the recorded frames above the model's, one column a step."""
     from .branch import WorldModelSampler
     from .data import Episode, obs_from_frames
 
@@ -206,6 +219,9 @@ def evaluate_open_loop(
         truth = obs_from_frames(episode.frames[t + 1 : t + 1 + horizon], instances)
         first = {s: v[0] for s, v in obs_from_frames(episode.frames[t : t + 1], instances).items()}
         own, shuffled = (obs_from_frames(p, instances) for p in pred)
+        if strip is not None and i == 0:
+            rows = [np.concatenate(list(obs["rgb"]), axis=1) for obs in (truth, own)]
+            write_image(Path(strip), np.concatenate(rows, axis=0))
         for j in range(horizon):
             true, pred_j = ({s: v[j] for s, v in obs.items()} for obs in (truth, own))
             for key, value in _frame_metrics(pred_j, true, instances, far - near).items():

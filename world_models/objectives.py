@@ -21,6 +21,7 @@ from typing import Protocol
 
 import torch
 from diffusers import EDMEulerScheduler, FlowMatchEulerDiscreteScheduler
+from worldgen.data_parallel import DataParallel
 
 from .data import Normalization
 
@@ -180,19 +181,30 @@ def world_model_loss(
     batch: dict,
     generator: torch.Generator,
     norm: Normalization,
+    parallel: DataParallel | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(frame loss, state loss) of one batch: the objective's denoising loss for the next frame, and MSE
     of the normalised state change. Noise is drawn with ``generator`` on its own device (on the GPU,
-    drawing on the host would starve it) and moved to the model's device with the batch."""
+    drawing on the host would starve it) and moved to the model's device with the batch. ``parallel``
+    (data-parallel ranks): ``batch`` is the global batch and every draw is made for the global batch, of
+    which this rank keeps its share, so the ranks' losses average to the one-process loss."""
+    world = 1 if parallel is None else parallel.world
+
+    def share(x: torch.Tensor) -> torch.Tensor:
+        return x if parallel is None else parallel.share(x)
+
     device = next(model.parameters()).device
-    batch = {key: value.to(device) for key, value in batch.items()}
+    batch = {key: share(value).to(device) for key, value in batch.items()}
     b = batch["next_frame"].shape[0]
 
+    # Every draw's first dimension is this rank's batch: drawn for all ranks' batches, then shared.
     def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(shape, generator=generator, device=generator.device).to(device)
+        drawn = torch.randn((shape[0] * world, *shape[1:]), generator=generator, device=generator.device)
+        return share(drawn).to(device)
 
     def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(shape, generator=generator, device=generator.device).to(device)
+        drawn = torch.rand((shape[0] * world, *shape[1:]), generator=generator, device=generator.device)
+        return share(drawn).to(device)
 
     state, actions = norm.normalize(batch["state"]), norm.normalize_actions(batch["actions"])
     noised = objective.noise_target(batch["next_frame"], batch["context"][:, -1], randn)

@@ -18,6 +18,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from worldgen.checks.clip import tracked_objects
+from worldgen.data_parallel import DataParallel
 from worldgen.dataset import dataset_manifest, demo_names, open_dataset, read_scene
 from worldgen.errors import ArgumentError, CheckpointError
 from worldgen.files import recover_folder, staging_folder, swap_in_folder, write_atomically
@@ -330,7 +331,11 @@ def train_world_model(
     # A keyword given as None leaves the config's value (the CLI passes every flag, given or not).
     config = replace(config or TrainingConfig(), **{k: v for k, v in overrides.items() if v is not None})
     dataset, out = Path(dataset), Path(out)
-    recover_folder(out)  # a run killed while swapping in a checkpoint goes on from the previous one
+    # Under torchrun / accelerate launch: every rank draws the global batch and its noise and trains on its
+    # share; gradients are averaged, so the ranks follow one process's run. Rank 0 logs and writes.
+    parallel = DataParallel()
+    if parallel.main:
+        recover_folder(out)  # a run killed while swapping in a checkpoint goes on from the previous one
     with open_dataset(dataset) as f:
         manifest = dataset_manifest(f)
         scene = read_scene(f["data"][demo_names(f)[0]])
@@ -402,16 +407,18 @@ def train_world_model(
     model.train()
     started = time.perf_counter()
     done, out_of_time = start, False
-    log = TrainingLog(config.log_dir)
+    parallel.check_batch(batch_size)
+    log = TrainingLog(config.log_dir if parallel.main else None)
     for step in range(start, steps):
         # Reseeded where a checkpoint can be: a run killed and resumed draws what an uninterrupted one does.
         if step == start or step % config.checkpoint_every == 0:
             generator.manual_seed(config.seed * 1_000_003 + step)
         batch = train.batch(batch_size, generator)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16"):
-            frame_loss, state_loss = world_model_loss(model, objective, batch, generator, norm)
+            frame_loss, state_loss = world_model_loss(model, objective, batch, generator, norm, parallel)
         optimizer.zero_grad(set_to_none=True)
         (frame_loss + state_loss).backward()
+        parallel.average_gradients(trainable)
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         lr_schedule.step()
@@ -420,13 +427,18 @@ def train_world_model(
         # Reading the loss waits for the device: every step, that would serialise a GPU run.
         if done % PROGRESS_EVERY == 0 or done == steps:
             rate = (done - start) * batch_size / (time.perf_counter() - started)
-            losses = {"train/frame_loss": frame_loss.item(), "train/state_loss": state_loss.item()}
+            losses = {
+                "train/frame_loss": parallel.mean(frame_loss.item()),
+                "train/state_loss": parallel.mean(state_loss.item()),
+            }
             log.scalars(
                 done, {**losses, "train/lr": lr_schedule.get_last_lr()[0], "train/samples_per_s": rate}
             )
-            if progress is not None:
+            if progress is not None and parallel.main:
                 progress(done, losses["train/frame_loss"], losses["train/state_loss"], rate)
         out_of_time = config.time_limit is not None and time.perf_counter() - started >= config.time_limit
+        if config.time_limit is not None:  # the ranks stop together
+            out_of_time = parallel.mean(float(out_of_time)) > 0
         if done % config.checkpoint_every == 0 or done == steps or out_of_time:
             with torch.no_grad():
                 model.eval()
@@ -436,22 +448,24 @@ def train_world_model(
                 model.train()
             history.append({"step": done, "frame_loss": float(v_frame), "state_loss": float(v_state)})
             log.scalars(done, {"valid/frame_loss": float(v_frame), "valid/state_loss": float(v_state)})
-            save_checkpoint(
-                out,
-                model,
-                ema,
-                optimizer,
-                meta.replace(step=done),
-                {
-                    "step": done,
-                    "ema_step": int(ema.optimization_step),
-                    "lr": spec.learning_rate,
-                    "batch_size": batch_size,
-                    "validation": history,
-                },
-                data.codec,
-            )
+            if parallel.main:
+                save_checkpoint(
+                    out,
+                    model,
+                    ema,
+                    optimizer,
+                    meta.replace(step=done),
+                    {
+                        "step": done,
+                        "ema_step": int(ema.optimization_step),
+                        "lr": spec.learning_rate,
+                        "batch_size": batch_size,
+                        "validation": history,
+                    },
+                    data.codec,
+                )
         if out_of_time:
             break
     log.close()
+    parallel.close()
     return {"step": done, "validation": history, "out": str(out), "stopped_early": out_of_time}

@@ -264,6 +264,8 @@ def _cmd_train_wm(args: argparse.Namespace) -> int:
             device=args.device,
             vae=args.vae,
             time_limit=args.time_limit * 60 if args.time_limit else None,
+            checkpoint_every=args.checkpoint_every,
+            log_dir=args.log_dir,
         )
     finally:
         bar.close()
@@ -780,8 +782,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--vae", metavar="LOCAL_WAN_VAE", help="train in the latent space of this local AutoencoderKLWan"
     )
     p.add_argument("--steps", type=_count_arg, help="training steps (default: the manifest's)")
-    p.add_argument("--batch-size", type=_count_arg, help="default: the manifest's")
+    p.add_argument("--batch-size", type=_count_arg, help="default: the manifest's (the global batch)")
     p.add_argument("--seed", type=_seed_arg, default=0)
+    p.add_argument("--checkpoint-every", type=_count_arg, help="steps between checkpoints (default 500)")
+    p.add_argument("--log-dir", metavar="DIR", help="TensorBoard event files of the run")
     p.add_argument(
         "--time-limit",
         type=_minutes_arg,

@@ -36,13 +36,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
+from PIL import Image
 
 from .. import __version__
 from ..dataset import DatasetReader, dataset_manifest, open_dataset, restamp_dataset
 from ..errors import ArgumentError
 from ..files import write_atomically
 from ..manifest import Manifest, manifest_text, parse_manifest
+from ..training_log import TrainingLog
 
 STAGES = ("scene", "seeds", "world_model", "synthetic", "checks", "policies", "eval", "report")
 ROWS = ("seeds", "seeds+recover")
@@ -267,9 +270,13 @@ def world_model_stage(run: Run) -> dict[str, Any]:
         log_dir=str(run.path("world_model", "logs")),
     )
     run.say("open-loop fidelity on the held-out seed demo against copy-last-frame")
+    strip = run.path("world_model", "rollout.png")
     fidelity = evaluate_open_loop(
-        run.seeds, run.checkpoint, mask="valid", out=run.path("world_model", "fidelity.json")
+        run.seeds, run.checkpoint, mask="valid", out=run.path("world_model", "fidelity.json"), strip=strip
     )
+    with TrainingLog(run.path("world_model", "logs")) as log:
+        caption = "valid/rollout (top: recorded, bottom: world model, one column a step)"
+        log.image(result["step"], caption, np.asarray(Image.open(strip).convert("RGB")))
     per_step = fidelity["per_step"]
     last = max(per_step["psnr"], key=int)
     return {
@@ -282,6 +289,7 @@ def world_model_stage(run: Run) -> dict[str, Any]:
         "steps_ahead": int(last),
         "action_sensitivity_psnr_gap": fidelity["action_sensitivity_psnr_gap"],
         "fidelity": "world_model/fidelity.json",
+        "rollout": "world_model/rollout.png",
     }
 
 

@@ -104,6 +104,7 @@ def write_report(folder: Path, manifest: Manifest) -> Path:
     images = {
         "success": _data_uri(success),
         "fidelity": _data_uri(curve),
+        "rollout": _data_uri(folder / wm["rollout"]),
         "sheets": [_data_uri(p) for p in sorted((folder / "seeds").glob("demo_*.png"))[:1]],
         "heatmap": _data_uri(folder / checks["heatmap"]) if checks.get("heatmap") else None,
         "gifs": side_by_side_gifs(manifest, folder / checks["dataset"], out),
