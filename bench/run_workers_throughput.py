@@ -1,8 +1,8 @@
 """The heavy stages of ``worldgen run`` in one process against the same on Ray actors, side by side in one
-run, on a run folder's own outputs: generation (``recover`` tasks in the world model), replay
-verification of the generated demos (batches of scenes stepped together) and evaluation of the seeds-only
-policy (the same). For each: wall-clock both ways, the ratio, and whether the outputs are identical.
-Writes bench/results/run_workers.json.
+run, on a run folder's own outputs: generation (``recover`` tasks in the world model), the checks'
+agreement samples (the gate's heavy part), replay verification of the generated demos (batches of
+scenes stepped together) and evaluation of the seeds-only policy (the same). For each: wall-clock both
+ways, the ratio, and whether the outputs are identical. Writes bench/results/run_workers.json.
 
     python bench/run_workers_throughput.py [RUN_DIR] [--workers 2]   (RUN_DIR: a finished worldgen run;
                                                                       default: runs the tiny profile)
@@ -14,6 +14,7 @@ import argparse
 import json
 import multiprocessing
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -57,6 +58,7 @@ def main() -> None:
     from worldgen.manifest import load_manifest
 
     from policies.evaluate import evaluate_policy
+    from world_models.checking import sample_spreads
     from world_models.generate import recover_in_world_model, replay_generated
 
     scratch = Path(tempfile.mkdtemp(prefix="run_workers_"))
@@ -76,6 +78,15 @@ def main() -> None:
     _, t_many = timed(lambda: recover_in_world_model(seeds, ckpt, many, spec, workers=args.workers))
     stages["generation"] = {"attempts": counts["attempts"], "identical": same_datasets(one, many)}
     stages["generation"].update(one_process_s=t_one, workers_s=t_many)
+
+    copies = [scratch / f"spread{i}.hdf5" for i in range(2)]
+    for path in copies:
+        shutil.copyfile(one, path)
+    samples = PROFILES[profile["name"]].check_samples
+    a, t_one = timed(lambda: sample_spreads(copies[0], ckpt, samples))
+    b, t_many = timed(lambda: sample_spreads(copies[1], ckpt, samples, workers=args.workers))
+    stages["checks_agreement"] = {"demos": len(a), "samples": samples, "identical": a == b}
+    stages["checks_agreement"].update(one_process_s=t_one, workers_s=t_many)
 
     with h5py.File(one) as f:
         names = demo_names(f, "synthetic")

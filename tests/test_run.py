@@ -231,8 +231,9 @@ def test_report_renders_in_headless_chromium_with_the_runs_numbers(first_run, tm
 
 
 def test_two_ray_workers_generate_replay_and_evaluate_as_one_process(first_run, tmp_path):
-    """Generation (parent, start step tasks), replay verification and evaluation episodes sharded over 2
-    Ray actors give what one process gives, byte for byte where it writes a dataset."""
+    """Generation (parent, start step tasks), the agreement samples of the checks, replay verification and
+    evaluation episodes sharded over 2 Ray actors give what one process gives, byte for byte where it
+    writes a dataset."""
     from policies.evaluate import evaluate_policy
     from world_models.generate import RecoverSpec, recover_in_world_model, replay_generated
 
@@ -251,9 +252,39 @@ def test_two_ray_workers_generate_replay_and_evaluate_as_one_process(first_run, 
         names = demo_names(a, "synthetic")
         assert replay_generated(a, names) == replay_generated(a, names, workers=2)
         assert replay_generated(a, names, envs=2) == replay_generated(a, names, envs=2, workers=2)
+    # The checks' heavy part, the agreement samples, batched by (parent, start step).
+    from world_models.checking import sample_spreads
+
+    copies = [tmp_path / f"spread{i}.hdf5" for i in range(2)]
+    for path in copies:
+        shutil.copyfile(one, path)
+    assert sample_spreads(copies[0], ckpt, 2) == sample_spreads(copies[1], ckpt, 2, workers=2)
     manifest = load_manifest(folder / "manifest.yaml")
     policy = folder / "policies" / "seeds"
     for envs in (1, 2):  # one scene a worker, and batches of scenes stepped together
         alone = evaluate_policy(policy, manifest, 4, gifs=False, envs=envs)
         sharded = evaluate_policy(policy, manifest, 4, gifs=False, envs=envs, workers=2)
         assert sharded["per_episode"] == alone["per_episode"] and sharded["layout"] == alone["layout"]
+
+
+class DiesOnce:
+    """A Ray worker whose process dies the first time it is given item 1 (the marker says it happened)."""
+
+    def __init__(self, marker: str):
+        self.marker = Path(marker)
+
+    def run(self, item: int) -> int:
+        if item == 1 and not self.marker.exists():
+            self.marker.touch()
+            os._exit(1)
+        return item * item
+
+
+def test_a_worker_that_dies_is_replaced_and_its_item_run_again(tmp_path):
+    import ray.cloudpickle
+    from worldgen.distributed import map_on_workers
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
+    results = sorted(map_on_workers(DiesOnce, (str(tmp_path / "died"),), [0, 1, 2, 3], workers=2))
+    assert (tmp_path / "died").exists()  # one worker did die
+    assert results == [0, 1, 4, 9]  # and no item was lost or done twice

@@ -47,6 +47,7 @@ from worldgen.keys import DEPTH, EXECUTED_ACTIONS, SEG, image_key
 from worldgen.manifest import Manifest
 
 from .branch import WorldModelSampler, predicted_images, predicted_obs
+from .checkpoint import checkpoint_hash
 from .data import Episode, camera_size, state_layout
 from .generate import replay_generated
 
@@ -189,60 +190,88 @@ def calibrate_world_model(
     )
 
 
+class SpreadWorker:
+    """The agreement of the world-model demos of one (parent, start step): their own predicted
+    trajectories and ``samples - 1`` more rollouts of their executed actions, batched. Holds the sampler,
+    so it loads once; also the body of a Ray actor (``worldgen.distributed``)."""
+
+    def __init__(self, dataset: str | Path, ckpt: str | Path, samples: int, device: str = "cpu"):
+        self.dataset, self.samples = Path(dataset), samples
+        self.sampler = WorldModelSampler(ckpt, device=device)
+
+    def run(self, key: tuple[str, int]) -> dict[str, float]:
+        parent, step = key
+        meta, samples = self.sampler.meta, self.samples
+        camera, instances = meta.camera, list(meta.instances)
+        with open_dataset(self.dataset) as f:
+            manifest = dataset_manifest(f)
+            depth_range = depth_ranges(f).get(camera)
+            records = [demo_record(f, n) for n in demo_names(f)]
+            records = [r for r in records if r.source == "world_model" and (r.parent, r.branch_step) == key]
+            if parent not in f["data"]:
+                raise DatasetError(
+                    f"{self.dataset}: {records[0].name}'s parent {parent} is not in the dataset"
+                )
+            group = f["data"][parent]
+            size, scene = camera_size(group, camera), read_scene(group)
+            episode = Episode.load(group, camera, instances, meta.resolution)
+            demos = [read_demo(f["data"][r.name]) for r in records]
+        context, past, state = episode.history(step, meta.context_frames)
+        executed = [d.extras.get(EXECUTED_ACTIONS, d.actions) for d in demos]
+        horizon = max(len(a) for a in executed)
+        actions, seeds = [], []
+        for record, acts in zip(records, executed, strict=True):
+            padded = np.zeros((horizon, acts.shape[1]), np.float32)
+            padded[: len(acts)] = acts
+            for seed in _resample_seeds(record.noise_seed or 0, samples):
+                actions.append(padded)
+                seeds.append(seed)
+        rolled, _ = self.sampler.rollout(context, past, state, torch.from_numpy(np.stack(actions)), seeds)
+        rolled = rolled.unflatten(0, (len(records), samples - 1))
+        out = {}
+        for i, (record, demo) in enumerate(zip(records, demos, strict=True)):
+            t = len(executed[i])
+            own = {image_key(camera, k): demo.obs[image_key(camera, k)][1 : t + 1] for k in (DEPTH, SEG)}
+            runs = [own] + [predicted_images(camera, instances, r[:t], size) for r in rolled[i]]
+            centroids = [frame_centroids(manifest, images, scene, camera, depth_range) for images in runs]
+            out[record.name] = spread(np.stack(centroids))
+        return out
+
+
 def sample_spreads(
     dataset: str | Path,
     ckpt: str | Path,
     samples: int = 3,
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    workers: int = 1,
+    ray_address: str | None = None,
 ) -> dict[str, float]:
     """Each world-model demo's ``sample_spread``: its own predicted trajectory and ``samples - 1`` more
     rollouts of its executed actions from the same start, under seeds derived from its noise seed.
-    Demos of one parent and start step are rolled out in one batch. Written into the dataset."""
+    Demos of one parent and start step are rolled out in one batch (:class:`SpreadWorker`), on ``workers``
+    Ray actors when asked. Written into the dataset."""
     if samples < 2:
         raise ValueError("agreement needs at least 2 samples")
-    sampler = WorldModelSampler(ckpt, device=device)
-    meta = sampler.meta
-    camera, instances = meta.camera, list(meta.instances)
-    out: dict[str, float] = {}
     with open_dataset(dataset) as f:
-        manifest = dataset_manifest(f)
-        depth_range = depth_ranges(f).get(camera)
-        groups: dict[tuple[str, int], list] = defaultdict(list)
-        for name in demo_names(f):
-            record = demo_record(f, name)
-            if record.source == "world_model" and record.parent is not None:
-                groups[(record.parent, record.branch_step)].append(record)
-        done = 0
-        for (parent, step), records in groups.items():
-            if parent not in f["data"]:
-                raise DatasetError(f"{dataset}: {records[0].name}'s parent {parent} is not in the dataset")
-            group = f["data"][parent]
-            size, scene = camera_size(group, camera), read_scene(group)
-            episode = Episode.load(group, camera, instances, meta.resolution)
-            context, past, state = episode.history(step, meta.context_frames)
-            demos = [read_demo(f["data"][r.name]) for r in records]
-            executed = [d.extras.get(EXECUTED_ACTIONS, d.actions) for d in demos]
-            horizon = max(len(a) for a in executed)
-            actions, seeds = [], []
-            for record, acts in zip(records, executed, strict=True):
-                padded = np.zeros((horizon, acts.shape[1]), np.float32)
-                padded[: len(acts)] = acts
-                for seed in _resample_seeds(record.noise_seed or 0, samples):
-                    actions.append(padded)
-                    seeds.append(seed)
-            rolled, _ = sampler.rollout(context, past, state, torch.from_numpy(np.stack(actions)), seeds)
-            rolled = rolled.unflatten(0, (len(records), samples - 1))
-            for i, (record, demo) in enumerate(zip(records, demos, strict=True)):
-                t = len(executed[i])
-                own = {image_key(camera, k): demo.obs[image_key(camera, k)][1 : t + 1] for k in (DEPTH, SEG)}
-                runs = [own] + [predicted_images(camera, instances, r[:t], size) for r in rolled[i]]
-                centroids = [frame_centroids(manifest, images, scene, camera, depth_range) for images in runs]
-                out[record.name] = spread(np.stack(centroids))
-            done += len(records)
-            if progress is not None:
-                progress(done, sum(len(r) for r in groups.values()))
-    spread_of = {name: {"sample_spread": v, "sample_spread_model": sampler.hash} for name, v in out.items()}
+        records = [demo_record(f, n) for n in demo_names(f)]
+    keys = list(dict.fromkeys((r.parent, r.branch_step) for r in records if r.source == "world_model"))
+    keys = [k for k in keys if k[0] is not None]
+    total = sum(r.source == "world_model" and r.parent is not None for r in records)
+    if workers > 1 or ray_address is not None:
+        from worldgen.distributed import map_on_workers
+
+        results = map_on_workers(SpreadWorker, (dataset, ckpt, samples, device), keys, workers, ray_address)
+    else:
+        worker = SpreadWorker(dataset, ckpt, samples, device)
+        results = (worker.run(key) for key in keys)
+    out: dict[str, float] = {}
+    for spreads in results:
+        out.update(spreads)
+        if progress is not None:
+            progress(len(out), total)
+    model = checkpoint_hash(ckpt)
+    spread_of = {name: {"sample_spread": out[name], "sample_spread_model": model} for name in sorted(out)}
     update_attributes(dataset, spread_of, {})
     return out
 
@@ -255,14 +284,17 @@ def gate_with_world_model(
     held_out_mask: str = "valid",
     samples: int = 3,
     device: str = "cpu",
+    workers: int = 1,
+    ray_address: str | None = None,
     **gate_options,
 ) -> GateReport:
     """Gate a dataset's world-model demos the way this module means: thresholds calibrated through the
     model on held-out seed clips (``held_out``'s ``held_out_mask``; default this dataset's), the
-    agreement of ``samples`` samples per attempt (``samples`` < 2: none), simulator demos as before."""
+    agreement of ``samples`` samples per attempt (``samples`` < 2: none; on ``workers`` Ray actors when
+    asked), simulator demos as before."""
     calibration = calibrate_world_model(held_out or dataset, ckpt, held_out_mask, samples, device)
     if samples >= 2:
-        sample_spreads(dataset, ckpt, samples, device)
+        sample_spreads(dataset, ckpt, samples, device, workers=workers, ray_address=ray_address)
     return gate_dataset(dataset, mask=mask, world_model=calibration, device=device, **gate_options)
 
 

@@ -336,7 +336,8 @@ def checks_stage(run: Run) -> dict[str, Any]:
     restamp_dataset(run.path("synthetic", "synthetic.hdf5"), run.checked, run.manifest)
     samples = run.profile.check_samples
     run.say(f"checking every attempt (thresholds calibrated through the world model, {samples} samples)")
-    report = gate_with_world_model(run.checked, run.checkpoint, samples=run.profile.check_samples)
+    shards = {"workers": run.workers, "ray_address": run.ray_address}
+    report = gate_with_world_model(run.checked, run.checkpoint, samples=samples, **shards)
     heatmap = None
     if report.heatmap is not None:
         with open_dataset(run.seeds) as f:
@@ -349,9 +350,7 @@ def checks_stage(run: Run) -> dict[str, Any]:
             background=background,
         )
     run.say("replaying every attempt in the simulator (a diagnostic, never used for acceptance)")
-    replay = judge_against_replay(
-        run.checked, envs=run.profile.envs, workers=run.workers, ray_address=run.ray_address
-    )
+    replay = judge_against_replay(run.checked, envs=run.profile.envs, **shards)
     acceptance = replay["acceptance"]
     return {
         "dataset": str(run.checked.relative_to(run.folder)),
