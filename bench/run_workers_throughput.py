@@ -115,7 +115,12 @@ def main() -> None:
         "machine": {"cpus": multiprocessing.cpu_count(), "platform": platform.platform()},
         "run": {"profile": profile["name"], "manifest": manifest.name},
         "workers": args.workers,
-        "note": "Ray actor start-up (a process, imports, Warp modules, the world model) is inside workers_s.",
+        "note": (
+            "Ray actor start-up (a process, imports, Warp modules, the world model) is inside workers_s. "
+            "Each actor uses the caller's math-thread count so its results are bit-identical to one "
+            "process's; on 2 cores, 2 actors of 2 threads each oversubscribe the world-model stages "
+            "(generation, agreement samples)."
+        ),
         "stages": stages,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

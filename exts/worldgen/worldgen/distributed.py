@@ -9,6 +9,7 @@ Knows nothing of what the workers compute."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,11 @@ def _init_ray(workers: int, address: str | None):
 
     if not ray.is_initialized():
         env_vars = {k: os.environ[k] for k in ("WARP_CACHE_PATH", "PYTHONHASHSEED") if k in os.environ}
+        # Ray gives a one-CPU actor one math thread; reductions split over another number of threads sum
+        # in another order, so workers use the caller's count and compute what it computes, bit for bit.
+        torch = sys.modules.get("torch")
+        threads = torch.get_num_threads() if torch is not None else os.cpu_count() or 1
+        env_vars.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         kwargs = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": False}
         if address is None:
             ray.init(num_cpus=workers, include_dashboard=False, **kwargs)
