@@ -69,11 +69,13 @@ def train_bc(
     progress: Callable[[int, int, float], None] | None = None,
     manifest: Manifest | None = None,
     log_dir: str | Path | None = None,
+    wandb_project: str | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train a behaviour-cloning policy on the demos of ``mask`` (and/or ``demos``); write ``out``.
     ``manifest``: the one to train for (its policy section), when not the dataset's own; it must describe
-    the scene the demos were recorded in. ``log_dir``: TensorBoard event files (loss, learning rate)."""
+    the scene the demos were recorded in. ``log_dir``: TensorBoard event files (loss, learning rate),
+    mirrored to Weights & Biases project ``wandb_project`` when given."""
     if algo not in BC_POLICIES:
         raise ArgumentError(f"algo {algo!r}: expected one of {list(BC_ALGORITHMS)}")
     dataset, out = Path(dataset), Path(out)
@@ -109,7 +111,7 @@ def train_bc(
     generator = torch.Generator().manual_seed(config.seed)
     policy.train()
     started, losses = time.perf_counter(), []
-    log = TrainingLog(log_dir if parallel.main else None)
+    log = TrainingLog(log_dir if parallel.main else None, wandb_project)
     for step in range(1, config.steps + 1):
         loss = policy.compute_loss(parallel.share(data.sample(config.batch_size, generator)))
         optimizer.zero_grad(set_to_none=True)

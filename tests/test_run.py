@@ -288,3 +288,20 @@ def test_a_worker_that_dies_is_replaced_and_its_item_run_again(tmp_path):
     results = sorted(map_on_workers(DiesOnce, (str(tmp_path / "died"),), [0, 1, 2, 3], workers=2))
     assert (tmp_path / "died").exists()  # one worker did die
     assert results == [0, 1, 4, 9]  # and no item was lost or done twice
+
+
+def test_training_curves_mirror_to_weights_and_biases_offline(tmp_path, monkeypatch):
+    """``--wandb``: the TensorBoard event files synced to a wandb run, kept on disk (offline mode)."""
+    pytest.importorskip(
+        "wandb", reason="wandb is optional (not in the extras); pip install wandb to run this"
+    )
+    from worldgen.training_log import TrainingLog
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    with TrainingLog(tmp_path / "logs", wandb_project="worldgen-test") as log:
+        for step in range(3):
+            log.scalars(step, {"train/loss": 1.0 / (step + 1)})
+    assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
+    runs = list((tmp_path / "logs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))

@@ -242,6 +242,7 @@ class TrainingConfig:
     device: str = "cpu"
     time_limit: float | None = None
     log_dir: str | Path | None = None  # TensorBoard event files: losses, learning rate, samples/s, validation
+    wandb_project: str | None = None  # mirror them to a Weights & Biases run (the optional wandb package)
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in ("no", "bf16"):
@@ -408,7 +409,7 @@ def train_world_model(
     started = time.perf_counter()
     done, out_of_time = start, False
     parallel.check_batch(batch_size)
-    log = TrainingLog(config.log_dir if parallel.main else None)
+    log = TrainingLog(config.log_dir if parallel.main else None, config.wandb_project)
     for step in range(start, steps):
         # Reseeded where a checkpoint can be: a run killed and resumed draws what an uninterrupted one does.
         if step == start or step % config.checkpoint_every == 0:

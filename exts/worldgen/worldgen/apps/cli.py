@@ -8,6 +8,7 @@ written); 1 anything else, a bug, with its traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -485,6 +486,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .run import run_pipeline
 
     manifest = load_manifest(args.manifest)
+    if args.wandb is not None and importlib.util.find_spec("wandb") is None:
+        raise ArgumentError("--wandb: the wandb package is not installed (pip install wandb)")
     started = time.perf_counter()
 
     def say(text: str) -> None:
@@ -500,6 +503,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         rerun=tuple(args.rerun or ()),
         until=args.until,
         say=say,
+        wandb_project=args.wandb,
     )
     ran = [name for name, stage in record["stages"].items() if stage["ran"]]
     print(f"\nworldgen run {manifest.name} ({args.profile} profile) in {record['seconds']:.0f} s")
@@ -945,6 +949,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (ray start --head)")
     p.add_argument("--rerun", type=_names_arg, metavar="STAGES", help="redo these stages (and what follows)")
     p.add_argument("--until", choices=RUN_STAGES, metavar="STAGE", help="stop after this stage")
+    p.add_argument(
+        "--wandb",
+        metavar="PROJECT",
+        help="mirror training curves to Weights & Biases (needs wandb installed)",
+    )
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_run)
 

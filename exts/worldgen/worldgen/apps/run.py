@@ -170,6 +170,7 @@ class Run:
     say: Callable[[str], None]
     workers: int = 1
     ray_address: str | None = None
+    wandb_project: str | None = None  # training curves mirrored to Weights & Biases too
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def path(self, stage: str, name: str = "") -> Path:
@@ -268,6 +269,7 @@ def world_model_stage(run: Run) -> dict[str, Any]:
         checkpoint_every=run.profile.checkpoint_every,
         progress=progress,
         log_dir=str(run.path("world_model", "logs")),
+        wandb_project=run.wandb_project,
     )
     run.say("open-loop fidelity on the held-out seed demo against copy-last-frame")
     strip = run.path("world_model", "rollout.png")
@@ -406,6 +408,7 @@ def policies_stage(run: Run) -> dict[str, Any]:
             progress=progress,
             manifest=run.manifest,
             log_dir=run.path("policies", f"logs/{folder.name}"),
+            wandb_project=run.wandb_project,
         )
         summary = {
             "folder": str(folder.relative_to(run.folder)),
@@ -572,6 +575,7 @@ def run_pipeline(
     rerun: tuple[str, ...] = (),
     until: str | None = None,
     say: Callable[[str], None] | None = None,
+    wandb_project: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) every stage into ``folder``; returns what ``run.json`` holds."""
     profile = PROFILES[profile] if isinstance(profile, str) else profile
@@ -603,7 +607,7 @@ def run_pipeline(
         if say is not None:
             say(f"[{current_stage[0]}] {text}")
 
-    run = Run(manifest, profile, folder, stage_say, workers, ray_address)
+    run = Run(manifest, profile, folder, stage_say, workers, ray_address, wandb_project)
     inputs = stage_inputs(run)
     keys = _stage_keys(inputs)
     last = STAGES.index(until) if until else len(STAGES) - 1
