@@ -9,18 +9,24 @@ import sys
 
 import numpy as np
 
+TWO_RANKS = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def _on_two_ranks(*args: str) -> subprocess.CompletedProcess:
+    """``worldgen ARGS`` as torchrun starts it on 2 CPU ranks (gloo)."""
+    command = [*TWO_RANKS, "-m", "worldgen.apps.cli", *args, "-q"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
 
 def test_two_ranks_follow_the_loss_curve_of_one_process(seeds, tmp_path):
     from policies.pretrained import policy_meta
     from policies.train import train_bc
 
     one = train_bc(seeds, tmp_path / "one", "bc-mlp", steps=40, batch_size=16)
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "worldgen.apps.cli", "train-policy", str(seeds), "--algo", "bc-mlp",
-        "-o", str(tmp_path / "two"), "--steps", "40", "--batch-size", "16", "-q",
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    done = _on_two_ranks(
+        "train-policy", str(seeds), "--algo", "bc-mlp", "-o", str(tmp_path / "two"), "--steps", "40",
+        "--batch-size", "16",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     two = policy_meta(tmp_path / "two")
     assert two["data_parallel_ranks"] == 2 and one["data_parallel_ranks"] == 1
@@ -30,12 +36,10 @@ def test_two_ranks_follow_the_loss_curve_of_one_process(seeds, tmp_path):
 
 
 def test_batch_that_does_not_split_is_refused(seeds, tmp_path):
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "worldgen.apps.cli", "train-policy", str(seeds), "--algo", "bc-mlp",
-        "-o", str(tmp_path / "two"), "--steps", "2", "--batch-size", "15", "-q",
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    done = _on_two_ranks(
+        "train-policy", str(seeds), "--algo", "bc-mlp", "-o", str(tmp_path / "two"), "--steps", "2",
+        "--batch-size", "15",
+    )  # fmt: skip
     assert done.returncode != 0
     assert "batch size 15 does not split over 2 ranks" in done.stderr
 
@@ -47,12 +51,10 @@ def test_two_ranks_train_the_world_model_one_process_trains(world_model, tmp_pat
 
     data, _ = world_model
     one = train_world_model(data, tmp_path / "one", steps=6, batch_size=4, checkpoint_every=2)
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "worldgen.apps.cli", "train-wm", str(data), "-o", str(tmp_path / "two"),
-        "--steps", "6", "--batch-size", "4", "--checkpoint-every", "2", "-q",
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    done = _on_two_ranks(
+        "train-wm", str(data), "-o", str(tmp_path / "two"), "--steps", "6", "--batch-size", "4",
+        "--checkpoint-every", "2",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "training_state.json").read_text())["validation"]
     assert [v["step"] for v in two] == [v["step"] for v in one["validation"]] == [2, 4, 6]
