@@ -286,15 +286,16 @@ def gate_with_world_model(
     device: str = "cpu",
     workers: int = 1,
     ray_address: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
     **gate_options,
 ) -> GateReport:
     """Gate a dataset's world-model demos the way this module means: thresholds calibrated through the
     model on held-out seed clips (``held_out``'s ``held_out_mask``; default this dataset's), the
     agreement of ``samples`` samples per attempt (``samples`` < 2: none; on ``workers`` Ray actors when
-    asked), simulator demos as before."""
+    asked; ``progress(done, total)`` as demos get theirs), simulator demos as before."""
     calibration = calibrate_world_model(held_out or dataset, ckpt, held_out_mask, samples, device)
     if samples >= 2:
-        sample_spreads(dataset, ckpt, samples, device, workers=workers, ray_address=ray_address)
+        sample_spreads(dataset, ckpt, samples, device, progress, workers, ray_address)
     return gate_dataset(dataset, mask=mask, world_model=calibration, device=device, **gate_options)
 
 

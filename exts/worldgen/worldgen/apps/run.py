@@ -339,7 +339,12 @@ def checks_stage(run: Run) -> dict[str, Any]:
     samples = run.profile.check_samples
     run.say(f"checking every attempt (thresholds calibrated through the world model, {samples} samples)")
     shards = {"workers": run.workers, "ray_address": run.ray_address}
-    report = gate_with_world_model(run.checked, run.checkpoint, samples=samples, **shards)
+    started = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        run.say(f"agreement samples: {done}/{total} attempts ({_eta(done, total, started)})")
+
+    report = gate_with_world_model(run.checked, run.checkpoint, samples=samples, progress=progress, **shards)
     heatmap = None
     if report.heatmap is not None:
         with open_dataset(run.seeds) as f:
