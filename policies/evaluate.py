@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from worldgen.distributed import map_on_workers
 from worldgen.envs import WorldgenEnv
 from worldgen.errors import ArgumentError, CheckpointError
 from worldgen.files import write_atomically
@@ -147,23 +148,12 @@ def run_episodes_together(
 
     n, batches = balanced_batches(seeds, envs)
     layout = [batch for _, _, batch in batches]
-    if workers > 1 or ray_address is not None:
-        from worldgen.distributed import map_on_workers
-
-        results = map_on_workers(BatchWorker, (str(policy), manifest, n), batches, workers, ray_address)
-    else:
-        worker = BatchWorker(policy, manifest, n)
-        results = (worker.run(batch) for batch in batches)
     done: dict[int, Episode] = {}
-    try:
-        for start, episodes in results:
-            for i, episode in enumerate(episodes):
-                done[start + i] = episode
-                if progress is not None:
-                    progress(episode, len(done), len(seeds))
-    finally:
-        if workers <= 1 and ray_address is None:
-            worker.close()
+    for start, episodes in map_on_workers(BatchWorker, (policy, manifest, n), batches, workers, ray_address):
+        for i, episode in enumerate(episodes):
+            done[start + i] = episode
+            if progress is not None:
+                progress(episode, len(done), len(seeds))
     return [done[i] for i in range(len(seeds))], layout
 
 
@@ -189,8 +179,6 @@ def run_episodes_on_workers(
 ) -> list[Episode]:
     """The episodes of ``seeds`` on ``workers`` Ray actors, one scene each, in ``seeds`` order: the same
     episodes as one process runs them (each depends on its seed and the policy alone)."""
-    from worldgen.distributed import map_on_workers
-
     done: dict[int, Episode] = {}
     for episode in map_on_workers(EpisodeWorker, (str(policy), manifest), seeds, workers, ray_address):
         done[episode.seed] = episode

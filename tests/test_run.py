@@ -220,7 +220,8 @@ def test_report_renders_in_headless_chromium_with_the_runs_numbers(first_run, tm
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    console = [line for line in done.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()]
+    # The page runs no script, so any console message (a blocked or missing resource included) is wrong.
+    console = [line for line in done.stderr.splitlines() if "CONSOLE" in line]
     assert console == []
     from PIL import Image
 

@@ -43,6 +43,7 @@ from worldgen.dataset import (
     read_scene,
     update_attributes,
 )
+from worldgen.distributed import map_on_workers
 from worldgen.keys import DEPTH, EXECUTED_ACTIONS, SEG, image_key
 from worldgen.manifest import Manifest
 
@@ -258,13 +259,7 @@ def sample_spreads(
     keys = list(dict.fromkeys((r.parent, r.branch_step) for r in records if r.source == "world_model"))
     keys = [k for k in keys if k[0] is not None]
     total = sum(r.source == "world_model" and r.parent is not None for r in records)
-    if workers > 1 or ray_address is not None:
-        from worldgen.distributed import map_on_workers
-
-        results = map_on_workers(SpreadWorker, (dataset, ckpt, samples, device), keys, workers, ray_address)
-    else:
-        worker = SpreadWorker(dataset, ckpt, samples, device)
-        results = (worker.run(key) for key in keys)
+    results = map_on_workers(SpreadWorker, (dataset, ckpt, samples, device), keys, workers, ray_address)
     out: dict[str, float] = {}
     for spreads in results:
         out.update(spreads)

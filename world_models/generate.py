@@ -39,6 +39,7 @@ from worldgen.dataset import (
     read_demo,
     read_header,
 )
+from worldgen.distributed import map_on_workers
 from worldgen.envs import OBJECT_FEATURES, WorldgenEnv, object_slice, predicate_steps, success_step
 from worldgen.experts import WaypointExpert, make_expert, object_poses, poses_from_object_obs
 from worldgen.geometry import axis_angle_from_rotation
@@ -276,14 +277,8 @@ def recover_in_world_model(
     if not tasks:
         writer.finalize()
         return counts
-    if workers > 1 or ray_address is not None:
-        from worldgen.distributed import map_on_workers
-
-        init = (dataset, ckpt, spec, device)
-        results = map_on_workers(WorldModelAttempts, init, tasks, workers, ray_address)
-    else:
-        attempts = WorldModelAttempts(dataset, ckpt, spec, device)
-        results = (attempts.run(task) for task in tasks)
+    init = (dataset, ckpt, spec, device)
+    results = map_on_workers(WorldModelAttempts, init, tasks, workers, ray_address)
     finished: dict[tuple[str, int], list[Demo]] = {}
     next_task = 0
     for task, demos in results:
@@ -531,16 +526,7 @@ def replay_demos_together(
     from worldgen.vector_env import balanced_batches
 
     n, batches = balanced_batches(replays, envs)
-    if workers > 1 or ray_address is not None:
-        from worldgen.distributed import map_on_workers
-
-        done = dict(map_on_workers(ReplayBatchWorker, (manifest, n), batches, workers, ray_address))
-    else:
-        worker = ReplayBatchWorker(manifest, n)
-        try:
-            done = dict(worker.run(batch) for batch in batches)
-        finally:
-            worker.close()
+    done = dict(map_on_workers(ReplayBatchWorker, (manifest, n), batches, workers, ray_address))
     return [result for start in sorted(done) for result in done[start]]
 
 
@@ -578,8 +564,6 @@ def replay_generated(
         ]
         return replay_demos_together(manifest, replays, envs, workers, ray_address)
     if workers > 1 or ray_address is not None:
-        from worldgen.distributed import map_on_workers
-
         done = dict(map_on_workers(ReplayWorker, (f.filename, manifest), names, workers, ray_address))
         return [done[name] for name in names]
     env = WorldgenEnv(manifest, cameras=False)

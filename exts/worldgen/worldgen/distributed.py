@@ -36,14 +36,24 @@ def map_on_workers(
     worker_cls: type,
     init_args: tuple,
     items: list[Any],
-    workers: int,
+    workers: int = 1,
     address: str | None = None,
     retries: int = 2,
 ) -> Iterator[Any]:
     """``worker_cls(*init_args).run(item)`` for every item on ``workers`` Ray actors; yields the results
     in completion order. An actor that dies (its process killed, out of memory) is replaced and its item
-    run again, up to ``retries`` times an item; results already yielded are never recomputed."""
+    run again, up to ``retries`` times an item; results already yielded are never recomputed. One worker
+    and no ``address``: one worker object in this process (no Ray), items in order, closed at the end."""
     if not items:
+        return
+    if workers <= 1 and address is None:
+        worker = worker_cls(*init_args)
+        try:
+            for item in items:
+                yield worker.run(item)
+        finally:
+            if hasattr(worker, "close"):
+                worker.close()
         return
     ray = _init_ray(workers, address)
     from ray.exceptions import RayActorError

@@ -21,6 +21,7 @@ from .dataset import (
     read_demo,
     read_header,
 )
+from .distributed import map_on_workers
 from .errors import ArgumentError
 from .keys import EXECUTED_ACTIONS
 from .manifest import Manifest, as_manifest, manifest_text
@@ -263,13 +264,8 @@ def run_seed_stage(
     results: Iterable[EpisodeResult]
     if envs > 1:
         results = record_expert_episodes_together(manifest, todo, envs) if todo else []
-    elif workers > 1 or ray_address is not None:
-        from .distributed import map_on_workers
-
+    else:  # one process, or Ray actors
         results = map_on_workers(SeedWorker, (manifest, cameras), todo, workers, ray_address)
-    else:
-        worker = SeedWorker(manifest, cameras=cameras)
-        results = (worker.run(seed) for seed in todo)
     for done, result in enumerate(results, start=1):
         if result.demo is None:
             writer.discard(result.seed, result.reason)

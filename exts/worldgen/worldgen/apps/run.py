@@ -41,14 +41,15 @@ import yaml
 from PIL import Image
 
 from .. import __version__
-from ..dataset import DatasetReader, dataset_manifest, open_dataset, restamp_dataset
+from ..dataset import DatasetReader, dataset_manifest, demo_names, open_dataset, restamp_dataset
 from ..errors import ArgumentError
 from ..files import write_atomically
+from ..keys import RGB, image_key
 from ..manifest import Manifest, manifest_text, parse_manifest
 from ..training_log import TrainingLog
 
 STAGES = ("scene", "seeds", "world_model", "synthetic", "checks", "policies", "eval", "report")
-ROWS = ("seeds", "seeds+recover")
+ROWS = ("seeds", "seeds+recover")  # the policy rows: seed demos alone, and with the accepted attempts
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ PROFILES = {
     # The manifest's own settings.
     "full": Profile("full"),
     # make demo: the whole loop in minutes on 2 CPU cores. The world model works at 32 x 32, where it
-    # learns enough in about 1500 steps to beat copy-last-frame (bench/results/run_quick.json).
+    # learns enough in 1500 steps to beat copy-last-frame (bench/results/run_quick.json: a fresh clone's run).
     "quick": Profile(
         "quick",
         overlay={
@@ -348,8 +349,7 @@ def checks_stage(run: Run) -> dict[str, Any]:
     heatmap = None
     if report.heatmap is not None:
         with open_dataset(run.seeds) as f:
-            first = f["data"][sorted(f["data"])[0]]
-            background = first["obs"][f"{report.camera}_rgb"][0]
+            background = f["data"][demo_names(f)[0]]["obs"][image_key(report.camera, RGB)][0]
         heatmap = plots.violation_heatmap(
             report.heatmap,
             run.path("checks", "violations.png"),
@@ -377,14 +377,10 @@ def checks_stage(run: Run) -> dict[str, Any]:
 def _row_demos(run: Run) -> dict[str, list[str]]:
     from world_models.generate import accepted_demos
 
-    from ..dataset import demo_names
-
     with open_dataset(run.checked) as f:
-        seeds = demo_names(f, "train")
-    accepted = [n for n in accepted_demos(run.checked) if n not in set(seeds)]
-    with open_dataset(run.checked) as f:
-        accepted = [n for n in accepted if f["data"][n].attrs.get("source") == "world_model"]
-    return {"seeds": seeds, "seeds+recover": seeds + accepted}
+        seeds, generated = demo_names(f, "train"), set(demo_names(f, "synthetic"))
+    accepted = [n for n in accepted_demos(run.checked) if n in generated]
+    return dict(zip(ROWS, (seeds, seeds + accepted), strict=True))
 
 
 def policies_stage(run: Run) -> dict[str, Any]:
@@ -441,9 +437,8 @@ def eval_stage(run: Run) -> dict[str, Any]:
                 if done % max(total // 5, 1) == 0 or done == total:
                     run.say(f"{row}: {done}/{total} episodes ({_eta(done, total, started)})")
 
-            envs = (
-                1 if run.manifest.policy.algorithm == "bc-image" else run.profile.envs
-            )  # cameras: one scene
+            # An image policy needs cameras, which scenes stepped together do not render.
+            envs = 1 if run.manifest.policy.algorithm == "bc-image" else run.profile.envs
             report = evaluate_policy(
                 run.folder / trained["folder"],
                 run.manifest,
@@ -467,7 +462,7 @@ def eval_stage(run: Run) -> dict[str, Any]:
 
 def verdict(rows: dict[str, dict[str, Any]]) -> str:
     """The run's answer in one sentence: does seed + synthetic data beat seed data alone, and by how much."""
-    base, synth = rows["seeds"], rows["seeds+recover"]
+    base, synth = (rows[name] for name in ROWS)
     gain = 100 * (synth["success_rate"] - base["success_rate"])
     if synth["ci95"][0] > base["ci95"][1]:
         answer = "yes"
@@ -534,15 +529,6 @@ def stage_inputs(run: Run) -> dict[str, dict[str, Any]]:
 
 # --------------------------------------------------------------------------------------------------
 # Running
-
-
-@dataclass
-class StageOutcome:
-    name: str
-    key: str
-    ran: bool
-    seconds: float
-    summary: dict[str, Any]
 
 
 def _stage_keys(inputs: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -632,8 +618,7 @@ def run_pipeline(
                     f"made by code {marker.get('code_version')}, this is {version}: kept (--rerun {name})"
                 )
             stage_say("unchanged inputs: skipped")
-            run.summaries[name] = marker["summary"]
-            outcome = StageOutcome(name, keys[name], False, 0.0, marker["summary"])
+            ran, seconds, made_in, summary = False, 0.0, marker.get("seconds"), marker["summary"]
         else:
             if marker and (marker.get("key") != keys[name] or name in rerun):
                 why = "asked to rerun" if name in rerun else _changed(marker.get("inputs"), inputs[name])
@@ -647,7 +632,8 @@ def run_pipeline(
                 {"key": keys[name], "status": "running", "inputs": inputs[name], "code_version": version},
             )
             summary = STAGE_FUNCTIONS[name](run)
-            seconds = time.perf_counter() - t0
+            ran, seconds = True, time.perf_counter() - t0
+            made_in = round(seconds, 1)
             _write_json(
                 stage_folder / "stage.json",
                 {
@@ -655,22 +641,21 @@ def run_pipeline(
                     "status": "done",
                     "inputs": inputs[name],
                     "code_version": version,
-                    "seconds": round(seconds, 1),
+                    "seconds": made_in,
                     "summary": summary,
                 },
             )
-            run.summaries[name] = summary
-            outcome = StageOutcome(name, keys[name], True, seconds, summary)
             stage_say(f"done in {seconds:.0f} s")
+        run.summaries[name] = summary
         if name == "seeds":
             _restamp_seeds(run)
         record["stages"][name] = {
-            "key": outcome.key,
-            "ran": outcome.ran,
-            "seconds": round(outcome.seconds, 1),
-            "made_in_seconds": (_read_json(stage_folder / "stage.json") or {}).get("seconds"),
+            "key": keys[name],
+            "ran": ran,
+            "seconds": round(seconds, 1),
+            "made_in_seconds": made_in,
             "inputs": inputs[name],
-            "summary": outcome.summary,
+            "summary": summary,
         }
         record["seconds"] = round(time.perf_counter() - started, 1)
         _write_json(folder / "run.json", record)

@@ -13,7 +13,7 @@ import jinja2
 import numpy as np
 
 from .. import plots
-from ..dataset import DemoRecord, demo_names, open_dataset, read_demo
+from ..dataset import DemoRecord, demo_names, open_dataset, read_obs
 from ..files import write_atomically
 from ..keys import EXECUTED_ACTIONS, RGB, image_key
 from ..manifest import Manifest
@@ -39,12 +39,12 @@ def replayed_frames(manifest: Manifest, parent: h5py.Group, group: h5py.Group, k
     step, with cameras: the frames of ``key``."""
     from ..envs import WorldgenEnv
 
-    demo, record = read_demo(group), DemoRecord.from_group(group)
-    executed = demo.extras.get(EXECUTED_ACTIONS, demo.actions)
+    record = DemoRecord.from_group(group)
+    executed = group[EXECUTED_ACTIONS if EXECUTED_ACTIONS in group else "actions"][()]
     env = WorldgenEnv(manifest, cameras=True)
     try:
-        obs, _ = env.reset(seed=record.seed)
-        env.set_state(read_demo(parent).states[record.branch_step])
+        env.reset(seed=record.seed)
+        env.set_state(parent["states"][record.branch_step])
         frames = [env.observe()[key]]
         for action in executed:
             obs, _, terminated, truncated, _ = env.step(action)
@@ -66,9 +66,8 @@ def side_by_side_gifs(manifest: Manifest, dataset: Path, out: Path) -> list[dict
         for record in shown:
             group, parent = f["data"][record.name], f["data"][record.parent]
             start = record.branch_step
-            seed_clip = parent["obs"][key][start:]
-            seed_clip = np.concatenate([seed_clip, parent["next_obs"][key][-1:]])
-            predicted = np.concatenate([group["obs"][key][()], group["next_obs"][key][-1:]])
+            seed_clip, predicted = (read_obs(g, [key])[key] for g in (parent, group))
+            seed_clip = seed_clip[start:]
             replayed = replayed_frames(manifest, parent, group, key)
             clips = _same_length([seed_clip, predicted, replayed])
             path = out / f"{record.name}.gif"
