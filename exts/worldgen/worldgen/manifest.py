@@ -16,7 +16,7 @@ import math
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 import numpy as np
 import yaml
@@ -40,11 +40,26 @@ MAX_HORIZON = 2000
 MAX_RESOLUTION = 1024
 
 
-class ManifestError(WorldgenError, ValueError):
-    """A manifest failed to load or validate. ``lines`` holds one ``file:line: path: message`` each."""
+class ManifestProblem(NamedTuple):
+    """One problem of a manifest: where (file, line, field path such as ``task.objects[0].mass``) and why.
+    ``field`` is ``<yaml>``, ``<root>`` or ``<file>`` for problems that are not a field's."""
 
-    def __init__(self, lines: Sequence[str]):
-        self.lines = list(lines)
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+
+
+class ManifestError(WorldgenError, ValueError):
+    """A manifest failed to load or validate. ``problems`` holds each :class:`ManifestProblem`; ``lines``
+    the same as ``file:line: path: message`` text."""
+
+    def __init__(self, problems: Sequence[ManifestProblem]):
+        self.problems = list(problems)
+        self.lines = [str(p) for p in self.problems]
         super().__init__("\n".join(self.lines))
 
 
@@ -666,8 +681,8 @@ def _clean_message(msg: str) -> str:
     return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
-def _validation_lines(err: ValidationError, root: yaml.Node | None, file: str) -> list[str]:
-    lines, seen = [], set()
+def _validation_problems(err: ValidationError, root: yaml.Node | None, file: str) -> list[ManifestProblem]:
+    problems: list[ManifestProblem] = []
     for e in err.errors(include_url=False):
         node, path = _node_for(root, e["loc"])
         line = node.start_mark.line + 1 if node is not None else 1
@@ -679,11 +694,10 @@ def _validation_lines(err: ValidationError, root: yaml.Node | None, file: str) -
             msg = _clean_message(e["msg"])
             if e["type"] not in ("value_error", "assertion_error") and "input" in e:
                 msg += f" (got {e['input']!r})" if not isinstance(e["input"], dict | list) else ""
-        text = f"{file}:{line}: {_format_path(path)}: {msg}"
-        if text not in seen:
-            seen.add(text)
-            lines.append(text)
-    return lines
+        problem = ManifestProblem(file, line, _format_path(path), msg)
+        if problem not in problems:
+            problems.append(problem)
+    return problems
 
 
 MAX_NESTING = 32  # a manifest nests 6 levels deep; PyYAML composes recursively and would overflow the stack
@@ -698,7 +712,9 @@ def _check_nesting(text: str, file: str) -> None:
             depth += 1
             if depth > MAX_NESTING:
                 line = event.start_mark.line + 1
-                raise ManifestError([f"{file}:{line}: <yaml>: nested deeper than {MAX_NESTING} levels"])
+                raise ManifestError(
+                    [ManifestProblem(file, line, "<yaml>", f"nested deeper than {MAX_NESTING} levels")]
+                )
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
 
@@ -713,14 +729,16 @@ def parse_manifest(text: str, file: str = "<string>", base_dir: Path | None = No
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else 1
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ManifestError([f"{file}:{line}: <yaml>: {' '.join(str(problem).split())}"]) from None
+        raise ManifestError([ManifestProblem(file, line, "<yaml>", " ".join(str(problem).split()))]) from None
     if not isinstance(data, dict):
         got = "an empty document" if data is None else type(data).__name__
-        raise ManifestError([f"{file}:1: <root>: expected a mapping of manifest fields, got {got}"])
+        raise ManifestError(
+            [ManifestProblem(file, 1, "<root>", f"expected a mapping of manifest fields, got {got}")]
+        )
     try:
         manifest = Manifest.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        raise ManifestError(_validation_lines(exc, root, file)) from None
+        raise ManifestError(_validation_problems(exc, root, file)) from None
     manifest._source_text, manifest._base_dir = text, base_dir
     return manifest
 
@@ -731,7 +749,9 @@ def load_manifest(path: str | Path) -> Manifest:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError([f"{path}:0: <file>: cannot read: {exc.strerror or exc}"]) from None
+        raise ManifestError(
+            [ManifestProblem(str(path), 0, "<file>", f"cannot read: {exc.strerror or exc}")]
+        ) from None
     return parse_manifest(text, file=str(path), base_dir=path.resolve().parent)
 
 

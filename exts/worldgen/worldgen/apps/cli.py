@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import json
 import os
 import sys
@@ -80,6 +81,26 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     print(f"wrote {path}  manifest={manifest.name} seed={args.seed} hash={manifest.content_hash()[:12]}")
     print(f"  objects: {objects}")
     print(f"  cameras: {', '.join(c.name for c in manifest.cameras)}")
+    return EXIT_OK
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    from ..preview import preview_cameras, render_variants, variant_grid
+
+    manifest = load_manifest(args.manifest)
+    cameras = preview_cameras(manifest, args.camera)  # refused before the engine starts
+    output = Path(args.output)
+    if output.suffix.lower() != ".png":
+        raise ArgumentError(f"{output}: -o must name a .png file")
+    started = time.perf_counter()
+    grid = variant_grid(render_variants(manifest, args.seeds, cameras), scale=args.scale)
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    write_atomically(output, buffer.getvalue())
+    print(
+        f"wrote {output}  {len(args.seeds)} seed(s) x {len(cameras)} camera(s) ({', '.join(cameras)}), "
+        f"{grid.width}x{grid.height} px, {time.perf_counter() - started:.1f} s"
+    )
     return EXIT_OK
 
 
@@ -564,6 +585,23 @@ def _int_list_arg(text: str) -> list[int]:
     return values
 
 
+def _seed_list_arg(text: str) -> list[int]:
+    """``0-7``, ``3`` or ``0,2,5-6``: the seeds in order, each once."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            low, _, high = part.strip().partition("-")
+            first, last = int(low), int(high or low)
+            if first < 0 or last < first:
+                raise ValueError
+            seeds += range(first, last + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seeds such as 0-7 or 0,2,5-6 (non-negative, ranges ascending), got {text!r}"
+        ) from None
+    return list(dict.fromkeys(seeds))
+
+
 def _names_arg(text: str) -> list[str]:
     names = [x.strip() for x in text.split(",")]
     if not all(names):
@@ -657,6 +695,18 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", type=_output_file, metavar="STAGE", help="output .usda (default NAME_seedN.usda)"
     )
     p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser(
+        "preview", help="first frames of several seeds, seed by camera, as one PNG: what the stressors do"
+    )
+    p.add_argument("manifest", metavar="MANIFEST", help="scenario manifest YAML file")
+    p.add_argument("--seeds", type=_seed_list_arg, default=list(range(8)), help="e.g. 0-7 (default) or 0,3,9")
+    p.add_argument(
+        "--camera", type=_names_arg, help="camera name(s), comma-separated (default: every RGB one)"
+    )
+    p.add_argument("--scale", type=_count_arg, default=1, help="pixels per rendered pixel (default 1)")
+    p.add_argument("-o", "--output", type=_output_file, required=True, metavar="PNG", help="grid image")
+    p.set_defaults(func=_cmd_preview)
 
     p = sub.add_parser("seed", help="record scripted-expert seed trajectories into an HDF5 dataset")
     p.add_argument("manifest", metavar="MANIFEST", help="scenario manifest YAML file")

@@ -313,7 +313,7 @@ def synthetic_stage(run: Run) -> dict[str, Any]:
     from world_models.generate import recover_in_world_model
 
     def progress(parent: str, step: int, accepted: int, attempts: int) -> None:
-        run.say(f"{parent} from step {step}: {accepted}/{attempts} attempts succeeded in the world model")
+        run.say(f"{parent} from step {step}: {accepted} of {attempts} attempts succeeded in the world model")
 
     out = run.path("synthetic", "synthetic.hdf5")
     spec = recover_spec(run.manifest)
