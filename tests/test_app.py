@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,9 +41,10 @@ def test_edit_puts_the_problem_on_its_field_then_the_fix_validates(manifest_copy
     before = app.document.content_hash
 
     assert not app.edit("task.objects[0].mass", "-0.2")
-    assert app.field_problems("task.objects[0].mass") and "greater than 0" in app.field_problems(
-        "task.objects[0].mass"
-    )[0]
+    assert (
+        app.field_problems("task.objects[0].mass")
+        and "greater than 0" in app.field_problems("task.objects[0].mass")[0]
+    )
     assert not app.field_problems("task.objects[0].friction")
     assert "1 problem" in app.state.status and app.document.content_hash is None
     assert not app.save()  # an invalid document never overwrites the file
@@ -72,7 +74,8 @@ def test_edits_create_sections_append_and_refuse_bad_paths(manifest_copy):
         " end: [0.3, 0.3, 0.45], speed: 0.2}",
     )
     manifest = document.manifest
-    assert manifest.stressors.distractors[0].name == "ball" and len(manifest.stressors.textures.table_colors) == 2
+    assert manifest.stressors.distractors[0].name == "ball"
+    assert len(manifest.stressors.textures.table_colors) == 2
     assert not document.set_text("stressors.distractors[0].speed", "-1")
     assert "stressors.distractors[0].speed" in document.problems
     assert document.delete("stressors.distractors") and document.valid
@@ -100,7 +103,7 @@ def test_compile_hands_over_the_edited_stage(manifest_copy, tmp_path):
     app.open(manifest_copy)
     app.edit("task.objects[0].size", "[0.05, 0.05, 0.04]")
     path = app.compile(seed=3)
-    assert path.endswith("push_to_target_seed3.usda") and "0.025" in open(path).read()  # half the new size
+    assert path.endswith("push_to_target_seed3.usda") and "0.025" in Path(path).read_text()  # new half size
     app.edit("cameras[0].fov", "500")
     assert app.compile() is None and "fix the manifest" in app.state.status
 
