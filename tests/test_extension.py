@@ -1,42 +1,76 @@
+"""The Kit extension's structure: its manifest, its imports, its refusals outside Isaac Sim, the Replicator
+frame conversion, and the window's lifecycle against stand-ins of the Kit modules (``kit_standins/``).
+
+The lifecycle test is structural: it checks that ``on_shutdown`` undoes ``on_startup`` and that the
+callbacks reach the controller; it is no proof that the window renders inside Isaac Sim, which cannot
+be installed here."""
+
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import time
 import tomllib
+from pathlib import Path
 
+import numpy as np
 import pytest
-from worldgen.apps.window import AppState, WorldgenApp
+from worldgen.manifest import load_manifest
+from worldgen.sim.base import instance_table
+from worldgen.sim.isaac import replicator_frame
 
-from .conftest import ROOT
+from .conftest import PUSH, ROOT
 
-
-def test_extension_manifest_parses_and_names_kit_dependencies():
-    link = ROOT / "exts" / "worldgen" / "config" / "extension.toml"
-    assert link.is_symlink() and not Path_is_absolute(link)
-    assert link.resolve() == (ROOT / "extension.toml").resolve()
-    data = tomllib.loads(link.read_text())
-    deps = set(data["dependencies"])
-    assert {
-        "omni.kit.uiapp",
-        "omni.ui",
-        "omni.usd",
-        "omni.replicator.core",
-        "omni.warp.core",
-        "isaacsim.core.api",
-    } <= deps
-    assert {m["name"] for m in data["python"]["module"]} >= {"worldgen", "worldgen.kit"}
+EXT_ROOT = ROOT / "exts" / "worldgen"
+STANDINS = Path(__file__).parent / "kit_standins"
+KIT_MODULES = ("omni", "carb")
 
 
-def Path_is_absolute(link):  # noqa: N802
-    import os
+def _extension_toml() -> dict:
+    return tomllib.loads((EXT_ROOT / "config" / "extension.toml").read_text())
 
-    return os.path.isabs(os.readlink(link))
+
+def test_extension_manifest_is_one_file_with_complete_package_keys():
+    link = EXT_ROOT / "config" / "extension.toml"
+    assert link.is_symlink() and not os.path.isabs(os.readlink(link))
+    assert link.read_bytes() == (ROOT / "extension.toml").read_bytes()
+    data = _extension_toml()
+    package = data["package"]
+    for key in ("title", "version", "description", "category", "keywords", "readme", "changelog", "icon"):
+        assert package.get(key), key
+    assert package["version"] == __import__("worldgen").__version__
+    for key in ("readme", "changelog", "icon", "preview_image"):  # relative to the extension root
+        assert (EXT_ROOT / package[key]).is_file(), package[key]
+    for key in ("icon", "preview_image"):
+        assert (EXT_ROOT / package[key]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## [0.1.0]" in (EXT_ROOT / package["changelog"]).read_text()
+    assert {"omni.ui", "omni.usd", "omni.kit.menu.utils", "omni.replicator.core"} <= set(data["dependencies"])
+
+
+def test_every_python_module_and_test_module_resolves_to_a_file():
+    data = _extension_toml()
+    for module in [m["name"] for m in data["python"]["module"]]:
+        path = EXT_ROOT.joinpath(*module.split("."))
+        assert path.with_suffix(".py").is_file() or (path / "__init__.py").is_file(), module
+    for test in data["test"]:
+        for pattern in test["pythonTests"]["include"]:
+            package = EXT_ROOT.joinpath(*pattern.removesuffix(".*").split("."))
+            assert (package / "__init__.py").is_file(), pattern
+    settings = data["settings"]["exts"]["worldgen"]
+    assert set(settings) == {"default_scenario", "output_dir", "default_backend", "python"}
+    assert (EXT_ROOT / settings["default_scenario"]).is_file()
+    assert settings["default_backend"] in ("newton", "isaac")
+    requirements = " ".join(data["python"]["pipapi"]["requirements"])
+    assert "ruamel.yaml" in requirements and "pydantic" in requirements
 
 
 def test_import_worldgen_pulls_in_no_kit():
     code = (
-        "import sys, worldgen, worldgen.apps.cli, worldgen.stage, worldgen.apps.window, worldgen.manifest,"
-        " worldgen.envs, worldgen.dataset, worldgen.pipeline, worldgen.sim.newton, worldgen.sim.isaac;"
+        "import sys, worldgen, worldgen.apps.cli, worldgen.stage, worldgen.apps.window, worldgen.apps.jobs,"
+        " worldgen.apps.manifest_editor, worldgen.preview, worldgen.manifest, worldgen.envs,"
+        " worldgen.dataset, worldgen.pipeline, worldgen.sim.newton, worldgen.sim.isaac;"
         "bad=[m for m in sys.modules if m.split('.')[0] in ('omni','isaacsim','carb')];"
         "print(','.join(bad))"
     )
@@ -44,27 +78,134 @@ def test_import_worldgen_pulls_in_no_kit():
     assert out.stdout.strip() == ""
 
 
-def test_kit_layer_fails_clearly_outside_kit():
-    with pytest.raises(ImportError, match="inside Isaac Sim"):
-        import worldgen.kit  # noqa: F401
-
-
-def test_app_controller_validates_and_compiles(tmp_path):
-    app = WorldgenApp(
-        AppState(manifest_path=str(ROOT / "scenarios" / "pick_cube.yaml"), seed=2, output_dir=str(tmp_path))
+@pytest.mark.parametrize(
+    "module", ["worldgen.kit", "worldgen.kit.extension", "worldgen.kit.replicator_writer"]
+)
+def test_kit_layer_refuses_outside_kit_in_one_sentence(module):
+    out = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith("ImportError: worldgen.kit runs inside Isaac Sim") and "isaacsim --ext-folder" in last
     )
-    assert app.validate() and "valid" in app.state.status
-    path = app.compile()
-    assert path is not None and path.endswith("pick_cube_seed2.usda")
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\n")
-    app.state.manifest_path = str(bad)
-    assert not app.validate() and app.state.errors and app.compile() is None
+    assert "During handling" not in out.stderr  # one exception, not a chain
+
+
+def test_seed_with_the_isaac_backend_refuses_outside_isaac_sim(tmp_path):
+    exe = shutil.which("worldgen", path=str(Path(sys.executable).parent))
+    out = subprocess.run(
+        [exe, "seed", str(PUSH), "-o", str(tmp_path / "d.hdf5"), "--backend", "isaac"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "needs Isaac Sim" in out.stderr and "python.sh" in out.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_isaac_backend_fails_clearly_outside_kit():
-    from worldgen.manifest import load_manifest
     from worldgen.sim.isaac import IsaacBackend
 
     with pytest.raises(RuntimeError, match="inside Isaac Sim"):
-        IsaacBackend(load_manifest(ROOT / "scenarios" / "pick_cube.yaml"))
+        IsaacBackend(load_manifest(PUSH))
+
+
+def test_replicator_outputs_become_worldgen_frames():
+    manifest = load_manifest(PUSH)
+    table = instance_table(manifest)
+    spec = manifest.cameras[0]
+    block = next(r["id"] for r in table if r["name"] == "block")
+    rgba = np.zeros((4, 5, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    depth = np.full((4, 5), 1.0, np.float32)
+    depth[0, 0], depth[0, 1] = np.inf, spec.near  # nothing hit; the near plane
+    ids = np.zeros((4, 5), np.uint32)
+    ids[1, :2], ids[2, 2], ids[3, 3] = 7, 9, 42  # the block's mesh, the table, an id with no label
+    labels = {"7": "/World/Objects/block/mesh", 9: "/World/Table", "3": "/Replicator/Ref"}
+    legacy = {"rgb": rgba, "depth": depth, "segmentation": {"data": ids, "info": {"idToLabels": labels}}}
+    frame = replicator_frame(spec, legacy, table)
+    assert frame.rgb.shape == (4, 5, 3) and frame.rgb.dtype == np.uint8 and (frame.rgb[..., 0] == 200).all()
+    assert frame.depth.shape == (4, 5, 1) and frame.depth[0, 0, 0] == 1.0 and frame.depth[0, 1, 0] == 0.0
+    expected = (1.0 - spec.near) / (spec.far - spec.near)
+    assert np.isclose(frame.depth[2, 2, 0], expected)
+    seg = frame.seg[..., 0]
+    assert (seg[1, :2] == block).all() and seg[2, 2] == 2 and seg[3, 3] == 0 and seg[0, 0] == 0
+    flattened = {"segmentation": {"data": ids, "idToLabels": labels}}  # the renderProduct layout
+    assert np.array_equal(replicator_frame(spec, flattened, table).seg, frame.seg)
+
+
+@pytest.fixture
+def kit_standins(monkeypatch):
+    """The stand-in Kit modules on the path; every module they and worldgen.kit load is dropped after."""
+    monkeypatch.syspath_prepend(str(STANDINS))
+    yield
+    for name in list(sys.modules):
+        if name.split(".")[0] in KIT_MODULES or name.startswith("worldgen.kit"):
+            del sys.modules[name]
+
+
+def test_window_lifecycle_is_symmetric_against_standins(kit_standins, tmp_path):
+    import carb.eventdispatcher
+    import carb.settings
+    import omni.kit.app
+    import omni.kit.menu.utils
+    import omni.ui as ui
+    import omni.usd
+    from worldgen.apps.jobs import CANCELLED, RUNNING
+    from worldgen.kit.extension import WorldgenExtension
+
+    root = tmp_path / "ext"
+    (root / "worldgen").mkdir(parents=True)
+    shutil.copy(PUSH, root / "worldgen" / "push.yaml")
+    omni.kit.app.EXTENSION_PATHS["worldgen-0.1.0"] = str(root)
+    carb.settings.VALUES.update(
+        {
+            "/exts/worldgen/default_scenario": "worldgen/push.yaml",
+            "/exts/worldgen/output_dir": str(tmp_path / "out"),
+        }
+    )
+
+    extension = WorldgenExtension()
+    extension.on_startup("worldgen-0.1.0")
+    window = ui.WINDOWS[-1]
+    assert window.title == "worldgen" and window.visible and not window.destroyed
+    assert [item.name for item in omni.kit.menu.utils.MENUS["Window"]] == ["worldgen"]
+    assert len(carb.eventdispatcher.OBSERVERS) == 1
+    assert "valid, hash" in extension._status.text  # the default scenario opened
+
+    omni.kit.menu.utils.MENUS["Window"][0].onclick_fn()  # the menu entry toggles the window
+    assert not window.visible
+    omni.kit.menu.utils.MENUS["Window"][0].onclick_fn()
+
+    mass = extension._field_models["task.objects[0].mass"]
+    mass.set_value("-1")
+    mass.end_edit()  # an edit reaches the controller; its problem is drawn under the field
+    assert "problem" in extension._status.text
+    assert any("greater than 0" in label.text for label in ui.LABELS)
+    ui.BUTTONS["Undo"][-1]()
+    assert "valid, hash" in extension._status.text
+
+    ui.BUTTONS["Compile and open"][-1]()
+    assert omni.usd.OPENED and omni.usd.OPENED[-1].endswith("push_to_target_seed0.usda")
+
+    extension._preview_seeds.model.set_value("0-1")
+    ui.BUTTONS["Preview"][-1]()
+    job = extension._app.jobs["preview"]
+    deadline = time.monotonic() + 120
+    while job.state == RUNNING and time.monotonic() < deadline:
+        carb.eventdispatcher.get_eventdispatcher().dispatch(omni.kit.app.GLOBAL_EVENT_UPDATE)
+        time.sleep(0.6)
+    carb.eventdispatcher.get_eventdispatcher().dispatch(omni.kit.app.GLOBAL_EVENT_UPDATE)
+    provider = extension._preview_provider
+    assert provider.size is not None and len(provider.data) == provider.size[0] * provider.size[1] * 4
+
+    extension._seed_count.model.set_value(20)
+    ui.BUTTONS["Record seeds"][-1]()
+    recording = extension._app.jobs["seeds"]
+    assert recording.state == RUNNING
+
+    extension.on_shutdown()  # undoes on_startup item by item
+    assert window.destroyed and extension._window is None
+    assert "Window" not in omni.kit.menu.utils.MENUS
+    assert len(carb.eventdispatcher.OBSERVERS) == 0
+    assert recording.state == CANCELLED and not recording.work_folder.exists()

@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ import numpy as np
 
 from . import __version__
 from .errors import OutputError, WorldgenError
+from .files import temporary_beside
 from .keys import image_kind
 from .manifest import Manifest, manifest_text, parse_manifest
 
@@ -69,16 +69,6 @@ class Demo:
 
 class DatasetError(WorldgenError, ValueError):
     """A dataset that cannot be appended to or read as asked (names the file and the reason)."""
-
-
-def _atomic_h5(path: Path):
-    """A temporary file beside ``path``; the caller renames it over ``path`` once it is closed."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a dataset is as readable as any file
-    return Path(tmp)
 
 
 GZIP_LEVEL = 1  # images: fast deflate; level 4 saved ~4 % of the bytes for ~30 % more time
@@ -305,7 +295,7 @@ def update_attributes(path: str | Path, demos: dict[str, dict[str, Any]], data: 
     """Set attributes of a finished dataset's demos (``demos``: name -> attributes) and of ``/data``, on a
     copy renamed over the file, and rebuild the ``passed`` mask from the demos' ``check_passed``."""
     path = Path(path)
-    tmp = _atomic_h5(path)
+    tmp = temporary_beside(path)
     try:
         shutil.copy2(path, tmp)
         with h5py.File(tmp, "r+") as f:
@@ -435,7 +425,7 @@ class DatasetWriter:
             raise DatasetError(f"{self.path}: {name} already exists")
         self.parts.mkdir(exist_ok=True)
         shard = self.parts / f"{name}.hdf5"
-        tmp = _atomic_h5(shard)
+        tmp = temporary_beside(shard)
         with h5py.File(tmp, "w", track_order=True) as f:
             _write_demo(f.create_group(f"data/{name}"), demo)
         os.replace(tmp, shard)
@@ -495,7 +485,7 @@ class DatasetWriter:
                 os.link(self.path, base)
             for n in embedded:
                 self.demos[n]["file"] = f"{self.parts.name}/{base.name}"
-        tmp = _atomic_h5(self.path)
+        tmp = temporary_beside(self.path)
         with h5py.File(tmp, "w") as f:
             data = self._write_header(f)
             for name in sorted(self.demos, key=demo_index):
@@ -508,7 +498,7 @@ class DatasetWriter:
             if not self.path.exists():
                 self._publish()
             return
-        tmp = _atomic_h5(self.path)
+        tmp = temporary_beside(self.path)
         with h5py.File(tmp, "w") as out, h5py.File(self.path, "r") as src:
             data = self._write_header(out)
             for name in sorted(self.demos, key=demo_index):
@@ -609,7 +599,7 @@ def restamp_dataset(source: str | Path, output: str | Path, manifest: Manifest) 
                 "(only its seeds, world_model, branching, checks, policy and evaluation may differ)"
             )
         output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _atomic_h5(output)
+        tmp = temporary_beside(output)
         with h5py.File(tmp, "w") as out:
             data = out.create_group("data")
             for key, value in f["data"].attrs.items():

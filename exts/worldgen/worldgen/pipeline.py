@@ -225,10 +225,17 @@ def record_expert_episodes_together(
 class SeedWorker:
     """Holds one environment and records episodes; also the body of a Ray actor."""
 
-    def __init__(self, manifest: Manifest, cameras: bool = True, device: str | None = None):
+    def __init__(
+        self, manifest: Manifest, cameras: bool = True, device: str | None = None, backend: str = "newton"
+    ):
         from .envs import WorldgenEnv
 
-        self.env = WorldgenEnv(manifest, cameras=cameras, device=device)
+        simulator = None  # WorldgenEnv makes a NewtonBackend
+        if backend == "isaac":
+            from .sim.isaac import IsaacBackend  # inside Isaac Sim, once SimulationApp runs
+
+            simulator = IsaacBackend(manifest, render=cameras)
+        self.env = WorldgenEnv(manifest, cameras=cameras, device=device, backend=simulator)
 
     def run(self, seed: int) -> EpisodeResult:
         return record_expert_episode(self.env, seed)
@@ -248,14 +255,18 @@ def run_seed_stage(
     cameras: bool = True,
     progress: Callable[[EpisodeResult, int, int], None] | None = None,
     envs: int = 1,
+    backend: str = "newton",
 ) -> DatasetWriter:
     """Append expert demos for the manifest's seeds to ``output``; returns the (finalized) writer.
 
     Demo names are ``demo_<seed - base_seed>``, so the file is the same for any number of workers.
-    ``envs`` > 1 (no cameras): that many scenes stepped together in one process.
+    ``envs`` > 1 (no cameras): that many scenes stepped together in one process. ``backend="isaac"``
+    (PhysX and Replicator, inside Isaac Sim under a running SimulationApp): one scene at a time, here.
     """
     if envs > 1 and (cameras or workers > 1 or ray_address is not None):
         raise ArgumentError(f"--envs {envs}: scenes stepped together record without cameras, in one process")
+    if backend == "isaac" and (envs > 1 or workers > 1 or ray_address is not None):
+        raise ArgumentError("--backend isaac: one Isaac Sim app records one scene at a time, in this process")
     manifest = as_manifest(manifest)
     header = dataset_header(manifest, instance_table(manifest), manifest_text(manifest))
     writer = DatasetWriter(output, header)
@@ -265,7 +276,7 @@ def run_seed_stage(
     if envs > 1:
         results = record_expert_episodes_together(manifest, todo, envs) if todo else []
     else:  # one process, or Ray actors
-        results = map_on_workers(SeedWorker, (manifest, cameras), todo, workers, ray_address)
+        results = map_on_workers(SeedWorker, (manifest, cameras, None, backend), todo, workers, ray_address)
     for done, result in enumerate(results, start=1):
         if result.demo is None:
             writer.discard(result.seed, result.reason)

@@ -76,3 +76,20 @@ def variant_grid(frames: dict[tuple[int, str], np.ndarray], scale: int = 1) -> I
     for row, seed in enumerate(seeds):
         draw.text((2, LABEL_HEIGHT + row * cell_h + 2), f"seed {seed}", fill=INK)
     return grid
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-7"``, ``"3"`` or ``"0,2,5-6"``: the seeds in order, each once."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            low, _, high = part.strip().partition("-")
+            first, last = int(low), int(high or low)
+            if first < 0 or last < first:
+                raise ValueError
+            seeds += range(first, last + 1)
+    except ValueError:
+        raise ArgumentError(
+            f"expected seeds such as 0-7 or 0,2,5-6 (non-negative, ranges ascending), got {text!r}"
+        ) from None
+    return list(dict.fromkeys(seeds))

@@ -104,10 +104,36 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+ISAAC_SIM_NEEDED = (
+    "--backend isaac needs Isaac Sim (the isaacsim package is not importable here); run the same command "
+    "with Isaac Sim's Python: <isaac-sim>/python.sh -m worldgen.apps.cli seed MANIFEST -o DATASET "
+    "--backend isaac"
+)
+
+
+def _start_isaac_sim():
+    """A headless SimulationApp. It must run before any Kit module (omni, isaacsim.core, Kit's pxr) is
+    imported, so this comes before the pipeline's imports."""
+    try:
+        from isaacsim import SimulationApp
+    except ImportError:
+        raise ArgumentError(ISAAC_SIM_NEEDED) from None
+    return SimulationApp({"headless": True})
+
+
 def _cmd_seed(args: argparse.Namespace) -> int:
+    manifest = load_manifest(args.manifest)  # parsed once, here; problems reported before any work
+    simulation_app = _start_isaac_sim() if args.backend == "isaac" else None
+    try:
+        return _record_seeds(args, manifest)
+    finally:
+        if simulation_app is not None:
+            simulation_app.close()
+
+
+def _record_seeds(args: argparse.Namespace, manifest) -> int:
     from ..pipeline import run_seed_stage
 
-    manifest = load_manifest(args.manifest)  # parsed once, here; problems reported before any work
     bar = ProgressBar(total=None, unit="demo", desc="seed", dynamic_ncols=True, disable=args.quiet)
     stats = {"frames": 0, "seconds": 0.0, "ok": 0, "done": 0}
 
@@ -135,6 +161,7 @@ def _cmd_seed(args: argparse.Namespace) -> int:
             cameras=not args.no_cameras,
             progress=progress,
             envs=args.envs,
+            backend=args.backend,
         )
     finally:
         bar.close()
@@ -586,20 +613,12 @@ def _int_list_arg(text: str) -> list[int]:
 
 
 def _seed_list_arg(text: str) -> list[int]:
-    """``0-7``, ``3`` or ``0,2,5-6``: the seeds in order, each once."""
-    seeds: list[int] = []
+    from ..preview import parse_seeds
+
     try:
-        for part in text.split(","):
-            low, _, high = part.strip().partition("-")
-            first, last = int(low), int(high or low)
-            if first < 0 or last < first:
-                raise ValueError
-            seeds += range(first, last + 1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected seeds such as 0-7 or 0,2,5-6 (non-negative, ranges ascending), got {text!r}"
-        ) from None
-    return list(dict.fromkeys(seeds))
+        return parse_seeds(text)
+    except ArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _names_arg(text: str) -> list[str]:
@@ -728,6 +747,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count_arg,
         default=1,
         help="scenes stepped together in one process (with --no-cameras; not bit-identical to one at a time)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["newton", "isaac"],
+        default="newton",
+        help="newton (default, headless anywhere) or isaac (PhysX + Replicator; with Isaac Sim's python.sh)",
     )
     p.set_defaults(func=_cmd_seed)
 

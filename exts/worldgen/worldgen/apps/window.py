@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import ArgumentError
 from ..manifest import ManifestError
+from ..preview import parse_seeds
 from .jobs import FINISHED, OUTPUT, RUNNING, SUCCEEDED, Job
 from .manifest_editor import ManifestDocument
 from .run import PROFILES, STAGES
@@ -38,6 +39,7 @@ class AppState:
     seed: int = 0
     autosave: bool = True  # jobs read the file: save a valid, edited document before starting one
     python: str = sys.executable  # the interpreter jobs run under (Kit's own by default)
+    backend: str = "newton"  # the simulator seed recording uses: newton or isaac
     status: str = ""
     messages: list[str] = field(default_factory=list)
     last_stage: str | None = None
@@ -166,16 +168,20 @@ class WorldgenApp:
             / f"{manifest.name}-{manifest.content_hash()[:12]}-{label}.png"
         )
 
-    def start_preview(self, seeds: list[int], cameras: list[str] | None = None, scale: int = 2) -> Job | None:
-        """Render the variant grid in a background job (``worldgen preview``)."""
+    def start_preview(
+        self, seeds: list[int] | str, cameras: list[str] | None = None, scale: int = 2
+    ) -> Job | None:
+        """Render the variant grid (``worldgen preview``) in a background job; ``seeds`` as a list or as
+        text such as ``0-7``."""
+        try:
+            seeds = parse_seeds(seeds) if isinstance(seeds, str) else list(seeds)
+            output = self.preview_path(seeds)
+        except ArgumentError as exc:
+            self._say(f"preview: {exc}", self.state.messages)
+            return None
         argv = ["--seeds", ",".join(map(str, seeds)), "--scale", str(scale), "-o", OUTPUT]
         if cameras:
             argv += ["--camera", ",".join(cameras)]
-        try:
-            output = self.preview_path(seeds)
-        except ArgumentError as exc:
-            self._say(str(exc), self.state.messages)
-            return None
         return self._start("preview", "preview", argv, output, staged=True)
 
     def preview_image(self) -> tuple[bytes, int, int] | None:
@@ -200,7 +206,7 @@ class WorldgenApp:
         output = (
             Path(self.state.output_dir) / "seeds" / f"{manifest.name}-{manifest.content_hash()[:12]}.hdf5"
         )
-        argv = ["-o", OUTPUT, *(["--n", str(count)] if count else [])]
+        argv = ["-o", OUTPUT, "--backend", self.state.backend, *(["--n", str(count)] if count else [])]
         return self._start("seeds", "seed", argv, output, staged=True)
 
     def start_run(self, until: str = "report", profile: str = "quick") -> Job | None:

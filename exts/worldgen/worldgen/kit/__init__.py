@@ -1,18 +1,13 @@
-"""Kit-only layer: the omni.ext entry point and the omni.ui window. Untested outside Isaac Sim.
-
-Importing this package outside Isaac Sim / Kit raises an ImportError that says so; ``import worldgen``
-never imports it.
+"""Kit-only layer: the window extension (``worldgen.kit.extension``, the ``[[python.module]]`` Kit loads)
+and the Replicator writer (``worldgen.kit.replicator_writer``). Written against the Isaac Sim 5.1 API,
+never run here. ``import worldgen`` never imports this package; importing it outside Isaac Sim / Kit
+raises an ImportError that says how to start it.
 """
 
 try:
     import omni.ext  # noqa: F401
-except ImportError as exc:  # pragma: no cover - exercised only outside Kit
+except ImportError:  # pragma: no cover - the branch taken everywhere but inside Kit
     raise ImportError(
-        "worldgen.kit runs inside Isaac Sim / Kit only (start it with "
-        "`isaacsim --ext-folder exts --enable worldgen`); use the `worldgen` CLI or the worldgen "
-        "package everywhere else"
-    ) from exc
-
-from .extension import WorldgenExtension
-
-__all__ = ["WorldgenExtension"]
+        "worldgen.kit runs inside Isaac Sim / Kit only (omni.ext is not importable here); start Isaac Sim "
+        "with `isaacsim --ext-folder exts --enable worldgen`, or use the `worldgen` command and package"
+    ) from None

@@ -17,13 +17,14 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pxr import Usd
 
 from ..assets import panda
 from ..geometry import matrix_from_quat
-from ..manifest import Manifest
+from ..manifest import CameraSpec, Manifest
 from ..scene import SceneSample, sample_scene
 from ..stage import HAND_PATH, OBJECTS_PATH, ROBOT_PATH, build_stage, camera_prim_path
 from .base import CameraFrame, instance_id_for_prim, instance_table, normalize_depth
@@ -32,6 +33,31 @@ KIT_ONLY = (
     "worldgen.sim.isaac runs inside Isaac Sim only (isaacsim.core.api and omni.replicator.core are not "
     "importable here); use worldgen.sim.newton.NewtonBackend headlessly"
 )
+
+
+def replicator_frame(spec: CameraSpec, data: dict[str, Any], instances: list[dict]) -> CameraFrame:
+    """A :class:`CameraFrame` from Replicator annotator outputs, keyed by worldgen output name:
+    ``rgb`` (H, W, 4) uint8; ``depth`` from ``distance_to_image_plane`` (H, W) float32 metres (inf where
+    nothing is hit); ``segmentation`` from ``instance_segmentation`` with ``colorize=False``: a dict of
+    ``data`` (H, W) uint32 ids and ``info.idToLabels`` (id -> prim path). Replicator's ids become
+    worldgen instance ids through the prim paths; unknown ids read as background. Plain numpy: shared by
+    :class:`IsaacBackend` and the Replicator writer, tested without Kit."""
+    frame = CameraFrame()
+    if "rgb" in data:
+        frame.rgb = np.asarray(data["rgb"])[..., :3].astype(np.uint8)
+    if "depth" in data:
+        z = np.nan_to_num(np.asarray(data["depth"], dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        frame.depth = normalize_depth(z, spec.near, spec.far)[..., None]
+    if "segmentation" in data:
+        seg = data["segmentation"]
+        ids = np.asarray(seg["data"], dtype=np.int64)
+        labels = seg["info"]["idToLabels"] if "info" in seg else seg["idToLabels"]  # legacy / flattened
+        mapping = {int(k): instance_id_for_prim(instances, str(v)) for k, v in labels.items()}
+        lut = np.zeros(max(mapping, default=0) + 2, dtype=np.uint8)
+        for replicator_id, instance in mapping.items():
+            lut[replicator_id] = instance
+        frame.seg = lut[np.clip(ids, 0, len(lut) - 1)][..., None]
+    return frame
 
 
 def _require_kit():
@@ -169,25 +195,8 @@ class IsaacBackend:
         frames = {}
         for name in cameras or list(self._annotators):
             spec, per_output = self._annotators[name]
-            frame = CameraFrame()
-            if "rgb" in per_output:
-                frame.rgb = np.asarray(per_output["rgb"].get_data())[..., :3].astype(np.uint8)
-            if "depth" in per_output:
-                z = np.nan_to_num(np.asarray(per_output["depth"].get_data(), dtype=np.float32), posinf=0.0)
-                frame.depth = normalize_depth(z, spec.near, spec.far)[..., None]
-            if "segmentation" in per_output:
-                data = per_output["segmentation"].get_data()
-                ids = np.asarray(data["data"], dtype=np.int64)
-                # Replicator ids -> prim paths -> worldgen instance ids; unknown ids read as background.
-                mapping = {
-                    int(k): instance_id_for_prim(self.instances, str(v))
-                    for k, v in data["info"]["idToLabels"].items()
-                }
-                lut = np.zeros(max(mapping, default=0) + 2, dtype=np.uint8)
-                for replicator_id, instance in mapping.items():
-                    lut[replicator_id] = instance
-                frame.seg = lut[np.clip(ids, 0, len(lut) - 1)][..., None]
-            frames[name] = frame
+            data = {output: annotator.get_data() for output, annotator in per_output.items()}
+            frames[name] = replicator_frame(spec, data, self.instances)
         return frames
 
     def close(self) -> None:
