@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -168,6 +169,9 @@ def test_background_jobs_report_progress_finish_and_cancel_without_partial_outpu
     assert app.start_seeds(count=2) is None and "already running" in app.state.status
     _wait(app, longer, lambda j: j.progress is not None and j.progress[0] >= 1)
     assert longer.progress[1] == 30
+    lines = app.job_lines()
+    assert lines[0].startswith("preview: succeeded") and re.match(r"seeds: running \d+/30", lines[1])
+    assert lines[2].startswith("    ")  # the running job's log tail, under it
     longer.cancel()
     assert longer.state == CANCELLED and app.poll() == []
     assert not longer.work_folder.exists()  # nothing partial beside the output

@@ -209,3 +209,69 @@ def test_window_lifecycle_is_symmetric_against_standins(kit_standins, tmp_path):
     assert "Window" not in omni.kit.menu.utils.MENUS
     assert len(carb.eventdispatcher.OBSERVERS) == 0
     assert recording.state == CANCELLED and not recording.work_folder.exists()
+
+
+def _replicator_payload(manifest, table, obs, t):
+    """Frame ``t`` of a recorded demo as Replicator's annotators hand it to a writer (renderProduct layout):
+    RGBA, metric depth (inf where nothing is hit) and instance ids of Replicator's own numbering with
+    ``idToLabels`` naming a prim under each worldgen instance."""
+    products = {}
+    for spec in manifest.cameras:
+        rgb = obs[f"{spec.name}_rgb"][t]
+        depth = obs[f"{spec.name}_depth"][t][..., 0].astype(np.float64)
+        seg = obs[f"{spec.name}_seg"][t][..., 0].astype(np.uint32)
+        metric = np.where(depth >= 1.0, np.inf, spec.near + depth * (spec.far - spec.near)).astype(np.float32)
+        labels = {str(row["id"] + 100): f"{row['prim']}/geometry" if row["prim"] else "" for row in table}
+        products[spec.name] = {
+            "rgb": {"data": np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=-1)},
+            "distance_to_image_plane": {"data": metric},
+            "instance_segmentation": {"data": seg + 100, "idToLabels": labels},
+        }
+    return {"renderProducts": products}
+
+
+def test_replicator_writer_writes_the_layout_the_newton_path_writes(kit_standins, tmp_path):
+    import omni.replicator.core as rep
+    from worldgen.dataset import DatasetReader, DatasetWriter, dataset_header, read_obs
+    from worldgen.envs import WorldgenEnv
+    from worldgen.kit.replicator_writer import WorldgenWriter
+    from worldgen.manifest import manifest_text
+    from worldgen.pipeline import record_expert_episode
+
+    assert rep.WriterRegistry.get("WorldgenWriter") is WorldgenWriter
+    manifest = load_manifest(PUSH).model_copy(update={"horizon": 32})  # branching starts at 10 and 30
+    env = WorldgenEnv(manifest, cameras=True)
+    demo = record_expert_episode(env, 0).demo
+    table = instance_table(manifest)
+    newton = DatasetWriter(tmp_path / "newton.hdf5", dataset_header(manifest, table, manifest_text(manifest)))
+    newton.append(demo, name="demo_0")
+    newton.finalize()
+
+    manifest_file = tmp_path / "push.yaml"
+    manifest_file.write_text(manifest_text(manifest))
+    writer = WorldgenWriter(output=str(tmp_path / "replicator.hdf5"), manifest=str(manifest_file))
+    names = {a.name: a.init_params for a in writer.annotators}
+    assert names == {"rgb": {}, "distance_to_image_plane": {}, "instance_segmentation": {"colorize": False}}
+    writer.write(_replicator_payload(manifest, table, demo.obs, 0))  # before begin_demo: not recorded
+    writer.begin_demo(0, env.backend.scene)
+    for t in range(demo.num_samples + 1):
+        writer.write(_replicator_payload(manifest, table, demo.obs, t))
+    low_dim = {k: v for k, v in demo.obs.items() if not k.endswith(("_rgb", "_depth", "_seg"))}
+    success = bool(demo.attrs["success"])
+    assert writer.end_demo(demo.actions, demo.states, low_dim, demo.rewards, demo.dones, success) == "demo_0"
+    writer.on_final_frame()
+
+    with DatasetReader(tmp_path / "newton.hdf5") as a, DatasetReader(tmp_path / "replicator.hdf5") as b:
+        (_, expected), (_, written) = next(a.iter_demos()), next(b.iter_demos())
+        obs_a, obs_b = read_obs(expected), read_obs(written)
+        assert sorted(obs_a) == sorted(obs_b)
+        for key in obs_a:
+            if key.endswith("_depth"):
+                np.testing.assert_allclose(obs_b[key], obs_a[key], atol=1e-6)
+            else:
+                np.testing.assert_array_equal(obs_b[key], obs_a[key], err_msg=key)
+        for key in ("actions", "states", "rewards", "dones"):
+            np.testing.assert_array_equal(written[key][()], expected[key][()])
+        for attr in ("seed", "success", "source", "scene"):
+            assert written.attrs[attr] == expected.attrs[attr], attr
+        assert b.summary()["demos"] == 1

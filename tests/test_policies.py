@@ -219,6 +219,7 @@ def test_ppo_on_scenes_stepped_together(tmp_path):
     env.close()
 
 
+@pytest.mark.slow  # about 80 s on 2 cores; worldgen run covers the same rows in make test
 def test_compare_reports_four_rows(tmp_path):
     from worldgen.apps.compare import ROWS, compare
 

@@ -196,6 +196,8 @@ def test_report_renders_in_headless_chromium_with_the_runs_numbers(first_run, tm
     for name, row in rows.items():
         assert re.search(rf"<td>{re.escape(name)}</td>.*?{row['successes']}/{row['episodes']}", html, re.S)
     assert record["verdict"] in html
+    variants = folder / record["stages"]["scene"]["summary"]["variants"]  # the preview grid, seed x camera
+    assert variants.is_file() and "<h2>Scene variants</h2>" in html
     shot = tmp_path / "report.png"
     done = subprocess.run(
         [
@@ -231,6 +233,7 @@ def test_report_renders_in_headless_chromium_with_the_runs_numbers(first_run, tm
     assert 0.01 < dark < 0.6
 
 
+@pytest.mark.slow  # about 3 minutes on 2 cores; Ray identity of one stage is in make test (test_dataset)
 def test_two_ray_workers_generate_replay_and_evaluate_as_one_process(first_run, tmp_path):
     """Generation (parent, start step tasks), the agreement samples of the checks, replay verification and
     evaluation episodes sharded over 2 Ray actors give what one process gives, byte for byte where it

@@ -3,15 +3,25 @@ false colour. Plain numpy + Pillow, so it runs wherever the core does."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import h5py
 import numpy as np
 from PIL import Image
 
+from .files import write_atomically
 from .keys import DEPTH, RGB, SEG, image_kind
 
 SHEET_FRAMES = 6
+
+
+def save_png(image: Image.Image, path: Path) -> Path:
+    """Write ``image`` as a PNG atomically (a reader never sees half an image)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    write_atomically(Path(path), buffer.getvalue())
+    return Path(path)
 
 
 def instance_palette(n: int = 256) -> np.ndarray:

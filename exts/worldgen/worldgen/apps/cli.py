@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import io
 import json
 import os
 import sys
@@ -86,6 +85,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 def _cmd_preview(args: argparse.Namespace) -> int:
     from ..preview import preview_cameras, render_variants, variant_grid
+    from ..report import save_png
 
     manifest = load_manifest(args.manifest)
     cameras = preview_cameras(manifest, args.camera)  # refused before the engine starts
@@ -94,9 +94,7 @@ def _cmd_preview(args: argparse.Namespace) -> int:
         raise ArgumentError(f"{output}: -o must name a .png file")
     started = time.perf_counter()
     grid = variant_grid(render_variants(manifest, args.seeds, cameras), scale=args.scale)
-    buffer = io.BytesIO()
-    grid.save(buffer, format="PNG")
-    write_atomically(output, buffer.getvalue())
+    save_png(grid, output)
     print(
         f"wrote {output}  {len(args.seeds)} seed(s) x {len(cameras)} camera(s) ({', '.join(cameras)}), "
         f"{grid.width}x{grid.height} px, {time.perf_counter() - started:.1f} s"

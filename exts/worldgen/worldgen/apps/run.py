@@ -198,17 +198,26 @@ def _eta(done: int, total: int, started: float) -> str:
     return f"{elapsed:.0f} s, about {left:.0f} s left"
 
 
+VARIANT_SEEDS = 4  # seeds in the scene stage's variant grid (the report shows it)
+
+
 def scene_stage(run: Run) -> dict[str, Any]:
     from pxr import Usd, UsdGeom, UsdPhysics
 
+    from ..preview import render_variants, variant_grid
+    from ..report import save_png
     from ..stage import compile_stage
 
     seed = run.manifest.seeds.base_seed
     path, _ = compile_stage(run.manifest, seed, run.path("scene", f"{run.manifest.name}_seed{seed}.usda"))
     stage = Usd.Stage.Open(str(path))
     prims = list(stage.Traverse())
+    run.say(f"variants: the first frame of seeds {seed}-{seed + VARIANT_SEEDS - 1} from every camera")
+    grid = variant_grid(render_variants(run.manifest, range(seed, seed + VARIANT_SEEDS)), scale=2)
+    variants = save_png(grid, run.path("scene", "variants.png"))
     return {
         "usd": str(path.relative_to(run.folder)),
+        "variants": str(variants.relative_to(run.folder)),
         "rigid_bodies": sum(p.HasAPI(UsdPhysics.RigidBodyAPI) for p in prims),
         "joints": sum(p.IsA(UsdPhysics.Joint) for p in prims),
         "cameras": sum(p.IsA(UsdGeom.Camera) for p in prims),
@@ -217,7 +226,7 @@ def scene_stage(run: Run) -> dict[str, Any]:
 
 def seeds_stage(run: Run) -> dict[str, Any]:
     from ..pipeline import run_seed_stage
-    from ..report import contact_sheet
+    from ..report import contact_sheet, save_png
 
     started = time.perf_counter()
 
@@ -235,7 +244,7 @@ def seeds_stage(run: Run) -> dict[str, Any]:
     with DatasetReader(run.seeds) as reader:
         summary = reader.summary()
         for name, group in list(reader.iter_demos())[:3]:
-            contact_sheet(group).save(run.path("seeds", f"{name}.png"))
+            save_png(contact_sheet(group), run.path("seeds", f"{name}.png"))
     return {
         "dataset": str(run.seeds.relative_to(run.folder)),
         "demos": summary["demos"],

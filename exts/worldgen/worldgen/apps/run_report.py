@@ -89,7 +89,7 @@ def write_report(folder: Path, manifest: Manifest) -> Path:
     record: dict[str, Any] = json.loads((folder / "run.json").read_text())
     out = folder / "report"
     stages = record["stages"]
-    seeds, wm = stages["seeds"]["summary"], stages["world_model"]["summary"]
+    scene, seeds, wm = (stages[s]["summary"] for s in ("scene", "seeds", "world_model"))
     synthetic, checks = stages["synthetic"]["summary"], stages["checks"]["summary"]
     evaluation = stages["eval"]["summary"]
     rows = evaluation["rows"]
@@ -105,6 +105,7 @@ def write_report(folder: Path, manifest: Manifest) -> Path:
         "fidelity": _data_uri(curve),
         "rollout": _data_uri(folder / wm["rollout"]),
         "sheets": [_data_uri(p) for p in sorted((folder / "seeds").glob("demo_*.png"))[:1]],
+        "variants": _data_uri(folder / scene["variants"]) if scene.get("variants") else None,
         "heatmap": _data_uri(folder / checks["heatmap"]) if checks.get("heatmap") else None,
         "gifs": side_by_side_gifs(manifest, folder / checks["dataset"], out),
     }

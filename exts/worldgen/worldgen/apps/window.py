@@ -270,8 +270,14 @@ class WorldgenApp:
             self._say(finished[-1], finished[:-1])
         return finished
 
-    def job_lines(self) -> list[str]:
-        return [job.describe() for job in self.jobs.values()]
+    def job_lines(self, tail: int = 3) -> list[str]:
+        """A line per job, each running job followed by the last ``tail`` lines of its log (indented)."""
+        lines = []
+        for job in self.jobs.values():
+            lines.append(job.describe())
+            if job.state == RUNNING:
+                lines += [f"    {line}" for line in job.log_tail(tail)]
+        return lines
 
     # -- reports -------------------------------------------------------------------------------------
 
