@@ -1,13 +1,16 @@
 """Scenes stepped together against one scene at a time, measured side by side in one run: control steps/s
-and episodes/s of ``WorldgenVectorEnv`` with N worlds against ``WorldgenEnv`` (low-dimensional, no
-cameras), and, given a trained policy, the same held-out panel evaluated both ways (success rates and
-wall-clock). Writes bench/results/vector_throughput.json.
+and episodes/s of ``WorldgenVectorEnv`` with N worlds against ``WorldgenEnv``, low-dimensional and with
+every camera rendered (each world through a view of its scene), and, given a trained policy, the same
+held-out panel evaluated both ways (success rates and wall-clock). Writes
+bench/results/vector_throughput.json (``--parts cameras`` measures only the camera block, both sides in
+the same run, and keeps the file's low-dimensional block).
 
 Both sides drive the arm with the same seeded random ``ee_delta`` actions (small translations and
 rotations, the gripper switching now and then), so the physics does comparable work; an "episode" is a
 reset plus the manifest's horizon of steps.
 
-    python bench/vector_throughput.py [--worlds 1 8 32 128] [--policy data/.../policies/seeds --episodes 100]
+    python bench/vector_throughput.py [--worlds 1 8 32 128] [--camera-worlds 1 8 16] [--parts lowdim cameras]
+                                      [--policy data/.../policies/seeds --episodes 100]
 """
 
 from __future__ import annotations
@@ -31,10 +34,10 @@ def random_actions(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return actions.astype(np.float32)
 
 
-def single_env(manifest, steps: int, episodes: int) -> dict:
+def single_env(manifest, steps: int, episodes: int, cameras: bool = False) -> dict:
     from worldgen.envs import WorldgenEnv
 
-    env = WorldgenEnv(manifest, cameras=False)
+    env = WorldgenEnv(manifest, cameras=cameras)
     rng = np.random.default_rng(0)
     env.reset(seed=5000)
     started = time.perf_counter()
@@ -55,11 +58,11 @@ def single_env(manifest, steps: int, episodes: int) -> dict:
     }
 
 
-def vector_env(manifest, worlds: int, steps: int, episodes: int) -> dict:
+def vector_env(manifest, worlds: int, steps: int, episodes: int, cameras: bool = False) -> dict:
     from worldgen.vector_env import WorldgenVectorEnv
 
     started = time.perf_counter()
-    venv = WorldgenVectorEnv(manifest, worlds, autoreset_mode="Disabled")
+    venv = WorldgenVectorEnv(manifest, worlds, autoreset_mode="Disabled", cameras=cameras)
     venv.reset(seed=[5000 + i for i in range(worlds)])
     build_seconds = time.perf_counter() - started
     rng = np.random.default_rng(0)
@@ -112,6 +115,28 @@ def panel_agreement(policy: str, manifest, episodes: int, worlds: int) -> dict:
     }
 
 
+def compare(manifest, worlds_list: list[int], steps: int, episodes: int, cameras: bool):
+    """The single env, then each number of worlds, the same work, measured in this run."""
+    what = "cameras" if cameras else "low-dim"
+    single = single_env(manifest, steps, min(episodes, 8), cameras=cameras)
+    print(
+        f"[{what}] single env: {single['steps_per_s']:.1f} steps/s, {single['episodes_per_s']:.3f} episodes/s"
+    )
+    vector = []
+    for worlds in worlds_list:
+        row = vector_env(manifest, worlds, steps, episodes, cameras=cameras)
+        row["steps_ratio"] = round(row["steps_per_s"] / single["steps_per_s"], 2)
+        row["episodes_ratio"] = round(row["episodes_per_s"] / single["episodes_per_s"], 2)
+        vector.append(row)
+        print(
+            f"[{what}] {worlds} worlds: {row['steps_per_s']:.1f} steps/s ({row['steps_ratio']}x), "
+            f"{row['episodes_per_s']:.3f} episodes/s ({row['episodes_ratio']}x), "
+            f"first build {row['first_build_s']} s",
+            flush=True,
+        )
+    return single, vector
+
+
 def main() -> None:
     from worldgen.manifest import load_manifest
 
@@ -123,39 +148,47 @@ def main() -> None:
     parser.add_argument("--policy", help="a trained low-dim policy: evaluate it both ways on one panel")
     parser.add_argument("--panel", type=int, default=100, help="held-out episodes for --policy")
     parser.add_argument("--panel-worlds", type=int, default=32)
+    parser.add_argument("--parts", nargs="+", choices=["lowdim", "cameras"], default=["lowdim", "cameras"])
+    parser.add_argument("--camera-worlds", type=int, nargs="+", default=[1, 8, 16])
+    parser.add_argument("--camera-steps", type=int, default=128, help="world-steps per measurement, cameras")
+    parser.add_argument("--camera-episodes", type=int, default=8, help="episodes per measurement, cameras")
     args = parser.parse_args()
     manifest = load_manifest(args.manifest)
 
     started = time.perf_counter()
-    single = single_env(manifest, args.steps, min(args.episodes, 8))
-    print(
-        f"single env: {single['steps_per_s']:.1f} steps/s, {single['episodes_per_s']:.3f} episodes/s",
-        flush=True,
+    result = json.loads(RESULTS.read_text()) if RESULTS.exists() and "lowdim" not in args.parts else {}
+    result.update(
+        {
+            "manifest": manifest.name,
+            "machine": f"{multiprocessing.cpu_count()} CPU cores ({platform.machine()}), no GPU",
+        }
     )
-    vector = []
-    for worlds in args.worlds:
-        row = vector_env(manifest, worlds, args.steps, args.episodes)
-        row["steps_ratio"] = round(row["steps_per_s"] / single["steps_per_s"], 2)
-        row["episodes_ratio"] = round(row["episodes_per_s"] / single["episodes_per_s"], 2)
-        vector.append(row)
-        print(
-            f"{worlds} worlds: {row['steps_per_s']:.1f} steps/s ({row['steps_ratio']}x), "
-            f"{row['episodes_per_s']:.3f} episodes/s ({row['episodes_ratio']}x), "
-            f"first build {row['first_build_s']} s",
-            flush=True,
+    if "lowdim" in args.parts:
+        single, vector = compare(manifest, args.worlds, args.steps, args.episodes, cameras=False)
+        result.update(
+            {
+                "observations": "low-dim",
+                "single_env": single,
+                "vector_env": vector,
+                "best_steps_ratio": max(r["steps_ratio"] for r in vector),
+            }
         )
-    result = {
-        "manifest": manifest.name,
-        "observations": "low-dim (cameras are not rendered by the vector backend)",
-        "machine": f"{multiprocessing.cpu_count()} CPU cores ({platform.machine()}), no GPU",
-        "single_env": single,
-        "vector_env": vector,
-        "best_steps_ratio": max(r["steps_ratio"] for r in vector),
-    }
+    if "cameras" in args.parts:
+        steps, episodes = args.camera_steps, args.camera_episodes
+        camera_started = time.perf_counter()
+        single, vector = compare(manifest, args.camera_worlds, steps, episodes, cameras=True)
+        result["cameras"] = {
+            "seconds": round(time.perf_counter() - camera_started, 1),
+            "observations": f"low-dim + every camera output ({', '.join(c.name for c in manifest.cameras)})",
+            "single_env": single,
+            "vector_env": vector,
+            "best_steps_ratio": max(r["steps_ratio"] for r in vector),
+        }
     if args.policy:
         result["panel"] = panel_agreement(args.policy, manifest, args.panel, args.panel_worlds)
         print(json.dumps(result["panel"], indent=2), flush=True)
-    result["seconds"] = round(time.perf_counter() - started, 1)
+    if "lowdim" in args.parts:
+        result["seconds"] = round(time.perf_counter() - started, 1)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")

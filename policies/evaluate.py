@@ -96,7 +96,9 @@ class BatchWorker:
         from worldgen.vector_env import WorldgenVectorEnv
 
         policy = policy if isinstance(policy, PretrainedPolicy) else load_policy(policy)
-        self.venv = WorldgenVectorEnv(manifest, num_envs, autoreset_mode="Disabled")
+        self.venv = WorldgenVectorEnv(
+            manifest, num_envs, autoreset_mode="Disabled", cameras=policy.needs_cameras
+        )
         self.policies = [copy.deepcopy(policy) for _ in range(num_envs)]
         self.keys = policy.observation_keys
 
@@ -233,10 +235,6 @@ def evaluate_policy(
         raise ArgumentError(
             f"the evaluation panel shares seeds {overlap[:5]} with the policy's training data; "
             "choose another evaluation.held_out_base_seed"
-        )
-    if envs > 1 and policy.needs_cameras:
-        raise ArgumentError(
-            f"--envs {envs}: scenes stepped together render no cameras; this policy needs them"
         )
     env = WorldgenEnv(manifest, cameras=policy.needs_cameras)
     layout = None

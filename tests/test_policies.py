@@ -143,6 +143,10 @@ def test_image_and_diffusion_policies_train_and_evaluate(push_demos, tmp_path):
     assert policy.needs_cameras and policy.config.image_keys == ["front_rgb"] and image["demos"] == 4
     report = evaluate_policy(tmp_path / "image", PUSH, episodes=1)
     assert report["episodes"] == 1 and report["mean_length"] > 0
+    # scenes stepped together render each world as its scene alone: the image policy runs there too
+    together = evaluate_policy(tmp_path / "image", PUSH, episodes=2, envs=2, gifs=False)
+    assert together["episodes"] == 2 and together["envs"] == 2
+    assert together["per_episode"][0]["seed"] == report["per_episode"][0]["seed"]
 
     train_bc(push_demos, tmp_path / "diffusion", "diffusion", mask="seed", steps=30, batch_size=32)
     diffusion = load_policy(tmp_path / "diffusion")

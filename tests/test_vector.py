@@ -172,5 +172,59 @@ def test_seed_recording_on_scenes_stepped_together(manifest, tmp_path):
             assert abs(x.num_samples - y.num_samples) <= 3
             np.testing.assert_allclose(y.states[0], x.states[0], atol=1e-6)  # the same scene and start
             assert np.array_equal(y.actions, z.actions) and np.array_equal(y.states, z.states)
-    with pytest.raises(ValueError, match="without cameras"):
-        run_seed_stage(PUSH, tmp_path / "cams.hdf5", n=2, cameras=True, envs=2)
+    with pytest.raises(ValueError, match="in one process"):
+        run_seed_stage(PUSH, tmp_path / "ray.hdf5", n=2, cameras=False, envs=2, workers=2)
+
+
+def _frames_equal(a, b) -> None:
+    """The same pictures and labels; depth to float32 rounding (a world's poses pass through its origin,
+    metres away, so they carry float32 rounding of that offset)."""
+    for name in a:
+        assert np.array_equal(a[name].rgb, b[name].rgb) and np.array_equal(a[name].seg, b[name].seg), name
+        np.testing.assert_allclose(a[name].depth, b[name].depth, rtol=0, atol=1e-6)
+
+
+def test_worlds_render_as_their_scene_alone(manifest):
+    """Each world is rendered as the single-scene backend renders its scene at the same state (its own
+    light, jitter and textures, no neighbour in view), before and after stepping and after a per-world
+    reset."""
+    seeds = [5, 6]
+    vector = VectorNewtonBackend(manifest, device="cpu", render=True)
+    vector.reset(seeds)
+    single = NewtonBackend(manifest, device="cpu", render=True)
+    frames = vector.render()
+    for i, seed in enumerate(seeds):
+        single.reset(seed)
+        _frames_equal(frames[i], single.render())
+    drive(manifest, [vector], 12, n=2)
+    frames = vector.render()
+    for i, seed in enumerate(seeds):
+        single.reset(seed)
+        single.set_state(vector.get_state(i))
+        # The same joint state; the single scene's forward kinematics put its bodies where the combined
+        # simulation has them to float32 rounding, so at most a few edge pixels may differ.
+        np.testing.assert_allclose(single.body_pose("block")[0], vector.body_pose("block")[0][i], atol=1e-5)
+        alone = single.render()
+        for name in alone:
+            differ = np.any(alone[name].rgb != frames[i][name].rgb, axis=-1)
+            assert differ.mean() < 0.005, (name, differ.mean())
+    vector.reset_worlds(np.array([False, True]), [5, 9])
+    single.reset(9)
+    _frames_equal(vector.render()[1], single.render())
+    assert not np.array_equal(vector.render()[0]["front"].rgb, single.render()["front"].rgb)
+
+
+def test_seed_recording_with_cameras_on_scenes_stepped_together(tmp_path):
+    from worldgen.dataset import demo_names, open_dataset, read_demo
+    from worldgen.pipeline import run_seed_stage
+
+    alone, together = tmp_path / "alone.hdf5", tmp_path / "together.hdf5"
+    run_seed_stage(PUSH, alone, n=2, cameras=True)
+    run_seed_stage(PUSH, together, n=2, cameras=True, envs=2)
+    with open_dataset(alone) as a, open_dataset(together) as b:
+        for name in demo_names(a):
+            x, y = (read_demo(f["data"][name]) for f in (a, b))
+            assert sorted(x.obs) == sorted(y.obs) and x.attrs["success"] == y.attrs["success"]
+            for key in ("front_rgb", "front_depth", "front_seg", "side_rgb"):
+                assert y.obs[key].shape[1:] == x.obs[key].shape[1:] and len(y.obs[key]) == y.num_samples + 1
+                assert np.array_equal(y.obs[key][0], x.obs[key][0]), key  # the same scene, the same start

@@ -148,17 +148,18 @@ def record_play_episode(
 
 
 def record_expert_episodes_together(
-    manifest: Manifest, seeds: list[int], envs: int
+    manifest: Manifest, seeds: list[int], envs: int, cameras: bool = False
 ) -> Iterable[EpisodeResult]:
-    """:func:`record_expert_episode` for ``seeds``, ``envs`` scenes stepped together (no cameras;
-    ``worldgen.vector_env``), yielded in ``seeds`` order batch by batch. Scenes stepped together are not
+    """:func:`record_expert_episode` for ``seeds``, ``envs`` scenes stepped together
+    (``worldgen.vector_env``; with ``cameras``, each world rendered through a view of its scene),
+    yielded in ``seeds`` order batch by batch. Scenes stepped together are not
     bit-identical to one at a time (MuJoCo solves their contacts together); the demos record the
     number of scenes they were stepped with (``vector_envs``), and the same number gives the same bytes."""
     from .experts import make_expert
     from .vector_env import WorldgenVectorEnv, balanced_batches
 
     n, batches = balanced_batches(seeds, envs)
-    venv = WorldgenVectorEnv(manifest, n, autoreset_mode="Disabled")
+    venv = WorldgenVectorEnv(manifest, n, autoreset_mode="Disabled", cameras=cameras)
     dynamic = [o.name for o in manifest.task.objects if not o.static]
 
     def poses() -> list[dict]:
@@ -260,11 +261,11 @@ def run_seed_stage(
     """Append expert demos for the manifest's seeds to ``output``; returns the (finalized) writer.
 
     Demo names are ``demo_<seed - base_seed>``, so the file is the same for any number of workers.
-    ``envs`` > 1 (no cameras): that many scenes stepped together in one process. ``backend="isaac"``
+    ``envs`` > 1: that many scenes stepped together in one process. ``backend="isaac"``
     (PhysX and Replicator, inside Isaac Sim under a running SimulationApp): one scene at a time, here.
     """
-    if envs > 1 and (cameras or workers > 1 or ray_address is not None):
-        raise ArgumentError(f"--envs {envs}: scenes stepped together record without cameras, in one process")
+    if envs > 1 and (workers > 1 or ray_address is not None):
+        raise ArgumentError(f"--envs {envs}: scenes stepped together record in one process (no --workers)")
     if backend == "isaac" and (envs > 1 or workers > 1 or ray_address is not None):
         raise ArgumentError("--backend isaac: one Isaac Sim app records one scene at a time, in this process")
     manifest = as_manifest(manifest)
@@ -274,7 +275,7 @@ def run_seed_stage(
     total = len(todo)
     results: Iterable[EpisodeResult]
     if envs > 1:
-        results = record_expert_episodes_together(manifest, todo, envs) if todo else []
+        results = record_expert_episodes_together(manifest, todo, envs, cameras) if todo else []
     else:  # one process, or Ray actors
         results = map_on_workers(SeedWorker, (manifest, cameras, None, backend), todo, workers, ray_address)
     for done, result in enumerate(results, start=1):

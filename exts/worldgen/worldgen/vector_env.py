@@ -1,6 +1,7 @@
 """``gymnasium.vector.VectorEnv`` over :class:`~worldgen.sim.vector.VectorNewtonBackend`: N scenes of one
-manifest stepped together, low-dimensional observations (the keys of :class:`~worldgen.envs.WorldgenEnv`
-without cameras), the same actions, rewards, success and horizon per world.
+manifest stepped together, the observations of :class:`~worldgen.envs.WorldgenEnv` (low-dimensional;
+``cameras=True`` adds every camera output, each world rendered as its scene alone renders), the same
+actions, rewards, success and horizon per world.
 
 ``reset(seed=[s0, s1, ...])`` puts scene ``s_i`` in world i (``seed=s``: ``s + i``). Autoreset follows
 gymnasium: ``next_step`` (the default) resets a world on the step after it ended (its action ignored,
@@ -22,7 +23,7 @@ from gymnasium.vector.utils import batch_space
 
 from .assets import panda
 from .control import ArmController, apply_actions
-from .envs import low_dim_observation, observation_space, predicate_holds
+from .envs import camera_observation, low_dim_observation, observation_space, predicate_holds
 from .manifest import Manifest, as_manifest
 from .sim.vector import VectorNewtonBackend
 
@@ -46,11 +47,13 @@ class WorldgenVectorEnv(gym.vector.VectorEnv):
         num_envs: int,
         device: str | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        cameras: bool = False,
     ):
         self.manifest = as_manifest(manifest)
         self.num_envs = int(num_envs)
-        self.backend = VectorNewtonBackend(self.manifest, device=device)
-        self.single_observation_space = observation_space(self.manifest, cameras=False)
+        self.cameras = cameras
+        self.backend = VectorNewtonBackend(self.manifest, device=device, render=cameras)
+        self.single_observation_space = observation_space(self.manifest, cameras=cameras)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.single_action_space = gym.spaces.Box(
             -1.0, 1.0, (self.manifest.embodiment.action_dim,), np.float32
@@ -166,7 +169,11 @@ class WorldgenVectorEnv(gym.vector.VectorEnv):
         )
 
     def _observe(self) -> dict[str, np.ndarray]:
-        return low_dim_observation(self.manifest, self.backend)
+        obs = low_dim_observation(self.manifest, self.backend)
+        if self.cameras:
+            per_world = [camera_observation(self.manifest, frames) for frames in self.backend.render()]
+            obs.update({key: np.stack([o[key] for o in per_world]) for key in per_world[0]})
+        return obs
 
     def _infos(self) -> dict[str, Any]:
         return {"scene_seed": self.scene_seeds.copy(), "steps": self.steps.copy()}

@@ -744,7 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--envs",
         type=_count_arg,
         default=1,
-        help="scenes stepped together in one process (with --no-cameras; not bit-identical to one at a time)",
+        help="scenes stepped together in one process (not bit-identical to one at a time)",
     )
     p.add_argument(
         "--backend",
@@ -1000,9 +1000,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", metavar="MANIFEST", help="scenario manifest")
     p.add_argument("--episodes", type=_count_arg, help="default: the manifest's evaluation.episodes")
     p.add_argument("-o", "--output", type=_output_folder, metavar="DIR", help="default POLICY/eval")
-    p.add_argument(
-        "--envs", type=_count_arg, default=1, help="scenes stepped together (low-dim policies; default 1)"
-    )
+    p.add_argument("--envs", type=_count_arg, default=1, help="scenes stepped together (default 1)")
     p.add_argument("--no-gifs", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_eval)

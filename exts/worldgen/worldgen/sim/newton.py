@@ -138,13 +138,17 @@ def _instability_kinds() -> list[int]:
 class NewtonBackend:
     """One scene at a time; ``reset(seed)`` rebuilds the model from that seed's stage (~0.1 s warm)."""
 
-    def __init__(self, manifest: Manifest, device: str | None = None, render: bool = True):
+    def __init__(
+        self, manifest: Manifest, device: str | None = None, render: bool = True, simulate: bool = True
+    ):
         from ..warp_setup import quiet_warp
 
         quiet_warp()
         self.manifest = manifest
         self.device = device or default_device()
         self.render_enabled = render
+        # simulate=False: a view that only renders poses written into it (no solver is built)
+        self.simulate = simulate
         self.instances = instance_table(manifest)
         self.scene: SceneSample | None = None
         self.model = None
@@ -161,8 +165,12 @@ class NewtonBackend:
         builder, self._distractor_joints = scene_builder(self.manifest, stage, scene)
         self.model = builder.finalize(device=self.device)
         self.scene = scene
-        self.solver = newton.solvers.SolverMuJoCo(
-            self.model, use_mujoco_cpu=self.device == "cpu", kinematic_switchable_roots=False
+        self.solver = (
+            newton.solvers.SolverMuJoCo(
+                self.model, use_mujoco_cpu=self.device == "cpu", kinematic_switchable_roots=False
+            )
+            if self.simulate
+            else None
         )
         self.state_a, self.state_b = self.model.state(), self.model.state()
         self.control = self.model.control()
@@ -191,7 +199,7 @@ class NewtonBackend:
         self._write_targets(self._targets)
         self._place_distractors()
         self._cameras = self._make_cameras() if self.render_enabled else {}
-        return self.get_state()
+        return self.get_state() if self.simulate else np.zeros(0)
 
     def _state_layout(self, robot_joints: list[int]) -> StateLayout:
         q_start, qd_start = self.model.joint_q_start.numpy(), self.model.joint_qd_start.numpy()
@@ -400,6 +408,14 @@ class NewtonBackend:
                 frame.seg = self._shape_lut[index][..., None]
             frames[name] = frame
         return frames
+
+    def render_poses(
+        self, body_q: np.ndarray, cameras: Sequence[str] | None = None
+    ) -> dict[str, CameraFrame]:
+        """Render this scene with its bodies at ``body_q`` ((B, 7) positions and xyzw quaternions in the
+        scene's frame): how a vector backend shows one of its worlds through a view of that scene."""
+        self.state_a.body_q.assign(np.asarray(body_q, dtype=np.float32))
+        return self.render(cameras)
 
     def close(self) -> None:
         self.model = self.solver = self.sensor = None

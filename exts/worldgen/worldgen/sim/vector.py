@@ -13,7 +13,15 @@ which slot) every run gives the same bytes.
 Each world's state vector has the single-scene layout of :class:`~worldgen.sim.newton.NewtonBackend`
 (``[time, joint_q, joint_qd, joint targets (9), MuJoCo qacc_warmstart]``, the scene's own entries),
 so a world's state can be restored into it and vice versa. Positions and poses are in each scene's own
-frame (its origin subtracted). Cameras are not rendered here (every scene would see its neighbours).
+frame (its origin subtracted).
+
+Cameras (``render=True``): rendering the combined model would let every camera see the neighbouring
+scenes and light them all alike, so each world is rendered through a *view*: a render-only
+:class:`~worldgen.sim.newton.NewtonBackend` of that world's scene (its own light, textures and
+camera jitter), into which the world's body poses are written before each render. A world's frames
+are therefore what the single-scene backend renders for the same poses (the same pixels and labels,
+depth to float32 rounding of the offset world; tested); rendering costs what it costs one scene at a
+time, only the physics is shared.
 """
 
 from __future__ import annotations
@@ -28,9 +36,11 @@ from ..geometry import xyzw_to_wxyz
 from ..manifest import Manifest
 from ..scene import SceneSample, sample_scene
 from ..stage import HAND_PATH, OBJECTS_PATH, ROBOT_PATH, build_stage
+from .base import CameraFrame
 from .newton import (
     MAX_JOINT_SPEED,
     WORKSPACE_EXTENT,
+    NewtonBackend,
     clear_mujoco_instability_warnings,
     default_device,
     mujoco_instability_warnings,
@@ -82,14 +92,16 @@ class VectorNewtonBackend:
     the model for those seeds (slot i holds ``seeds[i]``); ``reset_worlds`` gives some slots new seeds
     and keeps the others' states."""
 
-    def __init__(self, manifest: Manifest, device: str | None = None):
+    def __init__(self, manifest: Manifest, device: str | None = None, render: bool = False):
         from ..warp_setup import quiet_warp
 
         quiet_warp()
         self.manifest = manifest
         self.device = device or default_device()
+        self.render_enabled = render
         self.dt = 1.0 / manifest.physics_hz
         self.worlds: list[_World] = []
+        self.views: list[NewtonBackend] = []  # one render-only scene per world when rendering
         self.model = None
 
     @property
@@ -127,7 +139,10 @@ class VectorNewtonBackend:
         for i in np.flatnonzero(mask):
             w = self.worlds[i]
             scene = sample_scene(self.manifest, int(seeds[i]))
-            builder, _ = scene_builder(self.manifest, build_stage(self.manifest, scene), scene, ground=i == 0)
+            stage = build_stage(self.manifest, scene)
+            builder, _ = scene_builder(self.manifest, stage, scene, ground=i == 0)
+            if self.render_enabled:
+                self.views[i].load(stage, scene)
             q[w.q] = w.to_combined(np.asarray(builder.joint_q, dtype=np.float64))
             qd[w.qd] = 0.0
             for key in _BODY_ARRAYS:  # Warp's matrices come out of a builder flat: shape them as the model's
@@ -176,10 +191,14 @@ class VectorNewtonBackend:
         combined = newton.ModelBuilder()
         combined.begin_world()
         spans = []
+        self.views = []
         for slot, scene in enumerate(scenes):
-            builder, distractors = scene_builder(
-                self.manifest, build_stage(self.manifest, scene), scene, ground=slot == 0
-            )
+            stage = build_stage(self.manifest, scene)
+            builder, distractors = scene_builder(self.manifest, stage, scene, ground=slot == 0)
+            if self.render_enabled:
+                view = NewtonBackend(self.manifest, device=self.device, render=True, simulate=False)
+                view.load(stage, scene)
+                self.views.append(view)
             start = (combined.joint_count, combined.body_count, combined.shape_count)
             origin = scene_origin(slot)
             combined.add_builder(builder, xform=wp.transform(wp.vec3(*origin), wp.quat_identity()))
@@ -392,6 +411,21 @@ class VectorNewtonBackend:
             pos = pos + axis * panda.HAND_TO_TCP
         return pos, quat
 
+    def render(self, cameras: Sequence[str] | None = None) -> list[dict[str, CameraFrame]]:
+        """Every world's camera frames (as :meth:`NewtonBackend.render` gives one scene's), through its
+        view of its scene with the world's current body poses."""
+        if not self.render_enabled:
+            raise RuntimeError("this vector backend was created with render=False")
+        body_q = self.state_a.body_q.numpy().astype(np.float64)
+        frames = []
+        for w, view in zip(self.worlds, self.views, strict=True):
+            poses = body_q[w.bodies].copy()
+            poses[:, :3] -= w.origin
+            frames.append(view.render_poses(poses, cameras))
+        return frames
+
     def close(self) -> None:
+        for view in self.views:
+            view.close()
         self.model = self.solver = None
-        self.worlds = []
+        self.worlds, self.views = [], []
