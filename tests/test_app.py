@@ -59,6 +59,9 @@ def test_edit_puts_the_problem_on_its_field_then_the_fix_validates(manifest_copy
 
     assert app.edit("task.objects[0].mass", "0.35")
     assert app.document.content_hash not in (None, before) and "(edited)" in app.state.status
+    assert app.save() and not app.modified
+    assert app.undo() and app.modified  # back to the original text, which the file no longer holds
+    assert app.edit("task.objects[0].mass", "0.35") and not app.modified
     assert app.save()
     text = manifest_copy.read_text()
     assert "# Push a block along the table into a goal region." in text  # comments kept
@@ -86,6 +89,11 @@ def test_edits_create_sections_append_and_refuse_bad_paths(manifest_copy):
         document.set("cameras[5].fov", 40)
     with pytest.raises(ArgumentError, match="expected names"):
         split_field_path("task..objects")
+    before = document.text
+    with pytest.raises(ArgumentError, match="past the end"):
+        document.set("extras.items[3]", 1)  # refused whole: no section is left half-made
+    assert document.text == before and document.valid
+    assert document.get("name[0]") is None and document.get("cameras[9]") is None
     assert "task.objects[0].placement.x" in document.main_fields()
     assert "cameras[1].position" in document.main_fields() and "horizon" in document.main_fields()
 
@@ -174,6 +182,7 @@ def test_background_jobs_report_progress_finish_and_cancel_without_partial_outpu
     assert lines[2].startswith("    ")  # the running job's log tail, under it
     longer.cancel()
     assert longer.state == CANCELLED and app.poll() == []
-    assert not longer.work_folder.exists()  # nothing partial beside the output
-    assert seeds.output.read_bytes() == recorded  # and the complete one it would have replaced is intact
-    assert sorted(p.name for p in seeds.output.parent.iterdir()) == [seeds.output.name, seeds.log_path.name]
+    assert not longer.work_folder.exists() and not longer.output.exists()  # nothing partial
+    assert seeds.output.read_bytes() == recorded  # the complete recording beside it is untouched
+    expected = {seeds.output.name, seeds.log_path.name, longer.log_path.name}  # logs are the jobs' records
+    assert {p.name for p in seeds.output.parent.iterdir()} == expected

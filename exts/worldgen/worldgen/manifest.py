@@ -667,7 +667,8 @@ def _node_for(root: yaml.Node | None, loc: Sequence[Any]) -> tuple[yaml.Node | N
     return node, path
 
 
-def _format_path(path: Sequence[str | int]) -> str:
+def format_field_path(path: Sequence[str | int]) -> str:
+    """``["task", "objects", 0, "mass"]`` -> ``task.objects[0].mass`` (keys that are not names quoted)."""
     out = ""
     for part in path:
         if isinstance(part, int) or not part.isidentifier():
@@ -694,7 +695,7 @@ def _validation_problems(err: ValidationError, root: yaml.Node | None, file: str
             msg = _clean_message(e["msg"])
             if e["type"] not in ("value_error", "assertion_error") and "input" in e:
                 msg += f" (got {e['input']!r})" if not isinstance(e["input"], dict | list) else ""
-        problem = ManifestProblem(file, line, _format_path(path), msg)
+        problem = ManifestProblem(file, line, format_field_path(path), msg)
         if problem not in problems:
             problems.append(problem)
     return problems

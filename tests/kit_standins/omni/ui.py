@@ -62,9 +62,22 @@ class IntField(_Widget): ...
 class ProgressBar(_Widget): ...
 
 
-class ScrollingFrame(_Widget):
-    def clear(self):
-        self.cleared = getattr(self, "cleared", 0) + 1
+class ScrollingFrame(_Widget): ...
+
+
+class Frame(_Widget):
+    """A frame whose content its ``build_fn`` makes; omni.ui defers ``rebuild`` to the next draw, the
+    stand-in runs it at once."""
+
+    def __init__(self, build_fn=None, **kwargs):
+        super().__init__(**kwargs)
+        self.build_fn, self.builds = build_fn, 0
+        self.rebuild()
+
+    def rebuild(self):
+        self.builds += 1
+        if self.build_fn is not None:
+            self.build_fn()
 
 
 class Label(_Widget):

@@ -121,6 +121,10 @@ def _start_isaac_sim():
 
 def _cmd_seed(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest)  # parsed once, here; problems reported before any work
+    if args.backend == "isaac" and (args.envs > 1 or args.workers > 1 or args.ray_address):
+        raise ArgumentError(
+            "--backend isaac: one Isaac Sim app records one scene at a time (no --envs/--workers)"
+        )
     simulation_app = _start_isaac_sim() if args.backend == "isaac" else None
     try:
         return _record_seeds(args, manifest)

@@ -11,6 +11,7 @@ design (an interrupted stage stays marked ``running`` and resumes next time; fin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 OUTPUT = "{output}"  # in a job's arguments: where the command writes (the staging path when staged)
 _PROGRESS = re.compile(r"(\d+)/(\d+)")
 CANCEL_GRACE_S = 10.0  # SIGINT first (the CLI stops cleanly); then the whole group is killed
+LOG_WINDOW = 65536  # bytes of a log read to follow a job
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Job:
     python: str = sys.executable
     state: str = QUEUED
     returncode: int | None = None
+    reason: str = ""  # why a job failed, when it is not in its log
     started: float | None = None
     ended: float | None = None
     _process: subprocess.Popen | None = field(default=None, repr=False)
@@ -59,7 +62,7 @@ class Job:
 
     def start(self, env: dict[str, str] | None = None) -> None:
         if self.state != QUEUED:
-            raise RuntimeError(f"job {self.name!r} was already started")
+            raise RuntimeError(f"job {self.name!r} is {self.state}; make a new Job to run it again")
         target = self.output
         if self.staged:
             shutil.rmtree(self.work_folder, ignore_errors=True)
@@ -69,17 +72,24 @@ class Job:
             self.output.parent.mkdir(parents=True, exist_ok=True)
         argv = [str(target) if a == OUTPUT else a for a in self.argv]
         self._log = self.log_path
-        with open(self._log, "wb") as log:
-            self._process = subprocess.Popen(
-                [self.python, "-m", "worldgen.apps.cli", *argv],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
-                # its own process group: cancel stops it and everything it started (Ray workers)
-                start_new_session=os.name != "nt",
-                creationflags=subprocess.CREATE_NEW_PROCESS_GROUP if os.name == "nt" else 0,
-            )
+        try:
+            with open(self._log, "ab") as log:  # appended: a resumed run keeps its earlier log
+                log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} worldgen {' '.join(argv)}\n".encode())
+                log.flush()
+                self._process = subprocess.Popen(
+                    [self.python, "-m", "worldgen.apps.cli", *argv],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+                    # its own process group: cancel stops it and everything it started (Ray workers)
+                    start_new_session=os.name != "nt",
+                    creationflags=subprocess.CREATE_NEW_PROCESS_GROUP if os.name == "nt" else 0,
+                )
+        except OSError:
+            if self.staged:
+                shutil.rmtree(self.work_folder, ignore_errors=True)
+            raise
         self.started, self.state = time.monotonic(), RUNNING
 
     def poll(self) -> str:
@@ -102,48 +112,68 @@ class Job:
         if self.state == CANCELLED:
             pass
         elif code == 0:
-            if self.staged:
-                produced = self.work_folder / self.output.name
-                if produced.is_dir():
-                    swap_in_folder(produced, self.output)
-                elif produced.exists():
-                    os.replace(produced, self.output)
-            self.state = SUCCEEDED
+            try:
+                if self.staged:
+                    produced = self.work_folder / self.output.name
+                    if produced.is_dir():
+                        swap_in_folder(produced, self.output)
+                    elif produced.exists():
+                        os.replace(produced, self.output)
+                self.state = SUCCEEDED
+            except OSError as exc:  # the output could not be put in place: the job failed, said once
+                self.state, self.reason = FAILED, f"could not move the output into place: {exc}"
         else:
             self.state = FAILED
         if self.staged:
             shutil.rmtree(self.work_folder, ignore_errors=True)
 
+    def stop(self) -> None:
+        """Ask the command to stop (SIGINT to its group: the CLI stops cleanly) without waiting; the
+        next :meth:`cancel` or :meth:`poll` finishes it."""
+        if self.state == RUNNING and self._process is not None and self._process.poll() is None:
+            self._signal(signal.CTRL_BREAK_EVENT if os.name == "nt" else signal.SIGINT)
+
     def cancel(self) -> None:
-        """Stop the command and everything it started; a staged job leaves nothing behind."""
+        """Stop the command and everything it started; a staged job leaves nothing behind. A command that
+        has already finished is finished as it ended (its output kept)."""
         if self.state == QUEUED:
             self.state = CANCELLED
             return
         if self.state != RUNNING or self._process is None:
             return
-        self.state = CANCELLED
         process = self._process
-        if os.name == "nt":
-            process.send_signal(signal.CTRL_BREAK_EVENT)
-        else:
-            os.killpg(process.pid, signal.SIGINT)
-        try:
+        if process.poll() is not None:
+            self._finish(process.returncode)
+            return
+        self.state = CANCELLED
+        self.stop()
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(CANCEL_GRACE_S)
-        except subprocess.TimeoutExpired:
-            if os.name == "nt":
-                process.kill()
-            else:
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        self._signal(signal.SIGKILL if os.name != "nt" else signal.SIGTERM)  # whatever it left running
+        process.wait()
         self._finish(process.returncode)
+
+    def _signal(self, sig: int) -> None:
+        try:
+            if os.name == "nt":
+                self._process.send_signal(sig)
+            else:
+                os.killpg(self._process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass  # the group is gone already
 
     # -- following ---------------------------------------------------------------------------------
 
     def _lines(self) -> list[str]:
+        """The last lines of the log (its last 64 KB), each as it last showed: a tqdm bar rewrites its
+        line with carriage returns, so only a line's last state is kept."""
         if self._log is None or not self._log.exists():
             return []
-        text = self._log.read_bytes().decode("utf-8", errors="replace")
-        return [line.strip() for line in re.split(r"[\r\n]+", text) if line.strip()]
+        with open(self._log, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - LOG_WINDOW))
+            text = log.read().decode("utf-8", errors="replace")
+        shown = (line.rstrip("\r").rsplit("\r", 1)[-1].strip() for line in text.split("\n"))
+        return [line for line in shown if line and not line.startswith("# ")]
 
     def log_tail(self, lines: int = 12) -> list[str]:
         """The last lines of output, with the staging path written as the output it became."""
@@ -178,5 +208,5 @@ class Job:
         if progress is not None and self.state == RUNNING:
             text += f" {progress[0]}/{progress[1]}"
         if self.state == FAILED:
-            text += f" (exit {self.returncode})"
+            text += f" ({self.reason or f'exit {self.returncode}'})"
         return f"{text}, {self.elapsed:.0f} s"

@@ -20,7 +20,7 @@ from ruamel.yaml.error import YAMLError
 
 from ..errors import ArgumentError
 from ..files import write_atomically
-from ..manifest import Manifest, ManifestError, ManifestProblem, parse_manifest
+from ..manifest import Manifest, ManifestError, ManifestProblem, format_field_path, parse_manifest
 
 # The shipped manifests' indentation (lists indented under their key); with it a document that is
 # opened and saved unchanged is byte-identical (tested).
@@ -151,10 +151,14 @@ class ManifestDocument:
         """The value at a field path as written in the document (``None`` if it is not written)."""
         node: Any = self._data
         for part in split_field_path(path):
-            try:
-                node = node[part]
-            except (KeyError, IndexError, TypeError):
+            inside = isinstance(node, list) if isinstance(part, int) else isinstance(node, dict)
+            if (
+                not inside
+                or (isinstance(part, int) and part >= len(node))
+                or (isinstance(part, str) and part not in node)
+            ):
                 return None
+            node = node[part]
         return node
 
     def get_text(self, path: str) -> str:
@@ -171,10 +175,21 @@ class ManifestDocument:
 
     def set(self, path: str, value: Any) -> bool:
         """Write ``value`` at ``path`` (missing mappings on the way are created; index == length appends),
-        validate, and keep the previous text for :meth:`undo`. Returns whether the document is valid."""
+        validate, and keep the previous text for :meth:`undo`. Returns whether the document is valid.
+        A path that cannot be written is refused (:class:`ArgumentError`) with the document unchanged."""
         parts = split_field_path(path)
         before = self.text
-        node: Any = self._data
+        try:
+            self._write(self._data, parts, path, value)
+        except BaseException:
+            self._data = self._yaml.load(before)  # sections created on the way are gone again
+            raise
+        self._history.append(before)
+        self._validate()
+        return self.valid
+
+    def _write(self, root: Any, parts: list[str | int], path: str, value: Any) -> None:
+        node = root
         for part, following in zip(parts[:-1], parts[1:], strict=True):
             node = self._child(
                 node, part, path, create=CommentedSeq if isinstance(following, int) else CommentedMap
@@ -191,9 +206,6 @@ class ManifestDocument:
             if not isinstance(node, dict):
                 raise ArgumentError(f"field path {path!r}: {last!r} is not inside a mapping")
             node[last] = _like(node.get(last), value)
-        self._history.append(before)
-        self._validate()
-        return self.valid
 
     def set_text(self, path: str, text: str) -> bool:
         """Write a one-line YAML value (``0.3``, ``[0.4, 0.5]``, ``{type: uniform, low: 0, high: 1}``).
@@ -207,7 +219,7 @@ class ManifestDocument:
     def delete(self, path: str) -> bool:
         """Remove the field or list entry at ``path``; validate; undoable."""
         parts = split_field_path(path)
-        parent = self.get(_join(parts[:-1])) if len(parts) > 1 else self._data
+        parent = self.get(format_field_path(parts[:-1])) if len(parts) > 1 else self._data
         last = parts[-1]
         if parent is None or (
             isinstance(last, int) and not (isinstance(parent, list) and last < len(parent))
@@ -253,8 +265,11 @@ class ManifestDocument:
         if not self.valid:
             problems = [ManifestProblem(str(target), 0, f, m) for f, ms in self.problems.items() for m in ms]
             raise ManifestError(problems)
+        # Asset paths resolve against the manifest's folder: valid here must be valid there too.
+        manifest = parse_manifest(self.text, file=str(target), base_dir=target.resolve().parent)
+        target = target.resolve() if target.is_symlink() else target  # write the file a link points to
         write_atomically(target, self.text.encode("utf-8"))
-        self.path = target
+        self.path, self.manifest = Path(path) if path is not None else self.path, manifest
         return target
 
     def main_fields(self) -> list[str]:
@@ -262,27 +277,22 @@ class ManifestDocument:
         that is written in the document (a distribution such as ``{type: uniform, ...}`` is one field)."""
         fields: list[str] = []
 
-        def walk(node: Any, prefix: str) -> None:
+        def walk(node: Any, parts: list[str | int]) -> None:
             if isinstance(node, dict) and "type" not in node:
                 for key, value in node.items():
-                    walk(value, f"{prefix}.{key}" if prefix else str(key))
+                    walk(value, [*parts, str(key)])
             elif isinstance(node, list) and node and all(isinstance(v, dict) for v in node):
                 for i, value in enumerate(node):
-                    walk(value, f"{prefix}[{i}]")
+                    walk(value, [*parts, i])
             else:
-                fields.append(prefix)
+                fields.append(format_field_path(parts))
 
+        if not isinstance(self._data, dict):
+            return fields
         for section in MAIN_SECTIONS:
             if section in self._data:
-                walk(self._data[section], section)
+                walk(self._data[section], [section])
         return fields
-
-
-def _join(parts: list[str | int]) -> str:
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
 
 
 def _plain(value: Any) -> Any:

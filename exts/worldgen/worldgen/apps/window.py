@@ -17,6 +17,8 @@ Outputs go under ``output_dir``::
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +53,7 @@ class WorldgenApp:
         self.state = state or AppState()
         self.document: ManifestDocument | None = None
         self.jobs: dict[str, Job] = {}
-        self._modified = False
+        self._saved_text: str | None = None  # the text the file holds (what jobs read)
 
     # -- the document --------------------------------------------------------------------------------
 
@@ -64,13 +66,14 @@ class WorldgenApp:
             self.document = None
             self._say(f"cannot open {path}", exc.lines)
             return False
-        self._modified = False
+        self._saved_text = self.document.text
         self._say_document()
         return True
 
     @property
     def modified(self) -> bool:
-        return self._modified
+        """Whether the document differs from the file it was opened from or last saved to."""
+        return self.document is not None and self.document.text != self._saved_text
 
     def _require_document(self) -> ManifestDocument:
         if self.document is None:
@@ -85,14 +88,12 @@ class WorldgenApp:
         except ArgumentError as exc:
             self._say(f"{path}: not changed", [str(exc)])
             return False
-        self._modified = True
         self._say_document()
         return valid
 
     def undo(self) -> bool:
         document = self._require_document()
         undone = document.undo()
-        self._modified = self._modified and document.can_undo
         self._say_document()
         return undone
 
@@ -114,14 +115,14 @@ class WorldgenApp:
         except ManifestError as exc:
             self._say("not saved: the manifest has problems", exc.lines)
             return False
-        self._modified = False
+        self._saved_text = document.text
         self._say(f"saved {saved} (hash {document.content_hash[:12]})")
         return True
 
     def _say_document(self) -> None:
         document = self._require_document()
         name = document.get("name") or "?"
-        edited = " (edited)" if self._modified else ""
+        edited = " (edited)" if self.modified else ""
         if document.valid:
             self._say(f"{name}{edited}: valid, hash {document.content_hash[:12]}")
         else:
@@ -155,18 +156,19 @@ class WorldgenApp:
         self._say(f"compiled {manifest.name} seed {seed} -> {path}")
         return str(path)
 
-    def preview_path(self, seeds: list[int]) -> Path:
+    def preview_path(self, seeds: list[int], cameras: list[str] | None = None) -> Path:
         manifest = self._valid_manifest()
-        label = (
-            f"{seeds[0]}-{seeds[-1]}"
-            if seeds == list(range(seeds[0], seeds[-1] + 1))
-            else "_".join(map(str, seeds))
-        )
-        return (
-            Path(self.state.output_dir)
-            / "previews"
-            / f"{manifest.name}-{manifest.content_hash()[:12]}-{label}.png"
-        )
+        if not seeds:
+            raise ArgumentError("preview: expected at least one seed")
+        if len(seeds) == 1:
+            label = str(seeds[0])
+        elif seeds == list(range(seeds[0], seeds[-1] + 1)):
+            label = f"{seeds[0]}-{seeds[-1]}"
+        else:  # any list, in a name of bounded length
+            label = "s" + hashlib.sha256(",".join(map(str, seeds)).encode()).hexdigest()[:10]
+        views = "-".join(cameras) if cameras else "all"
+        name = f"{manifest.name}-{manifest.content_hash()[:12]}-{label}-{views}.png"
+        return Path(self.state.output_dir) / "previews" / name
 
     def start_preview(
         self, seeds: list[int] | str, cameras: list[str] | None = None, scale: int = 2
@@ -175,7 +177,7 @@ class WorldgenApp:
         text such as ``0-7``."""
         try:
             seeds = parse_seeds(seeds) if isinstance(seeds, str) else list(seeds)
-            output = self.preview_path(seeds)
+            output = self.preview_path(seeds, cameras)
         except ArgumentError as exc:
             self._say(f"preview: {exc}", self.state.messages)
             return None
@@ -203,10 +205,10 @@ class WorldgenApp:
         except ArgumentError as exc:
             self._say(str(exc), self.state.messages)
             return None
-        output = (
-            Path(self.state.output_dir) / "seeds" / f"{manifest.name}-{manifest.content_hash()[:12]}.hdf5"
-        )
-        argv = ["-o", OUTPUT, "--backend", self.state.backend, *(["--n", str(count)] if count else [])]
+        count = count or manifest.seeds.count
+        label = f"{manifest.name}-{manifest.content_hash()[:12]}-n{count}"
+        output = Path(self.state.output_dir) / "seeds" / f"{label}.hdf5"
+        argv = ["-o", OUTPUT, "--backend", self.state.backend, "--n", str(count)]
         return self._start("seeds", "seed", argv, output, staged=True)
 
     def start_run(self, until: str = "report", profile: str = "quick") -> Job | None:
@@ -234,23 +236,31 @@ class WorldgenApp:
         if running is not None and running.state == RUNNING:
             self._say(f"{name}: a job is already running; cancel it first")
             return None
-        if self._modified and not (self.state.autosave and self.save()):
+        if self.modified and not (self.state.autosave and self.save()):
             self._say(f"{name}: save the manifest first (jobs read the file)", self.state.messages)
             return None
         if document.path is None:
             self._say(f"{name}: save the manifest to a file first (jobs read the file)")
             return None
         job = Job(name, [command, str(document.path), *argv], output, staged=staged, python=self.state.python)
-        job.start()
+        try:
+            # Inside Kit, worldgen and its pip requirements are importable only through the paths Kit
+            # added; the job's interpreter gets the same ones.
+            job.start(env={"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+        except OSError as exc:
+            self._say(f"{name}: could not start {self.state.python}: {exc}")
+            return None
         self.jobs[name] = job
         self._say(f"{name}: started ({command} -> {output})")
         return job
 
     def cancel(self, name: str) -> None:
         job = self.jobs.get(name)
-        if job is not None:
+        if job is not None and job.state == RUNNING:
             job.cancel()
             self._say(f"{name}: cancelled")
+        else:
+            self._say(f"{name}: nothing is running")
 
     def poll(self) -> list[str]:
         """Advance every job; returns one line per job that finished since the last poll (what the window

@@ -40,6 +40,7 @@ def setting(key: str, default):
 
 class WorldgenExtension(omni.ext.IExt):
     def on_startup(self, ext_id: str) -> None:
+        self._window = self._menu_items = self._update_observer = None  # what on_shutdown undoes
         self._app = WorldgenApp(
             AppState(
                 output_dir=setting("output_dir", "data/worldgen"),
@@ -66,12 +67,18 @@ class WorldgenExtension(omni.ext.IExt):
             self._on_open()
 
     def on_shutdown(self) -> None:
-        for job in self._app.jobs.values():
-            job.cancel()  # no orphaned subprocesses once the extension is gone
+        # Each step guarded, so a startup that stopped half way is undone as far as it got.
+        jobs = list(self._app.jobs.values()) if getattr(self, "_app", None) is not None else []
+        for job in jobs:
+            job.stop()  # all asked at once, then each waited for: no orphaned subprocesses
+        for job in jobs:
+            job.cancel()
         self._update_observer = None  # dropping the observer unsubscribes it
-        remove_menu_items(self._menu_items, MENU)
+        if getattr(self, "_menu_items", None):
+            remove_menu_items(self._menu_items, MENU)
         self._menu_items = []
-        self._window.destroy()
+        if getattr(self, "_window", None) is not None:
+            self._window.destroy()
         self._window = None
         self._preview_provider = None
         self._field_models = {}
@@ -88,7 +95,9 @@ class WorldgenExtension(omni.ext.IExt):
                 ui.Button("Undo", width=60, clicked_fn=self._on_undo)
             self._status = ui.Label("", word_wrap=True, height=0)
             self._messages = ui.Label("", word_wrap=True, height=0, style=PROBLEM_STYLE)
-            self._fields_frame = ui.ScrollingFrame(height=260)
+            with ui.ScrollingFrame(height=260):
+                # Rebuilt through its build_fn (deferred by omni.ui), never from inside a field's callback.
+                self._fields_frame = ui.Frame(build_fn=self._build_fields)
             with ui.HStack(height=24):
                 ui.Label("Seed", width=40)
                 self._seed = ui.IntField(width=60)
@@ -118,10 +127,9 @@ class WorldgenExtension(omni.ext.IExt):
     def _build_fields(self) -> None:
         """A text field per main manifest field (one line of YAML), its problems under it."""
         self._field_models = {}
-        self._fields_frame.clear()
         if self._app.document is None:
             return
-        with self._fields_frame, ui.VStack(spacing=2):
+        with ui.VStack(spacing=2):
             for path in self._app.fields():
                 with ui.HStack(height=20):
                     ui.Label(path, width=230)
@@ -141,7 +149,7 @@ class WorldgenExtension(omni.ext.IExt):
         self._status.text = self._app.state.status
         self._messages.text = "\n".join(self._app.state.messages)
         if fields:
-            self._build_fields()
+            self._fields_frame.rebuild()
 
     def _show_jobs(self) -> None:
         self._jobs.text = "\n".join(self._app.job_lines())

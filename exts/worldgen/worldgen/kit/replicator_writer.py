@@ -74,7 +74,12 @@ class WorldgenWriter(Writer):
             return  # frames before begin_demo (warm-up renders) are not part of any demo
         frames = {}
         for name, product in data["renderProducts"].items():
-            spec = self.cameras[name]
+            spec = self.cameras.get(name)
+            if spec is None:
+                raise ValueError(
+                    f"render product {name!r}: name render products after the manifest's cameras "
+                    f"({', '.join(self.cameras)}) with rep.create.render_product(..., name=CAMERA)"
+                )
             outputs = {
                 output: product[annotator] if output == "segmentation" else product[annotator]["data"]
                 for output, annotator in ANNOTATORS.items()
@@ -96,6 +101,7 @@ class WorldgenWriter(Writer):
         and T+1 captured frames (one before each action and the last). Returns the demo's name."""
         if self._demo is None:
             raise RuntimeError("end_demo without begin_demo")
+        rep.orchestrator.wait_until_complete()  # frames still on their way land in this demo
         seed, scene = self._demo
         if len(self._frames) != len(actions) + 1:
             raise ValueError(f"{len(self._frames)} captured frames for {len(actions)} actions; expected T+1")

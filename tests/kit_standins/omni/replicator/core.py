@@ -26,3 +26,11 @@ class WriterRegistry:
     @classmethod
     def get(cls, name):
         return cls.REGISTERED[name]
+
+
+class _Orchestrator:
+    def wait_until_complete(self):
+        """Every captured frame has been handed to the writers (the stand-in hands them at once)."""
+
+
+orchestrator = _Orchestrator()
