@@ -49,12 +49,13 @@ def _slug(row: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in row).strip("_").lower()
 
 
-def row_demos(path: Path) -> tuple[dict[str, list[str]], dict[str, dict]]:
+def row_demos(path: Path, starts: list[int] | None = None) -> tuple[dict[str, list[str]], dict[str, dict]]:
     """Each row's demo names (seeds first) and, per row, how many attempts it accepts and their replay
-    precision."""
+    precision; ``starts``: only the attempts that start at those steps of their parent."""
     with open_dataset(path) as f:
         seeds = demo_names(f, "seed")
         attempts = [demo_record(f, n) for n in demo_names(f, "synthetic")]
+        attempts = [a for a in attempts if starts is None or a.branch_step in starts]
         replayed = {
             n: bool(f["data"][n].attrs.get("replay_success", False)) for n in (a.name for a in attempts)
         }
@@ -118,11 +119,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="cells trained and evaluated at once")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     parser.add_argument("--tag", default="")
+    parser.add_argument("--starts", type=int, nargs="+", help="only attempts starting at these steps")
     args = parser.parse_args()
 
     manifest_path = ROOT / "scenarios" / f"{args.scenario}.yaml"
     dataset = args.folder / "gated_world_model.hdf5"
-    demos, acceptance = row_demos(dataset)
+    demos, acceptance = row_demos(dataset, args.starts)
     cells = args.out / "cells"
     cells.mkdir(parents=True, exist_ok=True)
     tasks = [
@@ -167,6 +169,7 @@ def write_results(args, acceptance: dict, seconds: float) -> None:
     result = {
         "scenario": args.scenario,
         "attempts_from": str(args.folder),
+        "attempt_starts": args.starts or "all",
         "algo": args.algo,
         "policy_steps": args.policy_steps,
         "replicates": args.replicates,
@@ -193,7 +196,8 @@ def write_results(args, acceptance: dict, seconds: float) -> None:
 def table(result: dict) -> str:
     lines = [
         f"{result['scenario']}, {result['algo']} ({result['policy_steps']} steps), attempts from "
-        f"{result['attempts_from']}; {result['replicates']} replicates x {result['episodes_per_replicate']} "
+        f"{result['attempts_from']} (starts: {result.get('attempt_starts', 'all')}); "
+        f"{result['replicates']} replicates x {result['episodes_per_replicate']} "
         f"held-out episodes pooled (evaluated {result['evaluation_envs']} scenes together)",
         "",
         "| row | demos | samples | accepted | replay precision | success | 95 % CI | per replicate |",
