@@ -214,6 +214,33 @@ def test_worlds_render_as_their_scene_alone(manifest):
     assert not np.array_equal(vector.render()[0]["front"].rgb, single.render()["front"].rgb)
 
 
+def test_separate_worlds_render_each_world_in_one_sensor_update(manifest):
+    """The GPU layout (each scene a Newton world of its own, one sensor for all), built on the CPU: each
+    world's depth and labels are its scene's alone, and world 0 (whose light the sensor has) is its
+    scene's picture; stepping is refused, as MuJoCo's CPU solver would step world 0 alone."""
+    seeds = [5, 6, 7]
+    vector = VectorNewtonBackend(manifest, device="cpu", render=True, separate_worlds=True)
+    vector.reset(seeds)
+    assert vector.model.world_count == 3 and not vector.views
+    single = NewtonBackend(manifest, device="cpu", render=True)
+    frames = vector.render()
+    for i, seed in enumerate(seeds):
+        single.reset(seed)
+        alone = single.render()
+        for name in alone:
+            assert np.array_equal(frames[i][name].seg, alone[name].seg), (i, name)
+            np.testing.assert_allclose(frames[i][name].depth, alone[name].depth, rtol=0, atol=1e-6)
+            if i == 0:
+                assert np.array_equal(frames[i][name].rgb, alone[name].rgb), name
+        np.testing.assert_allclose(vector.body_pose("block")[0][i], single.body_pose("block")[0], atol=1e-6)
+    vector.reset_worlds(np.array([False, True, False]), [5, 9, 7])
+    single.reset(9)
+    for name, frame in single.render().items():
+        assert np.array_equal(vector.render()[1][name].seg, frame.seg), name
+    with pytest.raises(RuntimeError, match="GPU only"):
+        vector.step(np.zeros((3, 9)))
+
+
 def test_seed_recording_with_cameras_on_scenes_stepped_together(tmp_path):
     from worldgen.dataset import demo_names, open_dataset, read_demo
     from worldgen.pipeline import run_seed_stage

@@ -112,6 +112,80 @@ def add_distractors(builder, manifest: Manifest, scene: SceneSample) -> list[int
     return joints
 
 
+def lit_camera_sensor(model, light):
+    """Newton's ``SensorCamera`` over ``model``, lit as the scene's light sample says (shadows on)."""
+    import warp as wp
+    from newton.sensors import SensorCamera
+
+    sensor = SensorCamera(model)
+    radiance = np.asarray(light.color) * light.intensity / DEFAULT_INTENSITY
+    sensor.create_default_light(
+        enable_shadows=True, direction=wp.vec3f(*light.direction), color=wp.vec3f(*radiance)
+    )
+    # Newton's default hemisphere ambient corresponds to the manifest's default ambient of 0.3.
+    scale = light.ambient / 0.3
+    sensor.set_ambient_light(
+        (0.2 * scale, 0.2 * scale, 0.225 * scale), (0.05 * scale, 0.05 * scale, 0.06 * scale)
+    )
+    sensor.default_render_config.enable_shadows = True
+    return sensor
+
+
+def shape_instance_lut(instances: list[dict], shape_labels) -> np.ndarray:
+    """Instance id of each model shape, and 0 as a last entry for rays that hit nothing (0xFFFFFFFF)."""
+    return np.array([*(instance_id_for_prim(instances, label) for label in shape_labels), 0], dtype=np.uint8)
+
+
+def camera_local_pose(sample) -> np.ndarray:
+    """4x4 pose of a camera sample in the world (world mount) or in the hand's frame (wrist mount)."""
+    local = np.eye(4)
+    local[:3, :3] = look_at_matrix(sample.position, sample.look_at)
+    local[:3, 3] = sample.position
+    return local
+
+
+def camera_world_pose(local: np.ndarray, hand: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Position and xyzw quaternion of a camera in the world: its local pose, carried by the hand's body
+    pose ``hand`` (position and xyzw quaternion) for a wrist camera."""
+    pose = local
+    if hand is not None:
+        world_hand = np.eye(4)
+        world_hand[:3, :3] = matrix_from_quat(xyzw_to_wxyz(hand[3:]))
+        world_hand[:3, 3] = hand[:3]
+        pose = world_hand @ local
+    return pose[:3, 3], wxyz_to_xyzw(quat_from_matrix(pose))
+
+
+def camera_buffers(sensor, spec: CameraSpec, views: int, device: str):
+    """Rays and the colour, forward-depth and shape-index images of ``views`` views of one camera."""
+    from newton.sensors import SensorCamera
+
+    w, h = spec.resolution
+    rays = SensorCamera.compute_camera_rays_pinhole(w, h, camera_fov=math.radians(spec.fov), device=device)
+    return (
+        rays,
+        sensor.allocate_image_color(views, w, h),
+        sensor.allocate_image_depth_forward(views, w, h),
+        sensor.allocate_image_shape_index(views, w, h),
+    )
+
+
+def camera_frame(
+    spec: CameraSpec, color, depth, shape_index, view: int, shape_lut: np.ndarray
+) -> CameraFrame:
+    """View ``view`` of a camera's rendered images as a :class:`CameraFrame` (the outputs it declares)."""
+    h, w = spec.resolution[1], spec.resolution[0]
+    frame = CameraFrame()
+    if "rgb" in spec.outputs:
+        frame.rgb = color.numpy()[view].view(np.uint8).reshape(h, w, 4)[..., :3].copy()
+    if "depth" in spec.outputs:
+        frame.depth = normalize_depth(depth.numpy()[view], spec.near, spec.far)[..., None]
+    if "segmentation" in spec.outputs:
+        index = np.minimum(shape_index.numpy()[view], len(shape_lut) - 1)  # no hit: the last entry
+        frame.seg = shape_lut[index][..., None]
+    return frame
+
+
 def mujoco_instability_warnings(solver, device: str) -> int:
     """MuJoCo's CPU solver resets its data when it meets a bad qpos/qvel/qacc (and warns), which would
     hide a blow-up behind a clean state: the number of those warnings so far."""
@@ -219,40 +293,19 @@ class NewtonBackend:
         )
 
     def _make_cameras(self) -> dict[str, _Camera]:
-        import warp as wp
-        from newton.sensors import SensorCamera
-
-        self.sensor = SensorCamera(self.model)
-        light = self.scene.light
-        radiance = np.asarray(light.color) * light.intensity / DEFAULT_INTENSITY
-        self.sensor.create_default_light(
-            enable_shadows=True, direction=wp.vec3f(*light.direction), color=wp.vec3f(*radiance)
-        )
-        # Newton's default hemisphere ambient corresponds to the manifest's default ambient of 0.3.
-        scale = light.ambient / 0.3
-        self.sensor.set_ambient_light(
-            (0.2 * scale, 0.2 * scale, 0.225 * scale), (0.05 * scale, 0.05 * scale, 0.06 * scale)
-        )
-        self.sensor.default_render_config.enable_shadows = True
-        shape_lut = [instance_id_for_prim(self.instances, label) for label in self.model.shape_label]
-        self._shape_lut = np.array([*shape_lut, 0], dtype=np.uint8)  # last entry: no hit (index 0xFFFFFFFF)
+        self.sensor = lit_camera_sensor(self.model, self.scene.light)
+        self._shape_lut = shape_instance_lut(self.instances, self.model.shape_label)
         cameras = {}
         samples = {c.name: c for c in self.scene.cameras}
         for spec in self.manifest.cameras:
-            w, h = spec.resolution
-            sample = samples[spec.name]
-            local = np.eye(4)
-            local[:3, :3] = look_at_matrix(sample.position, sample.look_at)
-            local[:3, 3] = sample.position
+            rays, color, depth, shape_index = camera_buffers(self.sensor, spec, 1, self.device)
             cameras[spec.name] = _Camera(
                 spec=spec,
-                rays=SensorCamera.compute_camera_rays_pinhole(
-                    w, h, camera_fov=math.radians(spec.fov), device=self.device
-                ),
-                local=local,
-                color=self.sensor.allocate_image_color(1, w, h),
-                depth=self.sensor.allocate_image_depth_forward(1, w, h),
-                shape_index=self.sensor.allocate_image_shape_index(1, w, h),
+                rays=rays,
+                local=camera_local_pose(samples[spec.name]),
+                color=color,
+                depth=depth,
+                shape_index=shape_index,
             )
         return cameras
 
@@ -366,16 +419,10 @@ class NewtonBackend:
 
         if cam.spec.mount == "world" and cam.transform is not None:
             return cam.transform
-        pose = cam.local
-        if cam.spec.mount == "wrist":
-            hand = self.state_a.body_q.numpy()[self._hand]
-            world_hand = np.eye(4)
-            world_hand[:3, :3] = matrix_from_quat(xyzw_to_wxyz(hand[3:]))
-            world_hand[:3, 3] = hand[:3]
-            pose = world_hand @ cam.local
-        q = wxyz_to_xyzw(quat_from_matrix(pose))
+        hand = self.state_a.body_q.numpy()[self._hand] if cam.spec.mount == "wrist" else None
+        position, q = camera_world_pose(cam.local, hand)
         transform = wp.array(
-            [wp.transformf(wp.vec3f(*pose[:3, 3]), wp.quatf(*q))], dtype=wp.transformf, device=self.device
+            [wp.transformf(wp.vec3f(*position), wp.quatf(*q))], dtype=wp.transformf, device=self.device
         )
         if cam.spec.mount == "world":
             cam.transform = transform
@@ -397,16 +444,7 @@ class NewtonBackend:
                 forward_depth_image=cam.depth if "depth" in outputs else None,
                 shape_index_image=cam.shape_index if "segmentation" in outputs else None,
             )
-            h, w = cam.spec.resolution[1], cam.spec.resolution[0]
-            frame = CameraFrame()
-            if "rgb" in outputs:
-                frame.rgb = cam.color.numpy()[0].view(np.uint8).reshape(h, w, 4)[..., :3].copy()
-            if "depth" in outputs:
-                frame.depth = normalize_depth(cam.depth.numpy()[0], cam.spec.near, cam.spec.far)[..., None]
-            if "segmentation" in outputs:
-                index = np.minimum(cam.shape_index.numpy()[0], len(self._shape_lut) - 1)  # no hit: last entry
-                frame.seg = self._shape_lut[index][..., None]
-            frames[name] = frame
+            frames[name] = camera_frame(cam.spec, cam.color, cam.depth, cam.shape_index, 0, self._shape_lut)
         return frames
 
     def render_poses(

@@ -3,11 +3,13 @@ masses, friction, distractors) side by side in one Newton model, so the fixed co
 step (Warp kernel launches and argument packing in Newton's MuJoCo bridge, most of a single scene's
 step on a CPU) is paid once for all of them.
 
-The scenes are parts of one Newton world, :data:`SPACING` metres apart on a grid so they never touch
-(on a CPU, Newton's MuJoCo solver simulates only the first world of a multi-world model; separate Newton
-worlds, as MuJoCo Warp would run them on a GPU, are not built here); MuJoCo solves their contacts
-together, so a scene's trajectory is not bit-identical to the same scene simulated alone (its success
-rate agrees within sampling error: ``bench/vector_throughput.py``). For a fixed layout (which seed in
+On a CPU the scenes are parts of one Newton world, :data:`SPACING` metres apart on a grid so they
+never touch (Newton's MuJoCo CPU solver simulates only the first world of a multi-world model); MuJoCo
+solves their contacts together, so a scene's trajectory is not bit-identical to the same scene simulated
+alone (its success rate agrees within sampling error: ``bench/vector_throughput.py``). On a GPU each
+scene is a Newton world of its own at the origin (``separate_worlds``: MuJoCo Warp steps one world per
+thread block, which is what makes thousands of scenes cheap); scenes of one manifest have the same
+bodies and joints, which is what MuJoCo Warp asks of its worlds. For a fixed layout (which seed in
 which slot) every run gives the same bytes.
 
 Each world's state vector has the single-scene layout of :class:`~worldgen.sim.newton.NewtonBackend`
@@ -21,7 +23,9 @@ scenes and light them all alike, so each world is rendered through a *view*: a r
 camera jitter), into which the world's body poses are written before each render. A world's frames
 are therefore what the single-scene backend renders for the same poses (the same pixels and labels,
 depth to float32 rounding of the offset world; tested); rendering costs what it costs one scene at a
-time, only the physics is shared.
+time, only the physics is shared. On a GPU the worlds are apart, so one ``SensorCamera`` renders every
+world's cameras in one launch (view i shows world i, from world i's camera pose); it has one light,
+world 0's sample, so lighting is the one stressor such frames do not vary per world.
 """
 
 from __future__ import annotations
@@ -36,15 +40,21 @@ from ..geometry import xyzw_to_wxyz
 from ..manifest import Manifest
 from ..scene import SceneSample, sample_scene
 from ..stage import HAND_PATH, OBJECTS_PATH, ROBOT_PATH, build_stage
-from .base import CameraFrame
+from .base import CameraFrame, instance_table
 from .newton import (
     MAX_JOINT_SPEED,
     WORKSPACE_EXTENT,
     NewtonBackend,
+    camera_buffers,
+    camera_frame,
+    camera_local_pose,
+    camera_world_pose,
     clear_mujoco_instability_warnings,
     default_device,
+    lit_camera_sensor,
     mujoco_instability_warnings,
     scene_builder,
+    shape_instance_lut,
 )
 
 # What differs between two scenes of one manifest, per body and per shape (shape_transform first).
@@ -92,17 +102,28 @@ class VectorNewtonBackend:
     the model for those seeds (slot i holds ``seeds[i]``); ``reset_worlds`` gives some slots new seeds
     and keeps the others' states."""
 
-    def __init__(self, manifest: Manifest, device: str | None = None, render: bool = False):
+    def __init__(
+        self,
+        manifest: Manifest,
+        device: str | None = None,
+        render: bool = False,
+        separate_worlds: bool | None = None,
+    ):
+        """``separate_worlds`` (default: on a GPU) builds each scene as a Newton world of its own; on a CPU
+        such a model renders (every world, one sensor) but does not step, as MuJoCo's CPU solver would
+        simulate world 0 alone."""
         from ..warp_setup import quiet_warp
 
         quiet_warp()
         self.manifest = manifest
         self.device = device or default_device()
+        self.separate_worlds = self.device != "cpu" if separate_worlds is None else separate_worlds
         self.render_enabled = render
         self.dt = 1.0 / manifest.physics_hz
         self.worlds: list[_World] = []
-        self.views: list[NewtonBackend] = []  # one render-only scene per world when rendering
-        self.model = None
+        self.views: list[NewtonBackend] = []  # one render-only scene per world when rendering on a CPU
+        self._world_cameras: dict[str, dict] = {}  # one sensor's views of every world on a GPU
+        self.model = self.sensor = None
 
     @property
     def num_worlds(self) -> int:
@@ -135,13 +156,15 @@ class VectorNewtonBackend:
         body = {k: getattr(self.model, k).numpy() for k in _BODY_ARRAYS}
         shape = {k: getattr(self.model, k).numpy() for k in _SHAPE_ARRAYS}
         placed_before = shape["shape_transform"].copy()
-        ws = self._warmstart().reshape(-1)
+        # Separate worlds on a CPU only render: MuJoCo's CPU data holds world 0 alone.
+        steps = not (self.separate_worlds and self.device == "cpu")
+        ws = self._warmstart().reshape(-1) if steps else None
         for i in np.flatnonzero(mask):
             w = self.worlds[i]
             scene = sample_scene(self.manifest, int(seeds[i]))
             stage = build_stage(self.manifest, scene)
-            builder, _ = scene_builder(self.manifest, stage, scene, ground=i == 0)
-            if self.render_enabled:
+            builder, _ = scene_builder(self.manifest, stage, scene, ground=self.separate_worlds or i == 0)
+            if self.views:
                 self.views[i].load(stage, scene)
             q[w.q] = w.to_combined(np.asarray(builder.joint_q, dtype=np.float64))
             qd[w.qd] = 0.0
@@ -155,7 +178,8 @@ class VectorNewtonBackend:
             for key in _SHAPE_ARRAYS[1:]:
                 rows = shape[key][w.shapes]
                 rows[...] = np.asarray(getattr(builder, key), dtype=rows.dtype).reshape(rows.shape)
-            ws[w.mjc_dofs] = 0.0
+            if ws is not None:
+                ws[w.mjc_dofs] = 0.0
             w.scene = scene
             self.time[i] = 0.0
             self._targets[i] = np.concatenate([panda.HOME_Q, [panda.FINGER_MAX] * 2])
@@ -163,11 +187,12 @@ class VectorNewtonBackend:
             getattr(self.model, key).assign(values)
         self.state_a.joint_q.assign(q)
         self.state_a.joint_qd.assign(qd)
-        self._set_warmstart(ws)
+        if ws is not None:
+            self._set_warmstart(ws)
         self.solver.notify_model_changed(
             newton.ModelFlags.BODY_INERTIAL_PROPERTIES | newton.ModelFlags.SHAPE_PROPERTIES
         )
-        if self.device == "cpu":
+        if self.device == "cpu" and steps:
             # Newton 1.8 publishes changed shape properties to MuJoCo Warp's model only; the CPU model
             # takes them from there (as Newton itself does for the inertial ones): frictions, and the
             # poses of world-fixed geoms that moved (static objects placed with their scene, to float32
@@ -183,36 +208,51 @@ class VectorNewtonBackend:
         self._write_targets()
         newton.eval_fk(self.model, self.state_a.joint_q, self.state_a.joint_qd, self.state_a)
         self._place_distractors()
+        for cam in self._world_cameras.values():
+            cam["local"] = self._camera_locals(cam["spec"].name)
+            cam["transforms"] = None
 
     def _build(self, scenes: list[SceneSample]) -> None:
         import newton
         import warp as wp
 
+        # A CPU steps one Newton world (scenes spaced apart in it); a GPU steps separate worlds.
+        separate = self.separate_worlds
         combined = newton.ModelBuilder()
-        combined.begin_world()
+        if not separate:
+            combined.begin_world()
         spans = []
         self.views = []
         for slot, scene in enumerate(scenes):
             stage = build_stage(self.manifest, scene)
-            builder, distractors = scene_builder(self.manifest, stage, scene, ground=slot == 0)
-            if self.render_enabled:
+            builder, distractors = scene_builder(self.manifest, stage, scene, ground=separate or slot == 0)
+            if self.render_enabled and not separate:
                 view = NewtonBackend(self.manifest, device=self.device, render=True, simulate=False)
                 view.load(stage, scene)
                 self.views.append(view)
             start = (combined.joint_count, combined.body_count, combined.shape_count)
-            origin = scene_origin(slot)
+            origin = np.zeros(3) if separate else scene_origin(slot)
+            if separate:
+                combined.begin_world()
             combined.add_builder(builder, xform=wp.transform(wp.vec3(*origin), wp.quat_identity()))
+            if separate:
+                combined.end_world()
             end = (combined.joint_count, combined.body_count, combined.shape_count)
             spans.append((start, end, distractors, origin, scene))
-        combined.end_world()
+        if not separate:
+            combined.end_world()
         self.model = combined.finalize(device=self.device)
         self.solver = newton.solvers.SolverMuJoCo(
-            self.model, use_mujoco_cpu=self.device == "cpu", kinematic_switchable_roots=False
+            self.model,
+            use_mujoco_cpu=self.device == "cpu",
+            separate_worlds=separate,
+            kinematic_switchable_roots=False,
         )
         self.state_a, self.state_b = self.model.state(), self.model.state()
         self.control = self.model.control()
         newton.eval_fk(self.model, self.model.joint_q, self.model.joint_qd, self.state_a)
         self._index_worlds(spans)
+        self._world_cameras = self._make_world_cameras() if self.render_enabled and separate else {}
         self.time = np.zeros(len(scenes))
         self._targets = np.tile(np.concatenate([panda.HOME_Q, [panda.FINGER_MAX] * 2]), (len(scenes), 1))
         self._target_q = self.control.joint_target_q.numpy().astype(np.float32)
@@ -303,6 +343,8 @@ class VectorNewtonBackend:
         """One control step of every world from (N, 9) joint targets; returns which worlds diverged
         (non-finite state, a joint faster than MAX_JOINT_SPEED, a body out of the workspace; every world
         when MuJoCo's CPU solver met a bad state and reset its data, which it does for all at once)."""
+        if self.separate_worlds and self.device == "cpu":  # see reset_worlds
+            raise RuntimeError("separate worlds step on a GPU only (MuJoCo's CPU solver steps world 0 alone)")
         targets = np.asarray(joint_targets, dtype=float)
         if targets.shape != (self.num_worlds, 9):
             raise ValueError(f"expected ({self.num_worlds}, 9) joint targets, got {targets.shape}")
@@ -416,6 +458,8 @@ class VectorNewtonBackend:
         view of its scene with the world's current body poses."""
         if not self.render_enabled:
             raise RuntimeError("this vector backend was created with render=False")
+        if self._world_cameras:
+            return self._render_worlds(cameras)
         body_q = self.state_a.body_q.numpy().astype(np.float64)
         frames = []
         for w, view in zip(self.worlds, self.views, strict=True):
@@ -424,8 +468,82 @@ class VectorNewtonBackend:
             frames.append(view.render_poses(poses, cameras))
         return frames
 
+    # -- cameras of separate worlds (a GPU) ---------------------------------------------------------
+
+    def _camera_locals(self, name: str) -> np.ndarray:
+        """(N, 4, 4) local poses of one camera, each world's own sample (its jitter)."""
+        return np.stack(
+            [camera_local_pose(next(c for c in w.scene.cameras if c.name == name)) for w in self.worlds]
+        )
+
+    def _make_world_cameras(self) -> dict[str, dict]:
+        """One sensor over the whole model; for each camera, N views (view i shows world i)."""
+        self.sensor = lit_camera_sensor(self.model, self.worlds[0].scene.light)
+        self._shape_lut = shape_instance_lut(instance_table(self.manifest), self.model.shape_label)
+        cameras = {}
+        for spec in self.manifest.cameras:
+            rays, color, depth, shape_index = camera_buffers(self.sensor, spec, self.num_worlds, self.device)
+            cameras[spec.name] = {
+                "spec": spec,
+                "rays": rays,
+                "color": color,
+                "depth": depth,
+                "shape_index": shape_index,
+                "local": self._camera_locals(spec.name),
+                "transforms": None,  # cached for world-mounted cameras until a reset
+            }
+        return cameras
+
+    def _camera_transforms(self, cam: dict):
+        import warp as wp
+
+        if cam["transforms"] is not None:
+            return cam["transforms"]
+        wrist = cam["spec"].mount == "wrist"
+        hands = self.state_a.body_q.numpy()[self._hands].astype(np.float64) if wrist else None
+        rows = []
+        for i, local in enumerate(cam["local"]):
+            position, q = camera_world_pose(local, hands[i] if wrist else None)
+            rows.append([*position, *q])
+        transforms = wp.array(np.asarray(rows, dtype=np.float32), dtype=wp.transformf, device=self.device)
+        if not wrist:
+            cam["transforms"] = transforms
+        return transforms
+
+    def render_images(self, cameras: Sequence[str] | None = None) -> None:
+        """Render every world's cameras into the sensor's images on the device (no copy to the host):
+        what a GPU consumer of the frames would read. Separate worlds only (one world's views are
+        scenes of their own: :meth:`render`)."""
+        if not self._world_cameras:
+            raise RuntimeError("render_images needs separate worlds with render=True")
+        self.model.bvh_refit_shapes(self.state_a)
+        for name in cameras or list(self._world_cameras):
+            cam = self._world_cameras[name]
+            outputs = cam["spec"].outputs
+            self.sensor.update(
+                self.state_a,
+                self._camera_transforms(cam),
+                cam["rays"],
+                color_image=cam["color"] if "rgb" in outputs else None,
+                forward_depth_image=cam["depth"] if "depth" in outputs else None,
+                shape_index_image=cam["shape_index"] if "segmentation" in outputs else None,
+            )
+
+    def _render_worlds(self, cameras: Sequence[str] | None) -> list[dict[str, CameraFrame]]:
+        names = list(cameras or self._world_cameras)
+        self.render_images(names)
+        frames = [{} for _ in self.worlds]
+        for name in names:
+            cam = self._world_cameras[name]
+            for i in range(self.num_worlds):
+                frames[i][name] = camera_frame(
+                    cam["spec"], cam["color"], cam["depth"], cam["shape_index"], i, self._shape_lut
+                )
+        return frames
+
     def close(self) -> None:
         for view in self.views:
             view.close()
-        self.model = self.solver = None
+        self.model = self.solver = self.sensor = None
+        self._world_cameras = {}
         self.worlds, self.views = [], []
