@@ -96,10 +96,10 @@ def vector_env(
     }
 
 
-def camera_frames(manifest, worlds: int, renders: int, device: str) -> dict:
+def camera_frames(manifest, worlds: int, renders: int, device: str, physics: bool = True) -> dict:
     """Frames/s of every camera of ``worlds`` separate worlds rendered by one sensor on the device (the
-    images stay there, as a GPU consumer reads them), each render after a control step, and with the
-    step's time counted too."""
+    images stay there, as a GPU consumer reads them), each render after a control step (``physics``),
+    and with the step's time counted too."""
     import warp as wp
     from worldgen.sim.vector import VectorNewtonBackend
 
@@ -110,10 +110,13 @@ def camera_frames(manifest, worlds: int, renders: int, device: str) -> dict:
     wp.synchronize()
     build_seconds = time.perf_counter() - started
     targets = backend.robot_q()  # hold the start pose: the physics still steps every world
+    physics = physics and device != "cpu"  # separate worlds on a CPU only render (VectorNewtonBackend)
+    if physics:
+        backend.step(targets)  # the first step compiles MuJoCo Warp's kernels: not timed
     render_seconds = step_seconds = 0.0
     for _ in range(renders):
         started = time.perf_counter()
-        if device != "cpu":  # separate worlds on a CPU only render (VectorNewtonBackend)
+        if physics:
             backend.step(targets)
         wp.synchronize()
         step_seconds += time.perf_counter() - started
@@ -131,7 +134,7 @@ def camera_frames(manifest, worlds: int, renders: int, device: str) -> dict:
         ],
         "first_build_s": round(build_seconds, 2),
         "frames_per_s": frames / render_seconds,
-        "frames_per_s_with_physics": frames / (render_seconds + step_seconds),
+        "frames_per_s_with_physics": frames / (render_seconds + step_seconds) if physics else None,
         "last_world_rgb_mean": float(np.mean(next(iter(sample.values())).rgb)),
     }
 
@@ -221,6 +224,12 @@ def main() -> None:
     parser.add_argument("--camera-episodes", type=int, default=8, help="episodes per measurement, cameras")
     parser.add_argument("--frame-worlds", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--frame-renders", type=int, default=20, help="renders per frames/s measurement")
+    parser.add_argument(
+        "--frame-physics",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="step the worlds before each render (--no-frame-physics: rendering alone)",
+    )
     args = parser.parse_args()
     manifest = load_manifest(args.manifest)
     gpu = args.device != "cpu"
@@ -264,11 +273,12 @@ def main() -> None:
     if "frames" in args.parts:
         result["frames"] = []
         for worlds in args.frame_worlds:
-            row = camera_frames(manifest, worlds, args.frame_renders, args.device)
+            row = camera_frames(manifest, worlds, args.frame_renders, args.device, args.frame_physics)
+            with_physics = row["frames_per_s_with_physics"]
             print(
-                f"[frames] {worlds} worlds: {row['frames_per_s']:.0f} frames/s rendering, "
-                f"{row['frames_per_s_with_physics']:.0f} with the control step, "
-                f"first build {row['first_build_s']} s",
+                f"[frames] {worlds} worlds: {row['frames_per_s']:.0f} frames/s rendering"
+                + (f", {with_physics:.0f} with the control step" if with_physics else "")
+                + f", first build {row['first_build_s']} s",
                 flush=True,
             )
             result["frames"].append(row)
