@@ -46,17 +46,20 @@ from .manifest import Manifest, manifest_text, parse_manifest
 
 ENV_TYPE_ISAAC_LAB = 2  # robomimic's EnvType for Isaac Lab / "gym-like" environments
 MASKS = ("train", "valid", "seed", "synthetic", "passed", "play")
+CLIP = "clip"  # a demo's source when it is unlabelled footage (images only), in no mask
 
 
 @dataclass
 class Demo:
-    """One trajectory. ``obs`` holds T+1 observations: ``obs[t]`` is seen before ``actions[t]``."""
+    """One trajectory. ``obs`` holds T+1 observations: ``obs[t]`` is seen before ``actions[t]``. A clip
+    (``source: clip``, unlabelled footage) has camera images alone: no actions, states, rewards or
+    dones (None)."""
 
-    actions: np.ndarray
-    states: np.ndarray
+    actions: np.ndarray | None
+    states: np.ndarray | None
     obs: dict[str, np.ndarray]
-    rewards: np.ndarray
-    dones: np.ndarray
+    rewards: np.ndarray | None
+    dones: np.ndarray | None
     attrs: dict[str, Any] = field(default_factory=dict)
     # Per-step arrays beside ``actions`` (T, ...), e.g. ``executed_actions`` where the labels are not
     # what was executed (recovery demos: noisy actions executed, the labeler's actions as labels).
@@ -64,7 +67,22 @@ class Demo:
 
     @property
     def num_samples(self) -> int:
+        if self.actions is None:
+            return int(next(iter(self.obs.values())).shape[0]) - 1
         return int(self.actions.shape[0])
+
+    def as_clip(self) -> Demo:
+        """This demo as unlabelled footage: its camera images, seed and scene; no actions, states,
+        rewards, dones or success."""
+        keep = ("seed", "scene", "sim_backend")
+        return Demo(
+            None,
+            None,
+            {k: v for k, v in self.obs.items() if image_kind(k) is not None},
+            None,
+            None,
+            {**{k: v for k, v in self.attrs.items() if k in keep}, "source": CLIP},
+        )
 
 
 class DatasetError(WorldgenError, ValueError):
@@ -120,10 +138,10 @@ def _write_demo(group: h5py.Group, demo: Demo) -> None:
     for key, arr in demo.obs.items():
         if arr.shape[0] != t + 1:
             raise ValueError(f"obs/{key} has {arr.shape[0]} rows, expected T+1 = {t + 1}")
-    _write_array(group, "actions", demo.actions.astype(np.float32))
-    _write_array(group, "states", demo.states.astype(np.float64))
-    _write_array(group, "rewards", demo.rewards.astype(np.float32))
-    _write_array(group, "dones", demo.dones.astype(np.uint8))
+    standard = {"actions": np.float32, "states": np.float64, "rewards": np.float32, "dones": np.uint8}
+    for key, dtype in standard.items():
+        if getattr(demo, key) is not None:  # a clip has none
+            _write_array(group, key, getattr(demo, key).astype(dtype))
     for key, arr in sorted(demo.extras.items()):
         if arr.shape[0] != t:
             raise ValueError(f"{key} has {arr.shape[0]} rows, expected T = {t}")
@@ -203,7 +221,7 @@ class DemoRecord:
     num_samples: int
     seed: int
     success: bool
-    source: str  # "sim" (expert or a recipe executed in the simulator), "world_model" or "play"
+    source: str  # "sim" (expert or a recipe executed in the simulator), "world_model", "play" or "clip"
     recipe: str | None = None  # "perturb", "recover": how a generated demo was made
     parent: str | None = None  # the seed demo it was generated from
     branch_step: int | None = None  # the parent's step it starts from
@@ -322,18 +340,18 @@ def read_demo(group: h5py.Group, obs_keys: Iterable[str] | None = None) -> Demo:
     ``obs_keys`` (every key when None), its attributes as stored (so appending it elsewhere writes the
     same bytes) and any extra arrays."""
     obs = read_obs(group, obs_keys)
-    states = flat_states(group)
     extras = {
         k: group[k][()]
         for k in group
         if k not in (*STANDARD_ARRAYS, SIM_STATES) and isinstance(group[k], h5py.Dataset)
     }
+    labelled = "actions" in group  # a clip is images alone
     return Demo(
-        group["actions"][()],
-        states[()],
+        group["actions"][()] if labelled else None,
+        flat_states(group)[()] if labelled else None,
         obs,
-        group["rewards"][()],
-        group["dones"][()],
+        group["rewards"][()] if labelled else None,
+        group["dones"][()] if labelled else None,
         {k: v for k, v in group.attrs.items() if k != "num_samples"},
         extras,
     )

@@ -22,6 +22,7 @@ from .control import ArmController
 from .geometry import wxyz_to_xyzw
 from .keys import DEPTH, EEF_POS, EEF_QUAT, GRIPPER_QPOS, JOINT_POS, RGB, SEG, image_key
 from .manifest import Manifest, as_manifest
+from .sensor import sensor_frame
 from .sim.base import CameraFrame, SimBackend
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"  # package data; ./scenarios links here
@@ -128,10 +129,14 @@ def object_slice(manifest: Manifest, name: str) -> slice:
     return slice(start, start + OBJECT_FEATURES)
 
 
-def camera_observation(manifest: Manifest, frames: dict[str, CameraFrame]) -> dict[str, np.ndarray]:
+def camera_observation(
+    manifest: Manifest, frames: dict[str, CameraFrame], seed: int, step: int
+) -> dict[str, np.ndarray]:
+    """The image observations of rendered frames, through each camera's sensor model (``sensor``) at
+    ``step`` of the episode of scene ``seed``."""
     obs = {}
     for cam in manifest.cameras:
-        frame = frames[cam.name]
+        frame = sensor_frame(cam, frames[cam.name], seed, step)
         for output in cam.outputs:
             obs[image_key(cam.name, SUFFIX[output])] = getattr(frame, SUFFIX[output])
     return obs
@@ -251,7 +256,7 @@ class WorldgenEnv(gym.Env):
         self._frames = {}
         if self.cameras:
             self._frames = self.backend.render()
-            obs.update(camera_observation(self.manifest, self._frames))
+            obs.update(camera_observation(self.manifest, self._frames, self.scene_seed, self.steps))
         return obs
 
     def _info(self, success: bool) -> dict[str, Any]:

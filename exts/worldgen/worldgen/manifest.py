@@ -352,6 +352,24 @@ class TaskSpec(_Strict):
 # Cameras
 
 CameraOutput = Literal["rgb", "depth", "segmentation"]
+Gain = Annotated[float, Field(ge=0.0, le=4.0)]
+
+
+class SensorSpec(_Strict):
+    """What a real camera does to the picture after the light reaches it, applied to rendered frames in
+    this order: colour cast, vignetting, blur, read noise, JPEG compression; depth noise on depth. An
+    ideal camera (the default) changes nothing."""
+
+    color_gain: tuple[Gain, Gain, Gain] = Field((1.0, 1.0, 1.0), description="per-channel multiplier")
+    vignetting: float = Field(0.0, ge=0.0, le=1.0, description="fraction of brightness lost at the corners")
+    blur_sigma: float = Field(0.0, ge=0.0, le=5.0, description="Gaussian blur, pixels")
+    noise_std: float = Field(0.0, ge=0.0, le=64.0, description="Gaussian read noise, 8-bit levels")
+    jpeg_quality: int | None = Field(None, ge=5, le=100, description="JPEG round trip at this quality")
+    depth_noise_std: float = Field(0.0, ge=0.0, le=0.1, description="Gaussian depth noise, metres")
+
+    @property
+    def ideal(self) -> bool:
+        return self == SensorSpec()
 
 
 class CameraSpec(_Strict):
@@ -371,6 +389,7 @@ class CameraSpec(_Strict):
     outputs: list[CameraOutput] = Field(
         default_factory=lambda: ["rgb", "depth", "segmentation"], min_length=1
     )
+    sensor: SensorSpec | None = Field(None, description="the camera model; None renders ideal frames")
 
     @model_validator(mode="after")
     def _well_posed(self) -> CameraSpec:
@@ -437,6 +456,17 @@ class StressorSpec(_Strict):
 
 # --------------------------------------------------------------------------------------------------
 # Downstream stages
+
+
+class TargetDomainSpec(_Strict):
+    """The appearance of the domain a policy is deployed in (it stands in for the real robot's): colours
+    and lighting outside the training stressors' ranges and a camera model. Physics is not part of it:
+    a seed's scene in the target domain has the source domain's placements, masses and frictions."""
+
+    table_color: RGB | None = Field(None, description="the table's colour (texture stressors are off)")
+    object_colors: dict[Name, RGB] = Field(default_factory=dict, description="colour per task object")
+    lighting: LightingStressor | None = Field(None, description="replaces stressors.lighting")
+    sensor: SensorSpec = Field(default_factory=SensorSpec, description="applied to every camera")
 
 
 class SeedSpec(_Strict):
@@ -522,7 +552,17 @@ class EvaluationSpec(_Strict):
 
 # What an episode of a given seed does not depend on: the seed range, the text, and what the stages
 # after recording read (the world model, generation, checks, policies, evaluation).
-NOT_SCENE = ("description", "seeds", "world_model", "branching", "checks", "policy", "evaluation")
+NOT_SCENE = (
+    "description",
+    "seeds",
+    "world_model",
+    "branching",
+    "checks",
+    "policy",
+    "evaluation",
+    "target_domain",  # a source-domain episode does not depend on it; in_domain("target") applies it
+)
+DOMAINS = ("source", "target")
 
 
 class Manifest(_Strict):
@@ -547,6 +587,7 @@ class Manifest(_Strict):
     checks: ChecksSpec = Field(default_factory=ChecksSpec)
     policy: PolicySpec = Field(default_factory=PolicySpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    target_domain: TargetDomainSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -581,7 +622,38 @@ class Manifest(_Strict):
         names = [o.name for o in self.task.objects] + [d.name for d in self.stressors.distractors]
         if len(set(names)) != len(names):
             raise ValueError(f"object and distractor names must be unique together, got {names}")
+        if self.target_domain is not None:
+            objects = [o.name for o in self.task.objects]
+            unknown = [n for n in self.target_domain.object_colors if n not in objects]
+            if unknown:
+                raise ValueError(f"target_domain.object_colors {unknown} are not task objects: {objects}")
         return self
+
+    def in_domain(self, domain: str) -> Manifest:
+        """This manifest as rendered in ``domain``: ``source`` is itself; ``target`` takes the
+        ``target_domain`` block's colours and lighting (texture stressors off) and gives every camera its
+        sensor model. Placements, physics and the seed ranges are unchanged, so seed s is the same
+        episode in both domains, seen differently."""
+        if domain == "source":
+            return self
+        if domain != "target":
+            raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+        if self.target_domain is None:
+            raise ValueError(f"manifest {self.name!r} has no target_domain block")
+        target = self.target_domain
+        content = self.model_dump(mode="python")
+        if target.table_color is not None:
+            content["task"]["table"]["color"] = target.table_color
+        for obj in content["task"]["objects"]:
+            obj["color"] = target.object_colors.get(obj["name"], obj["color"])
+        content["stressors"]["textures"] = TextureStressor().model_dump()
+        if target.lighting is not None:
+            content["stressors"]["lighting"] = target.lighting.model_dump()
+        for camera in content["cameras"]:
+            camera["sensor"] = target.sensor.model_dump()
+        derived = type(self).model_validate(content)
+        derived._base_dir = self._base_dir
+        return derived
 
     @property
     def substeps(self) -> int:

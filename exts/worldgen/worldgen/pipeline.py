@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import (
+    CLIP,
     DatasetWriter,
     Demo,
     dataset_header,
@@ -257,21 +258,33 @@ def run_seed_stage(
     progress: Callable[[EpisodeResult, int, int], None] | None = None,
     envs: int = 1,
     backend: str = "newton",
+    domain: str = "source",
+    labels: bool = True,
 ) -> DatasetWriter:
     """Append expert demos for the manifest's seeds to ``output``; returns the (finalized) writer.
 
     Demo names are ``demo_<seed - base_seed>``, so the file is the same for any number of workers.
     ``envs`` > 1: that many scenes stepped together in one process. ``backend="isaac"``
     (PhysX and Replicator, inside Isaac Sim under a running SimulationApp): one scene at a time, here.
+    ``domain="target"``: rendered in the manifest's target domain (:meth:`Manifest.in_domain`).
+    ``labels=False``: unlabelled clips (camera images alone, ``source: clip``), what real RGB-D
+    footage with a segmenter gives.
     """
     if envs > 1 and (workers > 1 or ray_address is not None):
         raise ArgumentError(f"--envs {envs}: scenes stepped together record in one process (no --workers)")
     if backend == "isaac" and (envs > 1 or workers > 1 or ray_address is not None):
         raise ArgumentError("--backend isaac: one Isaac Sim app records one scene at a time, in this process")
+    if not labels and not cameras:
+        raise ArgumentError("clips without labels are camera images: drop --no-cameras")
     manifest = as_manifest(manifest)
+    if domain == "target" and manifest.target_domain is None:
+        raise ArgumentError(f"manifest {manifest.name!r}: --domain target needs a target_domain block")
+    manifest = manifest.in_domain(domain)
     header = dataset_header(manifest, instance_table(manifest), manifest_text(manifest))
+    header["worldgen"]["domain"] = domain
     writer = DatasetWriter(output, header)
-    todo = [s for s in seed_range(manifest, n) if s not in writer.done_seeds()]
+    source = "sim" if labels else CLIP
+    todo = [s for s in seed_range(manifest, n) if s not in writer.done_seeds(source)]
     total = len(todo)
     results: Iterable[EpisodeResult]
     if envs > 1:
@@ -282,7 +295,8 @@ def run_seed_stage(
         if result.demo is None:
             writer.discard(result.seed, result.reason)
         else:
-            writer.append(result.demo, name=f"demo_{result.seed - manifest.seeds.base_seed}")
+            demo = result.demo if labels else result.demo.as_clip()
+            writer.append(demo, name=f"demo_{result.seed - manifest.seeds.base_seed}")
         if progress is not None:
             progress(result, done, total)
     writer.finalize()

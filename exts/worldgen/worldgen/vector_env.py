@@ -171,7 +171,10 @@ class WorldgenVectorEnv(gym.vector.VectorEnv):
     def _observe(self) -> dict[str, np.ndarray]:
         obs = low_dim_observation(self.manifest, self.backend)
         if self.cameras:
-            per_world = [camera_observation(self.manifest, frames) for frames in self.backend.render()]
+            per_world = [
+                camera_observation(self.manifest, frames, int(self.scene_seeds[i]), int(self.steps[i]))
+                for i, frames in enumerate(self.backend.render())
+            ]
             obs.update({key: np.stack([o[key] for o in per_world]) for key in per_world[0]})
         return obs
 

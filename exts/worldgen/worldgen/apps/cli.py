@@ -22,7 +22,7 @@ from ..errors import ArgumentError, WorldgenError
 from ..export import FORMATS as EXPORT_FORMATS
 from ..files import write_atomically
 from ..keys import image_kind
-from ..manifest import BC_ALGORITHMS, POLICY_ALGORITHMS, ManifestError, load_manifest
+from ..manifest import BC_ALGORITHMS, DOMAINS, POLICY_ALGORITHMS, ManifestError, load_manifest
 from .run import PROFILES as RUN_PROFILES
 from .run import STAGES as RUN_STAGES
 
@@ -164,14 +164,20 @@ def _record_seeds(args: argparse.Namespace, manifest) -> int:
             progress=progress,
             envs=args.envs,
             backend=args.backend,
+            domain=args.domain,
+            labels=not args.no_actions,
         )
     finally:
         bar.close()
     successes = sum(r.success for r in writer.records())
-    print(
-        f"wrote {args.output}: {len(writer)} demos ({successes} successful, "
-        f"{len(writer.discarded)} discarded) in {time.perf_counter() - started:.1f} s"
+    discarded = f"{len(writer.discarded)} discarded"
+    summary = (
+        f"{len(writer)} unlabelled clips ({discarded})"
+        if args.no_actions
+        else f"{len(writer)} demos ({successes} successful, {discarded})"
     )
+    domain = f" in the {args.domain} domain" if args.domain != "source" else ""
+    print(f"wrote {args.output}: {summary}{domain} in {time.perf_counter() - started:.1f} s")
     return EXIT_OK
 
 
@@ -288,6 +294,54 @@ def replay_summary(result: dict) -> str:
             f"{area(c['auroc']):>6}"
         )
     return "\n".join(lines)
+
+
+def _cmd_train_transfer(args: argparse.Namespace) -> int:
+    from world_models.transfer import TransferConfig, train_transfer
+
+    bar = ProgressBar(
+        total=args.steps, unit="step", desc="train-transfer", dynamic_ncols=True, disable=args.quiet
+    )
+
+    def progress(step, loss):
+        bar.n = step
+        bar.set_postfix(l1=f"{loss:.4f}")
+        bar.refresh()
+
+    started = time.perf_counter()
+    try:
+        _, meta = train_transfer(
+            args.clips,
+            args.output,
+            TransferConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed),
+            progress,
+        )
+    finally:
+        bar.close()
+    print(
+        f"transfer model {args.output}: {meta.clips} clips, cameras {', '.join(meta.cameras)}, "
+        f"{meta.step} steps in {time.perf_counter() - started:.0f} s"
+    )
+    return EXIT_OK
+
+
+def _cmd_transfer(args: argparse.Namespace) -> int:
+    from world_models.transfer import transfer_dataset
+
+    bar = ProgressBar(total=None, unit="demo", desc="transfer", dynamic_ncols=True, disable=args.quiet)
+
+    def progress(name, done, total):
+        bar.total = total
+        bar.n = done
+        bar.set_postfix(demo=name)
+        bar.refresh()
+
+    try:
+        writer = transfer_dataset(args.dataset, args.checkpoint, args.output, progress)
+    finally:
+        bar.close()
+    print(f"wrote {args.output}: {len(writer)} demos with target-domain RGB")
+    return EXIT_OK
 
 
 def _cmd_train_wm(args: argparse.Namespace) -> int:
@@ -491,6 +545,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     out = Path(args.output) if args.output else Path(args.policy) / "eval"
     manifest = load_manifest(args.manifest)
+    if args.domain == "target" and manifest.target_domain is None:
+        raise ArgumentError(f"{args.manifest}: --domain target needs a target_domain block")
+    manifest = manifest.in_domain(args.domain)
     try:
         report = evaluate_policy(
             args.policy,
@@ -650,7 +707,14 @@ def _read_checkpoint_meta(path: str):
     return read_checkpoint_meta(path)
 
 
+def _read_transfer_meta(path: str):
+    from world_models.transfer import read_transfer_meta
+
+    return read_transfer_meta(path)
+
+
 _dataset_arg = _checked_by(lambda path: open_dataset(path).close())
+_transfer_arg = _checked_by(_read_transfer_meta)
 _world_model_arg = _checked_by(_read_checkpoint_meta)
 
 
@@ -756,6 +820,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="newton",
         help="newton (default, headless anywhere) or isaac (PhysX + Replicator; with Isaac Sim's python.sh)",
     )
+    p.add_argument(
+        "--domain",
+        choices=DOMAINS,
+        default="source",
+        help="target: render in the manifest's target_domain (its colours, lighting and camera model)",
+    )
+    p.add_argument(
+        "--no-actions",
+        action="store_true",
+        help="unlabelled clips: camera images only (no actions, states or success), as real footage",
+    )
     p.set_defaults(func=_cmd_seed)
 
     p = sub.add_parser("inspect", help="summarise a dataset; write a contact sheet PNG and a GIF per demo")
@@ -840,6 +915,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=_output_file, metavar="JSON", help="--against-replay: where to write it")
     p.add_argument("--device", type=_device_arg, default="cpu", help="--world-model: torch device")
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser(
+        "train-transfer", help="train the appearance-transfer model on unlabelled target-domain clips"
+    )
+    p.add_argument(
+        "clips", type=_dataset_arg, metavar="CLIPS", help="worldgen seed --domain target --no-actions"
+    )
+    p.add_argument("-o", "--output", type=_output_folder, required=True, metavar="CKPT")
+    p.add_argument("--steps", type=_count_arg, default=1500, help="gradient steps (default 1500)")
+    p.add_argument("--batch-size", type=_count_arg, default=16)
+    p.add_argument("--seed", type=_seed_arg, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train_transfer)
+
+    p = sub.add_parser(
+        "transfer", help="a copy of a dataset with its RGB repainted in the target domain (all else kept)"
+    )
+    p.add_argument("dataset", type=_dataset_arg, metavar="DATASET")
+    p.add_argument("checkpoint", type=_transfer_arg, metavar="CKPT", help="worldgen train-transfer")
+    p.add_argument(
+        "-o", "--output", type=_output_file, required=True, metavar="OUT", help="resumed if present"
+    )
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_transfer)
 
     p = sub.add_parser("train-wm", help="post-train the action-conditioned world model on a dataset")
     p.add_argument(
@@ -1005,6 +1104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=_count_arg, help="default: the manifest's evaluation.episodes")
     p.add_argument("-o", "--output", type=_output_folder, metavar="DIR", help="default POLICY/eval")
     p.add_argument("--envs", type=_count_arg, default=1, help="scenes stepped together (default 1)")
+    p.add_argument(
+        "--domain", choices=DOMAINS, default="source", help="target: in the manifest's target_domain"
+    )
     p.add_argument("--no-gifs", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_eval)

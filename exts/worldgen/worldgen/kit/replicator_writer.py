@@ -86,7 +86,8 @@ class WorldgenWriter(Writer):
                 if output in spec.outputs and annotator in product
             }
             frames[name] = replicator_frame(spec, outputs, self.instances)
-        self._frames.append(camera_observation(self.manifest, frames))
+        seed, _ = self._demo
+        self._frames.append(camera_observation(self.manifest, frames, seed, len(self._frames)))
 
     def end_demo(
         self,

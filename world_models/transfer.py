@@ -1,0 +1,247 @@
+"""Appearance transfer to the target domain: train :class:`AppearanceTransferModel` on unlabelled
+target-domain clips (``worldgen seed --domain target --no-actions``), save and load it, and write
+transferred copies of datasets whose RGB frames are repainted from their depth and segmentation.
+
+Checkpoint folder (nothing pickled)::
+
+    model/          ``save_pretrained`` of the generator (config.json + safetensors)
+    transfer.json   :class:`TransferMeta`
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from worldgen.dataset import (
+    DatasetError,
+    DatasetWriter,
+    dataset_digest,
+    dataset_manifest,
+    demo_names,
+    open_dataset,
+    read_demo,
+    read_header,
+    read_obs,
+)
+from worldgen.errors import CheckpointError
+from worldgen.files import staging_folder, swap_in_folder, write_atomically
+from worldgen.keys import DEPTH, RGB, SEG, image_key
+
+from .modeling_appearance_transfer import AppearanceTransferModel
+
+META_NAME = "transfer.json"
+TRANSFERRED = "transferred"  # the domain a transferred demo records
+
+
+@dataclass(frozen=True)
+class TransferMeta:
+    """What a transfer checkpoint was trained on."""
+
+    cameras: tuple[str, ...]  # the cameras it repaints (each has rgb, depth and segmentation)
+    resolution: tuple[int, int]  # (width, height)
+    instances: int  # segmentation ids it knows (one-hot channels)
+    data_hash: str  # the target clips (worldgen.dataset.dataset_digest)
+    manifest_hash: str
+    clips: int
+    step: int
+    seed: int
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "cameras": list(self.cameras), "resolution": list(self.resolution)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> TransferMeta:
+        return cls(**{**data, "cameras": tuple(data["cameras"]), "resolution": tuple(data["resolution"])})
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    steps: int = 2000
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    seed: int = 0
+    previous_noise: float = 0.05  # std of the noise on the previous frame in training ([-1, 1] units)
+    previous_dropout: float = 0.2  # how often training shows no previous frame (a clip's first frame)
+
+
+def _to_unit(rgb: np.ndarray) -> torch.Tensor:
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float in [-1, 1]."""
+    return torch.from_numpy(rgb).movedim(-1, -3).float() / 127.5 - 1.0
+
+
+def _to_uint8(rgb: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
+    return ((rgb.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def transfer_cameras(f) -> list[str]:
+    """The cameras of a dataset's manifest that record rgb, depth and segmentation."""
+    manifest = dataset_manifest(f)
+    return [c.name for c in manifest.cameras if {"rgb", "depth", "segmentation"} <= set(c.outputs)]
+
+
+def load_clips(f, cameras: list[str]) -> list[dict[str, np.ndarray]]:
+    """Each demo's frames per camera: ``{camera_rgb, camera_depth, camera_seg}`` arrays of T+1 frames."""
+    keys = [image_key(c, k) for c in cameras for k in (RGB, DEPTH, SEG)]
+    return [read_obs(f["data"][name], keys) for name in demo_names(f)]
+
+
+def train_transfer(
+    clips_path: str | Path,
+    output: str | Path,
+    config: TransferConfig = TransferConfig(),
+    progress: Callable[[int, float], None] | None = None,
+) -> tuple[AppearanceTransferModel, TransferMeta]:
+    """Train the generator on a dataset of target-domain clips and save it to ``output`` (replaced
+    atomically). ``progress(step, loss)`` after every step."""
+    with open_dataset(clips_path) as f:
+        cameras = transfer_cameras(f)
+        if not cameras:
+            raise DatasetError(f"{clips_path}: no camera records rgb, depth and segmentation")
+        clips = load_clips(f, cameras)
+        names = demo_names(f)
+        if not names:
+            raise DatasetError(f"{clips_path}: no clips")
+        manifest = dataset_manifest(f)
+        data_hash = dataset_digest(f, names)
+        instances = len(json.loads(f["data"].attrs["segmentation"]))
+    # Every frame of every camera of every clip in one array per kind; ``previous[i]`` is the frame
+    # before frame i in its clip (-1 for a clip's first).
+    streams = [
+        (c[image_key(cam, RGB)], c[image_key(cam, DEPTH)], c[image_key(cam, SEG)])
+        for c in clips
+        for cam in cameras
+    ]
+    rgb = np.concatenate([s[0] for s in streams])
+    depth = np.concatenate([s[1][..., 0] for s in streams])
+    seg = np.concatenate([s[2][..., 0] for s in streams])
+    starts = np.cumsum([0] + [len(s[0]) for s in streams[:-1]])
+    previous = np.arange(len(rgb)) - 1
+    previous[starts] = -1
+    height, width = rgb.shape[1:3]
+
+    torch.manual_seed(config.seed)
+    model = AppearanceTransferModel(instances=instances, resolution=(width, height))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+    generator = torch.Generator().manual_seed(config.seed)
+    model.train()
+    for step in range(1, config.steps + 1):
+        i = torch.randint(len(rgb), (config.batch_size,), generator=generator).numpy()
+        keep = torch.rand(config.batch_size, generator=generator) >= config.previous_dropout
+        has_previous = torch.from_numpy(previous[i] >= 0) & keep
+        before = _to_unit(rgb[np.maximum(previous[i], 0)])
+        before = before + config.previous_noise * torch.randn(before.shape, generator=generator)
+        controls = model.controls(torch.from_numpy(depth[i]), torch.from_numpy(seg[i]))
+        loss = torch.nn.functional.l1_loss(model(controls, before, has_previous), _to_unit(rgb[i]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if progress is not None:
+            progress(step, float(loss))
+    meta = TransferMeta(
+        cameras=tuple(cameras),
+        resolution=(width, height),
+        instances=instances,
+        data_hash=data_hash,
+        manifest_hash=manifest.content_hash(),
+        clips=len(names),
+        step=config.steps,
+        seed=config.seed,
+    )
+    save_transfer_model(model, meta, output)
+    model.eval()
+    return model, meta
+
+
+def save_transfer_model(model: AppearanceTransferModel, meta: TransferMeta, output: str | Path) -> None:
+    """``model/`` (safetensors) and ``transfer.json`` written beside ``output``, then swapped in."""
+    staging = staging_folder(Path(output))
+    model.save_pretrained(staging / "model", safe_serialization=True)
+    text = json.dumps(meta.to_json(), indent=2, sort_keys=True) + "\n"
+    write_atomically(staging / META_NAME, text.encode())
+    swap_in_folder(staging, Path(output))
+
+
+def read_transfer_meta(ckpt: str | Path) -> TransferMeta:
+    """A transfer checkpoint's description; :class:`CheckpointError` naming the folder when it is not one."""
+    path = Path(ckpt) / META_NAME
+    if not path.is_file():
+        raise CheckpointError(
+            f"{ckpt}: not a transfer checkpoint (no {META_NAME}; see worldgen train-transfer)"
+        )
+    try:
+        return TransferMeta.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: not a transfer checkpoint description ({exc!r})") from None
+
+
+def load_transfer_model(ckpt: str | Path) -> tuple[AppearanceTransferModel, TransferMeta]:
+    meta = read_transfer_meta(ckpt)
+    model = AppearanceTransferModel.from_pretrained(Path(ckpt) / "model")
+    model.eval()
+    return model, meta
+
+
+def transfer_checkpoint_hash(ckpt: str | Path) -> str:
+    """Identifies the weights a transferred demo was painted with."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(ckpt) / "model").iterdir()):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def transfer_frames(model: AppearanceTransferModel, depth: np.ndarray, seg: np.ndarray) -> np.ndarray:
+    """A clip's target-domain RGB (T, H, W, 3) uint8 from its depth (T, H, W, 1) and segmentation
+    (T, H, W, 1), frame by frame, each conditioned on the one before."""
+    controls = model.controls(torch.from_numpy(depth[..., 0]), torch.from_numpy(seg[..., 0]))
+    out = np.empty((*depth.shape[:3], 3), dtype=np.uint8)
+    previous = torch.zeros(1, 3, *depth.shape[1:3])
+    for t in range(depth.shape[0]):
+        frame = model(controls[t : t + 1], previous, torch.tensor([t > 0])).clamp(-1.0, 1.0)
+        out[t] = _to_uint8(frame[0])
+        previous = _to_unit(out[t])[None]  # what the next frame sees is the stored frame, rounded
+    return out
+
+
+def transfer_dataset(
+    dataset: str | Path,
+    ckpt: str | Path,
+    output: str | Path,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> DatasetWriter:
+    """Write ``output``: every demo of ``dataset`` with its cameras' RGB repainted in the target domain
+    and every other array as stored. Each demo records ``domain: transferred`` and the checkpoint hash;
+    ``source`` keeps its value. Resumes: demos already in ``output`` are kept."""
+    model, meta = load_transfer_model(ckpt)
+    model_hash = transfer_checkpoint_hash(ckpt)
+    torch.set_grad_enabled(False)
+    with open_dataset(dataset) as f:
+        header = read_header(f)
+        header["worldgen"] = {**header["worldgen"], "domain": TRANSFERRED, "transfer_model": model_hash}
+        missing = [c for c in meta.cameras if c not in transfer_cameras(f)]
+        if missing:
+            raise DatasetError(f"{dataset}: no rgb, depth and segmentation for cameras {missing}")
+        writer = DatasetWriter(output, header)
+        names = demo_names(f)
+        for i, name in enumerate(names, start=1):
+            if name in writer.demos:
+                continue
+            demo = read_demo(f["data"][name])
+            for camera in meta.cameras:
+                demo.obs[image_key(camera, RGB)] = transfer_frames(
+                    model, demo.obs[image_key(camera, DEPTH)], demo.obs[image_key(camera, SEG)]
+                )
+            demo.attrs = {**demo.attrs, "domain": TRANSFERRED, "transfer_model": model_hash}
+            writer.append(demo, name)
+            if progress is not None:
+                progress(name, i, len(names))
+    writer.finalize()
+    return writer
