@@ -1,0 +1,325 @@
+"""The sim-to-real gap of an image policy, and how much appearance transfer closes it (issue 21).
+
+The manifest's ``target_domain`` stands in for the real robot: other colours, other light, a camera that
+tints, vignettes, blurs, adds noise and compresses. One image-policy recipe (bc-image on the front
+camera's RGB and proprioception, the same gradient steps in every row) is trained on S seed demos in
+several forms and evaluated closed loop on held-out episodes, each replicate on its own panel:
+
+    source seeds            the S demos as the simulator renders them (row a); evaluated in both domains,
+                            so the gap (source - target success) is measured on one policy
+    transferred seeds       the same demos with RGB repainted by the transfer model (row c), which was
+                            trained on C unlabelled target-domain clips of other scenes (counted below)
+    generator control       the same demos through a generator trained on source-domain clips
+                            (negative control: the generator's own artefacts, no target appearance)
+    target demos (oracle)   S expert demos recorded in the target domain (row e; a ceiling a real team
+                            does not have)
+
+Transfer fidelity is measured on held-out target clips (scenes in neither set): PSNR / SSIM of the
+transferred frames against the target frames from the same depth and segmentation, beside the
+no-transfer baseline (the source render of the same scene and step). Every stage resumes from
+``--work``; figures go to bench/results/sim_to_real[_<tag>].json / .md / .png.
+
+    python bench/sim_to_real.py --work data/experiments/sim_to_real
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import numpy as np
+from stages import say  # bench/stages.py, beside this script
+from worldgen import plots
+from worldgen.manifest import Manifest, load_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+CLIP_BASE = 500_000  # unlabelled target clips: scenes outside the seed and evaluation ranges
+FIDELITY_BASE = 600_000  # held-out clips for the fidelity figures
+ROWS = {  # row -> (training dataset, domains it is evaluated in)
+    "source seeds": ("seeds_source.hdf5", ("source", "target")),
+    "transferred seeds": ("seeds_transferred.hdf5", ("target",)),
+    "generator control": ("seeds_control.hdf5", ("target",)),
+    "target demos (oracle)": ("seeds_target.hdf5", ("target",)),
+}
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
+
+
+def with_base_seed(manifest: Manifest, base: int) -> Manifest:
+    """The manifest with its seed range starting at ``base`` (clips of scenes nobody trains or tests on)."""
+    return manifest.model_copy(update={"seeds": manifest.seeds.model_copy(update={"base_seed": base})})
+
+
+def record(manifest: Manifest, path: Path, n: int, domain: str, labels: bool = True) -> None:
+    from worldgen.pipeline import run_seed_stage
+
+    if path.with_suffix(".done").exists():
+        return
+    started = time.perf_counter()
+    run_seed_stage(manifest, path, n=n, domain=domain, labels=labels)
+    path.with_suffix(".done").write_text(f"{time.perf_counter() - started:.1f}\n")
+    say(f"recorded {path.name}: {n} {'demos' if labels else 'clips'} in the {domain} domain")
+
+
+def prepare(args, manifest: Manifest) -> dict:
+    """Datasets and transfer models, each made once (a stage that finished leaves a .done file)."""
+    from world_models.transfer import TransferConfig, train_transfer, transfer_dataset
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    record(manifest, work / "seeds_source.hdf5", args.seeds, "source")
+    record(manifest, work / "seeds_target.hdf5", args.seeds, "target")
+    record(with_base_seed(manifest, CLIP_BASE), work / "clips_target.hdf5", args.clips, "target", False)
+    record(with_base_seed(manifest, CLIP_BASE), work / "clips_source.hdf5", args.clips, "source", False)
+    held_out = with_base_seed(manifest, FIDELITY_BASE)
+    record(held_out, work / "fidelity_target.hdf5", args.fidelity_clips, "target", False)
+    record(held_out, work / "fidelity_source.hdf5", args.fidelity_clips, "source", False)
+    timings = {}
+    for clips, ckpt, out in (
+        ("clips_target.hdf5", "transfer_target", "seeds_transferred.hdf5"),
+        ("clips_source.hdf5", "transfer_source", "seeds_control.hdf5"),
+    ):
+        if ckpt == "transfer_source" and "generator control" not in args.rows:
+            continue
+        if not (work / f"{ckpt}.done").exists():
+            started = time.perf_counter()
+            config = TransferConfig(steps=args.transfer_steps, batch_size=args.transfer_batch)
+            train_transfer(work / clips, work / ckpt, config)
+            (work / f"{ckpt}.done").write_text(f"{time.perf_counter() - started:.1f}\n")
+            say(f"trained {ckpt} on {clips} in {time.perf_counter() - started:.0f} s")
+        if not (work / out).with_suffix(".done").exists():
+            started = time.perf_counter()
+            transfer_dataset(work / "seeds_source.hdf5", work / ckpt, work / out)
+            (work / out).with_suffix(".done").write_text(f"{time.perf_counter() - started:.1f}\n")
+            say(f"wrote {out}")
+        timings[ckpt] = float((work / f"{ckpt}.done").read_text())
+    return timings
+
+
+def fidelity(work: Path) -> dict:
+    """PSNR / SSIM against the held-out target frames: transferred from the target clip's own depth and
+    segmentation, transferred from the simulator's, and the source render itself (no transfer)."""
+    from worldgen.dataset import demo_names, open_dataset, read_obs
+
+    from world_models.metrics import psnr, ssim
+    from world_models.transfer import load_transfer_model, transfer_frames
+
+    model, meta = load_transfer_model(work / "transfer_target")
+    scores: dict[str, dict[str, list[float]]] = {}
+    with open_dataset(work / "fidelity_target.hdf5") as ft, open_dataset(work / "fidelity_source.hdf5") as fs:
+        for name in demo_names(ft):
+            for camera in meta.cameras:
+                keys = [f"{camera}_rgb", f"{camera}_depth", f"{camera}_seg"]
+                target, source = read_obs(ft["data"][name], keys), read_obs(fs["data"][name], keys)
+                candidates = {
+                    "no transfer (source render)": source[keys[0]],
+                    "transferred (target depth + seg)": transfer_frames(
+                        model, target[keys[1]], target[keys[2]]
+                    ),
+                    "transferred (simulator depth + seg)": transfer_frames(
+                        model, source[keys[1]], source[keys[2]]
+                    ),
+                }
+                for label, frames in candidates.items():
+                    cell = scores.setdefault(label, {"psnr": [], "ssim": []})
+                    for a, b in zip(frames, target[keys[0]], strict=True):
+                        cell["psnr"].append(psnr(a, b))
+                        cell["ssim"].append(ssim(a, b))
+    return {label: {k: float(np.mean(v)) for k, v in cell.items()} for label, cell in scores.items()}
+
+
+def train_cell(task: tuple) -> None:
+    """Train one replicate of one row, once (in a worker process)."""
+    from policies.train import train_bc
+
+    dataset, folder, steps, batch_size, rep = task
+    folder = Path(folder)
+    if (folder / "trained.json").exists():
+        return
+    started = time.perf_counter()
+    meta = train_bc(dataset, folder, "bc-image", steps=steps, batch_size=batch_size, seed=rep)
+    done = {"demos": meta["demos"], "samples": meta["samples"], "seconds": time.perf_counter() - started}
+    (folder / "trained.json").write_text(json.dumps(done) + "\n")
+
+
+def evaluate_cell(task: tuple) -> dict:
+    """Evaluate one trained replicate of one row in one domain (in a worker process)."""
+    from policies.evaluate import evaluate_policy
+
+    row, rep, domain, folder, episodes, manifest_path, envs = task
+    trained = json.loads((Path(folder) / "trained.json").read_text())
+    started = time.perf_counter()
+    report = evaluate_policy(
+        folder,
+        load_manifest(manifest_path).in_domain(domain),
+        episodes,
+        gifs=False,
+        panel_offset=rep * episodes,
+        envs=envs,
+    )
+    return {
+        "row": row,
+        "replicate": rep,
+        "domain": domain,
+        "demos": trained["demos"],
+        "samples": trained["samples"],
+        "successes": report["successes"],
+        "episodes": report["episodes"],
+        "panel": report["panel"],
+        "train_seconds": round(trained["seconds"], 1),
+        "eval_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path, required=True, help="datasets, models and cells (resumed)")
+    parser.add_argument("--scenario", default="push_to_target")
+    parser.add_argument("--seeds", type=int, default=20, help="seed demos S")
+    parser.add_argument("--clips", type=int, default=10, help="unlabelled target clips C")
+    parser.add_argument("--fidelity-clips", type=int, default=4)
+    parser.add_argument("--transfer-steps", type=int, default=1500)
+    parser.add_argument("--transfer-batch", type=int, default=16)
+    parser.add_argument("--policy-steps", type=int, default=1500)
+    parser.add_argument("--policy-batch", type=int, default=64)
+    parser.add_argument("--replicates", type=int, default=2)
+    parser.add_argument("--episodes", type=int, default=50, help="held-out episodes per replicate")
+    parser.add_argument("--envs", type=int, default=10, help="evaluation: scenes stepped together")
+    parser.add_argument("--workers", type=int, default=2, help="cells trained and evaluated at once")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--prepare-only", action="store_true")
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args()
+
+    manifest_path = ROOT / "scenarios" / f"{args.scenario}.yaml"
+    manifest = load_manifest(manifest_path)
+    started = time.perf_counter()
+    timings = prepare(args, manifest)
+    fidelity_path = args.work / "fidelity.json"
+    if not fidelity_path.exists():
+        fidelity_path.write_text(json.dumps(fidelity(args.work), indent=2) + "\n")
+    say(f"fidelity: {fidelity_path.read_text()}")
+    if args.prepare_only:
+        return
+    cells = args.work / "cells"
+    cells.mkdir(exist_ok=True)
+    folder = {(row, rep): args.work / "policies" / f"{_slug(row)}_r{rep}" for row in args.rows
+              for rep in range(args.replicates)}  # fmt: skip
+    training = [
+        (str(args.work / ROWS[row][0]), str(folder[row, rep]), args.policy_steps, args.policy_batch, rep)
+        for (row, rep) in folder
+    ]
+    evaluations = [
+        (row, rep, domain, str(folder[row, rep]), args.episodes, str(manifest_path), args.envs)
+        for rep in range(args.replicates)
+        for row in args.rows
+        for domain in ROWS[row][1]
+        if not (cells / f"{_slug(row)}_r{rep}_{domain}.json").exists()
+    ]
+    say(f"{len(training)} policies to train, {len(evaluations)} (row, replicate, domain) cells to evaluate")
+    with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+        for _ in pool.imap_unordered(train_cell, training):
+            pass
+        say("policies trained")
+        for result in pool.imap_unordered(evaluate_cell, evaluations):
+            name = f"{_slug(result['row'])}_r{result['replicate']}_{result['domain']}"
+            (cells / f"{name}.json").write_text(json.dumps(result) + "\n")
+            say(f"{result['row']} r{result['replicate']} in {result['domain']}: "
+                f"{result['successes']}/{result['episodes']}")  # fmt: skip
+    write_results(args, timings, time.perf_counter() - started)
+
+
+def write_results(args, timings: dict, seconds: float) -> None:
+    from policies.evaluate import wilson_interval
+
+    rows = {}
+    for row in args.rows:
+        for domain in ROWS[row][1]:
+            cells = [
+                json.loads((args.work / "cells" / f"{_slug(row)}_r{r}_{domain}.json").read_text())
+                for r in range(args.replicates)
+            ]
+            k, n = sum(c["successes"] for c in cells), sum(c["episodes"] for c in cells)
+            rows[f"{row} | in {domain}"] = {
+                "successes": k,
+                "episodes": n,
+                "success_rate": k / n,
+                "ci95": list(wilson_interval(k, n)),
+                "per_replicate": [f"{c['successes']}/{c['episodes']}" for c in cells],
+                "demos": cells[0]["demos"],
+                "samples": cells[0]["samples"],
+                "train_seconds": round(sum(c["train_seconds"] for c in cells), 1),
+                "eval_seconds": round(sum(c["eval_seconds"] for c in cells), 1),
+            }
+    rate = {key: value["success_rate"] for key, value in rows.items()}
+    source, target = rate["source seeds | in source"], rate["source seeds | in target"]
+    gap = source - target
+    closed = {
+        row: (rate[f"{row} | in target"] - target) / gap if gap > 0 else None
+        for row in ("transferred seeds", "generator control", "target demos (oracle)")
+        if f"{row} | in target" in rate
+    }
+    result = {
+        "scenario": args.scenario,
+        "policy": "bc-image (front_rgb + proprioception)",
+        "policy_steps": args.policy_steps,
+        "policy_batch": args.policy_batch,
+        "seed_demos": args.seeds,
+        "unlabelled_target_clips": args.clips,
+        "transfer_steps": args.transfer_steps,
+        "replicates": args.replicates,
+        "episodes_per_replicate": args.episodes,
+        "gap": gap,
+        "gap_closed": closed,
+        "fidelity": json.loads((args.work / "fidelity.json").read_text()),
+        "rows": rows,
+        "transfer_training_seconds": timings,
+        "seconds_this_call": round(seconds, 1),
+        "machine": f"{multiprocessing.cpu_count()} CPU cores, no GPU",
+    }
+    tag = f"_{args.tag}" if args.tag else ""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"sim_to_real{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"sim_to_real{tag}.md").write_text(table(result) + "\n")
+    plots.success_rates(
+        rows,
+        RESULTS / f"sim_to_real{tag}.png",
+        f"{args.scenario}, bc-image: {next(iter(rows.values()))['episodes']} episodes per row, 95 % CI",
+        baseline="source seeds | in target",
+        controls=[r for r in rows if "control" in r],
+    )
+    print(table(result))
+
+
+def table(result: dict) -> str:
+    lines = [
+        f"{result['scenario']}, {result['policy']}, {result['policy_steps']} steps; {result['seed_demos']} "
+        f"seed demos, {result['unlabelled_target_clips']} unlabelled target clips; "
+        f"{result['replicates']} replicates x {result['episodes_per_replicate']} held-out episodes",
+        "",
+        f"gap (source seeds in source - in target): {result['gap']:+.2f}; closed: "
+        + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in result["gap_closed"].items()),
+        "",
+        "| row | successes | rate | 95 % CI | per replicate |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row, r in result["rows"].items():
+        lo, hi = r["ci95"]
+        lines.append(
+            f"| {row} | {r['successes']}/{r['episodes']} | {r['success_rate']:.2f} | [{lo:.2f}, {hi:.2f}] "
+            f"| {', '.join(r['per_replicate'])} |"
+        )
+    lines += ["", "| fidelity on held-out target clips | PSNR (dB) | SSIM |", "| --- | --- | --- |"]
+    for label, f in result["fidelity"].items():
+        lines.append(f"| {label} | {f['psnr']:.2f} | {f['ssim']:.3f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
