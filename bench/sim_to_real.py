@@ -7,6 +7,7 @@ several forms and evaluated closed loop on held-out episodes, each replicate on 
 
     source seeds            the S demos as the simulator renders them (row a); evaluated in both domains,
                             so the gap (source - target success) is measured on one policy
+    randomized seeds        the same S scenes recorded with broad appearance randomisation (row b)
     transferred seeds       the same demos with RGB repainted by the transfer model (row c), which was
                             trained on C unlabelled target-domain clips of other scenes (counted below)
     generator control       the same demos through a generator trained on source-domain clips
@@ -41,6 +42,7 @@ CLIP_BASE = 500_000  # unlabelled target clips: scenes outside the seed and eval
 FIDELITY_BASE = 600_000  # held-out clips for the fidelity figures
 ROWS = {  # row -> (training dataset, domains it is evaluated in)
     "source seeds": ("seeds_source.hdf5", ("source", "target")),
+    "randomized seeds": ("seeds_randomized.hdf5", ("target",)),
     "transferred seeds": ("seeds_transferred.hdf5", ("target",)),
     "generator control": ("seeds_control.hdf5", ("target",)),
     "target demos (oracle)": ("seeds_target.hdf5", ("target",)),
@@ -54,6 +56,28 @@ def _slug(text: str) -> str:
 def with_base_seed(manifest: Manifest, base: int) -> Manifest:
     """The manifest with its seed range starting at ``base`` (clips of scenes nobody trains or tests on)."""
     return manifest.model_copy(update={"seeds": manifest.seeds.model_copy(update={"base_seed": base})})
+
+
+def randomized(manifest: Manifest) -> Manifest:
+    """The manifest with broad appearance randomisation (row b), chosen without looking at the target:
+    six table colours, object colours jittered, light from any side at 3500-8000 K and a wide range of
+    intensities. Placements and physics are unchanged, so seed s is the same episode."""
+    content = manifest.model_dump(mode="python")
+    content["stressors"]["textures"] = {
+        "table_colors": [
+            (0.55, 0.45, 0.35), (0.85, 0.85, 0.82), (0.25, 0.25, 0.27),
+            (0.35, 0.5, 0.35), (0.45, 0.5, 0.6), (0.75, 0.65, 0.5),
+        ],
+        "object_color_jitter": 0.15,
+    }  # fmt: skip
+    content["stressors"]["lighting"] = {
+        "intensity": {"type": "uniform", "low": 1500.0, "high": 4500.0},
+        "color_temperature": {"type": "uniform", "low": 3500.0, "high": 8000.0},
+        "elevation": {"type": "uniform", "low": 0.6, "high": 1.3},
+        "azimuth": {"type": "uniform", "low": -3.14, "high": 3.14},
+        "ambient": {"type": "uniform", "low": 0.2, "high": 0.5},
+    }
+    return type(manifest).model_validate(content)
 
 
 def record(manifest: Manifest, path: Path, n: int, domain: str, labels: bool = True) -> None:
@@ -75,6 +99,8 @@ def prepare(args, manifest: Manifest) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     record(manifest, work / "seeds_source.hdf5", args.seeds, "source")
     record(manifest, work / "seeds_target.hdf5", args.seeds, "target")
+    if "randomized seeds" in args.rows:
+        record(randomized(manifest), work / "seeds_randomized.hdf5", args.seeds, "source")
     record(with_base_seed(manifest, CLIP_BASE), work / "clips_target.hdf5", args.clips, "target", False)
     record(with_base_seed(manifest, CLIP_BASE), work / "clips_source.hdf5", args.clips, "source", False)
     held_out = with_base_seed(manifest, FIDELITY_BASE)
@@ -134,10 +160,47 @@ def fidelity(work: Path) -> dict:
     return {label: {k: float(np.mean(v)) for k, v in cell.items()} for label, cell in scores.items()}
 
 
+def checks(work: Path) -> dict:
+    """The physics and consistency checks on the original and the transferred seed demos: thresholds
+    calibrated on the originals' second half (simulator clips, as ``worldgen check`` calibrates), verdicts
+    on the first half of both files (the same scenes), per check and for all checks together."""
+    from collections import defaultdict
+
+    from worldgen.checks import run_checks
+    from worldgen.checks.clip import clip_from_demo
+    from worldgen.checks.gate import add_scores, calibration_from_scores
+    from worldgen.dataset import dataset_manifest, demo_names, depth_ranges, open_dataset
+
+    with open_dataset(work / "seeds_source.hdf5") as f:
+        manifest, ranges = dataset_manifest(f), depth_ranges(f)
+        camera = manifest.world_model_camera
+        names = demo_names(f, "seed")
+        judged, calibrating = names[: len(names) // 2], names[len(names) // 2 :]
+        scores: dict[str, list[float]] = defaultdict(list)
+        for name in calibrating:
+            add_scores(scores, clip_from_demo(f["data"][name], manifest, camera, ranges.get(camera)))
+        thresholds = calibration_from_scores("simulator", scores, len(calibrating), "", manifest).thresholds
+    out = {"calibrated_on": len(calibrating), "judged": len(judged), "camera": camera}
+    for label, path in (("original", "seeds_source.hdf5"), ("transferred", "seeds_transferred.hdf5")):
+        passed: dict[str, int] = defaultdict(int)
+        with open_dataset(work / path) as f:
+            for name in judged:
+                clip = clip_from_demo(f["data"][name], manifest, camera, ranges.get(camera))
+                results = run_checks(clip, thresholds)
+                for check, result in results.items():
+                    passed[check] += result.verdict != "failed"
+                passed["all"] += all(r.verdict != "failed" for r in results.values())
+        out[label] = dict(passed)
+    return out
+
+
 def train_cell(task: tuple) -> None:
     """Train one replicate of one row, once (in a worker process)."""
+    import torch
+
     from policies.train import train_bc
 
+    torch.set_num_threads(1)  # the cells run side by side, one core each
     dataset, folder, steps, batch_size, rep = task
     folder = Path(folder)
     if (folder / "trained.json").exists():
@@ -150,8 +213,11 @@ def train_cell(task: tuple) -> None:
 
 def evaluate_cell(task: tuple) -> dict:
     """Evaluate one trained replicate of one row in one domain (in a worker process)."""
+    import torch
+
     from policies.evaluate import evaluate_policy
 
+    torch.set_num_threads(1)
     row, rep, domain, folder, episodes, manifest_path, envs = task
     trained = json.loads((Path(folder) / "trained.json").read_text())
     started = time.perf_counter()
@@ -205,6 +271,10 @@ def main() -> None:
     if not fidelity_path.exists():
         fidelity_path.write_text(json.dumps(fidelity(args.work), indent=2) + "\n")
     say(f"fidelity: {fidelity_path.read_text()}")
+    checks_path = args.work / "checks.json"
+    if not checks_path.exists():
+        checks_path.write_text(json.dumps(checks(args.work), indent=2) + "\n")
+    say(f"checks: {checks_path.read_text()}")
     if args.prepare_only:
         return
     cells = args.work / "cells"
@@ -262,7 +332,7 @@ def write_results(args, timings: dict, seconds: float) -> None:
     gap = source - target
     closed = {
         row: (rate[f"{row} | in target"] - target) / gap if gap > 0 else None
-        for row in ("transferred seeds", "generator control", "target demos (oracle)")
+        for row in ("randomized seeds", "transferred seeds", "generator control", "target demos (oracle)")
         if f"{row} | in target" in rate
     }
     result = {
@@ -278,6 +348,7 @@ def write_results(args, timings: dict, seconds: float) -> None:
         "gap": gap,
         "gap_closed": closed,
         "fidelity": json.loads((args.work / "fidelity.json").read_text()),
+        "checks_passed": json.loads((args.work / "checks.json").read_text()),
         "rows": rows,
         "transfer_training_seconds": timings,
         "seconds_this_call": round(seconds, 1),
