@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from stages import say  # bench/stages.py, beside this script
 from worldgen import plots
+from worldgen.files import write_atomically
 from worldgen.manifest import Manifest, load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def record(manifest: Manifest, path: Path, n: int, domain: str, labels: bool = T
         return
     started = time.perf_counter()
     run_seed_stage(manifest, path, n=n, domain=domain, labels=labels)
-    path.with_suffix(".done").write_text(f"{time.perf_counter() - started:.1f}\n")
+    write_atomically(path.with_suffix(".done"), f"{time.perf_counter() - started:.1f}\n".encode())
     say(f"recorded {path.name}: {n} {'demos' if labels else 'clips'} in the {domain} domain")
 
 
@@ -117,12 +118,14 @@ def prepare(args, manifest: Manifest) -> dict:
             started = time.perf_counter()
             config = TransferConfig(steps=args.transfer_steps, batch_size=args.transfer_batch)
             train_transfer(work / clips, work / ckpt, config)
-            (work / f"{ckpt}.done").write_text(f"{time.perf_counter() - started:.1f}\n")
+            write_atomically(work / f"{ckpt}.done", f"{time.perf_counter() - started:.1f}\n".encode())
             say(f"trained {ckpt} on {clips} in {time.perf_counter() - started:.0f} s")
         if not (work / out).with_suffix(".done").exists():
             started = time.perf_counter()
             transfer_dataset(work / "seeds_source.hdf5", work / ckpt, work / out)
-            (work / out).with_suffix(".done").write_text(f"{time.perf_counter() - started:.1f}\n")
+            write_atomically(
+                (work / out).with_suffix(".done"), f"{time.perf_counter() - started:.1f}\n".encode()
+            )
             say(f"wrote {out}")
         timings[ckpt] = float((work / f"{ckpt}.done").read_text())
     return timings
@@ -208,7 +211,7 @@ def train_cell(task: tuple) -> None:
     started = time.perf_counter()
     meta = train_bc(dataset, folder, "bc-image", steps=steps, batch_size=batch_size, seed=rep)
     done = {"demos": meta["demos"], "samples": meta["samples"], "seconds": time.perf_counter() - started}
-    (folder / "trained.json").write_text(json.dumps(done) + "\n")
+    write_atomically(folder / "trained.json", (json.dumps(done) + "\n").encode())
 
 
 def evaluate_cell(task: tuple) -> dict:
@@ -269,11 +272,11 @@ def main() -> None:
     timings = prepare(args, manifest)
     fidelity_path = args.work / "fidelity.json"
     if not fidelity_path.exists():
-        fidelity_path.write_text(json.dumps(fidelity(args.work), indent=2) + "\n")
+        write_atomically(fidelity_path, (json.dumps(fidelity(args.work), indent=2) + "\n").encode())
     say(f"fidelity: {fidelity_path.read_text()}")
     checks_path = args.work / "checks.json"
     if not checks_path.exists():
-        checks_path.write_text(json.dumps(checks(args.work), indent=2) + "\n")
+        write_atomically(checks_path, (json.dumps(checks(args.work), indent=2) + "\n").encode())
     say(f"checks: {checks_path.read_text()}")
     if args.prepare_only:
         return
@@ -299,7 +302,7 @@ def main() -> None:
         say("policies trained")
         for result in pool.imap_unordered(evaluate_cell, evaluations):
             name = f"{_slug(result['row'])}_r{result['replicate']}_{result['domain']}"
-            (cells / f"{name}.json").write_text(json.dumps(result) + "\n")
+            write_atomically(cells / f"{name}.json", (json.dumps(result) + "\n").encode())
             say(f"{result['row']} r{result['replicate']} in {result['domain']}: "
                 f"{result['successes']}/{result['episodes']}")  # fmt: skip
     write_results(args, timings, time.perf_counter() - started)
@@ -356,8 +359,8 @@ def write_results(args, timings: dict, seconds: float) -> None:
     }
     tag = f"_{args.tag}" if args.tag else ""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"sim_to_real{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"sim_to_real{tag}.md").write_text(table(result) + "\n")
+    write_atomically(RESULTS / f"sim_to_real{tag}.json", (json.dumps(result, indent=2) + "\n").encode())
+    write_atomically(RESULTS / f"sim_to_real{tag}.md", (table(result) + "\n").encode())
     plots.success_rates(
         rows,
         RESULTS / f"sim_to_real{tag}.png",

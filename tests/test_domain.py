@@ -73,10 +73,38 @@ def test_sensor_model_against_its_parts():
     assert dark[0, 0, 0] < 120 and dark[12, 16, 0] >= 199, "corners darkened, the centre kept"
     tinted = sensor_rgb(np.full((4, 4, 3), 100, np.uint8), SensorSpec(color_gain=(1.2, 1.0, 0.5)), rng)
     assert tuple(tinted[0, 0]) == (120, 100, 50)
-    spec = SensorSpec(noise_std=4.0, jpeg_quality=60)
-    assert np.array_equal(
-        sensor_rgb(rgb, spec, np.random.default_rng(3)), sensor_rgb(rgb, spec, np.random.default_rng(3))
+
+
+def test_sensor_noise_is_drawn_per_scene_and_step(push):
+    from worldgen.sensor import sensor_frame
+    from worldgen.sim.base import CameraFrame
+
+    camera = push.in_domain("target").cameras[0]
+    frame = CameraFrame(rgb=np.full((96, 96, 3), 120, np.uint8), depth=np.full((96, 96, 1), 0.5, np.float32))
+    step1, again, step2, other_scene = (
+        sensor_frame(camera, frame, seed, step) for seed, step in ((3, 1), (3, 1), (3, 2), (4, 1))
     )
+    assert np.array_equal(step1.rgb, again.rgb) and np.array_equal(step1.depth, again.depth)
+    assert not np.array_equal(step1.rgb, step2.rgb), "noise drawn anew at every step"
+    assert not np.array_equal(step1.rgb, other_scene.rgb), "and in every scene"
+    assert not np.array_equal(step1.depth, step2.depth)
+
+
+def test_scenes_stepped_together_see_the_target_domain_as_one_scene_does(push):
+    from worldgen.envs import WorldgenEnv
+    from worldgen.vector_env import WorldgenVectorEnv
+
+    target = push.in_domain("target")
+    single = WorldgenEnv(target)
+    vector = WorldgenVectorEnv(target, num_envs=2, cameras=True)
+    try:
+        expected, _ = single.reset(seed=11)
+        batch, _ = vector.reset(seed=[5, 11])
+        assert np.array_equal(batch["front_rgb"][1], expected["front_rgb"])
+        assert np.array_equal(batch["front_seg"][1], expected["front_seg"])
+    finally:
+        single.close()
+        vector.close()
 
 
 def test_target_domain_block_is_checked(tmp_path):
@@ -87,7 +115,9 @@ def test_target_domain_block_is_checked(tmp_path):
         parse_manifest((ROOT / "scenarios" / "pick_cube.yaml").read_text()).in_domain("target")
 
 
-def test_unlabelled_clips_hold_images_alone(clips):
+def test_unlabelled_clips_hold_images_alone(clips, tmp_path):
+    from worldgen.dataset import DatasetError, DatasetReader
+    from worldgen.export import export
     from worldgen.pipeline import run_seed_stage
 
     with open_dataset(clips) as f:
@@ -103,6 +133,13 @@ def test_unlabelled_clips_hold_images_alone(clips):
     before = clips.read_bytes()
     run_seed_stage(PUSH, clips, n=1, domain="target", labels=False)  # resumed: nothing to do
     assert clips.read_bytes() == before
+    with DatasetReader(clips) as reader:
+        summary = reader.summary()
+    assert summary["action_dim"] == 0 and summary["sources"] == [CLIP]
+    with pytest.raises(DatasetError, match="unlabelled clip"):
+        export(clips, tmp_path / "out.hdf5", "robomimic")
+    with pytest.raises(DatasetError, match="domain"):  # source-domain demos never resume a target file
+        run_seed_stage(PUSH, clips, n=1, domain="source", labels=False)
 
 
 def test_transfer_model_saves_and_reloads(transfer_model):
@@ -115,7 +152,7 @@ def test_transfer_model_saves_and_reloads(transfer_model):
     loaded, loaded_meta = load_transfer_model(ckpt)
     assert loaded_meta == meta and meta.cameras == ("front", "side")
     depth = torch.rand(2, 96, 96, generator=torch.Generator().manual_seed(0))
-    seg = torch.randint(0, meta.instances, (2, 96, 96), generator=torch.Generator().manual_seed(1))
+    seg = torch.randint(0, len(meta.instances), (2, 96, 96), generator=torch.Generator().manual_seed(1))
     previous = torch.zeros(2, 3, 96, 96)
     with torch.no_grad():
         a = model(model.controls(depth, seg), previous, torch.tensor([False, True]))
@@ -124,12 +161,15 @@ def test_transfer_model_saves_and_reloads(transfer_model):
 
 
 def test_transferred_demos_keep_every_array_but_rgb(seeds, transfer_model, tmp_path):
+    import torch
+
     from world_models.transfer import TRANSFERRED, transfer_checkpoint_hash, transfer_dataset
 
     ckpt = transfer_model[0]
     out, again = tmp_path / "transferred.hdf5", tmp_path / "again.hdf5"
     transfer_dataset(seeds, ckpt, out)
     transfer_dataset(seeds, ckpt, again)
+    assert torch.is_grad_enabled(), "applying the model leaves training possible in this process"
 
     def arrays(group: h5py.Group) -> dict[str, np.ndarray]:
         found = {}
@@ -154,13 +194,20 @@ def test_transferred_demos_keep_every_array_but_rgb(seeds, transfer_model, tmp_p
             assert list(g["mask/train"]) == list(f["mask/train"])
 
 
-def test_cli_refuses_a_target_domain_the_manifest_lacks(tmp_path, capsys):
+def test_cli_refuses_what_it_cannot_do_in_one_line(seeds, tmp_path, capsys):
     from worldgen.apps.cli import main
 
     pick = ROOT / "scenarios" / "pick_cube.yaml"
-    code = main(["seed", str(pick), "-o", str(tmp_path / "c.hdf5"), "--domain", "target", "--no-actions"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "target_domain" in err
-    assert not (tmp_path / "c.hdf5").exists()
-    code = main(["transfer", str(tmp_path / "c.hdf5"), str(tmp_path), "-o", str(tmp_path / "t.hdf5")])
-    assert code == 2
+    errors = []
+    for argv in (
+        ["seed", str(pick), "-o", str(tmp_path / "c.hdf5"), "--domain", "target", "--no-actions"],
+        ["eval", str(tmp_path), str(pick), "--domain", "target"],
+        ["transfer", str(seeds), str(tmp_path), "-o", str(tmp_path / "t.hdf5")],  # not a checkpoint
+        ["seed", str(PUSH), "-o", str(tmp_path / "c.hdf5"), "--no-actions", "--no-cameras"],
+    ):
+        code = main(argv)
+        errors.append(capsys.readouterr().err.strip())
+        assert code == 2 and len(errors[-1].splitlines()) == 1, (argv, errors[-1])
+    assert "target_domain" in errors[0] and "target_domain" in errors[1]
+    assert "not a transfer checkpoint" in errors[2] and "--no-cameras" in errors[3]
+    assert not (tmp_path / "c.hdf5").exists() and not (tmp_path / "t.hdf5").exists()

@@ -67,6 +67,10 @@ def _clip(sampler, manifest, group, frames, states, depth_range):
         state_layout(group),
         camera_size(group, camera),
     )
+    if "actions" not in group:
+        raise DatasetError(
+            f"{group.file.filename}: {group.name} is an unlabelled clip; it has no actions to judge"
+        )
     actions = group[EXECUTED_ACTIONS] if EXECUTED_ACTIONS in group else group["actions"]
     return clip_from_arrays(manifest, obs, actions[()], read_scene(group), camera, depth_range)
 

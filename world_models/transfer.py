@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from worldgen.dataset import (
@@ -45,7 +46,7 @@ class TransferMeta:
 
     cameras: tuple[str, ...]  # the cameras it repaints (each has rgb, depth and segmentation)
     resolution: tuple[int, int]  # (width, height)
-    instances: int  # segmentation ids it knows (one-hot channels)
+    instances: tuple[str, ...]  # the instance table's names in id order (one one-hot channel each)
     data_hash: str  # the target clips (worldgen.dataset.dataset_digest)
     manifest_hash: str
     clips: int
@@ -53,16 +54,23 @@ class TransferMeta:
     seed: int
 
     def to_json(self) -> dict:
-        return {**asdict(self), "cameras": list(self.cameras), "resolution": list(self.resolution)}
+        out = asdict(self)
+        return {
+            **out,
+            "cameras": list(self.cameras),
+            "resolution": list(self.resolution),
+            "instances": list(self.instances),
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> TransferMeta:
-        return cls(**{**data, "cameras": tuple(data["cameras"]), "resolution": tuple(data["resolution"])})
+        tuples = {key: tuple(data[key]) for key in ("cameras", "resolution", "instances")}
+        return cls(**{**data, **tuples})
 
 
 @dataclass(frozen=True)
 class TransferConfig:
-    steps: int = 2000
+    steps: int = 1500
     batch_size: int = 16
     learning_rate: float = 1e-3
     seed: int = 0
@@ -80,13 +88,20 @@ def _to_uint8(rgb: torch.Tensor) -> np.ndarray:
     return ((rgb.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
-def transfer_cameras(f) -> list[str]:
+def transfer_cameras(f: h5py.File) -> list[str]:
     """The cameras of a dataset's manifest that record rgb, depth and segmentation."""
     manifest = dataset_manifest(f)
     return [c.name for c in manifest.cameras if {"rgb", "depth", "segmentation"} <= set(c.outputs)]
 
 
-def load_clips(f, cameras: list[str]) -> list[dict[str, np.ndarray]]:
+def instance_names(f: h5py.File) -> tuple[str, ...]:
+    """The dataset's segmentation ids, as names in id order."""
+    return tuple(
+        row["name"] for row in sorted(json.loads(f["data"].attrs["segmentation"]), key=lambda r: r["id"])
+    )
+
+
+def load_clips(f: h5py.File, cameras: list[str]) -> list[dict[str, np.ndarray]]:
     """Each demo's frames per camera: ``{camera_rgb, camera_depth, camera_seg}`` arrays of T+1 frames."""
     keys = [image_key(c, k) for c in cameras for k in (RGB, DEPTH, SEG)]
     return [read_obs(f["data"][name], keys) for name in demo_names(f)]
@@ -110,7 +125,7 @@ def train_transfer(
             raise DatasetError(f"{clips_path}: no clips")
         manifest = dataset_manifest(f)
         data_hash = dataset_digest(f, names)
-        instances = len(json.loads(f["data"].attrs["segmentation"]))
+        instances = instance_names(f)
     # Every frame of every camera of every clip in one array per kind; ``previous[i]`` is the frame
     # before frame i in its clip (-1 for a clip's first).
     streams = [
@@ -125,9 +140,13 @@ def train_transfer(
     previous = np.arange(len(rgb)) - 1
     previous[starts] = -1
     height, width = rgb.shape[1:3]
+    if height % 16 or width % 16:  # a 4x unshuffle, then two 2x downsamplings
+        raise DatasetError(
+            f"{clips_path}: frames of {width}x{height}; the transfer model needs multiples of 16"
+        )
 
     torch.manual_seed(config.seed)
-    model = AppearanceTransferModel(instances=instances, resolution=(width, height))
+    model = AppearanceTransferModel(instances=len(instances), resolution=(width, height))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
     model.train()
@@ -171,9 +190,9 @@ def save_transfer_model(model: AppearanceTransferModel, meta: TransferMeta, outp
 def read_transfer_meta(ckpt: str | Path) -> TransferMeta:
     """A transfer checkpoint's description; :class:`CheckpointError` naming the folder when it is not one."""
     path = Path(ckpt) / META_NAME
-    if not path.is_file():
+    if not path.is_file() or not (Path(ckpt) / "model").is_dir():
         raise CheckpointError(
-            f"{ckpt}: not a transfer checkpoint (no {META_NAME}; see worldgen train-transfer)"
+            f"{ckpt}: not a transfer checkpoint (no {META_NAME} and model/; see worldgen train-transfer)"
         )
     try:
         return TransferMeta.from_json(json.loads(path.read_text()))
@@ -222,19 +241,26 @@ def transfer_dataset(
     ``source`` keeps its value. Resumes: demos already in ``output`` are kept."""
     model, meta = load_transfer_model(ckpt)
     model_hash = transfer_checkpoint_hash(ckpt)
-    torch.set_grad_enabled(False)
     with open_dataset(dataset) as f:
         header = read_header(f)
         header["worldgen"] = {**header["worldgen"], "domain": TRANSFERRED, "transfer_model": model_hash}
-        missing = [c for c in meta.cameras if c not in transfer_cameras(f)]
-        if missing:
-            raise DatasetError(f"{dataset}: no rgb, depth and segmentation for cameras {missing}")
+        if instance_names(f) != meta.instances:
+            raise DatasetError(f"{dataset}: its segmentation ids are not the ones {ckpt} was trained on")
+        keys = [image_key(c, k) for c in meta.cameras for k in (RGB, DEPTH, SEG)]
         writer = DatasetWriter(output, header)
         names = demo_names(f)
         for i, name in enumerate(names, start=1):
             if name in writer.demos:
                 continue
             demo = read_demo(f["data"][name])
+            missing = [k for k in keys if k not in demo.obs]
+            if missing:
+                raise DatasetError(f"{dataset}: {name} has no {missing} (the cameras {ckpt} repaints)")
+            size = demo.obs[keys[0]].shape[2:0:-1]
+            if tuple(size) != meta.resolution:
+                raise DatasetError(
+                    f"{dataset}: frames of {size[0]}x{size[1]}, {ckpt} paints {meta.resolution}"
+                )
             for camera in meta.cameras:
                 demo.obs[image_key(camera, RGB)] = transfer_frames(
                     model, demo.obs[image_key(camera, DEPTH)], demo.obs[image_key(camera, SEG)]

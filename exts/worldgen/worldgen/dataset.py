@@ -3,10 +3,12 @@
 On-disk layout (one file once a run completes)::
 
     /data                attrs: total, env_args (JSON: env_name, type=2, env_kwargs),
-                                worldgen (JSON: manifest_hash, manifest, code_version),
+                                worldgen (JSON: manifest_hash, manifest, code_version, domain
+                                "source" | "target" | "transferred", transfer_model where transferred),
                                 depth_range (JSON: camera -> [near, far] metres),
                                 segmentation (JSON: instance id table), discarded (JSON list)
-    /data/demo_<i>       attrs: num_samples, seed, success, source ("sim" | "world_model" | "play"),
+    /data/demo_<i>       attrs: num_samples, seed, success, source ("sim" | "world_model" | "play" |
+                                "clip": unlabelled footage, images alone, no arrays below but obs),
                                 scene (JSON of the sampled scene); where they apply (DemoRecord reads
                                 the rest as None): recipe, parent, branch_step, noise_seed, model,
                                 labeler, action_noise, check_scores (JSON), check_passed
@@ -407,6 +409,12 @@ class DatasetWriter:
                     f"{self.path}: written for manifest {str(info.get('manifest_hash'))[:12]}, "
                     f"not {want[:12]}; choose another output"
                 )
+            for key, default in (("domain", "source"), ("transfer_model", None)):
+                have, need = info.get(key, default), self.header["worldgen"].get(key, default)
+                if have != need:  # e.g. demos painted by another transfer checkpoint
+                    raise DatasetError(
+                        f"{self.path}: written with {key} {have}, not {need}; choose another output"
+                    )
             self.discarded = json.loads(f["data"].attrs.get("discarded", "[]"))
             for name in demo_names(f):
                 link = f["data"].get(name, getlink=True)
@@ -562,18 +570,19 @@ class DatasetReader:
 
     def summary(self) -> dict[str, Any]:
         demos = list(self.iter_demos())
+        labelled = [(n, g) for n, g in demos if g.attrs.get("source") != CLIP]  # clips have no success
         first = demos[0][1] if demos else None
         obs = {k: list(first["obs"][k].shape[1:]) for k in first["obs"]} if first is not None else {}
         return {
             "file": str(self.path),
             "demos": len(demos),
             "samples": int(sum(int(g.attrs["num_samples"]) for _, g in demos)),
-            "success_rate": float(np.mean([bool(g.attrs.get("success", False)) for _, g in demos]))
-            if demos
+            "success_rate": float(np.mean([bool(g.attrs.get("success", False)) for _, g in labelled]))
+            if labelled
             else 0.0,
             "sources": sorted({str(g.attrs.get("source", "")) for _, g in demos}),
             "masks": {k: len(self.file[f"mask/{k}"]) for k in self.file.get("mask", {})},
-            "action_dim": int(first["actions"].shape[1]) if first is not None else 0,
+            "action_dim": next((int(g["actions"].shape[1]) for _, g in demos if "actions" in g), 0),
             "obs": obs,
             "discarded": self.attr_json("discarded", []),
             "manifest_hash": self.attr_json("worldgen", {}).get("manifest_hash", ""),

@@ -32,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import WorldgenError
+from .errors import ArgumentError, WorldgenError
 from .keys import EEF_POS, EEF_QUAT, GRIPPER_QPOS, JOINT_POS
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
@@ -637,9 +637,9 @@ class Manifest(_Strict):
         if domain == "source":
             return self
         if domain != "target":
-            raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+            raise ArgumentError(f"domain must be one of {DOMAINS}, got {domain!r}")
         if self.target_domain is None:
-            raise ValueError(f"manifest {self.name!r} has no target_domain block")
+            raise ArgumentError(f"manifest {self.name!r} has no target_domain block (the target domain)")
         target = self.target_domain
         content = self.model_dump(mode="python")
         if target.table_color is not None:

@@ -276,10 +276,7 @@ def run_seed_stage(
         raise ArgumentError("--backend isaac: one Isaac Sim app records one scene at a time, in this process")
     if not labels and not cameras:
         raise ArgumentError("clips without labels are camera images: drop --no-cameras")
-    manifest = as_manifest(manifest)
-    if domain == "target" and manifest.target_domain is None:
-        raise ArgumentError(f"manifest {manifest.name!r}: --domain target needs a target_domain block")
-    manifest = manifest.in_domain(domain)
+    manifest = as_manifest(manifest).in_domain(domain)
     header = dataset_header(manifest, instance_table(manifest), manifest_text(manifest))
     header["worldgen"]["domain"] = domain
     writer = DatasetWriter(output, header)

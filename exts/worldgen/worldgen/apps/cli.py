@@ -121,6 +121,9 @@ def _start_isaac_sim():
 
 def _cmd_seed(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest)  # parsed once, here; problems reported before any work
+    manifest.in_domain(args.domain)  # a domain the manifest lacks is refused before Isaac Sim starts
+    if args.no_actions and args.no_cameras:
+        raise ArgumentError("--no-actions records camera images alone: drop --no-cameras")
     if args.backend == "isaac" and (args.envs > 1 or args.workers > 1 or args.ray_address):
         raise ArgumentError(
             "--backend isaac: one Isaac Sim app records one scene at a time (no --envs/--workers)"
@@ -543,10 +546,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         bar.set_postfix(success=f"{wins}/{done}")
         bar.refresh()
 
-    out = Path(args.output) if args.output else Path(args.policy) / "eval"
+    default = "eval" if args.domain == "source" else f"eval_{args.domain}"
+    out = Path(args.output) if args.output else Path(args.policy) / default
     manifest = load_manifest(args.manifest)
-    if args.domain == "target" and manifest.target_domain is None:
-        raise ArgumentError(f"{args.manifest}: --domain target needs a target_domain block")
     manifest = manifest.in_domain(args.domain)
     try:
         report = evaluate_policy(
@@ -1102,7 +1104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("policy", metavar="POLICY", help="policy folder (worldgen train-policy)")
     p.add_argument("manifest", metavar="MANIFEST", help="scenario manifest")
     p.add_argument("--episodes", type=_count_arg, help="default: the manifest's evaluation.episodes")
-    p.add_argument("-o", "--output", type=_output_folder, metavar="DIR", help="default POLICY/eval")
+    p.add_argument(
+        "-o", "--output", type=_output_folder, metavar="DIR", help="default POLICY/eval (eval_target)"
+    )
     p.add_argument("--envs", type=_count_arg, default=1, help="scenes stepped together (default 1)")
     p.add_argument(
         "--domain", choices=DOMAINS, default="source", help="target: in the manifest's target_domain"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import h5py
 
-from ..dataset import DatasetError, demo_names
+from ..dataset import CLIP, DatasetError, demo_names
 from ..errors import OutputError
 
 
@@ -19,6 +19,11 @@ def selected_demos(f: h5py.File, mask: str | None) -> list[str]:
     names = demo_names(f, mask)
     if not names:
         raise DatasetError(f"{f.filename}: mask {mask!r} holds no demos")
+    clips = [n for n in names if f["data"][n].attrs.get("source") == CLIP]
+    if clips:
+        raise DatasetError(
+            f"{f.filename}: {clips[0]} is an unlabelled clip (images alone); exports take demos"
+        )
     return names
 
 
