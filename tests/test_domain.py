@@ -6,7 +6,15 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from worldgen.dataset import CLIP, demo_names, open_dataset, read_demo
+from worldgen.dataset import (
+    CLIP,
+    DatasetError,
+    DatasetWriter,
+    demo_names,
+    open_dataset,
+    read_demo,
+    read_header,
+)
 from worldgen.manifest import ManifestError, SensorSpec, parse_manifest
 from worldgen.sensor import blur, gaussian_kernel, sensor_rgb
 
@@ -116,7 +124,7 @@ def test_target_domain_block_is_checked(tmp_path):
 
 
 def test_unlabelled_clips_hold_images_alone(clips, tmp_path):
-    from worldgen.dataset import DatasetError, DatasetReader
+    from worldgen.dataset import DatasetReader
     from worldgen.export import export
     from worldgen.pipeline import run_seed_stage
 
@@ -138,7 +146,7 @@ def test_unlabelled_clips_hold_images_alone(clips, tmp_path):
     assert summary["action_dim"] == 0 and summary["sources"] == [CLIP]
     with pytest.raises(DatasetError, match="unlabelled clip"):
         export(clips, tmp_path / "out.hdf5", "robomimic")
-    with pytest.raises(DatasetError, match="domain"):  # source-domain demos never resume a target file
+    with pytest.raises(DatasetError, match="written for manifest"):  # nor source frames a target file
         run_seed_stage(PUSH, clips, n=1, domain="source", labels=False)
 
 
@@ -170,6 +178,11 @@ def test_transferred_demos_keep_every_array_but_rgb(seeds, transfer_model, tmp_p
     transfer_dataset(seeds, ckpt, out)
     transfer_dataset(seeds, ckpt, again)
     assert torch.is_grad_enabled(), "applying the model leaves training possible in this process"
+    with open_dataset(out) as f:
+        header = read_header(f)
+    header["worldgen"]["transfer_model"] = "another checkpoint"
+    with pytest.raises(DatasetError, match="transfer_model"):  # one file, one painter
+        DatasetWriter(out, header)
 
     def arrays(group: h5py.Group) -> dict[str, np.ndarray]:
         found = {}
