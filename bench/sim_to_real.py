@@ -319,7 +319,7 @@ def write_results(args, timings: dict, seconds: float) -> None:
                 for r in range(args.replicates)
             ]
             k, n = sum(c["successes"] for c in cells), sum(c["episodes"] for c in cells)
-            rows[f"{row} | in {domain}"] = {
+            rows[f"{row} (in {domain})"] = {
                 "successes": k,
                 "episodes": n,
                 "success_rate": k / n,
@@ -331,12 +331,12 @@ def write_results(args, timings: dict, seconds: float) -> None:
                 "eval_seconds": round(sum(c["eval_seconds"] for c in cells), 1),
             }
     rate = {key: value["success_rate"] for key, value in rows.items()}
-    source, target = rate["source seeds | in source"], rate["source seeds | in target"]
+    source, target = rate["source seeds (in source)"], rate["source seeds (in target)"]
     gap = source - target
     closed = {
-        row: (rate[f"{row} | in target"] - target) / gap if gap > 0 else None
+        row: (rate[f"{row} (in target)"] - target) / gap if gap > 0 else None
         for row in ("randomized seeds", "transferred seeds", "generator control", "target demos (oracle)")
-        if f"{row} | in target" in rate
+        if f"{row} (in target)" in rate
     }
     result = {
         "scenario": args.scenario,
@@ -365,7 +365,7 @@ def write_results(args, timings: dict, seconds: float) -> None:
         rows,
         RESULTS / f"sim_to_real{tag}.png",
         f"{args.scenario}, bc-image: {next(iter(rows.values()))['episodes']} episodes per row, 95 % CI",
-        baseline="source seeds | in target",
+        baseline="source seeds (in target)",
         controls=[r for r in rows if "control" in r],
     )
     print(table(result))
