@@ -10,6 +10,8 @@ several forms and evaluated closed loop on held-out episodes, each replicate on 
     randomized seeds        the same S scenes recorded with broad appearance randomisation (row b)
     transferred seeds       the same demos with RGB repainted by the transfer model (row c), which was
                             trained on C unlabelled target-domain clips of other scenes (counted below)
+    transferred, sampled    the same, each pixel drawn around the painted mean with the spread the
+                            generator leaves unexplained on the clips (a sampled rather than mean frame)
     generator control       the same demos through a generator trained on source-domain clips
                             (negative control: the generator's own artefacts, no target appearance)
     target demos (oracle)   S expert demos recorded in the target domain (row e; a ceiling a real team
@@ -45,6 +47,7 @@ ROWS = {  # row -> (training dataset, domains it is evaluated in)
     "source seeds": ("seeds_source.hdf5", ("source", "target")),
     "randomized seeds": ("seeds_randomized.hdf5", ("target",)),
     "transferred seeds": ("seeds_transferred.hdf5", ("target",)),
+    "transferred seeds, sampled": ("seeds_transferred_sampled.hdf5", ("target",)),
     "generator control": ("seeds_control.hdf5", ("target",)),
     "target demos (oracle)": ("seeds_target.hdf5", ("target",)),
 }
@@ -128,6 +131,16 @@ def prepare(args, manifest: Manifest) -> dict:
             )
             say(f"wrote {out}")
         timings[ckpt] = float((work / f"{ckpt}.done").read_text())
+    sampled = work / "seeds_transferred_sampled.hdf5"
+    if "transferred seeds, sampled" in args.rows and not sampled.with_suffix(".done").exists():
+        from world_models.transfer import load_transfer_model, residual_std
+
+        noise = residual_std(load_transfer_model(work / "transfer_target")[0], work / "clips_target.hdf5")
+        transfer_dataset(work / "seeds_source.hdf5", work / "transfer_target", sampled, noise_std=noise)
+        write_atomically(
+            sampled.with_suffix(".done"), (json.dumps([float(v) for v in noise]) + "\n").encode()
+        )
+        say(f"wrote {sampled.name}: frames sampled around the painted mean, std {noise.round(2)} levels")
     return timings
 
 
@@ -335,7 +348,8 @@ def write_results(args, timings: dict, seconds: float) -> None:
     gap = source - target
     closed = {
         row: (rate[f"{row} (in target)"] - target) / gap if gap > 0 else None
-        for row in ("randomized seeds", "transferred seeds", "generator control", "target demos (oracle)")
+        for row in ROWS
+        if row != "source seeds"
         if f"{row} (in target)" in rate
     }
     result = {

@@ -224,3 +224,20 @@ def test_cli_refuses_what_it_cannot_do_in_one_line(seeds, tmp_path, capsys):
     assert "target_domain" in errors[0] and "target_domain" in errors[1]
     assert "not a transfer checkpoint" in errors[2] and "--no-cameras" in errors[3]
     assert not (tmp_path / "c.hdf5").exists() and not (tmp_path / "t.hdf5").exists()
+
+
+def test_sampled_transfer_is_seeded(seeds, clips, transfer_model):
+    from worldgen.dataset import read_obs
+
+    from world_models.transfer import residual_std, transfer_frames
+
+    model = transfer_model[1]
+    noise = residual_std(model, clips, frames=8)
+    assert noise.shape == (3,) and (noise > 0).all()
+    with open_dataset(seeds) as f:
+        obs = read_obs(f["data"]["demo_0"], ["front_depth", "front_seg"])
+    depth, seg = obs["front_depth"][:4], obs["front_seg"][:4]
+    first = transfer_frames(model, depth, seg, noise, np.random.default_rng(1))
+    again = transfer_frames(model, depth, seg, noise, np.random.default_rng(1))
+    assert np.array_equal(first, again), "a sampled transfer regenerates from its seed"
+    assert not np.array_equal(first, transfer_frames(model, depth, seg)), "and is not the mean frame"

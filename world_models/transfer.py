@@ -33,6 +33,7 @@ from worldgen.dataset import (
 from worldgen.errors import CheckpointError
 from worldgen.files import staging_folder, swap_in_folder, write_atomically
 from worldgen.keys import DEPTH, RGB, SEG, image_key
+from worldgen.manifest import rng_for
 
 from .modeling_appearance_transfer import AppearanceTransferModel
 
@@ -217,17 +218,53 @@ def transfer_checkpoint_hash(ckpt: str | Path) -> str:
 
 
 @torch.no_grad()
-def transfer_frames(model: AppearanceTransferModel, depth: np.ndarray, seg: np.ndarray) -> np.ndarray:
+def transfer_frames(
+    model: AppearanceTransferModel,
+    depth: np.ndarray,
+    seg: np.ndarray,
+    noise_std: np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
     """A clip's target-domain RGB (T, H, W, 3) uint8 from its depth (T, H, W, 1) and segmentation
-    (T, H, W, 1), frame by frame, each conditioned on the one before."""
+    (T, H, W, 1), frame by frame, each conditioned on the one before. ``noise_std`` (per channel, 8-bit
+    levels; drawn from ``rng``): sample each pixel around the painted mean instead of taking the mean."""
     controls = model.controls(torch.from_numpy(depth[..., 0]), torch.from_numpy(seg[..., 0]))
     out = np.empty((*depth.shape[:3], 3), dtype=np.uint8)
     previous = torch.zeros(1, 3, *depth.shape[1:3])
     for t in range(depth.shape[0]):
         frame = model(controls[t : t + 1], previous, torch.tensor([t > 0])).clamp(-1.0, 1.0)
-        out[t] = _to_uint8(frame[0])
+        if noise_std is None:
+            out[t] = _to_uint8(frame[0])
+        else:
+            mean = (frame[0].permute(1, 2, 0).numpy().astype(np.float64) + 1.0) * 127.5
+            out[t] = np.clip(np.rint(mean + rng.normal(0.0, 1.0, mean.shape) * noise_std), 0, 255)
         previous = _to_unit(out[t])[None]  # what the next frame sees is the stored frame, rounded
     return out
+
+
+@torch.no_grad()
+def residual_std(model: AppearanceTransferModel, clips_path: str | Path, frames: int = 256) -> np.ndarray:
+    """Per-channel std (8-bit levels) of what the generator does not explain on clip frames, teacher
+    forced (the real previous frame given): the spread a sampled transfer draws around the painted mean."""
+    with open_dataset(clips_path) as f:
+        cameras = transfer_cameras(f)
+        clips = load_clips(f, cameras)
+    streams = [
+        (c[image_key(cam, RGB)], c[image_key(cam, DEPTH)], c[image_key(cam, SEG)])
+        for c in clips
+        for cam in cameras
+    ]
+    residuals = []
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        rgb, depth, seg = streams[rng.integers(len(streams))]
+        t = int(rng.integers(1, len(rgb)))
+        controls = model.controls(
+            torch.from_numpy(depth[t : t + 1, ..., 0]), torch.from_numpy(seg[t : t + 1, ..., 0])
+        )
+        painted = model(controls, _to_unit(rgb[t - 1 : t]), torch.tensor([True])).clamp(-1.0, 1.0)
+        residuals.append(rgb[t].astype(np.float64) - (painted[0].permute(1, 2, 0).numpy() + 1.0) * 127.5)
+    return np.std(np.stack(residuals), axis=(0, 1, 2))
 
 
 def transfer_dataset(
@@ -235,10 +272,12 @@ def transfer_dataset(
     ckpt: str | Path,
     output: str | Path,
     progress: Callable[[str, int, int], None] | None = None,
+    noise_std: np.ndarray | None = None,
 ) -> DatasetWriter:
     """Write ``output``: every demo of ``dataset`` with its cameras' RGB repainted in the target domain
     and every other array as stored. Each demo records ``domain: transferred`` and the checkpoint hash;
-    ``source`` keeps its value. Resumes: demos already in ``output`` are kept."""
+    ``source`` keeps its value. ``noise_std`` (:func:`residual_std`): frames sampled around the painted
+    mean, seeded by the demo's scene seed and the camera. Resumes: demos already in ``output`` are kept."""
     model, meta = load_transfer_model(ckpt)
     model_hash = transfer_checkpoint_hash(ckpt)
     with open_dataset(dataset) as f:
@@ -262,10 +301,17 @@ def transfer_dataset(
                     f"{dataset}: frames of {size[0]}x{size[1]}, {ckpt} paints {meta.resolution}"
                 )
             for camera in meta.cameras:
+                rng = None if noise_std is None else rng_for(int(demo.attrs["seed"]), f"transfer/{camera}")
                 demo.obs[image_key(camera, RGB)] = transfer_frames(
-                    model, demo.obs[image_key(camera, DEPTH)], demo.obs[image_key(camera, SEG)]
+                    model,
+                    demo.obs[image_key(camera, DEPTH)],
+                    demo.obs[image_key(camera, SEG)],
+                    noise_std,
+                    rng,
                 )
             demo.attrs = {**demo.attrs, "domain": TRANSFERRED, "transfer_model": model_hash}
+            if noise_std is not None:
+                demo.attrs["transfer_noise_std"] = [float(v) for v in noise_std]
             writer.append(demo, name)
             if progress is not None:
                 progress(name, i, len(names))
