@@ -30,12 +30,10 @@ import multiprocessing
 import time
 from pathlib import Path
 
-from stages import say  # bench/stages.py, beside this script
-from worldgen import plots
+from stages import pooled, say, write_figures  # bench/stages.py, beside this script
 from worldgen.dataset import demo_names, demo_record, open_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 ROWS = (
     "seeds",
     "+all attempts (WM)",
@@ -146,21 +144,14 @@ def main() -> None:
 
 
 def write_results(args, acceptance: dict, seconds: float) -> None:
-    from policies.evaluate import wilson_interval
-
     rows = {}
     for row in args.rows:
         cells = [
             json.loads((args.out / "cells" / f"{_slug(row)}_r{r}.json").read_text())
             for r in range(args.replicates)
         ]
-        k, n = sum(c["successes"] for c in cells), sum(c["episodes"] for c in cells)
         rows[row] = {
-            "successes": k,
-            "episodes": n,
-            "success_rate": k / n,
-            "ci95": list(wilson_interval(k, n)),
-            "per_replicate": [f"{c['successes']}/{c['episodes']}" for c in cells],
+            **pooled(cells),
             "demos": cells[0]["demos"],
             "samples": cells[0]["samples"],
             "seconds": round(sum(c["seconds"] for c in cells), 1),
@@ -180,17 +171,14 @@ def write_results(args, acceptance: dict, seconds: float) -> None:
         "machine": f"{multiprocessing.cpu_count()} CPU cores, no GPU",
     }
     tag = f"_{args.tag}" if args.tag else ""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"acceptance_rows{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"acceptance_rows{tag}.md").write_text(table(result) + "\n")
-    plots.success_rates(
-        rows,
-        RESULTS / f"acceptance_rows{tag}.png",
+    write_figures(
+        f"acceptance_rows{tag}",
+        result,
+        table(result),
         f"{args.scenario}, {args.algo}: {next(iter(rows.values()))['episodes']} episodes per row, 95 % CI",
         baseline="seeds",
         controls=[r for r in rows if "all attempts" in r],
     )
-    print(table(result))
 
 
 def table(result: dict) -> str:

@@ -34,13 +34,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from stages import say  # bench/stages.py, beside this script
-from worldgen import plots
+from stages import pooled, say, write_figures  # bench/stages.py, beside this script
 from worldgen.files import write_atomically
 from worldgen.manifest import Manifest, load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 CLIP_BASE = 500_000  # unlabelled target clips: scenes outside the seed and evaluation ranges
 FIDELITY_BASE = 600_000  # held-out clips for the fidelity figures
 ROWS = {  # row -> (training dataset, domains it is evaluated in)
@@ -322,8 +320,6 @@ def main() -> None:
 
 
 def write_results(args, timings: dict, seconds: float) -> None:
-    from policies.evaluate import wilson_interval
-
     rows = {}
     for row in args.rows:
         for domain in ROWS[row][1]:
@@ -331,13 +327,8 @@ def write_results(args, timings: dict, seconds: float) -> None:
                 json.loads((args.work / "cells" / f"{_slug(row)}_r{r}_{domain}.json").read_text())
                 for r in range(args.replicates)
             ]
-            k, n = sum(c["successes"] for c in cells), sum(c["episodes"] for c in cells)
             rows[f"{row} (in {domain})"] = {
-                "successes": k,
-                "episodes": n,
-                "success_rate": k / n,
-                "ci95": list(wilson_interval(k, n)),
-                "per_replicate": [f"{c['successes']}/{c['episodes']}" for c in cells],
+                **pooled(cells),
                 "demos": cells[0]["demos"],
                 "samples": cells[0]["samples"],
                 "train_seconds": round(sum(c["train_seconds"] for c in cells), 1),
@@ -372,17 +363,14 @@ def write_results(args, timings: dict, seconds: float) -> None:
         "machine": f"{multiprocessing.cpu_count()} CPU cores, no GPU",
     }
     tag = f"_{args.tag}" if args.tag else ""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_atomically(RESULTS / f"sim_to_real{tag}.json", (json.dumps(result, indent=2) + "\n").encode())
-    write_atomically(RESULTS / f"sim_to_real{tag}.md", (table(result) + "\n").encode())
-    plots.success_rates(
-        rows,
-        RESULTS / f"sim_to_real{tag}.png",
+    write_figures(
+        f"sim_to_real{tag}",
+        result,
+        table(result),
         f"{args.scenario}, bc-image: {next(iter(rows.values()))['episodes']} episodes per row, 95 % CI",
         baseline="source seeds (in target)",
         controls=[r for r in rows if "control" in r],
     )
-    print(table(result))
 
 
 def table(result: dict) -> str:

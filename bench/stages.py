@@ -11,9 +11,49 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+RESULTS = Path(__file__).resolve().parent / "results"
+
 
 def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def pooled(cells: list[dict]) -> dict:
+    """One row's replicate cells (each with successes and episodes) pooled: the rate, its Wilson 95 %
+    interval and what each replicate scored."""
+    from policies.evaluate import wilson_interval
+
+    k, n = sum(c["successes"] for c in cells), sum(c["episodes"] for c in cells)
+    return {
+        "successes": k,
+        "episodes": n,
+        "success_rate": k / n,
+        "ci95": list(wilson_interval(k, n)),
+        "per_replicate": [f"{c['successes']}/{c['episodes']}" for c in cells],
+    }
+
+
+def write_figures(
+    stem: str,
+    result: dict,
+    table: str,
+    title: str,
+    baseline: str,
+    controls: list[str],
+    rows_key: str = "rows",
+) -> None:
+    """An experiment's figures: bench/results/<stem>.json (the result), .md (its table) and .png (its rows'
+    success rates with intervals, against ``baseline``, ``controls`` greyed); each file written whole."""
+    from worldgen import plots
+    from worldgen.files import write_atomically
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_atomically(RESULTS / f"{stem}.json", (json.dumps(result, indent=2) + "\n").encode())
+    write_atomically(RESULTS / f"{stem}.md", (table + "\n").encode())
+    plots.success_rates(
+        result[rows_key], RESULTS / f"{stem}.png", title, baseline=baseline, controls=controls
+    )
+    print(table)
 
 
 class Stages:

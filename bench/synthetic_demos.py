@@ -38,14 +38,14 @@ import numpy as np
 from stages import (  # bench/stages.py, beside this script
     Stages,
     add_preparation_arguments,
+    pooled,
     prepare_world_model,
     say,
+    write_figures,
 )
-from worldgen import plots
 from worldgen.dataset import demo_record, open_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 ROWS = (
     "seeds",
     "+perturb (WM)",
@@ -252,21 +252,14 @@ def main() -> None:
 
 
 def write_results(args, stats: dict, out: Path) -> None:
-    from policies.evaluate import wilson_interval
-
     rows = {}
     for row in args.rows:
         cells = [
             json.loads((out / "cells" / f"{_slug(row)}_r{r}.json").read_text())
             for r in range(args.replicates)
         ]
-        k, n = sum(c["successes"] for c in cells), sum(c["episodes"] for c in cells)
         rows[row] = {
-            "successes": k,
-            "episodes": n,
-            "success_rate": k / n,
-            "ci95": list(wilson_interval(k, n)),
-            "per_replicate": [f"{c['successes']}/{c['episodes']}" for c in cells],
+            **pooled(cells),
             "demos": cells[0]["demos"],
             "samples": cells[0]["samples"],
             "seconds": round(sum(c["seconds"] for c in cells), 1),
@@ -314,18 +307,15 @@ def write_results(args, stats: dict, out: Path) -> None:
         "machine": f"{multiprocessing.cpu_count()} CPU cores, no GPU",
     }
     tag = f"_{args.tag}" if args.tag else ""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"synthetic_demos{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"synthetic_demos{tag}.md").write_text(table(result) + "\n")
     first = next(iter(result["rows"].values()))
-    plots.success_rates(
-        result["rows"],
-        RESULTS / f"synthetic_demos{tag}.png",
+    write_figures(
+        f"synthetic_demos{tag}",
+        result,
+        table(result),
         f"{result['scenario']}, {result['algo']}: {first['episodes']} episodes per row, 95 % CI",
         baseline="seeds",
         controls=[n for n in result["rows"] if "perturb" in n],
     )
-    print(table(result))
 
 
 def table(result: dict) -> str:

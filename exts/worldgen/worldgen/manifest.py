@@ -369,7 +369,10 @@ class SensorSpec(_Strict):
 
     @property
     def ideal(self) -> bool:
-        return self == SensorSpec()
+        return self == IDEAL_SENSOR
+
+
+IDEAL_SENSOR = SensorSpec()  # built once: every rendered frame asks whether its sensor is this one
 
 
 class CameraSpec(_Strict):
