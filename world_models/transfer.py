@@ -102,10 +102,16 @@ def instance_names(f: h5py.File) -> tuple[str, ...]:
     )
 
 
-def load_clips(f: h5py.File, cameras: list[str]) -> list[dict[str, np.ndarray]]:
-    """Each demo's frames per camera: ``{camera_rgb, camera_depth, camera_seg}`` arrays of T+1 frames."""
-    keys = [image_key(c, k) for c in cameras for k in (RGB, DEPTH, SEG)]
-    return [read_obs(f["data"][name], keys) for name in demo_names(f)]
+def load_clips(f: h5py.File, cameras: list[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """One (rgb (T+1, H, W, 3), depth (T+1, H, W), segmentation (T+1, H, W)) per demo and camera."""
+    clips = []
+    for name in demo_names(f):
+        obs = read_obs(f["data"][name], [image_key(c, k) for c in cameras for k in (RGB, DEPTH, SEG)])
+        for c in cameras:
+            clips.append(
+                (obs[image_key(c, RGB)], obs[image_key(c, DEPTH)][..., 0], obs[image_key(c, SEG)][..., 0])
+            )
+    return clips
 
 
 def train_transfer(
@@ -129,15 +135,8 @@ def train_transfer(
         instances = instance_names(f)
     # Every frame of every camera of every clip in one array per kind; ``previous[i]`` is the frame
     # before frame i in its clip (-1 for a clip's first).
-    streams = [
-        (c[image_key(cam, RGB)], c[image_key(cam, DEPTH)], c[image_key(cam, SEG)])
-        for c in clips
-        for cam in cameras
-    ]
-    rgb = np.concatenate([s[0] for s in streams])
-    depth = np.concatenate([s[1][..., 0] for s in streams])
-    seg = np.concatenate([s[2][..., 0] for s in streams])
-    starts = np.cumsum([0] + [len(s[0]) for s in streams[:-1]])
+    rgb, depth, seg = (np.concatenate([c[i] for c in clips]) for i in range(3))
+    starts = np.cumsum([0] + [len(c[0]) for c in clips[:-1]])
     previous = np.arange(len(rgb)) - 1
     previous[starts] = -1
     height, width = rgb.shape[1:3]
@@ -247,21 +246,13 @@ def residual_std(model: AppearanceTransferModel, clips_path: str | Path, frames:
     """Per-channel std (8-bit levels) of what the generator does not explain on clip frames, teacher
     forced (the real previous frame given): the spread a sampled transfer draws around the painted mean."""
     with open_dataset(clips_path) as f:
-        cameras = transfer_cameras(f)
-        clips = load_clips(f, cameras)
-    streams = [
-        (c[image_key(cam, RGB)], c[image_key(cam, DEPTH)], c[image_key(cam, SEG)])
-        for c in clips
-        for cam in cameras
-    ]
+        clips = load_clips(f, transfer_cameras(f))
     residuals = []
     rng = np.random.default_rng(0)
     for _ in range(frames):
-        rgb, depth, seg = streams[rng.integers(len(streams))]
+        rgb, depth, seg = clips[rng.integers(len(clips))]
         t = int(rng.integers(1, len(rgb)))
-        controls = model.controls(
-            torch.from_numpy(depth[t : t + 1, ..., 0]), torch.from_numpy(seg[t : t + 1, ..., 0])
-        )
+        controls = model.controls(torch.from_numpy(depth[t : t + 1]), torch.from_numpy(seg[t : t + 1]))
         painted = model(controls, _to_unit(rgb[t - 1 : t]), torch.tensor([True])).clamp(-1.0, 1.0)
         residuals.append(rgb[t].astype(np.float64) - (painted[0].permute(1, 2, 0).numpy() + 1.0) * 127.5)
     return np.std(np.stack(residuals), axis=(0, 1, 2))
