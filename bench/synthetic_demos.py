@@ -12,7 +12,12 @@ are pooled (Wilson 95 % intervals on the pooled episodes):
                        under executed-action noise, its clean actions are the labels, kept when the
                        predicted state meets the success predicate (world_models.generate)
     +recover (sim)     + the same attempts executed in the simulator: the ceiling of the recipe
-    sim oracle         + as many new-scene expert demos as +recover (WM) accepted
+    +retarget (WM)     + MimicGen in the world model: one attempt per new scene (only its first frame
+                       rendered), a nearby seed demo's segments moved to the object, the executed
+                       actions as labels, kept when the predicted state meets the success predicate
+                       (world_models.retarget)
+    +retarget (sim)    + the same plans in the same new scenes executed in the simulator: its ceiling
+    sim oracle         + as many new-scene expert demos as +retarget (WM) accepted
 
 The world model trains on the seed demos plus ``--play`` non-expert play rollouts per seed (the seed's
 actions replayed with noise; a column of the table). Gain recovered = (recover WM - seeds) /
@@ -53,8 +58,21 @@ ROWS = (
     "+recover (sim)",
     "+recover-parent (WM)",
     "+recover-parent (sim)",
+    "+retarget (WM)",
+    "+retarget (sim)",
     "sim oracle",
 )
+
+
+# Generated rows: their file in --out, which is also their stage's name.
+GENERATED = {
+    "+recover (WM)": "recover_wm.hdf5",
+    "+recover (sim)": "recover_sim.hdf5",
+    "+recover-parent (WM)": "recover_parent_wm.hdf5",
+    "+recover-parent (sim)": "recover_parent_sim.hdf5",
+    "+retarget (WM)": "retarget_wm.hdf5",
+    "+retarget (sim)": "retarget_sim.hdf5",
+}
 
 
 def _slug(row: str) -> str:
@@ -69,6 +87,7 @@ def prepare(args, manifest_path: Path, out: Path) -> dict:
 
     from world_models.branch import branch_dataset
     from world_models.generate import RecoverSpec, recover_in_simulator, recover_in_world_model
+    from world_models.retarget import RetargetSpec, retarget_in_simulator, retarget_in_world_model
 
     manifest = load_manifest(manifest_path)
     stage = Stages(out)
@@ -90,16 +109,22 @@ def prepare(args, manifest_path: Path, out: Path) -> dict:
     stage("perturb", perturb)
     stage("recover_wm", lambda: recover_in_world_model(seeds, ckpt, out / "recover_wm.hdf5", spec))
     stage("recover_sim", lambda: recover_in_simulator(seeds, out / "recover_sim.hdf5", spec))
-    parent_spec = dataclasses.replace(spec, labeler="parent")
-    stage(
-        "recover_parent_wm",
-        lambda: recover_in_world_model(seeds, ckpt, out / "recover_parent_wm.hdf5", parent_spec),
+    if any("recover-parent" in row for row in args.rows):
+        parent_spec = dataclasses.replace(spec, labeler="parent")
+        stage(
+            "recover_parent_wm",
+            lambda: recover_in_world_model(seeds, ckpt, out / "recover_parent_wm.hdf5", parent_spec),
+        )
+        stage(
+            "recover_parent_sim",
+            lambda: recover_in_simulator(seeds, out / "recover_parent_sim.hdf5", parent_spec),
+        )
+    retarget = RetargetSpec(
+        count=args.retarget_count, action_noise=args.retarget_noise, base_seed=manifest.seeds.base_seed
     )
-    stage(
-        "recover_parent_sim",
-        lambda: recover_in_simulator(seeds, out / "recover_parent_sim.hdf5", parent_spec),
-    )
-    extra = stage.stats["recover_wm"]["accepted"]
+    stage("retarget_wm", lambda: retarget_in_world_model(seeds, ckpt, out / "retarget_wm.hdf5", retarget))
+    stage("retarget_sim", lambda: retarget_in_simulator(seeds, out / "retarget_sim.hdf5", retarget))
+    extra = stage.stats["retarget_wm"]["accepted"]
     stage(
         "oracle",
         lambda: {
@@ -109,6 +134,7 @@ def prepare(args, manifest_path: Path, out: Path) -> dict:
         },
     )
     stage("replay", lambda: replay_all(out / "recover_wm.hdf5", args.envs))
+    stage("replay_retarget", lambda: replay_all(out / "retarget_wm.hdf5", args.envs))
     return stage.stats
 
 
@@ -140,27 +166,20 @@ def replay_all(synth: Path, envs: int = 1) -> dict:
     }
 
 
-def row_datasets(out: Path) -> dict[str, tuple[Path, str | None, list[str] | None]]:
-    """Each row's dataset, mask and demo names (generated attempts: only those that succeeded)."""
+def row_dataset(out: Path, row: str) -> tuple[Path, str | None, list[str] | None]:
+    """A row's dataset, mask and demo names (generated attempts: only those that succeeded)."""
     from world_models.generate import accepted_demos
 
-    return {
-        "seeds": (out / "seeds.hdf5", "seed", None),
-        "+perturb (WM)": (out / "perturb.hdf5", None, None),
-        "+recover (WM)": (out / "recover_wm.hdf5", None, accepted_demos(out / "recover_wm.hdf5")),
-        "+recover (sim)": (out / "recover_sim.hdf5", None, accepted_demos(out / "recover_sim.hdf5")),
-        "+recover-parent (WM)": (
-            out / "recover_parent_wm.hdf5",
-            None,
-            accepted_demos(out / "recover_parent_wm.hdf5"),
-        ),
-        "+recover-parent (sim)": (
-            out / "recover_parent_sim.hdf5",
-            None,
-            accepted_demos(out / "recover_parent_sim.hdf5"),
-        ),
-        "sim oracle": (out / "oracle.hdf5", "seed", None),
+    fixed = {
+        "seeds": ("seeds.hdf5", "seed"),
+        "+perturb (WM)": ("perturb.hdf5", None),
+        "sim oracle": ("oracle.hdf5", "seed"),
     }
+    if row in fixed:
+        name, mask = fixed[row]
+        return out / name, mask, None
+    path = out / GENERATED[row]
+    return path, None, accepted_demos(path)
 
 
 def run_cell(task: tuple) -> dict:
@@ -202,6 +221,8 @@ def main() -> None:
         default="controller",
         help="end effector in imagination: commanded TCP + tracking offset, or the world model's state head",
     )
+    parser.add_argument("--retarget-count", type=int, default=40, help="new scenes, one attempt each")
+    parser.add_argument("--retarget-noise", type=float, default=0.05)
     parser.add_argument("--algo", default="bc-mlp")
     parser.add_argument("--policy-steps", type=int, default=2000)
     parser.add_argument("--replicates", type=int, default=2)
@@ -217,13 +238,12 @@ def main() -> None:
     stats = prepare(args, manifest_path, out)
     cells_dir = out / "cells"
     cells_dir.mkdir(exist_ok=True)
-    datasets = row_datasets(out)
     tasks = []
     for row in args.rows:
         for rep in range(args.replicates):
             cell = cells_dir / f"{_slug(row)}_r{rep}.json"
             if not cell.exists():
-                path, mask, demos = datasets[row]
+                path, mask, demos = row_dataset(out, row)
                 folder = out / "policies" / f"{_slug(row)}_r{rep}"
                 tasks.append(
                     (
@@ -264,13 +284,7 @@ def write_results(args, stats: dict, out: Path) -> None:
             "samples": cells[0]["samples"],
             "seconds": round(sum(c["seconds"] for c in cells), 1),
         }
-    gen = {
-        "+perturb (WM)": "perturb",
-        "+recover (WM)": "recover_wm",
-        "+recover (sim)": "recover_sim",
-        "+recover-parent (WM)": "recover_parent_wm",
-        "+recover-parent (sim)": "recover_parent_sim",
-    }
+    gen = {"+perturb (WM)": "perturb", **{row: file.removesuffix(".hdf5") for row, file in GENERATED.items()}}
     for row, key in gen.items():
         if row in rows:
             s = stats[key]
@@ -278,14 +292,18 @@ def write_results(args, stats: dict, out: Path) -> None:
             rows[row]["generation_seconds"] = s["seconds"]
     seeds_rate = rows["seeds"]["success_rate"]
     gain = {}
-    for recipe in ("recover", "recover-parent"):
+    for recipe in ("recover", "recover-parent", "retarget"):
         wm, sim = rows.get(f"+{recipe} (WM)"), rows.get(f"+{recipe} (sim)")
         # Only where the ceiling is above the seeds beyond its own interval: a ratio over noise is noise.
         if wm and sim and sim["ci95"][0] > seeds_rate:
             gain[recipe] = (wm["success_rate"] - seeds_rate) / (sim["success_rate"] - seeds_rate)
         elif wm and sim:
             gain[recipe] = None
-    replay = {k: v for k, v in stats["replay"].items() if k != "per_demo"}
+    replay = {
+        recipe: {k: v for k, v in stats[key].items() if k != "per_demo"}
+        for recipe, key in (("recover", "replay"), ("retarget", "replay_retarget"))
+        if key in stats
+    }
     result = {
         "scenario": args.scenario,
         "algo": args.algo,
@@ -299,6 +317,7 @@ def write_results(args, stats: dict, out: Path) -> None:
             "starts": args.recover_starts,
             "action_noise": args.recover_noise,
         },
+        "retarget": {"new_scenes": args.retarget_count, "action_noise": args.retarget_noise},
         "replicates": args.replicates,
         "episodes_per_replicate": args.episodes,
         "rows": rows,
@@ -339,14 +358,14 @@ def table(result: dict) -> str:
         f"{k} {'n/a (its simulator ceiling is not above the seeds)' if v is None else f'{v:.2f}'}"
         for k, v in result["gain_recovered"].items()
     )
-    rp = result["replay_of_accepted_wm_demos"]
-    lines += [
-        "",
-        f"gain recovered (WM - seeds) / (sim - seeds): {gain}; recover (WM) attempts replayed in the "
-        f"simulator: predicted-success precision {100 * rp['precision']:.0f} % "
-        f"(of {rp['predicted_successes']} predicted), recall {100 * rp['recall']:.0f} % "
-        f"(of {rp['replay_successes']} that succeed in replay), {rp['replayed']} attempts",
-    ]
+    replays = "; ".join(
+        f"{recipe} (WM) attempts replayed in the simulator: predicted-success precision "
+        f"{100 * rp['precision']:.0f} % (of {rp['predicted_successes']} predicted), recall "
+        f"{100 * rp['recall']:.0f} % (of {rp['replay_successes']} that succeed in replay), "
+        f"{rp['replayed']} attempts"
+        for recipe, rp in result["replay_of_accepted_wm_demos"].items()
+    )
+    lines += ["", f"gain recovered (WM - seeds) / (sim - seeds): {gain}; {replays}"]
     return "\n".join(lines)
 
 

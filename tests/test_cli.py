@@ -171,6 +171,17 @@ def _cases(d: Path) -> dict[str, list[str]]:
         # malformed lists and values
         "branch malformed steps": ["branch", ds, folder, "--at", "10,x", "-o", "{out}/s.hdf5"],
         "generate malformed starts": ["generate", ds, "--in-simulator", "--starts", "0,,-1", "-o", "{out}/s"],
+        "generate retarget into the seed range": [
+            "generate",
+            ds,
+            "--in-simulator",
+            "--recipe",
+            "retarget",
+            "--scene-seed",
+            "3",
+            "-o",
+            "{out}/s.hdf5",
+        ],
         "train-policy malformed keys": [
             "train-policy",
             ds,

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
+import pytest
 from worldgen.control import ArmController
 from worldgen.dataset import demo_names, read_demo
 from worldgen.envs import WorldgenEnv, predicate_steps, success_step
 from worldgen.experts import make_expert, object_poses, poses_from_object_obs
+from worldgen.geometry import xyzw_to_wxyz
 from worldgen.manifest import load_manifest
 
-from world_models.data import WorldModelData
+from world_models.data import WorldModelData, frames_from_obs
 from world_models.generate import (
     Parent,
     ParentPathLabeler,
@@ -21,8 +23,17 @@ from world_models.generate import (
     recover_in_world_model,
     replay_demo,
     replay_demos_together,
+    replay_generated,
     seed_parents,
     tracking_offset,
+)
+from world_models.retarget import (
+    RetargetSpec,
+    commanded_path,
+    retarget_in_simulator,
+    retarget_in_world_model,
+    retarget_transform,
+    source_segments,
 )
 
 from .conftest import PUSH, read_with_robomimic
@@ -175,7 +186,8 @@ def test_recover_in_simulator_succeeds_and_replays_exactly(seeds, tmp_path, robo
             g = f["data"][name]
             assert g.attrs["source"] == "sim" and g.attrs["recipe"] == "recover"
             parent = s["data"][str(g.attrs["parent"])]
-            result = replay_demo(env, parent["states"][()], g, int(g.attrs["seed"]))
+            start = parent["states"][int(g.attrs["branch_step"])]
+            result = replay_demo(env, start, g, int(g.attrs["seed"]))
             assert result["replay_success"] and result["object_error_max"] < 1e-6
     env.close()
     ds = read_with_robomimic(robomimic, out, ["robot0_eef_pos", "object"], seq_length=4)
@@ -192,9 +204,9 @@ def test_replays_stepped_together_agree_with_one_at_a_time(recovered, seeds, pus
     with h5py.File(recovered, "r") as f, h5py.File(seeds, "r") as s:
         for name in demo_names(f, "synthetic"):
             g = f["data"][name]
-            parent = s["data"][str(g.attrs["parent"])]["states"][()]
-            alone.append(replay_demo(env, parent, g, int(g.attrs["seed"])))
-            replays.append((parent[int(g.attrs["branch_step"])], read_demo(g), int(g.attrs["seed"])))
+            start = s["data"][str(g.attrs["parent"])]["states"][int(g.attrs["branch_step"])]
+            alone.append(replay_demo(env, start, g, int(g.attrs["seed"])))
+            replays.append((start, read_demo(g), int(g.attrs["seed"])))
     env.close()
     together = replay_demos_together(push, replays, envs=3)  # 8 replays: batches of 3, 3 and 2 (+1 repeat)
     assert len(together) == len(alone) == 8
@@ -220,3 +232,113 @@ def test_parent_path_labels_point_back_to_the_parents_path(seeds, push):
     # The parent's own pace plus the 2 cm back toward the path, spread over the lookahead; nothing else.
     correction = -0.02 / (ParentPathLabeler.LOOKAHEAD * push.embodiment.max_translation)
     np.testing.assert_allclose(off_label - on_label, [0, correction, 0, 0, 0, 0, 0], atol=1e-4)
+
+
+def test_retargeted_segments_follow_the_object(seeds, push):
+    """A seed demo cut at contact: the approach is moved with the block (same distance and bearing from
+    it, measured against the line to the goal), the push with the line to the goal, about its centre."""
+    with h5py.File(seeds, "r") as s:
+        parent = seed_parents(s)[0]
+    segments = source_segments(push, parent.demo)
+    assert [g.reference for g in segments] == ["object", "region"]
+    assert segments[0].end == segments[1].start and segments[1].end == parent.demo.num_samples
+    source = poses_from_object_obs(push, parent.object_obs[0])
+    pos, quat = source["block"]
+    new = {"block": (pos + np.array([-0.03, 0.05, 0.0]), quat)}
+    move = retarget_transform(push, "object", source, new, prehensile=False)
+    goal = np.array(push.task.regions[0].center)
+
+    def bearing(target, block):  # distance and angle of a target from the block, against the goal line
+        line, rel = goal - block[:2], target[:2] - block[:2]
+        angle = np.arctan2(rel[1], rel[0]) - np.arctan2(line[1], line[0])
+        return np.linalg.norm(rel), np.cos(angle), np.sin(angle)
+
+    path = commanded_path(push, parent.demo, parent.demo.actions)
+    for pose in path[: segments[0].end + 1 : 10]:
+        np.testing.assert_allclose(
+            bearing((move @ pose)[:3, 3], new["block"][0]), bearing(pose[:3, 3], pos), atol=1e-9
+        )
+        assert abs((move @ pose)[2, 3] - pose[2, 3]) < 1e-9
+    region = retarget_transform(push, "region", source, new, prehensile=False)
+    np.testing.assert_allclose(region @ np.r_[goal, 0.5, 1.0], np.r_[goal, 0.5, 1.0], atol=1e-12)
+    assert not np.allclose(region, np.eye(4))  # the push turns with the new line to the goal
+    # A grasped block turns with the block, by the smallest turn its square footprint allows.
+    turned = {"block": (pos, xyzw_to_wxyz(np.r_[0.0, 0.0, np.sin(1.3 / 2), np.cos(1.3 / 2)]))}
+    grasp = retarget_transform(push, "object", {"block": (pos, np.r_[1.0, 0, 0, 0])}, turned, prehensile=True)
+    np.testing.assert_allclose(np.arctan2(grasp[1, 0], grasp[0, 0]), 1.3 - np.pi / 2, atol=1e-9)
+
+
+def test_retarget_in_simulator_labels_are_the_executed_actions(seeds, tmp_path, robomimic, push):
+    out = tmp_path / "retarget_sim.hdf5"
+    spec = RetargetSpec(count=2, scene_base_seed=700_000)
+    assert retarget_in_simulator(seeds, out, spec) == {"attempts": 2, "accepted": 2}
+    assert retarget_in_simulator(seeds, out, spec) == {"attempts": 0, "accepted": 0}  # resumed: nothing left
+    with h5py.File(out, "r") as f:
+        generated = [n for n in demo_names(f) if n not in demo_names(f, "seed")]
+        assert [int(f["data"][n].attrs["seed"]) for n in generated] == [700_000, 700_001]
+        for name in generated:
+            g = f["data"][name]
+            assert g.attrs["recipe"] == "retarget" and g.attrs["parent"] in demo_names(f, "seed")
+            assert "executed_actions" not in g  # the labels are what was executed
+            result = replay_demo(WorldgenEnv(push, cameras=False), None, g, int(g.attrs["seed"]))
+            assert result["replay_success"] and result["object_error_max"] < 1e-6
+    with pytest.raises(ValueError, match="overlap the manifest's seeds range"):
+        retarget_in_simulator(seeds, tmp_path / "bad.hdf5", RetargetSpec(count=2, scene_base_seed=40))
+    ds = read_with_robomimic(robomimic, out, ["robot0_eef_pos", "object"], seq_length=4)
+    assert len(ds) > 0 and ds[0]["actions"].shape == (4, 7)
+
+
+def test_retarget_in_world_model_starts_from_the_rendered_scene_and_regenerates(
+    world_model, seeds, tmp_path, push
+):
+    _, ckpt = world_model
+    spec = RetargetSpec(count=3, batch=2, scene_base_seed=700_000, action_noise=0.1)
+    out = tmp_path / "retarget.hdf5"
+    counts = retarget_in_world_model(seeds, ckpt, out, spec)
+    assert counts["attempts"] == 3
+    with h5py.File(seeds, "r") as s:
+        offset = tracking_offset(push, seed_parents(s))
+    env = WorldgenEnv(push, cameras=True)
+    with h5py.File(out, "r") as f:
+        generated = demo_names(f, "synthetic")
+        assert len(generated) == 3
+        for name in generated:
+            g = f["data"][name]
+            demo, scene = read_demo(g), int(g.attrs["seed"])
+            assert g.attrs["recipe"] == "retarget" and g.attrs["source"] == "world_model"
+            assert "executed_actions" not in g
+            # Its first observation is the new scene as the simulator renders it.
+            obs, _ = env.reset(seed=scene)
+            np.testing.assert_allclose(demo.obs["object"][0], obs["object"], atol=1e-6)
+            rendered = frames_from_obs(
+                obs["front_rgb"][None], obs["front_depth"][None], obs["front_seg"][None], [4], (64, 64)
+            )
+            first = frames_from_obs(
+                demo.obs["front_rgb"][:1],
+                demo.obs["front_depth"][:1],
+                demo.obs["front_seg"][:1],
+                [4],
+                (64, 64),
+            )
+            assert float((rendered - first).abs().mean()) < 0.02  # up to resampling 64 -> 96 -> 64
+            # The labels drive the commanded TCP the predicted end effector follows.
+            controller = ArmController.from_env_state(push, env.get_state())
+            for t in range(demo.num_samples):
+                controller.apply(demo.actions[t].astype(np.float64))
+                eef = controller.commanded_tcp_world()[:3, 3] + offset
+                np.testing.assert_allclose(demo.obs["robot0_eef_pos"][t + 1], eef, atol=1e-5)
+            holds = predicate_steps(
+                push, demo.obs["object"][1:], demo.obs["robot0_gripper_qpos"][1:], float(obs["object"][2])
+            )
+            end = success_step(holds, push.task.success.hold_steps)
+            assert bool(g.attrs["success"]) == (end >= 0)
+            assert end >= 0 or demo.num_samples == push.horizon
+        replays = replay_generated(f, generated)
+        assert len(replays) == 3 and all(r["eef_error_max"] < 0.05 for r in replays)
+    env.close()
+    again = tmp_path / "again.hdf5"
+    retarget_in_world_model(seeds, ckpt, again, spec)
+    with h5py.File(out, "r") as a, h5py.File(again, "r") as b:
+        for name in demo_names(a, "synthetic"):
+            for key in ("actions", "obs/object", "obs/front_rgb", "obs/front_seg"):
+                assert np.array_equal(a["data"][name][key][()], b["data"][name][key][()]), (name, key)

@@ -41,7 +41,7 @@ from worldgen.dataset import (
 )
 from worldgen.distributed import map_on_workers
 from worldgen.envs import OBJECT_FEATURES, WorldgenEnv, object_slice, predicate_steps, success_step
-from worldgen.experts import WaypointExpert, make_expert, object_poses, poses_from_object_obs
+from worldgen.experts import ObjectPoses, WaypointExpert, make_expert, object_poses, poses_from_object_obs
 from worldgen.geometry import axis_angle_from_rotation
 from worldgen.keys import EEF_POS, EXECUTED_ACTIONS, GRIPPER_QPOS
 from worldgen.manifest import Manifest, rng_for
@@ -49,6 +49,9 @@ from worldgen.pipeline import record_episode
 
 from .branch import WorldModelSampler, noise_seed, predicted_obs, state_obs
 from .data import Episode, camera_size, state_layout
+
+# Recipes whose attempts begin at a new scene's reset rather than at a parent demo's state.
+NEW_SCENE_RECIPES = ("retarget",)
 
 
 @dataclass(frozen=True)
@@ -242,7 +245,6 @@ class WorldModelAttempts:
             self.spec,
             self.layout,
             meta.context_frames,
-            meta.instances,
             self.cam_hw,
             self.offset,
         )
@@ -299,48 +301,85 @@ def recover_in_world_model(
     return counts
 
 
+@dataclass
+class Imagined:
+    """Attempts acted out in the world model together: pixel frames after each step (n, T, C, h, w), raw
+    states (n, T+1, S), labels and executed actions (n, T, A), and whether the success predicate held
+    on the predicted state after each step (n, T)."""
+
+    frames: torch.Tensor
+    states: np.ndarray
+    labels: np.ndarray
+    executed: np.ndarray
+    held: np.ndarray
+
+    def demo(
+        self,
+        i: int,
+        first_frame: torch.Tensor,
+        attrs: dict,
+        manifest: Manifest,
+        sampler: WorldModelSampler,
+        layout: dict[str, int],
+        cam_hw: tuple[int, int],
+    ) -> Demo:
+        """Attempt ``i`` as a demo, cut where the predicate has held for ``hold_steps`` (then its
+        ``success`` is the world model's verdict, the only one used), from the model frame it started
+        at (1, C, h, w); executed actions beside the labels only where they differ."""
+        end = success_step(self.held[i], manifest.task.success.hold_steps)
+        t = end if end >= 0 else self.held.shape[1]
+        dones = np.zeros(t, np.uint8)
+        dones[-1] = end >= 0
+        seq = torch.cat([first_frame, self.frames[i, :t]])
+        labels, executed = self.labels[i, :t], self.executed[i, :t]
+        meta = sampler.meta
+        return Demo(
+            actions=labels,
+            states=np.zeros((t, 0)),
+            obs=predicted_obs(meta.camera, meta.instances, seq, self.states[i, : t + 1], layout, cam_hw),
+            rewards=self.held[i, :t].astype(np.float32),
+            dones=dones,
+            attrs={**attrs, "success": end >= 0, "source": "world_model"},
+            extras={} if np.array_equal(labels, executed) else {EXECUTED_ACTIONS: executed},
+        )
+
+
+Actor = Callable[[np.ndarray, ObjectPoses, int], tuple[np.ndarray, np.ndarray]]
+
+
 @torch.no_grad()
-def _attempts_in_world_model(
+def imagine(
     sampler: WorldModelSampler,
     manifest: Manifest,
-    parent: Parent,
-    episode: Episode,
-    step: int,
-    spec: RecoverSpec,
+    context: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    actors: list[Actor],
+    controllers: list[ArmController],
     layout: dict[str, int],
-    k: int,
-    instances: list[int],
-    cam_hw: tuple[int, int],
+    start_z: np.ndarray,
+    steps: int,
     tracking_offset: np.ndarray | None,
-) -> list[Demo]:
-    """``per_seed`` attempts from ``parent`` at ``step``, batched: one world-model call per step for all."""
-    n = spec.per_seed
-    seeds = attempt_seeds(spec, parent.name, step)
-    rngs = [rng_for(s, "recover") for s in seeds]
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
-    labeler = labeler_at(spec, manifest, parent, step)
-    labelers = [copy.deepcopy(labeler) for _ in range(n)]
-    controllers = [ArmController.from_env_state(manifest, parent.demo.states[step]) for _ in range(n)]
-    context, past, state = episode.history(step, k)
-    window = sampler.encode(context)[None].repeat(n, 1, 1, 1, 1)
-    actions = past[None].repeat(n, 1, 1)
-    norm_state = sampler.norm.normalize(state)[None].repeat(n, 1)
-    start_z = float(parent.object_obs[0][object_slice(manifest, manifest.task.success.object)][2])
-    hold = manifest.task.success.hold_steps
-    raw = [state.numpy()[None].repeat(n, 0)]  # (n, S) per step, raw units
+    generators: list[torch.Generator],
+) -> Imagined:
+    """Attempts acted out in the world model, one model call per step for all of them.
+
+    ``context``: model frames (n, K, C, h, w), the actions before them (n, K, A) and raw states (n, S);
+    ``actors[i](commanded_tcp, poses, j)`` gives attempt i's (executed action, label) at step j from its
+    controller's commanded TCP and the predicted object poses; ``start_z`` (n,) is the success object's
+    height when its episode began. Runs ``steps`` steps or until every attempt's predicate has held for
+    ``hold_steps``. ``tracking_offset``: the end effector is the commanded TCP plus this offset (the
+    robot's pose is known), not the model's state head."""
+    n, hold = len(actors), manifest.task.success.hold_steps
+    window, actions, state = context
+    norm_state = sampler.norm.normalize(state)
+    raw = [state.numpy()]  # (n, S) per step, raw units
     frames, labels, executed, holds = [], [], [], []
-    for j in range(manifest.horizon - step):
+    for j in range(steps):
         objects = state_obs(raw[-1], layout)["object"]
-        label = np.stack(
-            [
-                labelers[i].act(
-                    controllers[i].commanded_tcp_world(), poses_from_object_obs(manifest, objects[i])
-                )
-                for i in range(n)
-            ]
-        )
-        noisy = spec.perturb_steps is None or j < spec.perturb_steps
-        act = np.stack([perturbed(label[i], rngs[i], spec.action_noise, noisy) for i in range(n)])
+        acted = [
+            actors[i](controllers[i].commanded_tcp_world(), poses_from_object_obs(manifest, objects[i]), j)
+            for i in range(n)
+        ]
+        act = np.stack([a for a, _ in acted]).astype(np.float32)
         for i in range(n):
             controllers[i].apply(act[i].astype(np.float64))
         actions = torch.cat([actions[:, 1:], torch.from_numpy(act)[:, None]], 1)
@@ -353,44 +392,87 @@ def _attempts_in_world_model(
             norm_state = sampler.norm.normalize(torch.from_numpy(predicted))
         raw.append(predicted)
         frames.append(nxt)
-        labels.append(label)
+        labels.append(np.stack([label for _, label in acted]))
         executed.append(act)
         obs = state_obs(raw[-1], layout)
+        objects, fingers = obs["object"], obs[GRIPPER_QPOS]
         holds.append(
             [
-                predicate_steps(manifest, obs["object"][i : i + 1], obs[GRIPPER_QPOS][i : i + 1], start_z)[0]
+                predicate_steps(manifest, objects[i : i + 1], fingers[i : i + 1], start_z[i])[0]
                 for i in range(n)
             ]
         )
         ends = [success_step(np.asarray(holds)[:, i], hold) for i in range(n)]
         if min(ends) >= 0:
             break
-    states, held = np.stack(raw, 1), np.asarray(holds).T  # (n, T+1, S), (n, T)
-    pictures = sampler.decode(torch.stack(frames, 1))  # (n, T, C, h, w)
-    demos = []
-    for i in range(n):
-        end = success_step(held[i], hold)
-        t = end if end >= 0 else held.shape[1]
-        seq = torch.cat([episode.frames[step : step + 1], pictures[i, :t]])
-        dones = np.zeros(t, np.uint8)
-        dones[-1] = end >= 0
-        demos.append(
-            Demo(
-                actions=np.stack([a[i] for a in labels[:t]]).astype(np.float32),
-                states=np.zeros((t, 0)),
-                obs=predicted_obs(sampler.meta.camera, instances, seq, states[i, : t + 1], layout, cam_hw),
-                rewards=held[i, :t].astype(np.float32),
-                dones=dones,
-                attrs={
-                    **_record_attrs(parent, step, seeds[i], spec, i, sampler.hash),
-                    "success": end >= 0,  # predicted: the world model's verdict, the only one used
-                    "source": "world_model",
-                    "scene": parent.demo.attrs.get("scene", "{}"),
-                },
-                extras={EXECUTED_ACTIONS: np.stack([a[i] for a in executed[:t]]).astype(np.float32)},
-            )
+    return Imagined(
+        frames=sampler.decode(torch.stack(frames, 1)),
+        states=np.stack(raw, 1),
+        labels=np.stack(labels, 1).astype(np.float32),
+        executed=np.stack(executed, 1).astype(np.float32),
+        held=np.asarray(holds).T,
+    )
+
+
+def _attempts_in_world_model(
+    sampler: WorldModelSampler,
+    manifest: Manifest,
+    parent: Parent,
+    episode: Episode,
+    step: int,
+    spec: RecoverSpec,
+    layout: dict[str, int],
+    k: int,
+    cam_hw: tuple[int, int],
+    tracking_offset: np.ndarray | None,
+) -> list[Demo]:
+    """``per_seed`` attempts from ``parent`` at ``step``, batched: one world-model call per step for all."""
+    n = spec.per_seed
+    seeds = attempt_seeds(spec, parent.name, step)
+    rngs = [rng_for(s, "recover") for s in seeds]
+    labeler = labeler_at(spec, manifest, parent, step)
+    labelers = [copy.deepcopy(labeler) for _ in range(n)]
+
+    def actor(i: int) -> Actor:
+        def act(commanded_tcp, poses, j):
+            label = labelers[i].act(commanded_tcp, poses)
+            noisy = spec.perturb_steps is None or j < spec.perturb_steps
+            return perturbed(label, rngs[i], spec.action_noise, noisy), label
+
+        return act
+
+    context, past, state = episode.history(step, k)
+    start_z = float(parent.object_obs[0][object_slice(manifest, manifest.task.success.object)][2])
+    batch = (
+        sampler.encode(context)[None].repeat(n, 1, 1, 1, 1),
+        past[None].repeat(n, 1, 1),
+        state[None].repeat(n, 1),
+    )
+    imagined = imagine(
+        sampler,
+        manifest,
+        batch,
+        [actor(i) for i in range(n)],
+        [ArmController.from_env_state(manifest, parent.demo.states[step]) for _ in range(n)],
+        layout,
+        np.full(n, start_z),
+        manifest.horizon - step,
+        tracking_offset,
+        [torch.Generator().manual_seed(s) for s in seeds],
+    )
+    scene = parent.demo.attrs.get("scene", "{}")
+    return [
+        imagined.demo(
+            i,
+            episode.frames[step : step + 1],
+            {**_record_attrs(parent, step, seeds[i], spec, i, sampler.hash), "scene": scene},
+            manifest,
+            sampler,
+            layout,
+            cam_hw,
         )
-    return demos
+        for i in range(n)
+    ]
 
 
 def recover_in_simulator(
@@ -486,7 +568,8 @@ class ReplayBatchWorker:
         venv, n = self.venv, self.venv.num_envs
         venv.reset(seed=[seed for _, _, seed in replays])
         for i, (state, _, _) in enumerate(replays):
-            venv.set_state(i, state)
+            if state is not None:
+                venv.set_state(i, state)
         actions = [d.extras.get(EXECUTED_ACTIONS, d.actions) for _, d, _ in replays]
         seen = [{EEF_POS: [], "object": []} for _ in replays]
         success, active = np.zeros(n, bool), np.array([len(a) > 0 for a in actions])
@@ -541,8 +624,7 @@ class ReplayWorker:
     def run(self, name: str) -> tuple[str, dict]:
         with open_dataset(self.dataset) as f:
             record = demo_record(f, name)
-            parent = f["data"][record.parent]["states"][()]
-            return name, replay_demo(self.env, parent, f["data"][name], record.seed)
+            return name, replay_demo(self.env, replay_start(f, record), f["data"][name], record.seed)
 
 
 def replay_generated(
@@ -558,30 +640,35 @@ def replay_generated(
         if r.parent is None or r.parent not in f["data"]:
             raise DatasetError(f"{f.filename}: {r.name} has no parent demo in the file to replay it from")
     if envs > 1:
-        replays = [
-            (f["data"][r.parent]["states"][r.branch_step], read_demo(f["data"][r.name]), r.seed)
-            for r in records
-        ]
+        replays = [(replay_start(f, r), read_demo(f["data"][r.name]), r.seed) for r in records]
         return replay_demos_together(manifest, replays, envs, workers, ray_address)
     if workers > 1 or ray_address is not None:
         done = dict(map_on_workers(ReplayWorker, (f.filename, manifest), names, workers, ray_address))
         return [done[name] for name in names]
     env = WorldgenEnv(manifest, cameras=False)
     try:
-        parents = [f["data"][r.parent]["states"][()] for r in records]
-        return [replay_demo(env, p, f["data"][r.name], r.seed) for p, r in zip(parents, records, strict=True)]
+        return [replay_demo(env, replay_start(f, r), f["data"][r.name], r.seed) for r in records]
     finally:
         env.close()
 
 
-def replay_demo(env: WorldgenEnv, parent_states: np.ndarray, group: h5py.Group, seed: int) -> dict:
-    """Replay a generated demo's executed actions in the simulator from its parent's state at its start
-    step: replay success, and the distances between replayed and predicted positions
+def replay_start(f: h5py.File, record: DemoRecord) -> np.ndarray | None:
+    """The simulator state a generated demo starts from: its parent's at its start step, or None for a
+    recipe that starts from a new scene's reset (``retarget``)."""
+    if record.recipe in NEW_SCENE_RECIPES:
+        return None
+    return f["data"][record.parent]["states"][record.branch_step]
+
+
+def replay_demo(env: WorldgenEnv, start: np.ndarray | None, group: h5py.Group, seed: int) -> dict:
+    """Replay a generated demo's executed actions in the simulator from ``start`` (:func:`replay_start`;
+    None: the scene's reset): replay success, and the distances between replayed and predicted positions
     (:func:`replay_errors`)."""
     demo = read_demo(group)
     executed = demo.extras.get(EXECUTED_ACTIONS, demo.actions)
     env.reset(seed=seed)
-    env.set_state(parent_states[DemoRecord.from_group(group).branch_step])
+    if start is not None:
+        env.set_state(start)
     seen, success = {EEF_POS: [], "object": []}, False
     for action in executed:
         obs, _, terminated, truncated, info = env.step(action)

@@ -48,7 +48,7 @@ class Waypoint:
     speed: float = 1.0  # fraction of max_translation per step
 
 
-def _yaw_of(quat_wxyz: np.ndarray) -> float:
+def yaw_of(quat_wxyz: np.ndarray) -> float:
     r = matrix_from_quat(quat_wxyz)
     return math.atan2(r[1, 0], r[0, 0])
 
@@ -165,7 +165,7 @@ class PickPlaceExpert(WaypointExpert):
         obj = self.manifest.task.object(spec.object)
         pos, quat = poses[obj.name]
         symmetry = math.pi / 2 if abs(obj.size[0] - obj.size[1]) < 1e-6 else math.pi
-        yaw = _grasp_yaw(_yaw_of(quat), symmetry)
+        yaw = _grasp_yaw(yaw_of(quat), symmetry)
         lift = c["lift"]
         grasp = pos + np.array([0.0, 0.0, c["grasp_dz"]])
         waypoints = [

@@ -406,22 +406,50 @@ def _cmd_branch(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from world_models.generate import RecoverSpec, recover_in_simulator, recover_in_world_model
+    from world_models import generate, retarget
 
     if args.checkpoint is None and not args.in_simulator:
         raise ArgumentError("a world-model CKPT is needed (or --in-simulator for the recipe's ceiling)")
-    spec = RecoverSpec(args.per_seed, tuple(args.starts), args.action_noise, args.perturb_steps, args.seed)
-
-    def progress(parent: str, step: int, accepted: int, attempts: int) -> None:
-        if not args.quiet:
-            print(f"  {parent} from step {step}: {accepted}/{attempts} attempts succeeded", flush=True)
-
-    if args.in_simulator:
-        counts = recover_in_simulator(args.dataset, args.output, spec, progress=progress)
-    else:
-        counts = recover_in_world_model(
-            args.dataset, args.checkpoint, args.output, spec, device=args.device, progress=progress
+    if args.recipe == "retarget":
+        spec = retarget.RetargetSpec(
+            count=args.count,
+            scene_base_seed=args.scene_seed,
+            action_noise=0.05 if args.action_noise is None else args.action_noise,
+            base_seed=args.seed,
         )
+        with open_dataset(args.dataset) as f:
+            try:
+                retarget.check_scene_seeds(dataset_manifest(f), spec)
+            except ValueError as exc:
+                raise ArgumentError(f"--scene-seed: {exc}") from None
+
+        def progress(scenes: list[int], accepted: int, attempts: int) -> None:
+            if not args.quiet:
+                print(
+                    f"  new scenes {scenes[0]}..{scenes[-1]}: {accepted}/{attempts} attempts succeeded",
+                    flush=True,
+                )
+
+        if args.in_simulator:
+            counts = retarget.retarget_in_simulator(args.dataset, args.output, spec, progress=progress)
+        else:
+            counts = retarget.retarget_in_world_model(
+                args.dataset, args.checkpoint, args.output, spec, device=args.device, progress=progress
+            )
+    else:
+        noise = 0.1 if args.action_noise is None else args.action_noise
+        spec = generate.RecoverSpec(args.per_seed, tuple(args.starts), noise, args.perturb_steps, args.seed)
+
+        def progress(parent: str, step: int, accepted: int, attempts: int) -> None:
+            if not args.quiet:
+                print(f"  {parent} from step {step}: {accepted}/{attempts} attempts succeeded", flush=True)
+
+        if args.in_simulator:
+            counts = generate.recover_in_simulator(args.dataset, args.output, spec, progress=progress)
+        else:
+            counts = generate.recover_in_world_model(
+                args.dataset, args.checkpoint, args.output, spec, device=args.device, progress=progress
+            )
     where = "simulator" if args.in_simulator else "world model"
     print(
         f"wrote {args.output}: {counts['accepted']}/{counts['attempts']} {args.recipe} attempts in the "
@@ -1032,11 +1060,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SYNTH",
         help="seed demos + attempts (resumed)",
     )
-    p.add_argument("--recipe", choices=["recover"], default="recover", help="perturb: worldgen branch")
-    p.add_argument("--per-seed", type=_count_arg, default=4, help="attempts per seed demo and start step")
-    p.add_argument("--starts", type=_int_list_arg, default=[0], help="comma-separated start steps")
     p.add_argument(
-        "--action-noise", type=_noise_arg, default=0.1, help="std of noise on the executed translation"
+        "--recipe",
+        choices=["recover", "retarget"],
+        default="recover",
+        help="recover: DART from the seed demos' states; retarget: MimicGen in new scenes (perturb: branch)",
+    )
+    p.add_argument(
+        "--per-seed", type=_count_arg, default=4, help="recover: attempts per seed demo and start step"
+    )
+    p.add_argument("--starts", type=_int_list_arg, default=[0], help="recover: comma-separated start steps")
+    p.add_argument("--count", type=_count_arg, default=40, help="retarget: new scenes, one attempt each")
+    p.add_argument(
+        "--scene-seed",
+        type=_seed_arg,
+        default=500_000,
+        help="retarget: seed of the first new scene (outside the seed and evaluation ranges)",
+    )
+    p.add_argument(
+        "--action-noise",
+        type=_noise_arg,
+        help="std of noise on the executed translation (default 0.1 recover, 0.05 retarget)",
     )
     p.add_argument("--perturb-steps", type=_count_arg, help="noise on the first N steps only (default: all)")
     p.add_argument("--in-simulator", action="store_true", help="the same attempts in the simulator (ceiling)")
