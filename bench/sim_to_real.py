@@ -12,6 +12,11 @@ several forms and evaluated closed loop on held-out episodes, each replicate on 
                             trained on C unlabelled target-domain clips of other scenes (counted below)
     transferred, sampled    the same, each pixel drawn around the painted mean with the spread the
                             generator leaves unexplained on the clips (a sampled rather than mean frame)
+    transferred seeds + retarget (WM)
+                            the seeds and the retarget attempts a world model (--world-model, trained on
+                            source-domain seed demos) accepted in new scenes, all transferred; the
+                            attempts hold the world model's camera alone, repainted from its predicted
+                            depth and segmentation (row d)
     generator control       the same demos through a generator trained on source-domain clips
                             (negative control: the generator's own artefacts, no target appearance)
     target demos (oracle)   S expert demos recorded in the target domain (row e; a ceiling a real team
@@ -47,8 +52,11 @@ ROWS = {  # row -> (training dataset, domains it is evaluated in)
     "transferred seeds": ("seeds_transferred.hdf5", ("target",)),
     "transferred seeds, sampled": ("seeds_transferred_sampled.hdf5", ("target",)),
     "generator control": ("seeds_control.hdf5", ("target",)),
+    "transferred seeds + retarget (WM)": ("generated_transferred.hdf5", ("target",)),
     "target demos (oracle)": ("seeds_target.hdf5", ("target",)),
 }
+GENERATED_ROW = "transferred seeds + retarget (WM)"  # trains on the seeds and the accepted attempts
+GENERATED_BASE = 700_000  # its new scenes: outside the seed, evaluation and clip ranges
 
 
 def _slug(text: str) -> str:
@@ -139,6 +147,37 @@ def prepare(args, manifest: Manifest) -> dict:
             sampled.with_suffix(".done"), (json.dumps([float(v) for v in noise]) + "\n").encode()
         )
         say(f"wrote {sampled.name}: frames sampled around the painted mean, std {noise.round(2)} levels")
+    if GENERATED_ROW in args.rows:
+        timings |= generated(args, manifest)
+    return timings
+
+
+def generated(args, manifest: Manifest) -> dict:
+    """Row d's data: ``retarget`` attempts in the world model from the source seeds, then every demo of
+    that file (seeds and attempts) through the target generator on the world model's camera."""
+    from world_models.retarget import RetargetSpec, retarget_in_world_model
+    from world_models.transfer import transfer_dataset
+
+    work, timings = args.work, {}
+    if args.world_model is None:
+        raise SystemExit(f"row {GENERATED_ROW!r} needs --world-model")
+    attempts = work / "generated_wm.hdf5"
+    if not attempts.with_suffix(".done").exists():
+        started = time.perf_counter()
+        spec = RetargetSpec(
+            count=args.generated, scene_base_seed=GENERATED_BASE, base_seed=manifest.seeds.base_seed
+        )
+        counts = retarget_in_world_model(work / "seeds_source.hdf5", args.world_model, attempts, spec)
+        counts["seconds"] = round(time.perf_counter() - started, 1)
+        write_atomically(attempts.with_suffix(".done"), (json.dumps(counts) + "\n").encode())
+        say(f"wrote {attempts.name}: {counts}")
+    timings["retarget_wm"] = json.loads(attempts.with_suffix(".done").read_text())
+    out = work / ROWS[GENERATED_ROW][0]
+    if not out.with_suffix(".done").exists():
+        started = time.perf_counter()
+        transfer_dataset(attempts, work / "transfer_target", out, cameras=[manifest.world_model_camera])
+        write_atomically(out.with_suffix(".done"), f"{time.perf_counter() - started:.1f}\n".encode())
+        say(f"wrote {out.name}")
     return timings
 
 
@@ -215,12 +254,25 @@ def train_cell(task: tuple) -> None:
     from policies.train import train_bc
 
     torch.set_num_threads(1)  # the cells run side by side, one core each
-    dataset, folder, steps, batch_size, rep = task
+    dataset, folder, steps, batch_size, rep, accepted_only = task
     folder = Path(folder)
     if (folder / "trained.json").exists():
         return
     started = time.perf_counter()
-    meta = train_bc(dataset, folder, "bc-image", steps=steps, batch_size=batch_size, seed=rep)
+    demos = None
+    if accepted_only:  # the train seeds and the accepted attempts generated from them
+        from worldgen.dataset import demo_names, demo_record, open_dataset
+
+        from world_models.generate import accepted_demos
+
+        with open_dataset(Path(dataset).parent / "seeds_source.hdf5") as f:
+            train = set(demo_names(f, "train"))
+        with open_dataset(dataset) as f:
+            demos = [n for n in accepted_demos(dataset) if n in train or demo_record(f, n).parent in train]
+    mask = None if accepted_only else "train"
+    meta = train_bc(
+        dataset, folder, "bc-image", mask=mask, demos=demos, steps=steps, batch_size=batch_size, seed=rep
+    )
     done = {"demos": meta["demos"], "samples": meta["samples"], "seconds": time.perf_counter() - started}
     write_atomically(folder / "trained.json", (json.dumps(done) + "\n").encode())
 
@@ -273,6 +325,12 @@ def main() -> None:
     parser.add_argument("--envs", type=int, default=10, help="evaluation: scenes stepped together")
     parser.add_argument("--workers", type=int, default=2, help="cells trained and evaluated at once")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument(
+        "--world-model", type=Path, help=f"row {GENERATED_ROW!r}: a checkpoint on source seeds"
+    )
+    parser.add_argument(
+        "--generated", type=int, default=40, help="retarget attempts (new scenes) for that row"
+    )
     parser.add_argument("--prepare-only", action="store_true")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
@@ -296,7 +354,14 @@ def main() -> None:
     folder = {(row, rep): args.work / "policies" / f"{_slug(row)}_r{rep}" for row in args.rows
               for rep in range(args.replicates)}  # fmt: skip
     training = [
-        (str(args.work / ROWS[row][0]), str(folder[row, rep]), args.policy_steps, args.policy_batch, rep)
+        (
+            str(args.work / ROWS[row][0]),
+            str(folder[row, rep]),
+            args.policy_steps,
+            args.policy_batch,
+            rep,
+            row == GENERATED_ROW,
+        )
         for (row, rep) in folder
     ]
     evaluations = [

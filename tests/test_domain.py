@@ -241,3 +241,18 @@ def test_sampled_transfer_is_seeded(seeds, clips, transfer_model):
     again = transfer_frames(model, depth, seg, noise, np.random.default_rng(1))
     assert np.array_equal(first, again), "a sampled transfer regenerates from its seed"
     assert not np.array_equal(first, transfer_frames(model, depth, seg)), "and is not the mean frame"
+
+
+def test_transfer_repaints_only_the_cameras_asked(seeds, transfer_model, tmp_path):
+    """World-model demos hold only the camera the model imagines: transfer repaints the cameras named."""
+    from world_models.transfer import transfer_dataset
+
+    out = tmp_path / "front_only.hdf5"
+    transfer_dataset(seeds, transfer_model[0], out, cameras=["front"])
+    with open_dataset(seeds) as f, open_dataset(out) as g:
+        name = demo_names(f)[0]
+        original, copied = f["data"][name]["obs"], g["data"][name]["obs"]
+        assert not np.array_equal(original["front_rgb"][()], copied["front_rgb"][()])
+        assert np.array_equal(original["side_rgb"][()], copied["side_rgb"][()])
+    with pytest.raises(DatasetError, match="repaints cameras"):
+        transfer_dataset(seeds, transfer_model[0], tmp_path / "x.hdf5", cameras=["wrist"])

@@ -264,19 +264,25 @@ def transfer_dataset(
     output: str | Path,
     progress: Callable[[str, int, int], None] | None = None,
     noise_std: np.ndarray | None = None,
+    cameras: list[str] | None = None,
 ) -> DatasetWriter:
     """Write ``output``: every demo of ``dataset`` with its cameras' RGB repainted in the target domain
     and every other array as stored. Each demo records ``domain: transferred`` and the checkpoint hash;
     ``source`` keeps its value. ``noise_std`` (:func:`residual_std`): frames sampled around the painted
-    mean, seeded by the demo's scene seed and the camera. Resumes: demos already in ``output`` are kept."""
+    mean, seeded by the demo's scene seed and the camera. ``cameras``: those of the checkpoint's to
+    repaint (default: all; world-model demos hold only the camera the model imagines). Resumes: demos
+    already in ``output`` are kept."""
     model, meta = load_transfer_model(ckpt)
     model_hash = transfer_checkpoint_hash(ckpt)
+    cameras = list(meta.cameras) if cameras is None else cameras
+    if not cameras or not set(cameras) <= set(meta.cameras):
+        raise DatasetError(f"{ckpt} repaints cameras {meta.cameras}, not {cameras}")
     with open_dataset(dataset) as f:
         header = read_header(f)
         header["worldgen"] = {**header["worldgen"], "domain": TRANSFERRED, "transfer_model": model_hash}
         if instance_names(f) != meta.instances:
             raise DatasetError(f"{dataset}: its segmentation ids are not the ones {ckpt} was trained on")
-        keys = [image_key(c, k) for c in meta.cameras for k in (RGB, DEPTH, SEG)]
+        keys = [image_key(c, k) for c in cameras for k in (RGB, DEPTH, SEG)]
         writer = DatasetWriter(output, header)
         names = demo_names(f)
         for i, name in enumerate(names, start=1):
@@ -291,7 +297,7 @@ def transfer_dataset(
                 raise DatasetError(
                     f"{dataset}: frames of {size[0]}x{size[1]}, {ckpt} paints {meta.resolution}"
                 )
-            for camera in meta.cameras:
+            for camera in cameras:
                 rng = None if noise_std is None else rng_for(int(demo.attrs["seed"]), f"transfer/{camera}")
                 demo.obs[image_key(camera, RGB)] = transfer_frames(
                     model,

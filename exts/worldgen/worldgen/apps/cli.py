@@ -340,7 +340,7 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        writer = transfer_dataset(args.dataset, args.checkpoint, args.output, progress)
+        writer = transfer_dataset(args.dataset, args.checkpoint, args.output, progress, cameras=args.cameras)
     finally:
         bar.close()
     print(f"wrote {args.output}: {len(writer)} demos with target-domain RGB")
@@ -966,6 +966,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=_transfer_arg, metavar="CKPT", help="worldgen train-transfer")
     p.add_argument(
         "-o", "--output", type=_output_file, required=True, metavar="OUT", help="resumed if present"
+    )
+    p.add_argument(
+        "--cameras", type=_names_arg, help="comma-separated cameras to repaint (default: all CKPT paints)"
     )
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_transfer)
