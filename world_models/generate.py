@@ -281,24 +281,35 @@ def recover_in_world_model(
         return counts
     init = (dataset, ckpt, spec, device)
     results = map_on_workers(WorldModelAttempts, init, tasks, workers, ray_address)
-    finished: dict[tuple[str, int], list[Demo]] = {}
-    next_task = 0
+    report = None if progress is None else (lambda task, accepted, n: progress(*task, accepted, n))
+    append_in_task_order(writer, tasks, results, counts, report)
+    writer.finalize()
+    return counts
+
+
+def append_in_task_order(
+    writer: DatasetWriter,
+    tasks: list,
+    results,
+    counts: dict[str, int],
+    progress: Callable[[object, int, int], None] | None = None,
+) -> None:
+    """Append each task's attempts as ``(task, demos)`` results arrive, in task order whatever order they
+    finish in (so demo names are those one process writes), counting attempts and accepted ones;
+    ``progress(task, accepted, attempts)`` after each task."""
+    finished, next_task = {}, 0
     for task, demos in results:
         finished[task] = demos
-        # Written in task order whatever order they finish in: demo names are those of one process.
         while next_task < len(tasks) and tasks[next_task] in finished:
-            name, step = tasks[next_task]
             written = finished.pop(tasks[next_task])
-            next_task += 1
             for demo in written:
                 writer.append(demo)
             accepted = sum(bool(d.attrs["success"]) for d in written)
             counts["attempts"] += len(written)
             counts["accepted"] += accepted
             if progress is not None:
-                progress(name, step, accepted, len(written))
-    writer.finalize()
-    return counts
+                progress(tasks[next_task], accepted, len(written))
+            next_task += 1
 
 
 @dataclass

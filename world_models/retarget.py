@@ -40,7 +40,7 @@ from worldgen.pipeline import record_episode
 
 from .branch import WorldModelSampler, noise_seed
 from .data import IMAGE_KINDS, STATE_KEYS, camera_size, frames_from_obs, state_layout
-from .generate import Parent, imagine, perturbed, seed_parents, tracking_offset
+from .generate import Parent, append_in_task_order, imagine, perturbed, seed_parents, tracking_offset
 
 RECIPE = "retarget"
 CONTACT_MOVE = 0.01  # m the success object has moved from its start: contact made (or grasped and lifting)
@@ -293,10 +293,10 @@ class RetargetAttempts:
             self.cam_hw = camera_size(first, self.sampler.meta.camera)
         self.offset = tracking_offset(self.manifest, self.parents)
 
-    def run(self, batch: list[int]) -> tuple[list[int], list[Demo]]:
+    def run(self, batch: tuple[int, ...]) -> tuple[tuple[int, ...], list[Demo]]:
         """The attempts in the new scenes ``batch``, one world-model call per step for all of them."""
         manifest, sampler, meta = self.manifest, self.sampler, self.sampler.meta
-        starts = scene_starts(manifest, batch, cameras=True)
+        starts = scene_starts(manifest, list(batch), cameras=True)
         sources, seeds, plans = [], [], []
         for start in starts:
             poses = poses_from_object_obs(manifest, start.obs["object"])
@@ -340,7 +340,7 @@ class RetargetAttempts:
                 i,
                 first[i : i + 1],
                 {
-                    **_record_attrs(s.seed, sources[i], seeds[i], self.spec, batch, sampler.hash),
+                    **_record_attrs(s.seed, sources[i], seeds[i], self.spec, list(batch), sampler.hash),
                     "scene": s.scene,
                 },
                 manifest,
@@ -376,7 +376,7 @@ def retarget_in_world_model(
     out: str | Path,
     spec: RetargetSpec,
     device: str = "cpu",
-    progress: Callable[[list[int], int, int], None] | None = None,
+    progress: Callable[[tuple[int, ...], int, int], None] | None = None,
     workers: int = 1,
     ray_address: str | None = None,
 ) -> dict:
@@ -387,26 +387,13 @@ def retarget_in_world_model(
     check_scene_seeds(manifest, spec)
     done, counts = _done_scenes(writer), {"attempts": 0, "accepted": 0}
     scenes = spec.scenes()
-    batches = [scenes[i : i + spec.batch] for i in range(0, len(scenes), spec.batch)]
+    batches = [tuple(scenes[i : i + spec.batch]) for i in range(0, len(scenes), spec.batch)]
     batches = [b for b in batches if not set(b) <= done]
     if batches:
         results = map_on_workers(
             RetargetAttempts, (dataset, ckpt, spec, device), batches, workers, ray_address
         )
-        finished, next_batch = {}, 0
-        for batch, demos in results:
-            finished[tuple(batch)] = demos
-            # Written in batch order whatever order they finish in: demo names are those of one process.
-            while next_batch < len(batches) and tuple(batches[next_batch]) in finished:
-                written = finished.pop(tuple(batches[next_batch]))
-                for demo in written:
-                    writer.append(demo)
-                accepted = sum(bool(d.attrs["success"]) for d in written)
-                counts["attempts"] += len(written)
-                counts["accepted"] += accepted
-                if progress is not None:
-                    progress(batches[next_batch], accepted, len(written))
-                next_batch += 1
+        append_in_task_order(writer, batches, results, counts, progress)
     writer.finalize()
     return counts
 
@@ -444,7 +431,7 @@ def retarget_in_simulator(
                 writer.append(result.demo)
                 counts["accepted"] += bool(result.demo.attrs["success"])
             if progress is not None:
-                progress([scene], int(bool(result.demo and result.demo.attrs["success"])), 1)
+                progress((scene,), int(bool(result.demo and result.demo.attrs["success"])), 1)
     finally:
         env.close()
     writer.finalize()
