@@ -447,13 +447,14 @@ def table(result: dict) -> str:
         f"gap (source seeds in source - in target): {result['gap']:+.2f}; closed: "
         + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in result["gap_closed"].items()),
         "",
-        "| row | successes | rate | 95 % CI | per replicate |",
-        "| --- | --- | --- | --- | --- |",
+        "| row | demos | samples | successes | rate | 95 % CI | per replicate |",
+        "| --- | ---: | ---: | --- | --- | --- | --- |",
     ]
     for row, r in result["rows"].items():
         lo, hi = r["ci95"]
         lines.append(
-            f"| {row} | {r['successes']}/{r['episodes']} | {r['success_rate']:.2f} | [{lo:.2f}, {hi:.2f}] "
+            f"| {row} | {r['demos']} | {r['samples']} | {r['successes']}/{r['episodes']} "
+            f"| {r['success_rate']:.2f} | [{lo:.2f}, {hi:.2f}] "
             f"| {', '.join(r['per_replicate'])} |"
         )
     lines += ["", "| fidelity on held-out target clips | PSNR (dB) | SSIM |", "| --- | --- | --- |"]
