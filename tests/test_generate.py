@@ -289,7 +289,7 @@ def test_retarget_in_simulator_labels_are_the_executed_actions(seeds, tmp_path, 
 
 
 def test_retarget_in_world_model_starts_from_the_rendered_scene_and_regenerates(
-    world_model, seeds, tmp_path, push
+    world_model, seeds, tmp_path, push, robomimic
 ):
     _, ckpt = world_model
     spec = RetargetSpec(count=3, batch=2, scene_base_seed=700_000, action_noise=0.1)
@@ -336,6 +336,8 @@ def test_retarget_in_world_model_starts_from_the_rendered_scene_and_regenerates(
         replays = replay_generated(f, generated)
         assert len(replays) == 3 and all(r["eef_error_max"] < 0.05 for r in replays)
     env.close()
+    ds = read_with_robomimic(robomimic, out, ["robot0_eef_pos", "object"], seq_length=4)
+    assert len(ds) > 0 and ds[0]["actions"].shape == (4, 7)
     again = tmp_path / "again.hdf5"
     retarget_in_world_model(seeds, ckpt, again, spec)
     with h5py.File(out, "r") as a, h5py.File(again, "r") as b:
