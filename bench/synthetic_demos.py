@@ -75,6 +75,11 @@ GENERATED = {
 }
 
 
+def _cells(out: Path, algo: str) -> Path:
+    """Where a policy recipe's (row, replicate) results go: cells/ for bc-mlp, cells_<algo>/ otherwise."""
+    return out / ("cells" if algo == "bc-mlp" else f"cells_{algo}")
+
+
 def _slug(row: str) -> str:
     return row.replace("+", "plus_").replace(" (", "_").replace(")", "").replace(" ", "_").lower()
 
@@ -125,14 +130,17 @@ def prepare(args, manifest_path: Path, out: Path) -> dict:
     stage("retarget_wm", lambda: retarget_in_world_model(seeds, ckpt, out / "retarget_wm.hdf5", retarget))
     stage("retarget_sim", lambda: retarget_in_simulator(seeds, out / "retarget_sim.hdf5", retarget))
     extra = stage.stats["retarget_wm"]["accepted"]
-    stage(
-        "oracle",
-        lambda: {
-            "demos": len(
-                run_seed_stage(manifest_path, out / "oracle.hdf5", n=args.seeds + extra, cameras=False)
-            )
-        },
-    )
+    if "sim oracle" in args.rows:  # an image policy needs the oracle's cameras
+        cameras = args.algo == "bc-image"
+        name = "oracle_cameras" if cameras else "oracle"
+        stage(
+            name,
+            lambda: {
+                "demos": len(
+                    run_seed_stage(manifest_path, out / f"{name}.hdf5", n=args.seeds + extra, cameras=cameras)
+                )
+            },
+        )
     stage("replay", lambda: replay_all(out / "recover_wm.hdf5", args.envs))
     stage("replay_retarget", lambda: replay_all(out / "retarget_wm.hdf5", args.envs))
     return stage.stats
@@ -166,14 +174,14 @@ def replay_all(synth: Path, envs: int = 1) -> dict:
     }
 
 
-def row_dataset(out: Path, row: str) -> tuple[Path, str | None, list[str] | None]:
+def row_dataset(out: Path, row: str, algo: str) -> tuple[Path, str | None, list[str] | None]:
     """A row's dataset, mask and demo names (generated attempts: only those that succeeded)."""
     from world_models.generate import accepted_demos
 
     fixed = {
         "seeds": ("seeds.hdf5", "seed"),
         "+perturb (WM)": ("perturb.hdf5", None),
-        "sim oracle": ("oracle.hdf5", "seed"),
+        "sim oracle": ("oracle_cameras.hdf5" if algo == "bc-image" else "oracle.hdf5", "seed"),
     }
     if row in fixed:
         name, mask = fixed[row]
@@ -239,15 +247,15 @@ def main() -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     stats = prepare(args, manifest_path, out)
-    cells_dir = out / "cells"
+    cells_dir = _cells(out, args.algo)
     cells_dir.mkdir(exist_ok=True)
     tasks = []
     for row in args.rows:
         for rep in range(args.replicates):
             cell = cells_dir / f"{_slug(row)}_r{rep}.json"
             if not cell.exists():
-                path, mask, demos = row_dataset(out, row)
-                folder = out / "policies" / f"{_slug(row)}_r{rep}"
+                path, mask, demos = row_dataset(out, row, args.algo)
+                folder = out / cells_dir.name.replace("cells", "policies") / f"{_slug(row)}_r{rep}"
                 tasks.append(
                     (
                         row,
@@ -278,7 +286,7 @@ def write_results(args, stats: dict, out: Path) -> None:
     rows = {}
     for row in args.rows:
         cells = [
-            json.loads((out / "cells" / f"{_slug(row)}_r{r}.json").read_text())
+            json.loads((_cells(out, args.algo) / f"{_slug(row)}_r{r}.json").read_text())
             for r in range(args.replicates)
         ]
         rows[row] = {
