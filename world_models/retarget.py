@@ -34,7 +34,7 @@ from worldgen.distributed import map_on_workers
 from worldgen.envs import WorldgenEnv, object_slice
 from worldgen.experts import ObjectPoses, object_poses, poses_from_object_obs, yaw_of
 from worldgen.geometry import axis_angle_from_rotation, rot_z, rotation_from_axis_angle
-from worldgen.keys import image_key
+from worldgen.keys import EXECUTED_ACTIONS, image_key
 from worldgen.manifest import Manifest, rng_for
 from worldgen.pipeline import record_episode
 
@@ -189,7 +189,7 @@ class RetargetPlan:
 
     def __init__(self, manifest: Manifest, source: Parent, spec: RetargetSpec, seed: int):
         demo = source.demo
-        executed = demo.extras.get("executed_actions", demo.actions)
+        executed = demo.extras.get(EXECUTED_ACTIONS, demo.actions)
         self.manifest, self.spec = manifest, spec
         self.segments = source_segments(manifest, demo)
         self.path = commanded_path(manifest, demo, executed)
@@ -265,17 +265,10 @@ class SceneStart:
     scene: dict
 
 
-def scene_starts(manifest: Manifest, scenes: list[int], cameras: bool) -> list[SceneStart]:
-    """Each new scene reset in the simulator: its first observation (images too with ``cameras``)."""
-    env = WorldgenEnv(manifest, cameras=cameras)
-    try:
-        starts = []
-        for seed in scenes:
-            obs, _ = env.reset(seed=seed)
-            starts.append(SceneStart(seed, obs, env.get_state(), env.backend.scene.to_dict()))
-        return starts
-    finally:
-        env.close()
+def scene_start(env: WorldgenEnv, seed: int) -> SceneStart:
+    """A new scene reset in the simulator: its first observation (images too where ``env`` renders)."""
+    obs, _ = env.reset(seed=seed)
+    return SceneStart(seed, obs, env.get_state(), env.backend.scene.to_dict())
 
 
 class RetargetAttempts:
@@ -292,11 +285,15 @@ class RetargetAttempts:
             self.layout = state_layout(first)
             self.cam_hw = camera_size(first, self.sampler.meta.camera)
         self.offset = tracking_offset(self.manifest, self.parents)
+        self.env = WorldgenEnv(self.manifest, cameras=True)  # renders each new scene's first frame
+
+    def close(self) -> None:
+        self.env.close()
 
     def run(self, batch: tuple[int, ...]) -> tuple[tuple[int, ...], list[Demo]]:
         """The attempts in the new scenes ``batch``, one world-model call per step for all of them."""
         manifest, sampler, meta = self.manifest, self.sampler, self.sampler.meta
-        starts = scene_starts(manifest, list(batch), cameras=True)
+        starts = [scene_start(self.env, seed) for seed in batch]
         sources, seeds, plans = [], [], []
         for start in starts:
             poses = poses_from_object_obs(manifest, start.obs["object"])
