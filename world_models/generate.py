@@ -175,7 +175,7 @@ def attempt_seeds(spec: RecoverSpec, parent: str, step: int) -> list[int]:
     return [noise_seed(spec.base_seed, parent, step, i) for i in range(spec.per_seed)]
 
 
-def _start_output(
+def start_output(
     f: h5py.File, dataset: Path, out: str | Path
 ) -> tuple[Manifest, DatasetWriter, list[Parent]]:
     """The dataset's manifest, a writer for ``out`` holding its seed demos, and the parents."""
@@ -268,7 +268,7 @@ def recover_in_world_model(
     writes them."""
     dataset = Path(dataset)
     with open_dataset(dataset) as f:
-        _, writer, parents = _start_output(f, dataset, out)
+        _, writer, parents = start_output(f, dataset, out)
     done, counts = _done(writer, spec), {"attempts": 0, "accepted": 0}
     tasks = [
         (p.name, step)
@@ -498,7 +498,7 @@ def recover_in_simulator(
     simulator)."""
     dataset = Path(dataset)
     with open_dataset(dataset) as f:
-        manifest, writer, parents = _start_output(f, dataset, out)
+        manifest, writer, parents = start_output(f, dataset, out)
     done, counts = _done(writer, spec), {"attempts": 0, "accepted": 0}
     env = WorldgenEnv(manifest, cameras=cameras)
     try:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from worldgen.control import ArmController
-from worldgen.dataset import Demo, dataset_manifest, open_dataset, read_header
+from worldgen.dataset import Demo, dataset_manifest, open_dataset
 from worldgen.distributed import map_on_workers
 from worldgen.envs import WorldgenEnv, object_slice
 from worldgen.experts import ObjectPoses, object_poses, poses_from_object_obs, yaw_of
@@ -40,7 +40,15 @@ from worldgen.pipeline import record_episode
 
 from .branch import WorldModelSampler, noise_seed
 from .data import IMAGE_KINDS, STATE_KEYS, camera_size, frames_from_obs, state_layout
-from .generate import Parent, append_in_task_order, imagine, perturbed, seed_parents, tracking_offset
+from .generate import (
+    Parent,
+    append_in_task_order,
+    imagine,
+    perturbed,
+    seed_parents,
+    start_output,
+    tracking_offset,
+)
 
 RECIPE = "retarget"
 CONTACT_MOVE = 0.01  # m the success object has moved from its start: contact made (or grasped and lifting)
@@ -239,6 +247,16 @@ def choose_source(
     return order[int(rng_for(scene, f"{RECIPE}/source").integers(min(k, len(order))))]
 
 
+def plan_attempt(
+    manifest: Manifest, parents: list[Parent], start: ObjectPoses, scene: int, spec: RetargetSpec
+) -> tuple[Parent, int, RetargetPlan]:
+    """The attempt in new scene ``scene`` whose objects start at ``start``: its source, noise seed and
+    plan, the same in the world model and in the simulator."""
+    source = choose_source(manifest, parents, start, scene, spec.nearest)
+    seed = noise_seed(spec.base_seed, source.name, scene, 0)
+    return source, seed, RetargetPlan(manifest, source, spec, seed)
+
+
 def _record_attrs(
     scene: int, source: Parent, seed: int, spec: RetargetSpec, batch: list[int], model: str
 ) -> dict:
@@ -294,14 +312,13 @@ class RetargetAttempts:
         """The attempts in the new scenes ``batch``, one world-model call per step for all of them."""
         manifest, sampler, meta = self.manifest, self.sampler, self.sampler.meta
         starts = [scene_start(self.env, seed) for seed in batch]
-        sources, seeds, plans = [], [], []
-        for start in starts:
-            poses = poses_from_object_obs(manifest, start.obs["object"])
-            source = choose_source(manifest, self.parents, poses, start.seed, self.spec.nearest)
-            seed = noise_seed(self.spec.base_seed, source.name, start.seed, 0)
-            sources.append(source)
-            seeds.append(seed)
-            plans.append(RetargetPlan(manifest, source, self.spec, seed))
+        chosen = [
+            plan_attempt(
+                manifest, self.parents, poses_from_object_obs(manifest, s.obs["object"]), s.seed, self.spec
+            )
+            for s in starts
+        ]
+        sources, seeds, plans = (list(column) for column in zip(*chosen, strict=True))
         cam = meta.camera
         first = torch.cat(
             [
@@ -354,19 +371,6 @@ def _done_scenes(writer) -> set[int]:
     return {r.seed for r in writer.records() if r.recipe == RECIPE}
 
 
-def _writer(dataset: Path, out: str | Path):
-    """A writer for ``out`` holding the seed demos of ``dataset`` (the sources, and the parents replay
-    needs), and those seed demos."""
-    from worldgen.dataset import DatasetWriter, demo_names, read_demo
-
-    with open_dataset(dataset) as f:
-        writer = DatasetWriter(out, read_header(f))
-        for name in demo_names(f, "seed"):
-            if name not in writer.demos:
-                writer.append(read_demo(f["data"][name]), name)
-        return writer, dataset_manifest(f), seed_parents(f)
-
-
 def retarget_in_world_model(
     dataset: str | Path,
     ckpt: str | Path,
@@ -380,7 +384,8 @@ def retarget_in_world_model(
     """Append the seed demos of ``dataset`` and one ``retarget`` attempt per new scene to ``out`` (resumes
     batch by batch); an attempt's ``success`` is the world model's verdict, and only those that succeeded
     are meant for training (``generate.accepted_demos``). Returns counts: attempts, accepted."""
-    writer, manifest, _ = _writer(Path(dataset), out)
+    with open_dataset(dataset) as f:
+        manifest, writer, _ = start_output(f, Path(dataset), out)
     check_scene_seeds(manifest, spec)
     done, counts = _done_scenes(writer), {"attempts": 0, "accepted": 0}
     scenes = spec.scenes()
@@ -400,12 +405,13 @@ def retarget_in_simulator(
     out: str | Path,
     spec: RetargetSpec,
     cameras: bool = False,
-    progress: Callable[[list[int], int, int], None] | None = None,
+    progress: Callable[[tuple[int, ...], int, int], None] | None = None,
 ) -> dict:
     """The same attempts as :func:`retarget_in_world_model` (same scenes, sources and noise), executed in
     the simulator (segments moved to the simulated object's pose) and appended to ``out`` beside the
     seed demos (``success`` from the simulator)."""
-    writer, manifest, parents = _writer(Path(dataset), out)
+    with open_dataset(dataset) as f:
+        manifest, writer, parents = start_output(f, Path(dataset), out)
     check_scene_seeds(manifest, spec)
     done, counts = _done_scenes(writer), {"attempts": 0, "accepted": 0}
     env = WorldgenEnv(manifest, cameras=cameras)
@@ -413,10 +419,8 @@ def retarget_in_simulator(
         for scene in spec.scenes():
             if scene in done:
                 continue
-            env.reset(seed=scene)
-            source = choose_source(manifest, parents, object_poses(env), scene, spec.nearest)
-            seed = noise_seed(spec.base_seed, source.name, scene, 0)
-            plan = RetargetPlan(manifest, source, spec, seed)
+            env.reset(seed=scene)  # the scene's object poses choose the source; record_episode resets again
+            source, seed, plan = plan_attempt(manifest, parents, object_poses(env), scene, spec)
 
             def act(obs, t, plan=plan):
                 return plan.act(env.controller.commanded_tcp_world(), object_poses(env), t)
