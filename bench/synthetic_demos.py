@@ -199,9 +199,9 @@ def run_cell(task: tuple) -> dict:
     from policies.train import train_bc
 
     torch.set_num_threads(1)  # the cells run side by side, one core each
-    row, rep, path, mask, demos, folder, algo, steps, episodes, manifest_path = task
+    row, rep, path, mask, demos, folder, algo, steps, batch_size, episodes, manifest_path = task
     started = time.perf_counter()
-    meta = train_bc(path, folder, algo, mask=mask, demos=demos, steps=steps, seed=rep)
+    meta = train_bc(path, folder, algo, mask=mask, demos=demos, steps=steps, batch_size=batch_size, seed=rep)
     trained = time.perf_counter() - started
     # Ten held-out scenes stepped together (worldgen.vector_env): the same panel, about twice as fast.
     report = evaluate_policy(
@@ -236,6 +236,7 @@ def main() -> None:
     parser.add_argument("--retarget-noise", type=float, default=0.05)
     parser.add_argument("--algo", default="bc-mlp")
     parser.add_argument("--policy-steps", type=int, default=2000)
+    parser.add_argument("--policy-batch", type=int, help="default: the policy recipe's own")
     parser.add_argument("--replicates", type=int, default=2)
     parser.add_argument("--episodes", type=int, default=50, help="held-out episodes per replicate")
     parser.add_argument("--workers", type=int, default=2, help="evaluation processes")
@@ -266,6 +267,7 @@ def main() -> None:
                         str(folder),
                         args.algo,
                         args.policy_steps,
+                        args.policy_batch,
                         args.episodes,
                         str(manifest_path),
                     )
@@ -319,6 +321,7 @@ def write_results(args, stats: dict, out: Path) -> None:
         "scenario": args.scenario,
         "algo": args.algo,
         "policy_steps": args.policy_steps,
+        "policy_batch": args.policy_batch,
         "seed_demos": args.seeds,
         "play_rollouts": stats["play"]["rollouts"],
         "world_model": stats["world_model"],
@@ -349,8 +352,10 @@ def write_results(args, stats: dict, out: Path) -> None:
 
 
 def table(result: dict) -> str:
+    batch = result.get("policy_batch")
     lines = [
-        f"{result['scenario']}, {result['algo']} ({result['policy_steps']} steps), "
+        f"{result['scenario']}, {result['algo']} ({result['policy_steps']} steps"
+        f"{'' if batch is None else f' at batch {batch}'}), "
         f"{result['seed_demos']} seed demos, "
         f"{result['play_rollouts']} play rollouts for the world model; {result['replicates']} replicates x "
         f"{result['episodes_per_replicate']} held-out episodes pooled",
