@@ -29,9 +29,11 @@ import json
 import os
 import platform
 import shutil
+import sys
 from pathlib import Path
 
 from stages import Stages, add_preparation_arguments, prepare_world_model, say
+from worldgen.apps.experiment import TimeLimitReached
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -90,7 +92,12 @@ def main() -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     stage = Stages(out)
-    prepare_world_model(stage, manifest_path, out, args.seeds, args.play, args.wm_steps, args.wm_time_limit)
+    try:
+        prepare_world_model(
+            stage, manifest_path, out, args.seeds, args.play, args.wm_steps, args.wm_time_limit
+        )
+    except TimeLimitReached as exc:
+        sys.exit(str(exc))
     seeds, ckpt = out / "seeds.hdf5", out / "wm"
     stage("calibration_seeds", lambda: calibration_seeds(manifest_path, out, 100_000, args.calibration))
     manifest = load_manifest(manifest_path)

@@ -132,6 +132,7 @@ def _cases(d: Path) -> dict[str, list[str]]:
         "train-policy wrong algo": ["train-policy", ds, "--algo", "bc-lstm", "-o", "{out}/policy"],
         "train-policy wrong mask": ["train-policy", ds, "--algo", "bc-mlp", "--mask", "x", "-o", "{out}/p"],
         "compare wrong algo": ["compare", push, "-o", "{out}/cmp", "--algo", "ppo2"],
+        "compare wrong row": ["compare", push, "-o", "{out}/cmp", "--rows", "seeds", "+dream (WM)"],
         "train-policy wrong obs key": [
             "train-policy",
             ds,

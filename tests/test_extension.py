@@ -239,7 +239,7 @@ def test_replicator_writer_writes_the_layout_the_newton_path_writes(kit_standins
     from worldgen.pipeline import record_expert_episode
 
     assert rep.WriterRegistry.get("WorldgenWriter") is WorldgenWriter
-    manifest = load_manifest(PUSH).model_copy(update={"horizon": 32})  # branching starts at 10 and 30
+    manifest = load_manifest(PUSH).model_copy(update={"horizon": 32})  # perturb branches start at 10 and 30
     env = WorldgenEnv(manifest, cameras=True)
     demo = record_expert_episode(env, 0).demo
     table = instance_table(manifest)

@@ -102,6 +102,26 @@ def test_cross_field_errors():
     assert "overlap" in msg
 
 
+def test_generation_block_and_the_old_branching_spelling():
+    manifest = parse_manifest(PICK)
+    assert manifest.generation.perturb.at_steps == [20, 60]
+    assert manifest.generation.recover.labeler == "expert"
+    # Manifests written before generation: (datasets keep theirs) read branching: as generation.perturb.
+    generation = PICK[PICK.index("generation:") : PICK.index("policy:")]
+    old = PICK.replace(generation, "branching: {per_seed: 3, at_steps: [20], action_noise: 0.05}\n")
+    assert parse_manifest(old).generation.perturb.per_seed == 3
+    assert parse_manifest(old).generation.recover == manifest.generation.recover
+    assert parse_manifest(old).scene_hash() == manifest.scene_hash()  # not part of what a seed's episode is
+    _, _, _, msg = _error(PICK.replace("generation:", "branching: {per_seed: 3}\ngeneration:"))
+    assert "generation.perturb's old name" in msg
+    _, _, _, msg = _error(PICK.replace("scene_base_seed: 500000", "scene_base_seed: 10"))
+    assert "generation.retarget scene seeds [10, 50) overlap the seed range" in msg
+    _, _, _, msg = _error(PICK.replace("scene_base_seed: 500000", "scene_base_seed: 999990"))
+    assert "overlap the evaluation seeds" in msg
+    _, _, path, _ = _error(PICK.replace("recover: {", "recover: {labeler: teacher, "))
+    assert path == "generation.recover.labeler"
+
+
 def test_malformed_yaml_reports_line():
     text = PICK.replace("horizon: 160", "horizon: [160")
     _, line, path, _ = _error(text)

@@ -223,21 +223,56 @@ def test_ppo_on_scenes_stepped_together(tmp_path):
     env.close()
 
 
-@pytest.mark.slow  # about 80 s on 2 cores; worldgen run covers the same rows in make test
-def test_compare_reports_four_rows(tmp_path):
-    from worldgen.apps.compare import ROWS, compare
+def test_compare_runs_every_recipe_row_and_resumes(tmp_path):
+    """The experiment on a tiny budget: each recipe in the world model and in the simulator, the
+    negative control and the oracle, two replicates pooled on disjoint panels; a second call resumes
+    everything from the folder."""
+    from worldgen.apps.compare import CompareConfig, compare
+    from worldgen.manifest import load_manifest
 
-    result = compare(PUSH, tmp_path, seeds=3, branches=1, episodes=2, wm_steps=2, policy_steps=40)
-    assert list(result["rows"]) == list(ROWS)
-    assert result["synthetic"] == 6  # 3 seeds x 1 branch x 2 branch steps
-    rows = result["rows"]
-    assert rows["seeds+branches"]["demos"] == rows["seeds"]["demos"] + 6
-    assert rows["sim-oracle"]["demos"] == rows["seeds"]["demos"] + 6
-    assert rows["seeds"]["demos"] <= rows["seeds+passed"]["demos"] <= rows["seeds+branches"]["demos"]
-    for row in rows.values():
-        assert row["episodes"] == 2 and row["ci95"][0] <= row["success_rate"] <= row["ci95"][1]
+    from world_models.generate import accepted_demos
+
+    manifest = load_manifest(PUSH)
+    generation = manifest.generation.model_copy(
+        update={
+            "recover": manifest.generation.recover.model_copy(update={"per_seed": 1}),
+            "retarget": manifest.generation.retarget.model_copy(update={"count": 2}),
+            "perturb": manifest.generation.perturb.model_copy(update={"per_seed": 1, "at_steps": [0]}),
+        }
+    )
+    manifest = manifest.model_copy(update={"generation": generation})
+    rows = ("seeds", "+perturb (WM)", "+recover (WM)", "+recover (sim)", "+retarget (WM)", "+retarget (sim)")
+    config = CompareConfig(
+        seeds=2, play=1, wm_steps=2, policy_steps=20, replicates=2, episodes=2, workers=1, envs=2, rows=rows
+    )
+    result = compare(manifest, tmp_path, config)
+    assert list(result["rows"]) == list(rows)
+    for name, row in result["rows"].items():
+        assert row["episodes"] == 4 and len(row["per_replicate"]) == 2, name
+        assert row["ci95"][0] <= row["success_rate"] <= row["ci95"][1]
+    cells = sorted((tmp_path / "cells").glob("*.json"))
+    assert len(cells) == 2 * len(rows)
+    panels = [json.loads((tmp_path / "cells" / f"seeds_r{r}.json").read_text())["panel"] for r in (0, 1)]
+    assert panels[1]["base_seed"] == panels[0]["base_seed"] + 2  # each replicate on its own panel
+    # A generated row trains on the seeds and the attempts the world model judged successful only.
+    seeds = result["rows"]["seeds"]["demos"]
+    for row, file in (("+recover (WM)", "recover_wm"), ("+retarget (WM)", "retarget_wm")):
+        accepted = int(result["rows"][row]["accepted"].split("/")[0])
+        kept = accepted_demos(tmp_path / f"{file}.hdf5")
+        assert result["rows"][row]["demos"] == seeds + accepted == len(kept)
+    assert result["rows"]["+perturb (WM)"]["accepted"] == "2/2"  # 2 seeds x 1 branch x 1 branch step
+    assert set(result["gain_recovered"]) == {"recover", "retarget"}
+    replay = result["replay_of_accepted_wm_demos"]
+    assert replay["recover"]["replayed"] == 2 and replay["retarget"]["replayed"] == 2
     assert (tmp_path / "compare.png").stat().st_size > 0
-    assert "| seeds+passed |" in (tmp_path / "compare.md").read_text()
+    assert "| +retarget (sim) |" in (tmp_path / "compare.md").read_text()
+
+    before = {p: p.stat().st_mtime_ns for p in cells}
+    stages = (tmp_path / "stages.json").read_text()
+    again = compare(manifest, tmp_path, config)
+    assert again["rows"] == result["rows"]
+    assert {p: p.stat().st_mtime_ns for p in cells} == before
+    assert (tmp_path / "stages.json").read_text() == stages
 
 
 def test_cli_train_policy_and_eval(push_demos, tmp_path, capsys):

@@ -73,16 +73,17 @@ def test_changed_generation_field_reruns_generation_and_what_follows_only(first_
     copy = tmp_path / "push"
     shutil.copytree(folder, copy)
     manifest = load_manifest(PUSH)
+    recover = manifest.generation.recover.model_copy(update={"action_noise": 0.25})
     changed = manifest.model_copy(
-        update={"branching": manifest.branching.model_copy(update={"action_noise": 0.25})}
+        update={"generation": manifest.generation.model_copy(update={"recover": recover})}
     )
     lines: list[str] = []
     again = run_pipeline(changed, copy, profile="tiny", say=lines.append)
     assert _ran(again) == ["synthetic", "checks", "policies", "eval", "report"]
-    assert any("changed: branching" in line for line in lines)
+    assert any("changed: generation" in line for line in lines)
     # The recorded seed demos were kept, and now carry the manifest the run used.
     with open_dataset(copy / "seeds" / "seeds.hdf5") as f:
-        assert dataset_manifest(f).branching.action_noise == 0.25
+        assert dataset_manifest(f).generation.recover.action_noise == 0.25
     with (
         open_dataset(copy / "synthetic" / "synthetic.hdf5") as f,
         h5py.File(folder / "seeds" / "seeds.hdf5") as g,

@@ -190,7 +190,7 @@ def branch_dataset(
     device: str = "cpu",
 ) -> DatasetWriter:
     """Copy the dataset's seed demos to ``out`` and append ``per_seed`` branches per seed and step, each
-    ``horizon`` steps long. What is not given comes from the dataset's manifest (``branching`` and
+    ``horizon`` steps long. What is not given comes from the dataset's manifest (``generation.perturb`` and
     ``world_model.horizon``)."""
     sampler = WorldModelSampler(ckpt, device=device)
     meta = sampler.meta
@@ -198,7 +198,7 @@ def branch_dataset(
     dataset = Path(dataset)
     with open_dataset(dataset) as f:
         manifest = dataset_manifest(f)
-        spec = manifest.branching
+        spec = manifest.generation.perturb
         per_seed = per_seed or spec.per_seed
         at_steps = at_steps or spec.at_steps
         action_noise = spec.action_noise if action_noise is None else action_noise

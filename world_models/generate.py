@@ -22,6 +22,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -70,6 +71,20 @@ class RecoverSpec:
     # executed actions exactly) plus the mean tracking offset measured on the seed demos; "model": the
     # world model's own state head. The robot's own pose is known; the world model predicts the world.
     robot_state: str = "controller"
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, **overrides: Any) -> RecoverSpec:
+        """The manifest's ``generation.recover``; ``overrides`` that are not None win."""
+        recipe = manifest.generation.recover
+        values = {
+            "per_seed": recipe.per_seed,
+            "start_steps": tuple(recipe.at_steps),
+            "action_noise": recipe.action_noise,
+            "labeler": recipe.labeler,
+            "robot_state": recipe.robot_state,
+            "base_seed": manifest.seeds.base_seed,
+        }
+        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
 
 
 @dataclass

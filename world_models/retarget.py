@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,6 +69,20 @@ class RetargetSpec:
     interpolation_steps: int = 5
     batch: int = 8
     base_seed: int = 0
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, **overrides: Any) -> RetargetSpec:
+        """The manifest's ``generation.retarget``; ``overrides`` that are not None win."""
+        recipe = manifest.generation.retarget
+        values = {
+            "count": recipe.count,
+            "scene_base_seed": recipe.scene_base_seed,
+            "nearest": recipe.nearest,
+            "action_noise": recipe.action_noise,
+            "interpolation_steps": recipe.interpolation_steps,
+            "base_seed": manifest.seeds.base_seed,
+        }
+        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
 
     def scenes(self) -> list[int]:
         return [self.scene_base_seed + i for i in range(self.count)]

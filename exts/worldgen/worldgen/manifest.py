@@ -492,7 +492,9 @@ class WorldModelSpec(_Strict):
     vae: str | None = Field(None, description="local AutoencoderKLWan folder: learn in its latent space")
 
 
-class BranchingSpec(_Strict):
+class PerturbRecipe(_Strict):
+    """``perturb``: the parent's actions plus noise for ``world_model.horizon`` steps; a negative control."""
+
     per_seed: int = Field(4, ge=1, le=1024)
     at_steps: list[Annotated[int, Field(ge=0)]] = Field(
         default_factory=lambda: [10], min_length=1, max_length=64
@@ -500,6 +502,43 @@ class BranchingSpec(_Strict):
     action_noise: float = Field(
         0.0, ge=0.0, le=1.0, description="std of Gaussian noise on normalised actions"
     )
+
+
+class RecoverRecipe(_Strict):
+    """``recover`` (DART in the world model): attempts from seed states under executed-action noise,
+    every visited state labelled with the corrective action; kept when the predicted state succeeds."""
+
+    per_seed: int = Field(4, ge=1, le=1024, description="attempts per seed demo and start step")
+    at_steps: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0], min_length=1, max_length=64
+    )
+    action_noise: float = Field(0.1, ge=0.0, le=1.0, description="std on the executed translation")
+    labeler: Literal["expert", "parent"] = Field(
+        "expert", description="the scripted expert on the predicted state, or back toward the parent's path"
+    )
+    robot_state: Literal["controller", "model"] = Field(
+        "controller",
+        description="the end effector in imagination: commanded TCP + tracking offset, or the model's",
+    )
+
+
+class RetargetRecipe(_Strict):
+    """``retarget`` (MimicGen in the world model): one attempt per new scene, a nearby seed demo's
+    object-centric segments moved to the scene's objects; kept when the predicted state succeeds."""
+
+    count: int = Field(40, ge=1, le=1_000_000, description="new scenes, one attempt each")
+    scene_base_seed: int = Field(500_000, ge=0, le=2**31 - 1)
+    nearest: int = Field(3, ge=1, le=1024, description="seed demos a scene draws its source among")
+    action_noise: float = Field(0.05, ge=0.0, le=1.0, description="std on the executed translation")
+    interpolation_steps: int = Field(5, ge=1, le=1000, description="fewest steps joining two segments")
+
+
+class GenerationSpec(_Strict):
+    """How synthetic demos are made: each recipe's parameters (DESIGN: Generation)."""
+
+    recover: RecoverRecipe = Field(default_factory=RecoverRecipe)
+    retarget: RetargetRecipe = Field(default_factory=RetargetRecipe)
+    perturb: PerturbRecipe = Field(default_factory=PerturbRecipe)
 
 
 # The one list of checks (worldgen.checks scores these) and of policy recipes (policies trains these);
@@ -559,7 +598,7 @@ NOT_SCENE = (
     "description",
     "seeds",
     "world_model",
-    "branching",
+    "generation",
     "checks",
     "policy",
     "evaluation",
@@ -586,11 +625,28 @@ class Manifest(_Strict):
     physics_hz: int = Field(500, ge=10, le=4000)
     seeds: SeedSpec = Field(default_factory=SeedSpec)
     world_model: WorldModelSpec = Field(default_factory=WorldModelSpec)
-    branching: BranchingSpec = Field(default_factory=BranchingSpec)
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
     checks: ChecksSpec = Field(default_factory=ChecksSpec)
     policy: PolicySpec = Field(default_factory=PolicySpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     target_domain: TargetDomainSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_branching(cls, data: Any) -> Any:
+        """Manifests before ``generation:`` (datasets store theirs whole) named perturb's block
+        ``branching:``; it is read as ``generation.perturb``."""
+        if isinstance(data, dict) and "branching" in data:
+            data = dict(data)
+            branching = data.pop("branching")
+            generation = data.get("generation")
+            if isinstance(generation, dict) and "perturb" not in generation:
+                data["generation"] = {**generation, "perturb": branching}
+            elif generation is None:
+                data["generation"] = {"perturb": branching}
+            else:
+                raise ValueError("branching is generation.perturb's old name: give only generation.perturb")
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -603,9 +659,10 @@ class Manifest(_Strict):
             raise ValueError(f"camera names must be unique, got {camera_names}")
         if self.world_model.camera is not None and self.world_model.camera not in camera_names:
             raise ValueError(f"world_model.camera {self.world_model.camera!r} is not among {camera_names}")
-        late = [k for k in self.branching.at_steps if k >= self.horizon]
-        if late:
-            raise ValueError(f"branching.at_steps {late} must be below horizon ({self.horizon})")
+        for recipe in ("perturb", "recover"):
+            late = [k for k in getattr(self.generation, recipe).at_steps if k >= self.horizon]
+            if late:
+                raise ValueError(f"generation.{recipe}.at_steps {late} must be below horizon {self.horizon}")
         valid_keys = set(LOW_DIM_KEYS)
         suffix = {"rgb": "rgb", "depth": "depth", "segmentation": "seg"}
         for cam in self.cameras:
@@ -622,6 +679,14 @@ class Manifest(_Strict):
                 f"evaluation seeds [{e_lo}, {e_lo + self.evaluation.episodes}) "
                 f"overlap the seed range [{lo}, {hi})"
             )
+        retarget = self.generation.retarget
+        r_lo, r_hi = retarget.scene_base_seed, retarget.scene_base_seed + retarget.count
+        for name, (a, b) in {"seed range": (lo, hi), "evaluation seeds": (e_lo, e_lo + 10_000)}.items():
+            if r_lo < b and a < r_hi:
+                raise ValueError(
+                    f"generation.retarget scene seeds [{r_lo}, {r_hi}) overlap the {name} [{a}, {b}): "
+                    "new scenes must be new"
+                )
         names = [o.name for o in self.task.objects] + [d.name for d in self.stressors.distractors]
         if len(set(names)) != len(names):
             raise ValueError(f"object and distractor names must be unique together, got {names}")

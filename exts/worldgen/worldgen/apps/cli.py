@@ -23,6 +23,7 @@ from ..export import FORMATS as EXPORT_FORMATS
 from ..files import write_atomically
 from ..keys import image_kind
 from ..manifest import BC_ALGORITHMS, DOMAINS, POLICY_ALGORITHMS, ManifestError, load_manifest
+from .compare import ROWS as COMPARE_ROWS
 from .run import PROFILES as RUN_PROFILES
 from .run import STAGES as RUN_STAGES
 
@@ -410,18 +411,20 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     if args.checkpoint is None and not args.in_simulator:
         raise ArgumentError("a world-model CKPT is needed (or --in-simulator for the recipe's ceiling)")
+    with open_dataset(args.dataset) as f:
+        manifest = dataset_manifest(f)
     if args.recipe == "retarget":
-        spec = retarget.RetargetSpec(
+        spec = retarget.RetargetSpec.from_manifest(
+            manifest,
             count=args.count,
             scene_base_seed=args.scene_seed,
-            action_noise=0.05 if args.action_noise is None else args.action_noise,
+            action_noise=args.action_noise,
             base_seed=args.seed,
         )
-        with open_dataset(args.dataset) as f:
-            try:
-                retarget.check_scene_seeds(dataset_manifest(f), spec)
-            except ValueError as exc:
-                raise ArgumentError(f"--scene-seed: {exc}") from None
+        try:
+            retarget.check_scene_seeds(manifest, spec)
+        except ValueError as exc:
+            raise ArgumentError(f"--scene-seed: {exc}") from None
 
         def progress(scenes: list[int], accepted: int, attempts: int) -> None:
             if not args.quiet:
@@ -437,8 +440,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 args.dataset, args.checkpoint, args.output, spec, device=args.device, progress=progress
             )
     else:
-        noise = 0.1 if args.action_noise is None else args.action_noise
-        spec = generate.RecoverSpec(args.per_seed, tuple(args.starts), noise, args.perturb_steps, args.seed)
+        spec = generate.RecoverSpec.from_manifest(
+            manifest,
+            per_seed=args.per_seed,
+            start_steps=None if args.starts is None else tuple(args.starts),
+            action_noise=args.action_noise,
+            perturb_steps=args.perturb_steps,
+            base_seed=args.seed,
+        )
 
         def progress(parent: str, step: int, accepted: int, attempts: int) -> None:
             if not args.quiet:
@@ -601,19 +610,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare, table
+    from .compare import CompareConfig, compare, table
+    from .experiment import TimeLimitReached
 
-    result = compare(
-        load_manifest(args.manifest),
-        args.output,
+    config = CompareConfig(
         seeds=args.seeds,
-        branches=args.branches,
-        algo=args.algo,
-        episodes=args.episodes,
+        play=args.play,
         wm_steps=args.wm_steps,
+        wm_minutes=args.wm_minutes,
+        algo=args.algo,
         policy_steps=args.policy_steps,
-        progress=None if args.quiet else lambda text: print(f"compare: {text}", flush=True),
+        policy_batch=args.policy_batch,
+        replicates=args.replicates,
+        episodes=args.episodes,
+        rows=tuple(args.rows),
+        workers=args.workers,
+        envs=args.envs,
+        ray_address=args.ray_address,
     )
+    try:
+        result = compare(
+            load_manifest(args.manifest),
+            args.output,
+            config,
+            progress=None if args.quiet else lambda text: print(f"compare: {text}", flush=True),
+        )
+    except TimeLimitReached as exc:
+        print(f"compare: {exc}")
+        return EXIT_OK
     print(table(result))
     print(f"wrote {Path(args.output) / 'compare.json'}, compare.md and compare.png")
     return EXIT_OK
@@ -1026,15 +1050,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed demos + branches (resumed)",
     )
     p.add_argument(
-        "--per-seed", type=_count_arg, help="branches per seed demo and step (default: branching.per_seed)"
+        "--per-seed",
+        type=_count_arg,
+        help="branches per seed demo and step (default: generation.perturb.per_seed)",
     )
     p.add_argument(
-        "--at", type=_int_list_arg, help="comma-separated branch steps (default: branching.at_steps)"
+        "--at", type=_int_list_arg, help="comma-separated branch steps (default: generation.perturb.at_steps)"
     )
     p.add_argument(
         "--action-noise",
         type=_noise_arg,
-        help="std of noise on normalised actions (default: branching.action_noise)",
+        help="std of noise on normalised actions (default: generation.perturb.action_noise)",
     )
     p.add_argument("--horizon", type=_count_arg, help="steps per branch (default: world_model.horizon)")
     p.add_argument("--seed", type=_seed_arg, default=0, help="base seed of the branch noise")
@@ -1070,20 +1096,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="recover: DART from the seed demos' states; retarget: MimicGen in new scenes (perturb: branch)",
     )
     p.add_argument(
-        "--per-seed", type=_count_arg, default=4, help="recover: attempts per seed demo and start step"
+        "--per-seed",
+        type=_count_arg,
+        help="recover: attempts per seed demo and start step (default: generation.recover.per_seed)",
     )
-    p.add_argument("--starts", type=_int_list_arg, default=[0], help="recover: comma-separated start steps")
-    p.add_argument("--count", type=_count_arg, default=40, help="retarget: new scenes, one attempt each")
+    p.add_argument(
+        "--starts",
+        type=_int_list_arg,
+        help="recover: comma-separated start steps (default: generation.recover.at_steps)",
+    )
+    p.add_argument(
+        "--count",
+        type=_count_arg,
+        help="retarget: new scenes, one attempt each (default: generation.retarget.count)",
+    )
     p.add_argument(
         "--scene-seed",
         type=_seed_arg,
-        default=500_000,
-        help="retarget: seed of the first new scene (outside the seed and evaluation ranges)",
+        help="retarget: seed of the first new scene, outside the seed and evaluation ranges "
+        "(default: generation.retarget.scene_base_seed)",
     )
     p.add_argument(
         "--action-noise",
         type=_noise_arg,
-        help="std of noise on the executed translation (default 0.1 recover, 0.05 retarget)",
+        help="std of noise on the executed translation (default: the recipe's in the manifest's generation)",
     )
     p.add_argument("--perturb-steps", type=_count_arg, help="noise on the first N steps only (default: all)")
     p.add_argument("--in-simulator", action="store_true", help="the same attempts in the simulator (ceiling)")
@@ -1189,11 +1225,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", metavar="MANIFEST")
     p.add_argument("-o", "--output", type=_output_folder, required=True, metavar="DIR")
     p.add_argument("--seeds", type=_count_arg, default=10, help="seed demos S")
-    p.add_argument("--branches", type=_count_arg, default=4, help="branches per seed and branch step")
+    p.add_argument(
+        "--play", type=int, choices=[0, 1, 2], default=2, help="play rollouts per seed for the world model"
+    )
+    p.add_argument("--wm-steps", type=_count_arg, help="world-model training steps (default: the manifest's)")
+    p.add_argument(
+        "--wm-minutes", type=float, help="stop the world model's training there; the same command goes on"
+    )
     p.add_argument("--algo", default="bc-mlp", choices=BC_ALGORITHMS)
-    p.add_argument("--episodes", type=_count_arg, help="evaluation panel size")
-    p.add_argument("--wm-steps", type=_count_arg, help="world-model training steps")
-    p.add_argument("--policy-steps", type=_count_arg, help="policy training steps")
+    p.add_argument(
+        "--policy-steps", type=_count_arg, help="gradient steps in every row (default: the manifest's)"
+    )
+    p.add_argument("--policy-batch", type=_count_arg, help="batch in every row (default: the recipe's)")
+    p.add_argument("--replicates", type=_count_arg, default=2, help="training seeds per row, pooled")
+    p.add_argument("--episodes", type=_count_arg, default=50, help="held-out episodes per replicate")
+    p.add_argument(
+        "--rows", nargs="+", choices=COMPARE_ROWS, default=list(COMPARE_ROWS), metavar="ROW", help="the rows"
+    )
+    p.add_argument("--workers", type=_count_arg, default=2, help="processes for generation, replay and cells")
+    p.add_argument("--envs", type=_count_arg, default=10, help="evaluation: held-out scenes stepped together")
+    p.add_argument("--ray-address", metavar="ADDR", help="generation and replay on this Ray cluster")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_compare)
     return parser

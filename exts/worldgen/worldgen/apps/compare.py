@@ -1,153 +1,448 @@
 """``compare``: does seed + synthetic data make a better policy than seed data alone, and by how much?
 
-One policy recipe is trained on four datasets and evaluated on the same held-out panel:
+One policy recipe (``algo``, the same gradient steps and batch in every row) is trained on each row's
+dataset with ``replicates`` training seeds; replicate r is evaluated closed loop on its own ``episodes``
+held-out seeds (``evaluation.held_out_base_seed + r * episodes + i``), and the replicates are pooled
+(Wilson 95 % intervals on the pooled episodes):
 
-(a) ``seeds``           S expert demos from the simulator;
-(b) ``seeds+branches``  (a) plus every world-model branch sampled from them;
-(c) ``seeds+passed``    (a) plus only the branches that passed the checks (thresholds calibrated
-                        through the world model, agreement of 3 samples per branch);
-(d) ``sim-oracle``      (a) plus as many extra simulated expert demos as (b) has branches: what the
-                        same amount of extra data gives when it comes from the simulator.
+    seeds                  the S seed demos (simulator, scripted expert)
+    +perturb (WM)          + world-model branches under the parent's noisy actions, labelled with them
+                           (``generation.perturb``): the negative control
+    +recover (WM)          + DART in the world model (``generation.recover``): the expert acts on the
+                           predicted state under executed-action noise, its clean actions are the labels,
+                           kept when the predicted state meets the success predicate
+    +recover-parent (WM)   the same, labelled back toward the parent's path (no expert needed)
+    +retarget (WM)         + MimicGen in the world model (``generation.retarget``): one attempt per new
+                           scene, only its first frame rendered, a nearby seed demo's segments moved to
+                           the object, the executed actions as labels, kept when predicted successful
+    +<recipe> (sim)        + the same attempts (same starts, plans and noise) executed in the simulator:
+                           the ceiling of that recipe
+    sim oracle             + as many new-scene expert demos as +retarget (WM) accepted
 
-Layout of ``out/``: ``seeds.hdf5``, ``world_model/``, ``synthetic.hdf5`` (seeds + branches, with check
-verdicts and the ``passed`` mask), ``oracle.hdf5``, ``policies/<row>/`` (policy + ``eval.json`` + GIFs),
-``compare.json``, ``compare.md`` and ``compare.png``. Each stage resumes from what is already there.
+The world model trains on the seed demos plus ``play`` non-expert play rollouts per seed (the seed's
+actions replayed with noise; a column of the table). Gain recovered = (recipe WM - seeds) /
+(recipe sim - seeds), given where the ceiling's interval lies above the seeds. Every world-model attempt is
+replayed in the simulator (a diagnostic, never a filter): the precision and recall of predicted success.
+Seeds duplicated to the same sample count is not a row: at matched gradient steps behaviour cloning
+samples uniformly, so duplicated demos train on exactly the seeds' distribution (``perturb`` is the
+control that adds samples without information).
+
+Layout of ``out/``: ``seeds.hdf5``, ``wm_train.hdf5``, ``wm/``, one ``.hdf5`` per generated dataset
+(``*_cameras.hdf5``: simulator rows recorded with cameras for an image policy), ``stages.json``,
+``cells[_ALGO]/<row>_r<k>.json`` (one per row and replicate, written as it finishes),
+``policies[_ALGO]/<row>_r<k>/``, and ``compare.json``, ``compare.md`` and ``compare.png``. Every stage and
+cell resumes from what ``out`` holds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Callable
+import multiprocessing
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from policies.evaluate import evaluate_policy
-from policies.train import train_bc
-from worldgen.dataset import demo_names
-from worldgen.files import write_atomically
-from worldgen.manifest import Manifest, as_manifest
-from worldgen.pipeline import run_seed_stage
+import numpy as np
 
-from .. import plots
-from ..dataset import demo_record, open_dataset
+from ..dataset import demo_names, demo_record, open_dataset
+from ..errors import ArgumentError
+from ..files import write_atomically
+from ..manifest import BC_ALGORITHMS, Manifest, as_manifest
+from .experiment import Stages, pooled, prepare_world_model
 
-ROWS = ("seeds", "seeds+branches", "seeds+passed", "sim-oracle")
+ROWS = (
+    "seeds",
+    "+perturb (WM)",
+    "+recover (WM)",
+    "+recover (sim)",
+    "+recover-parent (WM)",
+    "+recover-parent (sim)",
+    "+retarget (WM)",
+    "+retarget (sim)",
+    "sim oracle",
+)
+CONTROLS = ("+perturb (WM)",)
+RECIPES = ("recover", "recover-parent", "retarget")
+# Generated rows: their dataset in out/ (without .hdf5), which is also their stage's name.
+GENERATED = {
+    "+recover (WM)": "recover_wm",
+    "+recover (sim)": "recover_sim",
+    "+recover-parent (WM)": "recover_parent_wm",
+    "+recover-parent (sim)": "recover_parent_sim",
+    "+retarget (WM)": "retarget_wm",
+    "+retarget (sim)": "retarget_sim",
+}
+# The replay of each recipe's world-model attempts: its stage's name.
+REPLAYS = {"recover": "replay", "recover-parent": "replay_recover_parent", "retarget": "replay_retarget"}
 
 
-def _say(progress: Callable[[str], None] | None, text: str) -> None:
-    if progress is not None:
-        progress(text)
+@dataclass(frozen=True)
+class CompareConfig:
+    """The experiment's own settings; the recipes' parameters are the manifest's ``generation`` block."""
+
+    seeds: int = 10  # seed demos S
+    play: int = 2  # play rollouts per seed demo for the world model (0-2)
+    wm_steps: int | None = None  # world-model training steps (None: the manifest's)
+    wm_minutes: float | None = None  # stop the world model's training there (run again to go on)
+    algo: str = "bc-mlp"
+    policy_steps: int | None = None  # gradient steps in every row (None: the manifest's)
+    policy_batch: int | None = None  # None: the recipe's own
+    replicates: int = 2
+    episodes: int = 50  # held-out episodes per replicate
+    rows: tuple[str, ...] = ROWS
+    workers: int = 2  # generation, replay and the (row, replicate) cells side by side
+    envs: int = 10  # evaluation: held-out scenes stepped together
+    replay_envs: int = 1  # replay: scenes stepped together
+    ray_address: str | None = None  # generation and replay on this Ray cluster's actors
+
+    def __post_init__(self) -> None:
+        unknown = [r for r in self.rows if r not in ROWS]
+        if unknown:
+            raise ArgumentError(f"rows {unknown} are not among {list(ROWS)}")
+        if "seeds" not in self.rows:
+            raise ArgumentError("rows must include 'seeds': every other row is measured against it")
+        if self.algo not in BC_ALGORITHMS:
+            raise ArgumentError(f"algo must be one of {list(BC_ALGORITHMS)}, got {self.algo!r}")
+        if not 0 <= self.play <= 2:
+            raise ArgumentError(f"play rollouts per seed must be 0, 1 or 2, got {self.play}")
+
+    @property
+    def cameras(self) -> bool:
+        """Simulator rows need images for an image policy."""
+        return self.algo == "bc-image"
+
+
+def cells_folder(out: Path, algo: str) -> Path:
+    """Where a policy recipe's (row, replicate) results go: cells/ for bc-mlp, cells_<algo>/ otherwise."""
+    return out / ("cells" if algo == "bc-mlp" else f"cells_{algo}")
+
+
+def row_slug(row: str) -> str:
+    return row.replace("+", "plus_").replace(" (", "_").replace(")", "").replace(" ", "_").lower()
+
+
+def generated_file(row: str, cameras: bool) -> str:
+    """A generated row's dataset name (its stage's name): simulator rows for an image policy keep images."""
+    name = GENERATED[row]
+    return f"{name}_cameras" if cameras and row.endswith("(sim)") else name
+
+
+def generate(manifest: Manifest, out: Path, config: CompareConfig, stage: Stages) -> None:
+    """The rows' datasets: each generated once (resumed), only those the rows need."""
+    from world_models.branch import branch_dataset
+    from world_models.generate import RecoverSpec, recover_in_simulator, recover_in_world_model
+    from world_models.retarget import RetargetSpec, retarget_in_simulator, retarget_in_world_model
+
+    from ..pipeline import run_seed_stage
+
+    seeds, ckpt = out / "seeds.hdf5", out / "wm"
+    rows = set(config.rows)
+    workers = {"workers": config.workers, "ray_address": config.ray_address}
+
+    def perturb() -> dict:
+        branch_dataset(seeds, ckpt, out / "perturb.hdf5", base_seed=manifest.seeds.base_seed)
+        with open_dataset(out / "perturb.hdf5") as f:
+            made = len(demo_names(f, "synthetic"))
+        return {"attempts": made, "accepted": made}  # a branch is never judged: all are kept
+
+    if "+perturb (WM)" in rows:
+        stage("perturb", perturb)
+    recover = RecoverSpec.from_manifest(manifest)
+    specs = {"recover": recover, "recover-parent": dataclasses.replace(recover, labeler="parent")}
+    retarget = RetargetSpec.from_manifest(manifest)
+    for recipe, spec in specs.items():
+        wm, sim = f"+{recipe} (WM)", f"+{recipe} (sim)"
+        if wm in rows:
+            path = out / f"{GENERATED[wm]}.hdf5"
+            stage(GENERATED[wm], lambda s=spec, p=path: recover_in_world_model(seeds, ckpt, p, s, **workers))
+        if sim in rows:
+            name = generated_file(sim, config.cameras)
+            path = out / f"{name}.hdf5"
+            stage(name, lambda s=spec, p=path: recover_in_simulator(seeds, p, s, cameras=config.cameras))
+    if rows & {"+retarget (WM)", "sim oracle"}:  # the oracle adds as many new scenes as retarget accepted
+        path = out / "retarget_wm.hdf5"
+        stage("retarget_wm", lambda: retarget_in_world_model(seeds, ckpt, path, retarget, **workers))
+    if "+retarget (sim)" in rows:
+        name = generated_file("+retarget (sim)", config.cameras)
+        path = out / f"{name}.hdf5"
+        stage(name, lambda: retarget_in_simulator(seeds, path, retarget, cameras=config.cameras))
+    if "sim oracle" in rows:
+        extra = stage.stats["retarget_wm"]["accepted"]
+        name = "oracle_cameras" if config.cameras else "oracle"
+        path = out / f"{name}.hdf5"
+        n = config.seeds + extra
+        stage(name, lambda: {"demos": len(run_seed_stage(manifest, path, n=n, cameras=config.cameras))})
+    for recipe, name in REPLAYS.items():
+        if f"+{recipe} (WM)" in rows:
+            path = out / f"{GENERATED[f'+{recipe} (WM)']}.hdf5"
+            stage(name, lambda p=path: replay_all(p, config.replay_envs, config.workers, config.ray_address))
+
+
+def replay_all(synth: Path, envs: int = 1, workers: int = 1, ray_address: str | None = None) -> dict:
+    """Replay every world-model attempt in the simulator from its start (``envs`` > 1: that many scenes
+    stepped together): the precision and recall of the world model's predicted success."""
+    from world_models.generate import replay_generated
+
+    with open_dataset(synth) as f:
+        demos = [demo_record(f, name) for name in demo_names(f, "synthetic")]
+        results = replay_generated(f, [r.name for r in demos], envs, workers=workers, ray_address=ray_address)
+    records = [
+        {"demo": r.name, "predicted_success": r.success, **rec} for r, rec in zip(demos, results, strict=True)
+    ]
+    predicted = [r for r in records if r["predicted_success"]]
+    both = sum(r["replay_success"] for r in predicted)
+    real = sum(r["replay_success"] for r in records)
+    return {
+        "replayed": len(records),
+        "predicted_successes": len(predicted),
+        "replay_successes": real,
+        "precision": both / max(len(predicted), 1),
+        "recall": both / max(real, 1),
+        "object_error_end_median_m": float(np.median([r["object_error_end"] for r in predicted] or [0])),
+        "per_demo": records,
+    }
+
+
+def row_dataset(out: Path, row: str, cameras: bool) -> tuple[Path, str | None, list[str] | None]:
+    """A row's dataset, mask and demo names (generated attempts: only those that succeeded)."""
+    from world_models.generate import accepted_demos
+
+    fixed = {
+        "seeds": ("seeds", "seed"),
+        "+perturb (WM)": ("perturb", None),
+        "sim oracle": ("oracle_cameras" if cameras else "oracle", "seed"),
+    }
+    if row in fixed:
+        name, mask = fixed[row]
+        return out / f"{name}.hdf5", mask, None
+    path = out / f"{generated_file(row, cameras)}.hdf5"
+    return path, None, accepted_demos(path)
+
+
+def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
+    """Train one replicate of one row and evaluate it on its panel (in a worker process, one core)."""
+    import torch
+
+    from policies.evaluate import evaluate_policy
+    from policies.train import train_bc
+
+    if cell["one_thread"]:
+        torch.set_num_threads(1)  # the cells run side by side, one core each
+    started = time.perf_counter()
+    meta = train_bc(
+        cell["dataset"],
+        cell["folder"],
+        cell["algo"],
+        mask=cell["mask"],
+        demos=cell["demos"],
+        steps=cell["steps"],
+        batch_size=cell["batch_size"],
+        seed=cell["replicate"],
+    )
+    trained = time.perf_counter() - started
+    report = evaluate_policy(
+        cell["folder"],
+        cell["manifest"],
+        cell["episodes"],
+        gifs=False,
+        panel_offset=cell["replicate"] * cell["episodes"],
+        envs=cell["envs"],
+    )
+    return {
+        "row": cell["row"],
+        "replicate": cell["replicate"],
+        "demos": meta["demos"],
+        "samples": meta["samples"],
+        "successes": report["successes"],
+        "episodes": report["episodes"],
+        "panel": report["panel"],
+        "train_seconds": round(trained, 1),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _cells_to_run(manifest: Manifest, out: Path, config: CompareConfig) -> list[dict[str, Any]]:
+    folder = cells_folder(out, config.algo)
+    cells = []
+    for row in config.rows:
+        for rep in range(config.replicates):
+            if (folder / f"{row_slug(row)}_r{rep}.json").exists():
+                continue
+            dataset, mask, demos = row_dataset(out, row, config.cameras)
+            cells.append(
+                {
+                    "row": row,
+                    "replicate": rep,
+                    "dataset": str(dataset),
+                    "mask": mask,
+                    "demos": demos,
+                    "folder": str(out / folder.name.replace("cells", "policies") / f"{row_slug(row)}_r{rep}"),
+                    "algo": config.algo,
+                    "steps": config.policy_steps,
+                    "batch_size": config.policy_batch,
+                    "episodes": config.episodes,
+                    "envs": config.envs,
+                    "manifest": manifest,
+                    "one_thread": config.workers > 1,
+                }
+            )
+    return cells
+
+
+def _map(fn: Callable[[dict], dict], tasks: list[dict], workers: int) -> Iterable[dict]:
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(fn, tasks)
+        return
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(tasks))) as pool:
+        yield from pool.imap_unordered(fn, tasks)
 
 
 def compare(
     manifest: Manifest | str | Path,
     out: str | Path,
-    seeds: int = 10,
-    branches: int = 4,
-    algo: str = "bc-mlp",
-    episodes: int | None = None,
-    wm_steps: int | None = None,
-    policy_steps: int | None = None,
+    config: CompareConfig | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the four-row comparison; returns (and writes) the table."""
-    from world_models.branch import branch_dataset
-    from world_models.checking import gate_with_world_model
-    from world_models.checkpoint import checkpoint_hash
-    from world_models.train import train_world_model
-
-    manifest, out = as_manifest(manifest), Path(out)
+    """Run the experiment (resuming from what ``out`` holds); returns the result and writes
+    ``compare.json``, ``compare.md`` and ``compare.png`` in ``out``."""
+    manifest, out, config = as_manifest(manifest), Path(out), config or CompareConfig()
+    say = progress or (lambda text: None)
     out.mkdir(parents=True, exist_ok=True)
-    cameras = algo == "bc-image"
-    seed_file, synth = out / "seeds.hdf5", out / "synthetic.hdf5"
-    oracle = out / ("oracle_cameras.hdf5" if cameras else "oracle.hdf5")
+    stage = Stages(out, say)
+    prepare_world_model(stage, manifest, out, config.seeds, config.play, config.wm_steps, config.wm_minutes)
+    generate(manifest, out, config, stage)
+    cells = _cells_to_run(manifest, out, config)
+    folder = cells_folder(out, config.algo)
+    folder.mkdir(exist_ok=True)
+    say(f"{len(cells)} (row, replicate) cells to train and evaluate on {config.workers} processes")
+    for result in _map(run_cell, cells, config.workers):
+        name = f"{row_slug(result['row'])}_r{result['replicate']}.json"
+        write_atomically(folder / name, (json.dumps(result, indent=2) + "\n").encode())
+        say(
+            f"{result['row']} r{result['replicate']}: {result['successes']}/{result['episodes']} "
+            f"({result['seconds']:.0f} s)"
+        )
+    from .. import plots
 
-    _say(progress, f"recording {seeds} seed demos")
-    run_seed_stage(manifest, seed_file, n=seeds)
-    _say(progress, "training the world model")
-    ckpt = out / "world_model"
-    train_world_model(seed_file, ckpt, steps=wm_steps, checkpoint_every=max((wm_steps or 500) // 2, 1))
-    if synth.exists() and _branch_models(synth) - {checkpoint_hash(ckpt)}:
-        synth.unlink()  # branches of an earlier checkpoint: sample them again
-    _say(progress, f"branching {branches} futures per seed at steps {manifest.branching.at_steps}")
-    branch_dataset(seed_file, ckpt, synth, per_seed=branches, base_seed=manifest.seeds.base_seed)
-    _say(progress, "checking the branches (thresholds calibrated through the world model)")
-    gate = gate_with_world_model(synth, ckpt, held_out=seed_file)
-    with open_dataset(synth) as f:
-        seed_names, synthetic = demo_names(f, "seed"), demo_names(f, "synthetic")
-        passed = [n for n in demo_names(f, "passed") if n in set(synthetic)]
-    extra = len(synthetic)
-    _say(progress, f"simulating {extra} extra expert demos for the oracle row")
-    run_seed_stage(manifest, oracle, n=seeds + extra, cameras=cameras)
-
-    datasets = {
-        "seeds": (seed_file, "seed", None),
-        "seeds+branches": (synth, None, None),
-        "seeds+passed": (synth, None, seed_names + passed),
-        "sim-oracle": (oracle, "seed", None),
-    }
-    rows: dict[str, Any] = {}
-    for row, (path, mask, demos) in datasets.items():
-        folder = out / "policies" / row.replace("+", "_")
-        _say(progress, f"{row}: training {algo}")
-        meta = train_bc(path, folder, algo, mask=mask, demos=demos, steps=policy_steps)
-        _say(progress, f"{row}: evaluating")
-        report = evaluate_policy(folder, manifest, episodes, out=folder)
-        rows[row] = {
-            "demos": meta["demos"],
-            "samples": meta["samples"],
-            "success_rate": report["success_rate"],
-            "ci95": report["ci95"],
-            "successes": report["successes"],
-            "episodes": report["episodes"],
-            "mean_return": report["mean_return"],
-            "policy": str(folder),
-        }
-    result = {
-        "manifest": manifest.name,
-        "manifest_hash": manifest.content_hash(),
-        "algo": algo,
-        "seeds": seeds,
-        "branches_per_seed_and_step": branches,
-        "branch_steps": list(manifest.branching.at_steps),
-        "synthetic": extra,
-        "passed": len(passed),
-        "check_thresholds": gate.thresholds,
-        "check_calibrations": {name: c.to_dict() for name, c in gate.calibrations.items()},
-        "rows": rows,
-    }
-    _write_text(out / "compare.json", json.dumps(result, indent=2) + "\n")
-    _write_text(out / "compare.md", table(result) + "\n")
+    result = summarise(manifest, out, config, stage.stats)
+    write_atomically(out / "compare.json", (json.dumps(result, indent=2) + "\n").encode())
+    write_atomically(out / "compare.md", (table(result) + "\n").encode())
     plots.success_rates(
-        result["rows"],
-        out / "compare.png",
-        f"{manifest.name}, {algo}: success rate on one held-out panel, 95 % CI",
-        baseline=ROWS[0],
+        result["rows"], out / "compare.png", title(result), baseline="seeds", controls=CONTROLS
     )
     return result
 
 
-def _branch_models(path: Path) -> set[str]:
-    with open_dataset(path) as f:
-        return {demo_record(f, n).model for n in demo_names(f, "synthetic")}
+def summarise(manifest: Manifest, out: Path, config: CompareConfig, stats: dict) -> dict[str, Any]:
+    """The pooled rows, gain recovered and the replays' precision, from the cells and stages in ``out``."""
+    rows: dict[str, dict[str, Any]] = {}
+    for row in config.rows:
+        cells = [
+            json.loads((cells_folder(out, config.algo) / f"{row_slug(row)}_r{r}.json").read_text())
+            for r in range(config.replicates)
+        ]
+        rows[row] = {
+            **pooled(cells),
+            "demos": cells[0]["demos"],
+            "samples": cells[0]["samples"],
+            "seconds": round(sum(c["seconds"] for c in cells), 1),
+        }
+        key = "perturb" if row == "+perturb (WM)" else None
+        if row in GENERATED:
+            key = generated_file(row, config.cameras)
+        if key is not None:
+            rows[row]["accepted"] = f"{stats[key]['accepted']}/{stats[key]['attempts']}"
+            rows[row]["generation_seconds"] = stats[key]["seconds"]
+    seeds_rate = rows["seeds"]["success_rate"]
+    gain: dict[str, float | None] = {}
+    for recipe in RECIPES:
+        wm, sim = rows.get(f"+{recipe} (WM)"), rows.get(f"+{recipe} (sim)")
+        if wm and sim:
+            # Only where the ceiling is above the seeds beyond its own interval: a ratio over noise is noise.
+            ceiling = sim["success_rate"] - seeds_rate
+            above = sim["ci95"][0] > seeds_rate
+            gain[recipe] = (wm["success_rate"] - seeds_rate) / ceiling if above else None
+    replay = {
+        recipe: {k: v for k, v in stats[name].items() if k != "per_demo"}
+        for recipe, name in REPLAYS.items()
+        if name in stats and f"+{recipe} (WM)" in rows
+    }
+    generation = manifest.generation.model_dump(mode="json")
+    return {
+        "scenario": manifest.name,
+        "manifest_hash": manifest.content_hash(),
+        "algo": config.algo,
+        "policy_steps": config.policy_steps,
+        "policy_batch": config.policy_batch,
+        "seed_demos": config.seeds,
+        "play_rollouts": stats["play"]["rollouts"],
+        "world_model": stats["world_model"],
+        "recover": {
+            "robot_state": generation["recover"]["robot_state"],
+            "per_seed": generation["recover"]["per_seed"],
+            "starts": generation["recover"]["at_steps"],
+            "action_noise": generation["recover"]["action_noise"],
+        },
+        "retarget": {
+            "new_scenes": generation["retarget"]["count"],
+            "action_noise": generation["retarget"]["action_noise"],
+        },
+        "generation": generation,
+        "replicates": config.replicates,
+        "episodes_per_replicate": config.episodes,
+        "rows": rows,
+        "gain_recovered": gain,
+        "replay_of_accepted_wm_demos": replay,
+        "machine": _machine(),
+    }
 
 
-def _write_text(path: Path, text: str) -> None:
-    write_atomically(path, text.encode())
+def _machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{multiprocessing.cpu_count()} CPU cores, {gpu}"
+
+
+def title(result: dict[str, Any]) -> str:
+    first = next(iter(result["rows"].values()))
+    return f"{result['scenario']}, {result['algo']}: {first['episodes']} episodes per row, 95 % CI"
 
 
 def table(result: dict[str, Any]) -> str:
+    batch = result.get("policy_batch")
+    steps = result["policy_steps"] or "the manifest's"
     lines = [
-        f"{result['manifest']}: {result['algo']} on {result['seeds']} seeds, {result['synthetic']} branches "
-        f"({result['passed']} passed the checks)",
+        f"{result['scenario']}, {result['algo']} ({steps} steps"
+        f"{'' if batch is None else f' at batch {batch}'}), "
+        f"{result['seed_demos']} seed demos, "
+        f"{result['play_rollouts']} play rollouts for the world model; {result['replicates']} replicates x "
+        f"{result['episodes_per_replicate']} held-out episodes pooled",
         "",
-        "| row | demos | samples | success | 95% CI |",
-        "|---|---:|---:|---:|---|",
+        "| row | demos | samples | accepted | success | 95 % CI | per replicate |",
+        "|---|---:|---:|---:|---|---|---|",
     ]
-    for name, row in result["rows"].items():
-        low, high = row["ci95"]
+    for row, r in result["rows"].items():
+        lo, hi = r["ci95"]
         lines.append(
-            f"| {name} | {row['demos']} | {row['samples']} | {row['successes']}/{row['episodes']} "
-            f"({row['success_rate']:.0%}) | [{low:.2f}, {high:.2f}] |"
+            f"| {row} | {r['demos']} | {r['samples']} | {r.get('accepted', '')} "
+            f"| {r['successes']}/{r['episodes']}"
+            f" = {100 * r['success_rate']:.0f} % | [{lo:.2f}, {hi:.2f}] | {', '.join(r['per_replicate'])} |"
         )
+    gain = ", ".join(
+        f"{k} {'n/a (its simulator ceiling is not above the seeds)' if v is None else f'{v:.2f}'}"
+        for k, v in result["gain_recovered"].items()
+    )
+    replays = "; ".join(
+        f"{recipe} (WM) attempts replayed in the simulator: predicted-success precision "
+        f"{100 * rp['precision']:.0f} % (of {rp['predicted_successes']} predicted), recall "
+        f"{100 * rp['recall']:.0f} % (of {rp['replay_successes']} that succeed in replay), "
+        f"{rp['replayed']} attempts"
+        for recipe, rp in result["replay_of_accepted_wm_demos"].items()
+    )
+    gain = gain or "no recipe with both rows"
+    lines += ["", f"gain recovered (WM - seeds) / (sim - seeds): {gain}; {replays}"]
     return "\n".join(lines)

@@ -33,7 +33,7 @@ MAIN_SECTIONS = (
     "horizon",
     "seeds",
     "world_model",
-    "branching",
+    "generation",
     "policy",
     "evaluation",
 )

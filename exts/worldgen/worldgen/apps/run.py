@@ -74,7 +74,7 @@ PROFILES = {
         overlay={
             "seeds": {"count": 10},
             "world_model": {"resolution": [32, 32], "train_steps": 1500, "batch_size": 16},
-            "branching": {"per_seed": 4, "at_steps": [0]},
+            "generation": {"recover": {"per_seed": 4, "at_steps": [0]}},
             "policy": {"train_steps": 1500},
             "evaluation": {"episodes": 100},
         },
@@ -87,7 +87,7 @@ PROFILES = {
         overlay={
             "seeds": {"count": 3},
             "world_model": {"resolution": [16, 16], "train_steps": 4, "batch_size": 4},
-            "branching": {"per_seed": 1, "at_steps": [0]},
+            "generation": {"recover": {"per_seed": 1, "at_steps": [0]}},
             "policy": {"train_steps": 20},
             "evaluation": {"episodes": 4},
         },
@@ -306,16 +306,10 @@ def world_model_stage(run: Run) -> dict[str, Any]:
 
 
 def recover_spec(manifest: Manifest):
-    """The run's ``recover`` recipe from the manifest's ``branching`` block."""
+    """The run's ``recover`` recipe: the manifest's ``generation.recover``."""
     from world_models.generate import RecoverSpec
 
-    branching = manifest.branching
-    return RecoverSpec(
-        per_seed=branching.per_seed,
-        start_steps=tuple(branching.at_steps),
-        action_noise=branching.action_noise,
-        base_seed=manifest.seeds.base_seed,
-    )
+    return RecoverSpec.from_manifest(manifest)
 
 
 def synthetic_stage(run: Run) -> dict[str, Any]:
@@ -528,7 +522,7 @@ def stage_inputs(run: Run) -> dict[str, dict[str, Any]]:
             "play_noise": list(p.play_noise),
             "checkpoint_every": p.checkpoint_every,
         },
-        "synthetic": {"branching": m.section_hash("branching")},
+        "synthetic": {"generation": m.section_hash("generation")},
         "checks": {"checks": m.section_hash("checks"), "samples": p.check_samples, "envs": p.envs},
         "policies": {"policy": m.section_hash("policy")},
         "eval": {"evaluation": m.section_hash("evaluation"), "envs": p.envs},
