@@ -1242,9 +1242,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rows", nargs="+", choices=COMPARE_ROWS, default=list(COMPARE_ROWS), metavar="ROW", help="the rows"
     )
-    p.add_argument("--workers", type=_count_arg, default=2, help="processes for generation, replay and cells")
+    p.add_argument(
+        "--workers", type=_count_arg, default=2, help="cells side by side (and Ray actors with --ray-address)"
+    )
     p.add_argument("--envs", type=_count_arg, default=10, help="evaluation: held-out scenes stepped together")
-    p.add_argument("--ray-address", metavar="ADDR", help="generation and replay on this Ray cluster")
+    p.add_argument(
+        "--ray-address", metavar="ADDR", help="generation, replay and evaluation on this Ray cluster"
+    )
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_compare)
     return parser

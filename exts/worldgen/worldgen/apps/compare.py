@@ -93,10 +93,10 @@ class CompareConfig:
     replicates: int = 2
     episodes: int = 50  # held-out episodes per replicate
     rows: tuple[str, ...] = ROWS
-    workers: int = 2  # generation, replay and the (row, replicate) cells side by side
+    workers: int = 2  # (row, replicate) cells side by side; with ray_address, also generation and replay
     envs: int = 10  # evaluation: held-out scenes stepped together
     replay_envs: int = 1  # replay: scenes stepped together
-    ray_address: str | None = None  # generation and replay on this Ray cluster's actors
+    ray_address: str | None = None  # generation, replay and evaluation on this Ray cluster's actors
 
     def __post_init__(self) -> None:
         unknown = [r for r in self.rows if r not in ROWS]
@@ -140,7 +140,9 @@ def generate(manifest: Manifest, out: Path, config: CompareConfig, stage: Stages
 
     seeds, ckpt = out / "seeds.hdf5", out / "wm"
     rows = set(config.rows)
-    workers = {"workers": config.workers, "ray_address": config.ray_address}
+    # Generation and replay go to Ray actors only on a cluster that was given; locally they run here.
+    remote = config.workers if config.ray_address else 1
+    workers = {"workers": remote, "ray_address": config.ray_address}
 
     def perturb() -> dict:
         branch_dataset(seeds, ckpt, out / "perturb.hdf5", base_seed=manifest.seeds.base_seed)
@@ -178,7 +180,7 @@ def generate(manifest: Manifest, out: Path, config: CompareConfig, stage: Stages
     for recipe, name in REPLAYS.items():
         if f"+{recipe} (WM)" in rows:
             path = out / f"{GENERATED[f'+{recipe} (WM)']}.hdf5"
-            stage(name, lambda p=path: replay_all(p, config.replay_envs, config.workers, config.ray_address))
+            stage(name, lambda p=path: replay_all(p, config.replay_envs, remote, config.ray_address))
 
 
 def replay_all(synth: Path, envs: int = 1, workers: int = 1, ray_address: str | None = None) -> dict:
@@ -250,6 +252,7 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
         gifs=False,
         panel_offset=cell["replicate"] * cell["episodes"],
         envs=cell["envs"],
+        ray_address=cell["ray_address"],
     )
     return {
         "row": cell["row"],
@@ -287,6 +290,7 @@ def _cells_to_run(manifest: Manifest, out: Path, config: CompareConfig) -> list[
                     "envs": config.envs,
                     "manifest": manifest,
                     "one_thread": config.workers > 1,
+                    "ray_address": config.ray_address,
                 }
             )
     return cells
