@@ -31,7 +31,9 @@ import time
 from pathlib import Path
 
 from stages import pooled, say, write_figures  # bench/stages.py, beside this script
+from worldgen.apps.compare import run_cell
 from worldgen.dataset import demo_names, demo_record, open_dataset
+from worldgen.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = (
@@ -77,33 +79,6 @@ def row_demos(path: Path, starts: list[int] | None = None) -> tuple[dict[str, li
     return demos, acceptance
 
 
-def run_cell(task: tuple) -> dict:
-    """Train one replicate of one row and evaluate it (in a worker process)."""
-    from worldgen.manifest import load_manifest
-
-    from policies.evaluate import evaluate_policy
-    from policies.train import train_bc
-
-    row, rep, path, demos, folder, algo, steps, episodes, manifest_path, envs = task
-    started = time.perf_counter()
-    meta = train_bc(path, folder, algo, mask=None, demos=demos, steps=steps, seed=rep)
-    trained = time.perf_counter() - started
-    report = evaluate_policy(
-        folder, load_manifest(manifest_path), episodes, gifs=False, panel_offset=rep * episodes, envs=envs
-    )
-    return {
-        "row": row,
-        "replicate": rep,
-        "demos": meta["demos"],
-        "samples": meta["samples"],
-        "successes": report["successes"],
-        "episodes": report["episodes"],
-        "panel": report["panel"],
-        "train_seconds": round(trained, 1),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--folder", type=Path, required=True, help="a bench/wm_checks.py folder")
@@ -125,13 +100,28 @@ def main() -> None:
     demos, acceptance = row_demos(dataset, args.starts)
     cells = args.out / "cells"
     cells.mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(manifest_path)
     tasks = [
-        (row, rep, str(dataset), demos[row], str(args.out / "policies" / f"{_slug(row)}_r{rep}"),
-         args.algo, args.policy_steps, args.episodes, str(manifest_path), args.envs)
+        {
+            "row": row,
+            "replicate": rep,
+            "dataset": str(dataset),
+            "mask": None,
+            "demos": demos[row],
+            "folder": str(args.out / "policies" / f"{_slug(row)}_r{rep}"),
+            "algo": args.algo,
+            "steps": args.policy_steps,
+            "batch_size": None,
+            "episodes": args.episodes,
+            "envs": args.envs,
+            "manifest": manifest,
+            "one_thread": args.workers > 1,
+            "ray_address": None,
+        }
         for row in args.rows
         for rep in range(args.replicates)
         if not (cells / f"{_slug(row)}_r{rep}.json").exists()
-    ]  # fmt: skip
+    ]
     say(f"{len(tasks)} (row, replicate) cells to train and evaluate on {args.workers} processes")
     started = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
