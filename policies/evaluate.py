@@ -45,7 +45,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # Exactly, the interval holds p (its bound is 1 at p = 1); in floating point it can miss by an ulp.
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def panel_seeds(manifest: Manifest, episodes: int | None = None, offset: int = 0) -> list[int]:

@@ -49,6 +49,8 @@ def test_wilson_interval_matches_known_values():
     assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == 1.0
     low, high = wilson_interval(40, 50)
     assert low < 0.8 < high and high - low < 0.25
+    for n in range(1, 301):  # the interval holds the rate itself, to the last bit (a bar plot's error bars)
+        assert all(lo <= k / n <= hi for k in (0, n) for lo, hi in [wilson_interval(k, n)])
 
 
 def test_rotation_features_ignore_the_quaternion_sign():
