@@ -448,5 +448,8 @@ def table(result: dict[str, Any]) -> str:
         for recipe, rp in result["replay_of_accepted_wm_demos"].items()
     )
     gain = gain or "no recipe with both rows"
-    lines += ["", f"gain recovered (WM - seeds) / (sim - seeds): {gain}; {replays}"]
+    lines += [
+        "",
+        "; ".join(part for part in (f"gain recovered (WM - seeds) / (sim - seeds): {gain}", replays) if part),
+    ]
     return "\n".join(lines)
