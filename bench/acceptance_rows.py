@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from stages import pooled, say, write_figures  # bench/stages.py, beside this script
-from worldgen.apps.compare import run_cell
+from worldgen.apps.compare import Cell, run_cell
 from worldgen.dataset import demo_names, demo_record, open_dataset
 from worldgen.manifest import load_manifest
 
@@ -102,22 +102,19 @@ def main() -> None:
     cells.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(manifest_path)
     tasks = [
-        {
-            "row": row,
-            "replicate": rep,
-            "dataset": str(dataset),
-            "mask": None,
-            "demos": demos[row],
-            "folder": str(args.out / "policies" / f"{_slug(row)}_r{rep}"),
-            "algo": args.algo,
-            "steps": args.policy_steps,
-            "batch_size": None,
-            "episodes": args.episodes,
-            "envs": args.envs,
-            "manifest": manifest,
-            "one_thread": args.workers > 1,
-            "ray_address": None,
-        }
+        Cell(
+            row=row,
+            replicate=rep,
+            dataset=str(dataset),
+            demos=demos[row],
+            folder=str(args.out / "policies" / f"{_slug(row)}_r{rep}"),
+            manifest=manifest,
+            algo=args.algo,
+            steps=args.policy_steps,
+            episodes=args.episodes,
+            envs=args.envs,
+            one_thread=args.workers > 1,
+        )
         for row in args.rows
         for rep in range(args.replicates)
         if not (cells / f"{_slug(row)}_r{rep}.json").exists()

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from stages import RESULTS, pooled, say
-from worldgen.apps.compare import cells_folder, run_cell
+from worldgen.apps.compare import Cell, cells_folder, run_cell
 from worldgen.dataset import demo_names, demo_record, open_dataset
 from worldgen.files import write_atomically
 from worldgen.manifest import load_manifest
@@ -62,22 +62,16 @@ def main() -> None:
     say(f"{len(matched)} attempts the world model kept, as the simulator executed them")
     cells = []
     for rep in range(args.replicates):
-        cell = {
-            "row": f"+{args.recipe} (sim), only the attempts the world model kept",
-            "replicate": rep,
-            "dataset": str(args.folder / f"{args.recipe}_sim.hdf5"),
-            "mask": None,
-            "demos": seeds + matched,
-            "folder": str(args.folder / "policies_accepted_in_simulator" / f"{args.recipe}_r{rep}"),
-            "algo": "bc-mlp",
-            "steps": args.policy_steps,
-            "batch_size": None,
-            "episodes": args.episodes,
-            "envs": 10,
-            "manifest": manifest,
-            "one_thread": True,
-            "ray_address": None,
-        }
+        cell = Cell(
+            row=f"+{args.recipe} (sim), only the attempts the world model kept",
+            replicate=rep,
+            dataset=str(args.folder / f"{args.recipe}_sim.hdf5"),
+            demos=seeds + matched,
+            folder=str(args.folder / "policies_accepted_in_simulator" / f"{args.recipe}_r{rep}"),
+            manifest=manifest,
+            steps=args.policy_steps,
+            episodes=args.episodes,
+        )
         cells.append(run_cell(cell))
         say(f"r{rep}: {cells[-1]['successes']}/{cells[-1]['episodes']}")
     experiment = cells_folder(args.folder, "bc-mlp")

@@ -88,22 +88,15 @@ class RetargetSpec:
         return [self.scene_base_seed + i for i in range(self.count)]
 
 
-def check_scene_seeds(manifest: Manifest, spec: RetargetSpec, episodes: int = 10_000) -> None:
-    """New scenes must be new: refuse seeds inside the seed range or the first ``episodes`` held-out
-    seeds."""
+def check_scene_seeds(manifest: Manifest, spec: RetargetSpec) -> None:
+    """New scenes must be new: refuse seeds inside the seed range or the reserved held-out seeds."""
     lo, hi = spec.scene_base_seed, spec.scene_base_seed + spec.count
-    taken = {
-        "seeds": (manifest.seeds.base_seed, manifest.seeds.base_seed + manifest.seeds.count),
-        "evaluation": (
-            manifest.evaluation.held_out_base_seed,
-            manifest.evaluation.held_out_base_seed + episodes,
-        ),
-    }
-    for name, (a, b) in taken.items():
-        if lo < b and a < hi:
-            raise ValueError(
-                f"retarget scene seeds {lo}..{hi - 1} overlap the manifest's {name} range {a}..{b - 1}"
-            )
+    taken = manifest.taken_seed_range(lo, hi)
+    if taken is not None:
+        name, a, b = taken
+        raise ValueError(
+            f"retarget scene seeds {lo}..{hi - 1} overlap the manifest's {name} range {a}..{b - 1}"
+        )
 
 
 @dataclass(frozen=True)

@@ -605,6 +605,8 @@ NOT_SCENE = (
     "target_domain",  # a source-domain episode does not depend on it; in_domain("target") applies it
 )
 DOMAINS = ("source", "target")
+# Held-out seeds no generated scene may use, whatever panel size an evaluation asks for.
+RESERVED_EVALUATION_SEEDS = 10_000
 
 
 class Manifest(_Strict):
@@ -681,12 +683,14 @@ class Manifest(_Strict):
             )
         retarget = self.generation.retarget
         r_lo, r_hi = retarget.scene_base_seed, retarget.scene_base_seed + retarget.count
-        for name, (a, b) in {"seed range": (lo, hi), "evaluation seeds": (e_lo, e_lo + 10_000)}.items():
-            if r_lo < b and a < r_hi:
-                raise ValueError(
-                    f"generation.retarget scene seeds [{r_lo}, {r_hi}) overlap the {name} [{a}, {b}): "
-                    "new scenes must be new"
-                )
+        taken = self.taken_seed_range(r_lo, r_hi)
+        if taken is not None:
+            name, a, b = taken
+            name = {"seeds": "seed range", "evaluation": "evaluation seeds"}[name]
+            raise ValueError(
+                f"generation.retarget scene seeds [{r_lo}, {r_hi}) overlap the {name} [{a}, {b}): "
+                "new scenes must be new"
+            )
         names = [o.name for o in self.task.objects] + [d.name for d in self.stressors.distractors]
         if len(set(names)) != len(names):
             raise ValueError(f"object and distractor names must be unique together, got {names}")
@@ -696,6 +700,18 @@ class Manifest(_Strict):
             if unknown:
                 raise ValueError(f"target_domain.object_colors {unknown} are not task objects: {objects}")
         return self
+
+    def taken_seed_range(self, lo: int, hi: int) -> tuple[str, int, int] | None:
+        """The range that new scenes on seeds [lo, hi) would overlap: ``("seeds", a, b)`` the seed range or
+        ``("evaluation", a, b)`` the first ``RESERVED_EVALUATION_SEEDS`` held-out seeds; None if neither."""
+        seeds, evaluation = self.seeds.base_seed, self.evaluation.held_out_base_seed
+        for name, a, b in (
+            ("seeds", seeds, seeds + self.seeds.count),
+            ("evaluation", evaluation, evaluation + RESERVED_EVALUATION_SEEDS),
+        ):
+            if lo < b and a < hi:
+                return name, a, b
+        return None
 
     def in_domain(self, domain: str) -> Manifest:
         """This manifest as rendered in ``domain``: ``source`` is itself; ``target`` takes the

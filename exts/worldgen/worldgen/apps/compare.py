@@ -224,39 +224,60 @@ def row_dataset(out: Path, row: str, cameras: bool) -> tuple[Path, str | None, l
     return path, None, accepted_demos(path)
 
 
-def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
-    """Train one replicate of one row and evaluate it on its panel (in a worker process, one core)."""
+@dataclass(frozen=True)
+class Cell:
+    """One replicate of one row: the policy trained on ``demos`` of ``dataset`` (those of ``mask``) into
+    ``folder``, evaluated on its own panel of ``episodes`` held-out seeds."""
+
+    row: str
+    replicate: int
+    dataset: str
+    demos: list[str] | None
+    folder: str
+    manifest: Manifest
+    mask: str | None = None
+    algo: str = "bc-mlp"
+    steps: int | None = None
+    batch_size: int | None = None
+    episodes: int = 50
+    envs: int = 10
+    one_thread: bool = True  # cells side by side, one core each
+    ray_address: str | None = None
+
+
+def run_cell(cell: Cell) -> dict[str, Any]:
+    """Train one replicate of one row and evaluate it on its panel (in a worker process)."""
     import torch
 
     from policies.evaluate import evaluate_policy
     from policies.train import train_bc
 
-    if cell["one_thread"]:
-        torch.set_num_threads(1)  # the cells run side by side, one core each
+    if cell.one_thread:
+        torch.set_num_threads(1)
     started = time.perf_counter()
     meta = train_bc(
-        cell["dataset"],
-        cell["folder"],
-        cell["algo"],
-        mask=cell["mask"],
-        demos=cell["demos"],
-        steps=cell["steps"],
-        batch_size=cell["batch_size"],
-        seed=cell["replicate"],
+        cell.dataset,
+        cell.folder,
+        cell.algo,
+        mask=cell.mask,
+        demos=cell.demos,
+        steps=cell.steps,
+        batch_size=cell.batch_size,
+        seed=cell.replicate,
     )
     trained = time.perf_counter() - started
     report = evaluate_policy(
-        cell["folder"],
-        cell["manifest"],
-        cell["episodes"],
+        cell.folder,
+        cell.manifest,
+        cell.episodes,
         gifs=False,
-        panel_offset=cell["replicate"] * cell["episodes"],
-        envs=cell["envs"],
-        ray_address=cell["ray_address"],
+        panel_offset=cell.replicate * cell.episodes,
+        envs=cell.envs,
+        ray_address=cell.ray_address,
     )
     return {
-        "row": cell["row"],
-        "replicate": cell["replicate"],
+        "row": cell.row,
+        "replicate": cell.replicate,
         "demos": meta["demos"],
         "samples": meta["samples"],
         "successes": report["successes"],
@@ -267,7 +288,7 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _cells_to_run(manifest: Manifest, out: Path, config: CompareConfig) -> list[dict[str, Any]]:
+def _cells_to_run(manifest: Manifest, out: Path, config: CompareConfig) -> list[Cell]:
     folder = cells_folder(out, config.algo)
     cells = []
     for row in config.rows:
@@ -276,27 +297,27 @@ def _cells_to_run(manifest: Manifest, out: Path, config: CompareConfig) -> list[
                 continue
             dataset, mask, demos = row_dataset(out, row, config.cameras)
             cells.append(
-                {
-                    "row": row,
-                    "replicate": rep,
-                    "dataset": str(dataset),
-                    "mask": mask,
-                    "demos": demos,
-                    "folder": str(out / folder.name.replace("cells", "policies") / f"{row_slug(row)}_r{rep}"),
-                    "algo": config.algo,
-                    "steps": config.policy_steps,
-                    "batch_size": config.policy_batch,
-                    "episodes": config.episodes,
-                    "envs": config.envs,
-                    "manifest": manifest,
-                    "one_thread": config.workers > 1,
-                    "ray_address": config.ray_address,
-                }
+                Cell(
+                    row=row,
+                    replicate=rep,
+                    dataset=str(dataset),
+                    demos=demos,
+                    folder=str(out / folder.name.replace("cells", "policies") / f"{row_slug(row)}_r{rep}"),
+                    manifest=manifest,
+                    mask=mask,
+                    algo=config.algo,
+                    steps=config.policy_steps,
+                    batch_size=config.policy_batch,
+                    episodes=config.episodes,
+                    envs=config.envs,
+                    one_thread=config.workers > 1,
+                    ray_address=config.ray_address,
+                )
             )
     return cells
 
 
-def _map(fn: Callable[[dict], dict], tasks: list[dict], workers: int) -> Iterable[dict]:
+def _map(fn: Callable[[Cell], dict], tasks: list[Cell], workers: int) -> Iterable[dict]:
     if workers <= 1 or len(tasks) <= 1:
         yield from map(fn, tasks)
         return
@@ -354,10 +375,8 @@ def summarise(manifest: Manifest, out: Path, config: CompareConfig, stats: dict)
             "samples": cells[0]["samples"],
             "seconds": round(sum(c["seconds"] for c in cells), 1),
         }
-        key = "perturb" if row == "+perturb (WM)" else None
-        if row in GENERATED:
-            key = generated_file(row, config.cameras)
-        if key is not None:
+        if row in GENERATED or row == "+perturb (WM)":  # a generated row: its stage's counts
+            key = generated_file(row, config.cameras) if row in GENERATED else "perturb"
             rows[row]["accepted"] = f"{stats[key]['accepted']}/{stats[key]['attempts']}"
             rows[row]["generation_seconds"] = stats[key]["seconds"]
     seeds_rate = rows["seeds"]["success_rate"]
