@@ -56,7 +56,9 @@ def _batch(b=4, c=5, k=2, res=16, seed=0):
         "actions": torch.rand(b, k, 7, generator=g) * 2 - 1,
         "state": torch.randn(b, 15, generator=g),
         "next_frame": torch.rand(b, c, res, res, generator=g) * 2 - 1,
-        "next_state": torch.randn(b, 15, generator=g),
+        "rollout_actions": torch.rand(b, 3, k, 7, generator=g) * 2 - 1,
+        "rollout_states": torch.randn(b, 4, 15, generator=g),
+        "rollout_valid": torch.tensor([[True, True, True]] * (b - 1) + [[True, False, False]]),
     }
 
 
@@ -106,6 +108,39 @@ class _Oracle:
         c_skip_raw = sch.precondition_outputs(raw, zero, sigma)
         c_out = sch.precondition_outputs(zero, torch.ones_like(raw), sigma)
         return (residual - c_skip_raw) / c_out
+
+
+class _ConstantStep(torch.nn.Module):
+    """A state head that always predicts the same normalised change."""
+
+    def __init__(self, delta: torch.Tensor):
+        super().__init__()
+        self.delta = delta
+
+    def predict_state_delta(self, actions, state):
+        return self.delta.expand(state.shape[0], -1)
+
+
+def test_state_rollout_loss_feeds_the_head_its_own_predictions():
+    """Over H steps of a still state, a head that predicts a constant change d is off by (h+1)d at step h
+    where it is fed its own predictions, and by d on the known columns, re-read from the data each step;
+    steps past an episode's end do not count. One step is the plain next-state MSE."""
+    from world_models.objectives import state_rollout_loss
+
+    d = torch.tensor([0.5] * 3 + [1.0] * 12)
+    batch = {
+        "rollout_actions": torch.zeros(2, 4, 2, 7),
+        "rollout_states": torch.zeros(2, 5, 15),
+        "rollout_valid": torch.tensor([[True] * 4, [True, True, False, False]]),
+    }
+    per_step = [(3 * 0.25 + 12 * (h + 1) ** 2) / 15 for h in range(4)]
+    expected = (sum(per_step) + per_step[0] + per_step[1]) / 6
+    loss = state_rollout_loss(_ConstantStep(d), batch, NORM, known_columns=3)
+    assert loss.item() == pytest.approx(expected)
+    fed_back = state_rollout_loss(_ConstantStep(d), batch, NORM)  # nothing known: the end effector drifts too
+    assert fed_back.item() > loss.item()
+    one = {k: v[:, :1] if k != "rollout_states" else v[:, :2] for k, v in batch.items()}
+    assert state_rollout_loss(_ConstantStep(d), one, NORM).item() == pytest.approx((d**2).mean().item())
 
 
 @pytest.mark.parametrize("objective", [EDMResidual(0.05), RectifiedFlow(0.05)], ids=lambda o: o.name)
@@ -237,11 +272,12 @@ def test_batches_gather_the_windows_they_index(trained):
     """The vectorised batch is the per-window reference, stacked, for windows near episode starts too."""
     dataset = trained[0]
     data = WorldModelData(dataset, "train", "front", (16, 16), [4], context_frames=3)
-    batch = data.batch(256, torch.Generator().manual_seed(3))
+    batch = data.batch(256, torch.Generator().manual_seed(3), state_horizon=6)
     picks = torch.randint(len(data.index), (256,), generator=torch.Generator().manual_seed(3))
-    # Some windows repeat the first frame and pad actions with zeros.
+    # Some windows repeat the first frame and pad actions with zeros; some rollouts run past the end.
     assert any(data.index[i][1] < 2 for i in picks.tolist())
-    windows = [data.window(data.episodes[data.index[i][0]], data.index[i][1]) for i in picks.tolist()]
+    assert not batch["rollout_valid"].all() and batch["rollout_valid"][:, 0].all()
+    windows = [data.window(data.episodes[data.index[i][0]], data.index[i][1], 6) for i in picks.tolist()]
     for key, value in batch.items():
         assert torch.equal(value, torch.stack([w[key] for w in windows])), key
 

@@ -47,6 +47,7 @@ class CheckpointMeta:
     lora_rank: int | None = None
     mixed_precision: str = "no"
     latent: dict[str, Any] | None = None  # vae_digest, channels, resolution when in a VAE's latent space
+    state_horizon: int = 1  # steps the state head was trained to roll out (1: checkpoints from before)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

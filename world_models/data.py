@@ -162,8 +162,9 @@ class WorldModelData:
         frame_start = np.cumsum([0] + [ep.frames.shape[0] for ep in self.episodes])
         action_start = np.cumsum([0] + [ep.actions.shape[0] for ep in self.episodes])
         zero_action = int(action_start[-1])  # the appended zero row stands for actions before step 0
-        frame_ids, action_ids = [], []
+        frame_ids, action_ids, last_window = [], [], []
         for e, t in self.index:
+            last_window.append(len(frame_ids) + self.episodes[e].actions.shape[0] - 1 - t)
             steps = np.arange(t - k + 1, t + 1)
             frame_ids.append(frame_start[e] + np.append(np.maximum(steps, 0), t + 1))
             action_ids.append(np.where(steps >= 0, action_start[e] + steps, zero_action))
@@ -173,6 +174,7 @@ class WorldModelData:
         self.states = torch.cat([ep.states for ep in self.episodes])
         self.frame_ids = torch.from_numpy(np.stack(frame_ids))  # (windows, K+1): context, then next
         self.action_ids = torch.from_numpy(np.stack(action_ids))  # (windows, K)
+        self.last_window = torch.tensor(last_window)  # (windows,): its episode's last window
 
     def encode(self, codec: WanFrameCodec) -> WorldModelData:
         """Replace every frame by its VAE latent, before :meth:`to`: the model then trains in the VAE's
@@ -184,7 +186,7 @@ class WorldModelData:
 
     def to(self, device: str | torch.device) -> WorldModelData:
         """Hold the stacked tensors on ``device`` (a GPU trains without a per-step host copy)."""
-        for name in ("frames", "actions", "states", "frame_ids", "action_ids"):
+        for name in ("frames", "actions", "states", "frame_ids", "action_ids", "last_window"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -206,29 +208,47 @@ class WorldModelData:
         residuals = torch.cat([ep.frames[1:] - ep.frames[:-1] for ep in self.episodes])
         return float(f"{max(residuals.std().item(), 0.01):.4g}")
 
-    def window(self, episode: Episode, t: int) -> dict[str, torch.Tensor]:
+    def window(self, episode: Episode, t: int, state_horizon: int = 1) -> dict[str, torch.Tensor]:
         """Context frames t-K+1..t (the first frame repeated before 0), actions t-K+1..t (zeros before 0),
-        the state at t, and the targets: frame t+1 and the state at t+1."""
+        the state at t, and the targets: frame t+1, and the states after steps t..t+H-1 with each step's
+        actions (the episode's last step repeated past its end, where ``rollout_valid`` is false)."""
         context, past, state = episode.history(t, self.context)
+        last = episode.actions.shape[0] - 1
+        steps = [min(t + h, last) for h in range(state_horizon)]
+
+        def actions_through(s: int) -> torch.Tensor:  # actions s-K+1..s
+            return torch.cat([episode.history(s, self.context)[1][1:], episode.actions[s : s + 1]])
+
+        actions = [actions_through(s) for s in steps]
         return {
             "context": context,
-            "actions": torch.cat([past[1:], episode.actions[t : t + 1]]),
+            "actions": actions[0],
             "state": state,
             "next_frame": episode.frames[t + 1],
-            "next_state": episode.states[t + 1],
+            "rollout_actions": torch.stack(actions),
+            "rollout_states": torch.cat([state[None], episode.states[[s + 1 for s in steps]]]),
+            "rollout_valid": torch.tensor([t + h <= last for h in range(state_horizon)]),
         }
 
-    def batch(self, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def batch(self, size: int, generator: torch.Generator, state_horizon: int = 1) -> dict[str, torch.Tensor]:
         """``size`` windows drawn with ``generator``, as :meth:`window` gives them, stacked; on the data's
-        device (the generator's device must be the data's or the CPU)."""
+        device (the generator's device must be the data's or the CPU). With each, the ``state_horizon``
+        steps from it that the state head is trained to roll out: ``rollout_actions`` (B, H, K, A),
+        ``rollout_states`` (B, H+1, S) and ``rollout_valid`` (B, H), false past the episode's end."""
         picks = torch.randint(len(self.index), (size,), generator=generator, device=generator.device)
         picks = picks.to(self.frame_ids.device)
         ids = self.frame_ids[picks]
         frames = self.frames[ids]
+        last = self.last_window[picks][:, None]
+        ahead = picks[:, None] + torch.arange(state_horizon, device=picks.device)
+        windows = torch.minimum(ahead, last)
+        window_frames = self.frame_ids[windows]  # (B, H, K+1): a state shares its frame's index
         return {
             "context": frames[:, :-1],
             "actions": self.actions[self.action_ids[picks]],
             "state": self.states[ids[:, -2]],
             "next_frame": frames[:, -1],
-            "next_state": self.states[ids[:, -1]],
+            "rollout_actions": self.actions[self.action_ids[windows]],
+            "rollout_states": torch.cat([self.states[ids[:, -2:-1]], self.states[window_frames[..., -1]]], 1),
+            "rollout_valid": ahead <= last,
         }

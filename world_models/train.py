@@ -22,6 +22,7 @@ from worldgen.data_parallel import DataParallel
 from worldgen.dataset import dataset_manifest, demo_names, open_dataset, read_scene
 from worldgen.errors import ArgumentError, CheckpointError
 from worldgen.files import recover_folder, staging_folder, swap_in_folder, write_atomically
+from worldgen.keys import EEF_POS
 from worldgen.manifest import Manifest
 from worldgen.sim.base import ROBOT
 from worldgen.training_log import TrainingLog
@@ -34,7 +35,7 @@ from .checkpoint import (
     read_checkpoint_meta,
     write_checkpoint_meta,
 )
-from .data import WorldModelData, frame_channels
+from .data import WorldModelData, frame_channels, state_layout
 from .latents import WanFrameCodec
 from .objectives import (
     BACKBONE_OBJECTIVE,
@@ -340,7 +341,10 @@ def train_world_model(
     with open_dataset(dataset) as f:
         manifest = dataset_manifest(f)
         scene = read_scene(f["data"][demo_names(f)[0]])
+        layout = state_layout(f["data"][demo_names(f)[0]])
     spec = manifest.world_model
+    # Generation takes the end effector from the arm controller: the state head's rollouts re-read it.
+    known_columns = layout[EEF_POS]  # STATE_KEYS begins with it
     vae = config.vae or spec.vae
     if vae is None and (out / META_NAME).is_file() and (out / "vae").is_dir():
         vae = out / "vae"  # resuming a run in latent space
@@ -390,6 +394,7 @@ def train_world_model(
         lora_rank=config.lora_rank,
         mixed_precision=config.mixed_precision,
         latent=data.latent,
+        state_horizon=spec.state_horizon,
     )
     start, history = resume_training(out, meta, model, ema, optimizer)
     # Linear warm-up, then cosine decay to zero at the run's last step (a resumed run with a later last
@@ -404,7 +409,7 @@ def train_world_model(
     train.to(device)
     generator = torch.Generator(device)
     val_generator = torch.Generator().manual_seed(12345)
-    val_batch = valid.batch(min(64, len(valid.index)), val_generator)
+    val_batch = valid.batch(min(64, len(valid.index)), val_generator, spec.state_horizon)
     model.train()
     started = time.perf_counter()
     done, out_of_time = start, False
@@ -414,9 +419,11 @@ def train_world_model(
         # Reseeded where a checkpoint can be: a run killed and resumed draws what an uninterrupted one does.
         if step == start or step % config.checkpoint_every == 0:
             generator.manual_seed(config.seed * 1_000_003 + step)
-        batch = train.batch(batch_size, generator)
+        batch = train.batch(batch_size, generator, spec.state_horizon)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16"):
-            frame_loss, state_loss = world_model_loss(model, objective, batch, generator, norm, parallel)
+            frame_loss, state_loss = world_model_loss(
+                model, objective, batch, generator, norm, parallel, known_columns
+            )
         optimizer.zero_grad(set_to_none=True)
         (frame_loss + state_loss).backward()
         parallel.average_gradients(trainable)
@@ -444,7 +451,7 @@ def train_world_model(
             with torch.no_grad():
                 model.eval()
                 v_frame, v_state = world_model_loss(
-                    model, objective, val_batch, torch.Generator().manual_seed(7), norm
+                    model, objective, val_batch, torch.Generator().manual_seed(7), norm, None, known_columns
                 )
                 model.train()
             history.append({"step": done, "frame_loss": float(v_frame), "state_loss": float(v_state)})
