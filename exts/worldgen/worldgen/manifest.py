@@ -487,7 +487,7 @@ class WorldModelSpec(_Strict):
     batch_size: int = Field(16, ge=1, le=4096)
     learning_rate: float = Field(3e-4, gt=0.0, le=1.0)
     state_horizon: int = Field(
-        32, ge=1, le=256, description="steps the state head is trained to roll out on its own predictions"
+        64, ge=1, le=256, description="steps the state head is trained to roll out on its own predictions"
     )
     pretrained: str | None = Field(
         None, description="local folder to post-train from: a model, a diffusers pipeline or a checkpoint"
