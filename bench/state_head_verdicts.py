@@ -6,8 +6,8 @@ The episodes are the world-model attempts of an experiment folder (``worldgen co
 third of them fail there, so the verdicts can be wrong both ways. Each checkpoint's state head rolls
 out over the replayed actions from the true start state, fed its own predictions, the end effector
 taken from the replay (as generation takes it from the arm controller). Reported per checkpoint: the
-median horizontal error of the success object's position at the end, and the precision and recall of "the predicate held for
-``hold_steps``" on the predicted states against the simulator's success.
+median horizontal error of the success object's position at the end, and the precision and recall of
+"the predicate held for ``hold_steps``" on the predicted states against the simulator's success.
 
     python bench/state_head_verdicts.py --episodes data/experiments/push \\
         --checkpoint one_step=data/experiments/push/wm \\

@@ -36,6 +36,8 @@ def with_generation(manifest, args: argparse.Namespace):
         name: getattr(generation, name).model_copy(update={k: v for k, v in flags.items() if v is not None})
         for name, flags in (("recover", recover), ("retarget", retarget))
     }
+    if args.success_margin is not None:
+        given["success_margin"] = args.success_margin
     generation = generation.model_copy(update=given)
     return manifest.model_copy(update={"generation": generation})
 
@@ -53,6 +55,7 @@ def main() -> None:
     )
     parser.add_argument("--retarget-count", type=int, help="new scenes, one attempt each")
     parser.add_argument("--retarget-noise", type=float)
+    parser.add_argument("--success-margin", type=float, help="m (default: generation.success_margin)")
     parser.add_argument("--algo", default="bc-mlp")
     parser.add_argument("--policy-steps", type=int, default=2000)
     parser.add_argument("--policy-batch", type=int, help="default: the policy recipe's own")

@@ -71,6 +71,7 @@ class RecoverSpec:
     # executed actions exactly) plus the mean tracking offset measured on the seed demos; "model": the
     # world model's own state head. The robot's own pose is known; the world model predicts the world.
     robot_state: str = "controller"
+    success_margin: float = 0.0  # m to spare before the predicted state counts as a success
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, **overrides: Any) -> RecoverSpec:
@@ -82,6 +83,7 @@ class RecoverSpec:
             "action_noise": recipe.action_noise,
             "labeler": recipe.labeler,
             "robot_state": recipe.robot_state,
+            "success_margin": manifest.generation.success_margin,
             "base_seed": manifest.seeds.base_seed,
         }
         return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
@@ -220,6 +222,7 @@ def _record_attrs(parent: Parent, step: int, seed: int, spec: RecoverSpec, i: in
         "noise_seed": seed,
         "action_noise": spec.action_noise,
         "perturb_steps": -1 if spec.perturb_steps is None else spec.perturb_steps,
+        "success_margin": spec.success_margin,
         "batch_layout": json.dumps({"size": spec.per_seed, "index": i}),
         "model": model,
     }
@@ -385,15 +388,16 @@ def imagine(
     steps: int,
     tracking_offset: np.ndarray | None,
     generators: list[torch.Generator],
+    success_margin: float = 0.0,
 ) -> Imagined:
     """Attempts acted out in the world model, one model call per step for all of them.
 
     ``context``: model frames (n, K, C, h, w), the actions before them (n, K, A) and raw states (n, S);
     ``actors[i](commanded_tcp, poses, j)`` gives attempt i's (executed action, label) at step j from its
     controller's commanded TCP and the predicted object poses; ``start_z`` (n,) is the success object's
-    height when its episode began. Runs ``steps`` steps or until every attempt's predicate has held for
-    ``hold_steps``. ``tracking_offset``: the end effector is the commanded TCP plus this offset (the
-    robot's pose is known), not the model's state head."""
+    height when its episode began. Runs ``steps`` steps or until every attempt's predicate, with
+    ``success_margin`` to spare, has held for ``hold_steps``. ``tracking_offset``: the end effector is
+    the commanded TCP plus this offset (the robot's pose is known), not the model's state head."""
     n, hold = len(actors), manifest.task.success.hold_steps
     window, actions, state = context
     norm_state = sampler.norm.normalize(state)
@@ -424,7 +428,9 @@ def imagine(
         objects, fingers = obs["object"], obs[GRIPPER_QPOS]
         holds.append(
             [
-                predicate_steps(manifest, objects[i : i + 1], fingers[i : i + 1], start_z[i])[0]
+                predicate_steps(manifest, objects[i : i + 1], fingers[i : i + 1], start_z[i], success_margin)[
+                    0
+                ]
                 for i in range(n)
             ]
         )
@@ -485,6 +491,7 @@ def _attempts_in_world_model(
         manifest.horizon - step,
         tracking_offset,
         [torch.Generator().manual_seed(s) for s in seeds],
+        spec.success_margin,
     )
     scene = parent.demo.attrs.get("scene", "{}")
     return [

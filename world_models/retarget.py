@@ -67,6 +67,7 @@ class RetargetSpec:
     nearest: int = 3
     action_noise: float = 0.05
     interpolation_steps: int = 5
+    success_margin: float = 0.0  # m to spare before the predicted state counts as a success
     batch: int = 8
     base_seed: int = 0
 
@@ -80,6 +81,7 @@ class RetargetSpec:
             "nearest": recipe.nearest,
             "action_noise": recipe.action_noise,
             "interpolation_steps": recipe.interpolation_steps,
+            "success_margin": manifest.generation.success_margin,
             "base_seed": manifest.seeds.base_seed,
         }
         return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
@@ -275,6 +277,7 @@ def _record_attrs(
         "branch_step": 0,
         "noise_seed": seed,
         "action_noise": spec.action_noise,
+        "success_margin": spec.success_margin,
         "batch_layout": json.dumps({"scenes": batch, "index": batch.index(scene)}),
         "model": model,
     }
@@ -356,6 +359,7 @@ class RetargetAttempts:
             manifest.horizon,
             self.offset,
             [torch.Generator().manual_seed(s) for s in seeds],
+            self.spec.success_margin,
         )
         demos = [
             imagined.demo(

@@ -32,16 +32,19 @@ OBJECT_FEATURES = (
 SUFFIX = {"rgb": RGB, "depth": DEPTH, "segmentation": SEG}  # manifest output -> image kind
 
 
-def predicate_holds(manifest: Manifest, object_pos: np.ndarray, fingers: np.ndarray, start_z: float) -> bool:
+def predicate_holds(
+    manifest: Manifest, object_pos: np.ndarray, fingers: np.ndarray, start_z: float, margin: float = 0.0
+) -> bool:
     """The task's success predicate on the success object's position and the finger joint positions
     (``start_z``: the object's height at reset, for ``object_lifted``). Shared by the simulator and by
-    environments that run on predicted state."""
+    environments that run on predicted state. ``margin`` (m) asks for that much to spare: the goal
+    region shrunk by it on every side, or the lift raised by it (generation's ``success_margin``)."""
     spec = manifest.task.success
     if spec.predicate == "object_lifted":
-        return bool(object_pos[2] - start_z >= spec.min_height)
+        return bool(object_pos[2] - start_z >= spec.min_height + margin)
     region = next(r for r in manifest.task.regions if r.name == spec.region)
     offset = np.abs(object_pos[:2] - np.asarray(region.center))
-    inside = bool(np.all(offset <= np.asarray(region.half_extents)))
+    inside = bool(np.all(offset <= np.asarray(region.half_extents) - margin))
     low = object_pos[2] - manifest.task.table.height <= spec.max_height
     released = True
     if spec.gripper_open:
@@ -50,13 +53,16 @@ def predicate_holds(manifest: Manifest, object_pos: np.ndarray, fingers: np.ndar
 
 
 def predicate_steps(
-    manifest: Manifest, objects: np.ndarray, fingers: np.ndarray, start_z: float
+    manifest: Manifest, objects: np.ndarray, fingers: np.ndarray, start_z: float, margin: float = 0.0
 ) -> np.ndarray:
-    """Whether the success predicate holds at each of T steps, from (T, ``object`` features) and
-    (T, 2) finger positions (simulated or predicted)."""
+    """Whether the success predicate (with ``margin`` to spare) holds at each of T steps, from
+    (T, ``object`` features) and (T, 2) finger positions (simulated or predicted)."""
     sl = object_slice(manifest, manifest.task.success.object)
     return np.array(
-        [predicate_holds(manifest, o[sl][:3], g, start_z) for o, g in zip(objects, fingers, strict=True)]
+        [
+            predicate_holds(manifest, o[sl][:3], g, start_z, margin)
+            for o, g in zip(objects, fingers, strict=True)
+        ]
     )
 
 

@@ -542,6 +542,13 @@ class GenerationSpec(_Strict):
     recover: RecoverRecipe = Field(default_factory=RecoverRecipe)
     retarget: RetargetRecipe = Field(default_factory=RetargetRecipe)
     perturb: PerturbRecipe = Field(default_factory=PerturbRecipe)
+    success_margin: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.1,
+        description="m to spare before a world-model attempt counts as a success (goal region shrunk, lift "
+        "raised): about the state head's drift, so the simulator would agree",
+    )
 
 
 # The one list of checks (worldgen.checks scores these) and of policy recipes (policies trains these);

@@ -419,6 +419,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             count=args.count,
             scene_base_seed=args.scene_seed,
             action_noise=args.action_noise,
+            success_margin=args.success_margin,
             base_seed=args.seed,
         )
         try:
@@ -446,6 +447,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             start_steps=None if args.starts is None else tuple(args.starts),
             action_noise=args.action_noise,
             perturb_steps=args.perturb_steps,
+            success_margin=args.success_margin,
             base_seed=args.seed,
         )
 
@@ -699,6 +701,7 @@ _seed_arg = _number_arg("seed", int, lambda v: 0 <= v < 2**31, "a seed in [0, 2*
 _noise_arg = _number_arg(
     "noise", float, lambda v: 0.0 <= v <= 1.0, "a std in [0, 1] (actions are in [-1, 1])"
 )
+_margin_arg = _number_arg("margin", float, lambda v: 0.0 <= v <= 0.1, "metres in [0, 0.1]")
 
 
 def _device_arg(text: str) -> str:
@@ -1122,6 +1125,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="std of noise on the executed translation (default: the recipe's in the manifest's generation)",
     )
     p.add_argument("--perturb-steps", type=_count_arg, help="noise on the first N steps only (default: all)")
+    p.add_argument(
+        "--success-margin",
+        type=_margin_arg,
+        help="m to spare before a world-model attempt counts as a success "
+        "(default: generation.success_margin)",
+    )
     p.add_argument("--in-simulator", action="store_true", help="the same attempts in the simulator (ceiling)")
     p.add_argument("--seed", type=_seed_arg, default=0, help="base seed of the attempts' noise")
     p.add_argument("--device", type=_device_arg, default="cpu", help="torch device to sample on (cpu, cuda)")
