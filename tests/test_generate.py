@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from worldgen.control import ArmController
 from worldgen.dataset import demo_names, read_demo
-from worldgen.envs import WorldgenEnv, predicate_steps, success_step
+from worldgen.envs import WorldgenEnv, predicate_holds, predicate_steps, success_step
 from worldgen.experts import make_expert, object_poses, poses_from_object_obs
 from worldgen.geometry import xyzw_to_wxyz
 from worldgen.manifest import load_manifest
@@ -43,6 +43,34 @@ def test_success_step_counts_consecutive_holds():
     assert success_step(np.array([0, 1, 1, 0, 1, 1, 1, 0], bool), 3) == 7
     assert success_step(np.array([1, 1, 0, 1, 1], bool), 3) == -1
     assert success_step(np.array([], bool), 1) == -1
+
+
+def test_success_margin_shrinks_the_goal_region_and_raises_the_lift(push):
+    """generation.success_margin: the goal region shrunk on every side, the lift raised by it."""
+    region = push.task.regions[0]
+    center, half = np.asarray(region.center), np.asarray(region.half_extents)
+    z = push.task.table.height + 0.02
+    near_edge = np.array([center[0] + half[0] - 0.01, center[1], z])  # 1 cm inside the region
+    fingers = np.zeros(2)
+    assert predicate_holds(push, near_edge, fingers, z)
+    assert predicate_holds(push, near_edge, fingers, z, margin=0.009)
+    assert not predicate_holds(push, near_edge, fingers, z, margin=0.011)
+    side = np.array([center[0], center[1] - half[1] + 0.01, z])
+    assert not predicate_holds(push, side, fingers, z, margin=0.011)
+    lifted = push.model_copy(
+        update={
+            "task": push.task.model_copy(
+                update={
+                    "success": push.task.success.model_copy(
+                        update={"predicate": "object_lifted", "min_height": 0.05}
+                    )
+                }
+            )
+        }
+    )
+    up = np.array([0.5, 0.0, z + 0.06])
+    assert predicate_holds(lifted, up, fingers, z) and predicate_holds(lifted, up, fingers, z, margin=0.009)
+    assert not predicate_holds(lifted, up, fingers, z, margin=0.011)
 
 
 def test_expert_replans_the_approach_from_the_objects_current_pose(push):
@@ -114,7 +142,7 @@ def test_play_rollouts_train_the_world_model_but_are_no_policy_data(world_model,
 
 def test_recover_in_world_model_labels_are_the_expert_on_the_predicted_state(world_model, seeds, tmp_path):
     _, ckpt = world_model
-    spec = RecoverSpec(per_seed=2, start_steps=(0, 20), action_noise=0.2)
+    spec = RecoverSpec(per_seed=2, start_steps=(0, 20), action_noise=0.2, success_margin=0.005)
     out = tmp_path / "recover.hdf5"
     counts = recover_in_world_model(seeds, ckpt, out, spec)
     manifest = load_manifest(PUSH)
@@ -149,12 +177,14 @@ def test_recover_in_world_model_labels_are_the_expert_on_the_predicted_state(wor
                 np.testing.assert_allclose(demo.obs["robot0_eef_pos"][t + 1], eef, atol=1e-5)
                 rel = demo.obs["object"][t + 1][:3] - demo.obs["robot0_eef_pos"][t + 1]
                 np.testing.assert_allclose(demo.obs["object"][t + 1][7:10], rel, atol=1e-5)
-            # The verdict is the success predicate on the predicted state.
+            # The verdict is the success predicate on the predicted state, with the margin recorded.
+            assert g.attrs["success_margin"] == spec.success_margin
             holds = predicate_steps(
                 manifest,
                 demo.obs["object"][1:],
                 demo.obs["robot0_gripper_qpos"][1:],
                 float(parent.object_obs[0][2]),
+                spec.success_margin,
             )
             end = success_step(holds, manifest.task.success.hold_steps)
             assert bool(g.attrs["success"]) == (end >= 0)
