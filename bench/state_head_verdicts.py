@@ -25,6 +25,7 @@ import torch
 from stages import RESULTS, say  # bench/stages.py, beside this script
 from worldgen.dataset import dataset_manifest, demo_names, demo_record, open_dataset, read_demo
 from worldgen.envs import WorldgenEnv, predicate_steps, success_step
+from worldgen.files import write_atomically
 from worldgen.keys import EEF_POS, EXECUTED_ACTIONS, GRIPPER_QPOS
 from worldgen.manifest import Manifest
 
@@ -136,16 +137,27 @@ def main() -> None:
             say(f"{recipe} {name}: {rows[name]}")
         result["recipes"][recipe] = rows
     stem = "state_head_verdicts" + (f"_{args.tag}" if args.tag else "")
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_atomically(RESULTS / f"{stem}.json", (json.dumps(result, indent=2) + "\n").encode())
+    write_atomically(RESULTS / f"{stem}.md", table(result).encode())
+    print(table(result))
+
+
+def table(result: dict) -> str:
+    lines = []
     for recipe, rows in result["recipes"].items():
-        print(f"\n{recipe} attempts replayed in the simulator")
-        print("| checkpoint | state horizon | object error at end | predicted | precision | recall |")
-        print("|---|---:|---:|---:|---:|---:|")
+        lines += [
+            f"{recipe} attempts of {result['episodes_from']} replayed in the simulator",
+            "",
+            "| checkpoint | state horizon | object error at end | predicted | precision | recall |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for name, r in rows.items():
-            print(
+            lines.append(
                 f"| {name} | {r['state_horizon']} | {100 * r['object_error_end_median_m']:.1f} cm "
                 f"| {r['predicted_successes']}/{r['episodes']} | {r['precision']:.0%} | {r['recall']:.0%} |"
             )
+        lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

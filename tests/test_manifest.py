@@ -120,6 +120,10 @@ def test_generation_block_and_the_old_branching_spelling():
     assert "overlap the evaluation seeds" in msg
     _, _, path, _ = _error(PICK.replace("recover: {", "recover: {labeler: teacher, "))
     assert path == "generation.recover.labeler"
+    assert manifest.generation.success_margin == 0.02
+    assert parse_manifest(old).generation.success_margin == 0.0  # the manifest's predicate as it is
+    _, _, path, _ = _error(PICK.replace("success_margin: 0.02", "success_margin: 0.5"))
+    assert path == "generation.success_margin"
 
 
 def test_malformed_yaml_reports_line():
