@@ -195,6 +195,9 @@ def world_model_loss(
         return x if parallel is None else parallel.share(x)
 
     device = next(model.parameters()).device
+    # Each rank divides its rollout errors by its share of the global batch's valid steps, so the ranks'
+    # losses average to the one-process loss although their own counts differ.
+    valid_steps = (batch["rollout_valid"].sum() / world).to(device)
     batch = {key: share(value).to(device) for key, value in batch.items()}
     b = batch["next_frame"].shape[0]
 
@@ -217,14 +220,21 @@ def world_model_loss(
     unit = objective.context_noise_unit
     context = batch["context"] + (level * unit).view(-1, 1, 1, 1, 1) * randn(*batch["context"].shape)
     frame_loss = objective.frame_loss(model, noised, context, actions, state, level)
-    return frame_loss, state_rollout_loss(model, batch, norm, known_columns)
+    return frame_loss, state_rollout_loss(model, batch, norm, known_columns, valid_steps)
 
 
-def state_rollout_loss(model, batch: dict, norm: Normalization, known_columns: int = 0) -> torch.Tensor:
+def state_rollout_loss(
+    model,
+    batch: dict,
+    norm: Normalization,
+    known_columns: int = 0,
+    valid_steps: torch.Tensor | None = None,
+) -> torch.Tensor:
     """MSE of the normalised state along the batch's rollouts, the state head fed its own predictions
     (as it is in generation), its first ``known_columns`` (the end effector, which generation takes from
     the arm controller) re-read from the data each step. Trained one step at a time the head drifts
-    several centimetres over an episode; on its own outputs it learns to stay on the data."""
+    several centimetres over an episode; on its own outputs it learns to stay on the data. The summed
+    error is divided by ``valid_steps`` (default: the batch's own count of steps inside an episode)."""
     actions = norm.normalize_actions(batch["rollout_actions"])
     targets, valid = norm.normalize(batch["rollout_states"]), batch["rollout_valid"].to(actions.dtype)
     state, total = targets[:, 0], actions.new_zeros(())
@@ -232,4 +242,4 @@ def state_rollout_loss(model, batch: dict, norm: Normalization, known_columns: i
         state = state + model.predict_state_delta(actions[:, h], state)
         total = total + (((state - targets[:, h + 1]) ** 2).mean(1) * valid[:, h]).sum()
         state = torch.cat([targets[:, h + 1, :known_columns], state[:, known_columns:]], 1)
-    return total / valid.sum()
+    return total / (valid.sum() if valid_steps is None else valid_steps)
