@@ -58,6 +58,7 @@ class PolicyDataset:
             self.seeds = sorted({r.seed for r in records})
             self.sources = sorted({r.source for r in records})
             self.lengths = np.array([r.num_samples for r in records])
+            self.generated = np.array([r.source == "world_model" for r in records])
             self.obs = {k: np.concatenate([f["data"][n]["obs"][k][()] for n in names]) for k in keys}
             self.actions = np.concatenate([f["data"][n]["actions"][()] for n in names]).astype(np.float32)
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
@@ -90,6 +91,23 @@ class PolicyDataset:
             "action_is_pad": torch.from_numpy(ahead > end[:, None]),
         }
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> dict:
-        index = torch.randint(0, len(self), (batch_size,), generator=generator).numpy()
+    def sample(
+        self, batch_size: int, generator: torch.Generator, generated_share: float | None = None
+    ) -> dict:
+        """A batch of samples drawn uniformly; with ``generated_share``, that share of the batch (rounded)
+        from the generated demos' samples and the rest from the others' (uniform within each), so a few
+        seed demos are not outweighed by many generated ones. Without generated demos (or without others)
+        the share does not apply."""
+        generated = self.generated[self.demo_of]
+        if generated_share is None or generated.all() or not generated.any():
+            index = torch.randint(0, len(self), (batch_size,), generator=generator).numpy()
+            return self.get(index)
+        pools = np.flatnonzero(generated), np.flatnonzero(~generated)
+        n_generated = int(round(batch_size * generated_share))
+        index = np.concatenate(
+            [
+                pool[torch.randint(0, len(pool), (count,), generator=generator).numpy()]
+                for pool, count in zip(pools, (n_generated, batch_size - n_generated), strict=True)
+            ]
+        )
         return self.get(index)

@@ -49,6 +49,32 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
+# Student's t 0.975 quantiles for 1..30 degrees of freedom (beyond: the normal's 1.96).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)  # fmt: skip
+
+
+def replicate_interval(successes: list[int], episodes: list[int]) -> tuple[float, float]:
+    """A 95 % interval for a row's success rate whose unit is the replicate (a seed set, world model,
+    generation draw or policy seed), not the episode: the mean of the replicates' rates +- Student's t
+    (n - 1 degrees of freedom) times their standard error. Episodes within a replicate share everything
+    the replicate drew, so pooling them (Wilson) is too narrow when replicates differ. A replicate's spread
+    is never taken below the binomial spread of its own episodes at the mean rate (three replicates that
+    happen to agree do not make a narrower interval than their episodes allow); one replicate: Wilson."""
+    if len(successes) != len(episodes) or not successes:
+        raise ValueError("replicate_interval: one success count and one episode count per replicate")
+    if len(successes) == 1:
+        return wilson_interval(successes[0], episodes[0])
+    rates = np.asarray(successes, float) / np.asarray(episodes, float)
+    n, mean = len(rates), float(rates.mean())
+    binomial = mean * (1 - mean) / float(np.mean(episodes))
+    variance = max(float(rates.var(ddof=1)), binomial)
+    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
+    half = t * math.sqrt(variance / n)
+    return max(0.0, mean - half), min(1.0, mean + half)
+
+
 def panel_seeds(manifest: Manifest, episodes: int | None = None, offset: int = 0) -> list[int]:
     """Held-out seeds ``held_out_base_seed + offset + i``; ``offset`` gives replicates disjoint panels."""
     spec = manifest.evaluation

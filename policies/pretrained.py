@@ -46,6 +46,8 @@ class PolicyConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-6
     seed: int = 0
+    # The share of each batch drawn from generated (world-model) demos; None: uniform over samples.
+    generated_share: float | None = None
 
     def __post_init__(self) -> None:
         if self.n_action_steps > self.horizon:

@@ -39,6 +39,7 @@ def default_config(algo: str, manifest: Manifest, **overrides: Any) -> PolicyCon
         base["image_keys"] = [image_key(manifest.world_model_camera, RGB)]
     if spec.algorithm == algo:  # the manifest's budget is for its own algorithm
         base.update(steps=spec.train_steps, batch_size=spec.batch_size, learning_rate=spec.learning_rate)
+    base["generated_share"] = spec.generated_share
     base.update({k: v for k, v in overrides.items() if v is not None})
     config_class = DiffusionConfig if algo == "diffusion" else BCConfig
     return config_class(**base)
@@ -113,7 +114,8 @@ def train_bc(
     started, losses = time.perf_counter(), []
     log = TrainingLog(log_dir if parallel.main else None, wandb_project)
     for step in range(1, config.steps + 1):
-        loss = policy.compute_loss(parallel.share(data.sample(config.batch_size, generator)))
+        batch = data.sample(config.batch_size, generator, config.generated_share)
+        loss = policy.compute_loss(parallel.share(batch))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         parallel.average_gradients(policy.parameters())

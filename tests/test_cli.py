@@ -215,6 +215,8 @@ def _cases(d: Path) -> dict[str, list[str]]:
         ],
         "export over an existing file": ["export", ds, "--format", "robomimic", "-o", file],
         "export unwritable": ["export", ds, "--format", "robomimic", "-o", f"{blocked}/x.hdf5"],
+        # Permission bits say yes to root, the file system says no: refused before any simulation.
+        "seed into /proc": ["seed", push, "-o", "/proc/forbidden.hdf5", "--n", "1", "--no-cameras"],
         "export not hdf5": ["export", text, "--format", "robomimic", "-o", "{out}/x.hdf5"],
         "export lerobot over a folder": ["export", ds, "--format", "lerobot", "-o", folder],
         "export isaaclab over a file": ["export", ds, "--format", "isaaclab", "-o", file],

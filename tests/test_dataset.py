@@ -270,3 +270,34 @@ def test_seed_cli_rejects_a_foreign_dataset(tmp_path, capsys):
     DatasetWriter(path, HEADER).finalize()
     code = main(["seed", str(PUSH), "-o", str(path), "--n", "1", "-q"])
     assert code == 2 and "written for manifest" in capsys.readouterr().err
+
+
+def test_policy_batches_keep_the_generated_share(tmp_path):
+    """Two seed demos beside eight generated ones: uniform batches are mostly generated samples; with
+    ``generated_share`` each batch holds that share of them, and a seed-only dataset ignores it."""
+    import torch
+
+    from policies.datasets import PolicyDataset
+
+    path = tmp_path / "mixed.hdf5"
+    writer = DatasetWriter(path, HEADER)
+    for i in range(10):
+        demo = _demo(20, i)
+        if i >= 2:
+            demo.attrs = {**demo.attrs, "source": "world_model", "recipe": "recover", "parent": "demo_0"}
+        writer.append(demo, f"demo_{i}")
+    writer.finalize()
+    data = PolicyDataset(path, ["robot0_eef_pos"])
+    generated_rows = {tuple(np.round(v, 5)) for v in data.obs["robot0_eef_pos"][data.generated[data.demo_of]]}
+
+    def share(batch: dict) -> float:
+        rows = [tuple(np.round(v, 5)) for v in batch["obs"]["robot0_eef_pos"][:, 0].numpy()]
+        return float(np.mean([r in generated_rows for r in rows]))
+
+    uniform = share(data.sample(1000, torch.Generator().manual_seed(0)))
+    assert 0.75 < uniform < 0.85  # 160 of 200 samples are generated
+    assert share(data.sample(1000, torch.Generator().manual_seed(0), generated_share=0.5)) == 0.5
+    assert share(data.sample(64, torch.Generator().manual_seed(1), generated_share=0.25)) == 0.25
+    seeds_only = PolicyDataset(path, ["robot0_eef_pos"], demos=["demo_0", "demo_1"])
+    batch = seeds_only.sample(50, torch.Generator().manual_seed(0), generated_share=0.5)
+    assert share(batch) == 0.0 and len(batch["action"]) == 50

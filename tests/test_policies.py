@@ -3,6 +3,7 @@ model, closed-loop evaluation, the four-row comparison, and their command lines.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -225,7 +226,7 @@ def test_ppo_on_scenes_stepped_together(tmp_path):
     env.close()
 
 
-def test_compare_runs_every_recipe_row_and_resumes(tmp_path):
+def test_compare_runs_every_recipe_row_and_resumes(tmp_path, monkeypatch):
     """The experiment on a tiny budget: each recipe in the world model and in the simulator, the
     negative control and the oracle, two replicates pooled on disjoint panels; a second call resumes
     everything from the folder."""
@@ -275,6 +276,32 @@ def test_compare_runs_every_recipe_row_and_resumes(tmp_path):
     assert again["rows"] == result["rows"]
     assert {p: p.stat().st_mtime_ns for p in cells} == before
     assert (tmp_path / "stages.json").read_text() == stages
+
+    # A cached cell is reused only when what made it matches. A field no cell reads changes nothing.
+    said: list[str] = []
+    unrelated = manifest.model_copy(update={"description": "another description"})
+    compare(unrelated, tmp_path, dataclasses.replace(config, rows=("seeds",)), progress=said.append)
+    assert {p: p.stat().st_mtime_ns for p in cells} == before and not [s for s in said if "recomputed" in s]
+    # Another policy budget: the seeds row's cells, and only they, are made again, and say why.
+    compare(
+        manifest,
+        tmp_path,
+        dataclasses.replace(config, rows=("seeds",), policy_steps=21),
+        progress=said.append,
+    )
+    remade = {p for p in cells if p.stat().st_mtime_ns != before[p]}
+    assert remade == {tmp_path / "cells" / f"seeds_r{r}.json" for r in (0, 1)}
+    assert [s for s in said if "recomputed" in s and "(steps)" in s] and len(said) > 0
+    # Other code: recomputed, naming the code version.
+    monkeypatch.setattr("worldgen.apps.run.code_version", lambda: "another version")
+    said.clear()
+    compare(
+        manifest,
+        tmp_path,
+        dataclasses.replace(config, rows=("seeds",), policy_steps=21),
+        progress=said.append,
+    )
+    assert sum("recomputed" in s and "code_version" in s for s in said) == 2
 
 
 def test_cli_train_policy_and_eval(push_demos, tmp_path, capsys):

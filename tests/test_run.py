@@ -52,10 +52,18 @@ def test_every_stage_runs_and_records_its_lineage(first_run):
         assert any(line.startswith(f"[{index}/{len(STAGES)} {name}]") for line in lines), name
     # The run trains on what it recorded: the world model and policies leave TensorBoard event files.
     assert list((folder / "world_model" / "logs").glob("events.out.tfevents.*"))
-    assert list((folder / "policies" / "logs" / "seeds").glob("events.out.tfevents.*"))
+    assert list((folder / "policies" / "logs" / "seeds_r0").glob("events.out.tfevents.*"))
     rows = record["stages"]["eval"]["summary"]["rows"]
     assert list(rows) == ["seeds", "seeds+recover"]
-    assert all(row["episodes"] == 4 for row in rows.values())
+    # Two policy seeds a row (the tiny profile), each on its own panel of 4 episodes, pooled.
+    for row in rows.values():
+        assert row["episodes"] == 8 and len(row["per_replicate"]) == 2
+        assert row["replicate_ci95"][0] <= row["success_rate"] <= row["replicate_ci95"][1]
+    panels = {
+        json.loads((folder / "eval" / f"seeds_r{r}" / "eval.json").read_text())["panel"]["base_seed"]
+        for r in range(2)
+    }
+    assert len(panels) == 2
 
 
 def test_second_run_skips_every_stage(first_run):
@@ -141,7 +149,7 @@ def test_killed_run_resumes_to_the_same_outputs(first_run, tmp_path):
     with h5py.File(folder / "seeds" / "seeds.hdf5") as f, h5py.File(seeds) as g:
         for name in demo_names(f):
             np.testing.assert_array_equal(f["data"][name]["actions"][()], g["data"][name]["actions"][()])
-    for row in ("seeds", "seeds_recover"):
+    for row in ("seeds_r0", "seeds_r1", "seeds_recover_r0", "seeds_recover_r1"):
         first, again = (json.loads((p / "eval" / row / "eval.json").read_text()) for p in (folder, killed))
         assert first["per_episode"] == again["per_episode"]
 
@@ -265,7 +273,7 @@ def test_two_ray_workers_generate_replay_and_evaluate_as_one_process(first_run, 
         shutil.copyfile(one, path)
     assert sample_spreads(copies[0], ckpt, 2) == sample_spreads(copies[1], ckpt, 2, workers=2)
     manifest = load_manifest(folder / "manifest.yaml")
-    policy = folder / "policies" / "seeds"
+    policy = folder / "policies" / "seeds_r0"
     for envs in (1, 2):  # one scene a worker, and batches of scenes stepped together
         alone = evaluate_policy(policy, manifest, 4, gifs=False, envs=envs)
         sharded = evaluate_policy(policy, manifest, 4, gifs=False, envs=envs, workers=2)

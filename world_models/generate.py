@@ -171,9 +171,13 @@ def with_end_effector(states: np.ndarray, eef: np.ndarray, layout: dict[str, int
 
 
 def seed_parents(f: h5py.File) -> list[Parent]:
-    """The successful simulator demos of a dataset's ``seed`` mask."""
+    """The successful simulator demos of a dataset's ``seed`` mask, less those it holds out for validation
+    (``valid``): an attempt never starts from a demo that the seeds-only policy does not train on."""
+    held_out = set(demo_names(f, "valid")) if "mask/valid" in f else set()
     parents = []
     for name in demo_names(f, "seed"):
+        if name in held_out:
+            continue
         record = demo_record(f, name)
         if record.success:
             parents.append(Parent(name, record.seed, read_demo(f["data"][name])))
@@ -522,7 +526,8 @@ def recover_in_simulator(
     with open_dataset(dataset) as f:
         manifest, writer, parents = start_output(f, dataset, out)
     done, counts = _done(writer, spec), {"attempts": 0, "accepted": 0}
-    env = WorldgenEnv(manifest, cameras=cameras)
+    # The world model's stopping rule: an attempt ends once the predicate holds with the margin to spare.
+    env = WorldgenEnv(manifest, cameras=cameras, success_margin=spec.success_margin)
     try:
         for parent in parents:
             for step in spec.start_steps:

@@ -426,7 +426,8 @@ def retarget_in_simulator(
         manifest, writer, parents = start_output(f, Path(dataset), out)
     check_scene_seeds(manifest, spec)
     done, counts = _done_scenes(writer), {"attempts": 0, "accepted": 0}
-    env = WorldgenEnv(manifest, cameras=cameras)
+    # The world model's stopping rule: an attempt ends once the predicate holds with the margin to spare.
+    env = WorldgenEnv(manifest, cameras=cameras, success_margin=spec.success_margin)
     try:
         for scene in spec.scenes():
             if scene in done:

@@ -376,10 +376,13 @@ def demo_names(f: h5py.File, mask: str | None = None) -> list[str]:
 
 
 def dataset_digest(f: h5py.File, names: list[str]) -> str:
-    """Identifies training data: the dataset's manifest and generator record plus the chosen demo names."""
+    """Identifies training data: the dataset's manifest and generator record plus the chosen demos' names
+    and attributes (a regenerated demo records another noise seed, model hash or verdict)."""
     digest = hashlib.sha256(f["data"].attrs["worldgen"].encode())
     for name in names:
         digest.update(name.encode())
+        attrs = f["data"][name].attrs
+        digest.update(repr(sorted((k, str(attrs[k])) for k in attrs)).encode())
     return digest.hexdigest()
 
 

@@ -80,15 +80,16 @@ def success_step(holds: np.ndarray, hold_steps: int) -> int:
 class SuccessTracker:
     """Evaluates the manifest's success predicate on simulator state, step by step."""
 
-    def __init__(self, manifest: Manifest, backend: SimBackend):
+    def __init__(self, manifest: Manifest, backend: SimBackend, margin: float = 0.0):
         self.spec = manifest.task.success
         self.manifest = manifest
+        self.margin = margin
         self.start_z = backend.body_pose(self.spec.object)[0][2]
         self.streak = 0
 
     def holds(self, backend: SimBackend) -> bool:
         pos, _ = backend.body_pose(self.spec.object)
-        return predicate_holds(self.manifest, pos, backend.robot_q()[7:], self.start_z)
+        return predicate_holds(self.manifest, pos, backend.robot_q()[7:], self.start_z, self.margin)
 
     def update(self, backend: SimBackend) -> bool:
         """True once the predicate has held for ``hold_steps`` consecutive steps."""
@@ -187,8 +188,13 @@ class WorldgenEnv(gym.Env):
         cameras: bool = True,
         render_mode: str | None = None,
         device: str | None = None,
+        success_margin: float = 0.0,
     ):
+        """``success_margin`` (m): an episode ends in success only once the predicate holds with that much
+        to spare (:func:`predicate_holds`), so a recipe's simulator twin stops where its world-model
+        attempts stop; evaluation keeps the task's own predicate (0)."""
         self.manifest = as_manifest(manifest)
+        self.success_margin = success_margin
         if backend is None:
             from .sim.newton import NewtonBackend
 
@@ -212,7 +218,7 @@ class WorldgenEnv(gym.Env):
         self.backend.reset(self.scene_seed)
         q = self.backend.robot_q()
         self.controller.reset(panda.HOME_Q, q[7])
-        self.success = SuccessTracker(self.manifest, self.backend)
+        self.success = SuccessTracker(self.manifest, self.backend, self.success_margin)
         self.steps = 0
         return self._observe(), self._info(False)
 

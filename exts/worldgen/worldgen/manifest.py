@@ -591,6 +591,9 @@ class PolicySpec(_Strict):
     train_steps: int = Field(5000, ge=1, le=100_000_000)
     batch_size: int = Field(256, ge=1, le=65536)
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+    # The share of each training batch drawn from generated demos (the rest from simulator demos), the
+    # co-training ratio; None: every sample equally likely, whatever its source.
+    generated_share: float | None = Field(None, ge=0.0, le=1.0)
 
 
 class EvaluationSpec(_Strict):

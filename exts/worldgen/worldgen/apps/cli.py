@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -776,16 +777,22 @@ _world_model_arg = _checked_by(_read_checkpoint_meta)
 
 
 def _output(text: str, folder: bool) -> str:
-    """An output path that can be written: nothing is created here, so a refused run leaves nothing."""
+    """An output path that can be written, checked by writing: a probe file is created in the nearest
+    existing folder on its way and removed, so a path the writer could not use (a read-only or virtual
+    file system such as /proc, where permission bits say yes) is refused before any work, leaving nothing."""
     path = Path(text)
     if path.exists() and path.is_dir() != folder:
         kind = "a file" if folder else "a folder"
         raise argparse.ArgumentTypeError(f"{text}: is {kind}; expected {'a folder' if folder else 'a file'}")
-    parent = next(p for p in path.absolute().parents if p.exists())
+    parent = path if path.is_dir() else next(p for p in path.absolute().parents if p.exists())
     if not parent.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: cannot be created ({parent} is a file, not a folder)")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"{text}: cannot be created ({parent} is not writable)")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".worldgen-probe-", dir=parent)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: cannot be written ({parent}: {exc.strerror})") from None
     return text
 
 

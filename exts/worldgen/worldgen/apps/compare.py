@@ -254,6 +254,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
 
     if cell.one_thread:
         torch.set_num_threads(1)
+    inputs = cell_inputs(cell)
     started = time.perf_counter()
     meta = train_bc(
         cell.dataset,
@@ -278,6 +279,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     return {
         "row": cell.row,
         "replicate": cell.replicate,
+        "inputs": inputs,
         "demos": meta["demos"],
         "samples": meta["samples"],
         "successes": report["successes"],
@@ -288,32 +290,71 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     }
 
 
-def _cells_to_run(manifest: Manifest, out: Path, config: CompareConfig) -> list[Cell]:
+def cell_inputs(cell: Cell) -> dict[str, Any]:
+    """What a cell's result depends on: its training data (the dataset's record and the chosen demos),
+    the policy recipe and budget, the evaluation panel, the manifest fields training and evaluation read
+    and the code version. A cached cell is reused only when all of it matches."""
+    from ..dataset import dataset_digest, demo_names
+    from .run import code_version
+
+    with open_dataset(cell.dataset) as f:
+        names = cell.demos if cell.demos is not None else demo_names(f, cell.mask)
+        data = dataset_digest(f, list(names))
+    m = cell.manifest
+    return {
+        "row": cell.row,
+        "replicate": cell.replicate,
+        "data": data,
+        "algo": cell.algo,
+        "steps": cell.steps,
+        "batch_size": cell.batch_size,
+        "episodes": cell.episodes,
+        "envs": cell.envs,
+        "scene": m.scene_hash(),
+        "policy": m.section_hash("policy"),
+        "evaluation": m.section_hash("evaluation"),
+        "code_version": code_version(),
+    }
+
+
+def changed_fields(before: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+    """The fields of ``now`` that ``before`` (a cached cell's inputs; None: none recorded) does not match."""
+    if before is None:
+        return ["no inputs recorded"]
+    return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+
+
+def _cells_to_run(
+    manifest: Manifest, out: Path, config: CompareConfig, say: Callable[[str], None] = lambda text: None
+) -> list[Cell]:
     folder = cells_folder(out, config.algo)
     cells = []
     for row in config.rows:
         for rep in range(config.replicates):
-            if (folder / f"{row_slug(row)}_r{rep}.json").exists():
-                continue
             dataset, mask, demos = row_dataset(out, row, config.cameras)
-            cells.append(
-                Cell(
-                    row=row,
-                    replicate=rep,
-                    dataset=str(dataset),
-                    demos=demos,
-                    folder=str(out / folder.name.replace("cells", "policies") / f"{row_slug(row)}_r{rep}"),
-                    manifest=manifest,
-                    mask=mask,
-                    algo=config.algo,
-                    steps=config.policy_steps,
-                    batch_size=config.policy_batch,
-                    episodes=config.episodes,
-                    envs=config.envs,
-                    one_thread=config.workers > 1,
-                    ray_address=config.ray_address,
-                )
+            cell = Cell(
+                row=row,
+                replicate=rep,
+                dataset=str(dataset),
+                demos=demos,
+                folder=str(out / folder.name.replace("cells", "policies") / f"{row_slug(row)}_r{rep}"),
+                manifest=manifest,
+                mask=mask,
+                algo=config.algo,
+                steps=config.policy_steps,
+                batch_size=config.policy_batch,
+                episodes=config.episodes,
+                envs=config.envs,
+                one_thread=config.workers > 1,
+                ray_address=config.ray_address,
             )
+            cached = folder / f"{row_slug(row)}_r{rep}.json"
+            if cached.exists():
+                changed = changed_fields(json.loads(cached.read_text()).get("inputs"), cell_inputs(cell))
+                if not changed:
+                    continue
+                say(f"{row} r{rep}: recomputed, made before from other inputs ({', '.join(changed)})")
+            cells.append(cell)
     return cells
 
 
@@ -339,7 +380,7 @@ def compare(
     stage = Stages(out, say)
     prepare_world_model(stage, manifest, out, config.seeds, config.play, config.wm_steps, config.wm_minutes)
     generate(manifest, out, config, stage)
-    cells = _cells_to_run(manifest, out, config)
+    cells = _cells_to_run(manifest, out, config, say)
     folder = cells_folder(out, config.algo)
     folder.mkdir(exist_ok=True)
     say(f"{len(cells)} (row, replicate) cells to train and evaluate on {config.workers} processes")

@@ -44,9 +44,10 @@ class Stages:
 
 
 def pooled(cells: list[dict]) -> dict[str, Any]:
-    """One row's replicate cells (each with successes and episodes) pooled: the rate, its Wilson 95 %
-    interval and what each replicate scored."""
-    from policies.evaluate import wilson_interval
+    """One row's replicate cells (each with successes and episodes) pooled: the rate, the Wilson 95 %
+    interval of the pooled episodes (``ci95``), the replicate-level 95 % interval (``replicate_ci95``,
+    what a gain is judged by) and what each replicate scored."""
+    from policies.evaluate import replicate_interval, wilson_interval
 
     k, n = sum(c["successes"] for c in cells), sum(c["episodes"] for c in cells)
     return {
@@ -54,6 +55,9 @@ def pooled(cells: list[dict]) -> dict[str, Any]:
         "episodes": n,
         "success_rate": k / n,
         "ci95": list(wilson_interval(k, n)),
+        "replicate_ci95": list(
+            replicate_interval([c["successes"] for c in cells], [c["episodes"] for c in cells])
+        ),
         "per_replicate": [f"{c['successes']}/{c['episodes']}" for c in cells],
     }
 

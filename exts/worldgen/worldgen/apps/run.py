@@ -62,6 +62,9 @@ class Profile:
     checkpoint_every: int = 500
     check_samples: int = 3  # samples per attempt for the agreement check
     envs: int = 8  # scenes stepped together for replay and low-dimensional evaluation
+    # Policies trained per row (training seeds 0..n-1), each evaluated on its own panel of
+    # evaluation.episodes; the verdict judges the rows by their replicate-level intervals.
+    policy_replicates: int = 3
 
 
 PROFILES = {
@@ -76,7 +79,8 @@ PROFILES = {
             "world_model": {"resolution": [32, 32], "train_steps": 1500, "batch_size": 16},
             "generation": {"recover": {"per_seed": 4, "at_steps": [0]}},
             "policy": {"train_steps": 1500},
-            "evaluation": {"episodes": 100},
+            # 3 policy seeds x 50 episodes: 150 held-out episodes a row.
+            "evaluation": {"episodes": 50},
         },
         checkpoint_every=250,
         check_samples=2,
@@ -94,6 +98,7 @@ PROFILES = {
         checkpoint_every=2,
         check_samples=2,
         envs=4,
+        policy_replicates=2,
     ),
 }
 
@@ -386,96 +391,114 @@ def _row_demos(run: Run) -> dict[str, list[str]]:
     return dict(zip(ROWS, (seeds, seeds + accepted), strict=True))
 
 
+def _cell_name(row: str, replicate: int) -> str:
+    """A (row, replicate) policy's folder name: ``seeds_recover_r2``."""
+    return f"{row.replace('+', '_')}_r{replicate}"
+
+
 def policies_stage(run: Run) -> dict[str, Any]:
     from policies.train import train_bc
 
-    algo = run.manifest.policy.algorithm
-    rows = {}
+    algo, replicates = run.manifest.policy.algorithm, run.profile.policy_replicates
+    rows: dict[str, list[dict[str, Any]]] = {}
     for row, demos in _row_demos(run).items():
-        folder = run.path("policies", row.replace("+", "_"))
-        done = _read_json(run.path("policies", f"{folder.name}.json"))
-        if done is not None:  # trained before the run was interrupted
-            rows[row] = done
-            continue
-        run.say(f"{row}: training {algo} on {len(demos)} demos")
+        rows[row] = []
+        for replicate in range(replicates):
+            name = _cell_name(row, replicate)
+            done = _read_json(run.path("policies", f"{name}.json"))
+            if done is not None:  # trained before the run was interrupted
+                rows[row].append(done)
+                continue
+            run.say(f"{row}: training {algo} (seed {replicate} of {replicates}) on {len(demos)} demos")
 
-        def progress(step: int, steps: int, loss: float, row: str = row) -> None:
-            if step % 250 == 0 or step == steps:
-                run.say(f"{row}: step {step}/{steps}, loss {loss:.4f}")
+            def progress(step: int, steps: int, loss: float, row: str = row) -> None:
+                if step % 500 == 0 or step == steps:
+                    run.say(f"{row}: step {step}/{steps}, loss {loss:.4f}")
 
-        meta = train_bc(
-            run.checked,
-            folder,
-            algo,
-            mask=None,
-            demos=demos,
-            progress=progress,
-            manifest=run.manifest,
-            log_dir=run.path("policies", f"logs/{folder.name}"),
-            wandb_project=run.wandb_project,
-        )
-        summary = {
-            "folder": str(folder.relative_to(run.folder)),
-            "demos": meta["demos"],
-            "samples": meta["samples"],
-            "seconds": meta["seconds"],
-        }
-        _write_json(run.path("policies", f"{folder.name}.json"), summary)
-        rows[row] = summary
-    return {"algo": algo, "rows": rows}
+            meta = train_bc(
+                run.checked,
+                run.path("policies", name),
+                algo,
+                mask=None,
+                demos=demos,
+                progress=progress,
+                manifest=run.manifest,
+                log_dir=run.path("policies", f"logs/{name}"),
+                wandb_project=run.wandb_project,
+                seed=replicate,
+            )
+            summary = {
+                "folder": f"policies/{name}",
+                "replicate": replicate,
+                "demos": meta["demos"],
+                "samples": meta["samples"],
+                "seconds": meta["seconds"],
+            }
+            _write_json(run.path("policies", f"{name}.json"), summary)
+            rows[row].append(summary)
+    return {"algo": algo, "replicates": replicates, "rows": rows}
 
 
 def eval_stage(run: Run) -> dict[str, Any]:
     from policies.evaluate import evaluate_policy
 
+    from .experiment import pooled
+
     rows = {}
     episodes = run.manifest.evaluation.episodes
     for row, trained in run.summaries["policies"]["rows"].items():
-        out = run.path("eval", row.replace("+", "_"))
-        report = _read_json(out / "eval.json")
-        if report is None:
-            started = time.perf_counter()
+        cells = []
+        for policy in trained:
+            replicate = policy["replicate"]
+            out = run.path("eval", _cell_name(row, replicate))
+            report = _read_json(out / "eval.json")
+            if report is None:
+                started = time.perf_counter()
 
-            def progress(episode, done: int, total: int, row: str = row, started: float = started) -> None:
-                if done % max(total // 5, 1) == 0 or done == total:
-                    run.say(f"{row}: {done}/{total} episodes ({_eta(done, total, started)})")
+                def progress(
+                    episode, done: int, total: int, row: str = row, started: float = started
+                ) -> None:
+                    if done % max(total // 2, 1) == 0 or done == total:
+                        run.say(f"{row}: {done}/{total} episodes ({_eta(done, total, started)})")
 
-            # An image policy needs cameras, which scenes stepped together do not render.
-            envs = 1 if run.manifest.policy.algorithm == "bc-image" else run.profile.envs
-            report = evaluate_policy(
-                run.folder / trained["folder"],
-                run.manifest,
-                episodes,
-                out=out,
-                progress=progress,
-                envs=envs,
-                workers=run.workers,
-                ray_address=run.ray_address,
-            )
-        rows[row] = {
-            "demos": trained["demos"],
-            "samples": trained["samples"],
-            "successes": report["successes"],
-            "episodes": report["episodes"],
-            "success_rate": report["success_rate"],
-            "ci95": report["ci95"],
-        }
+                # An image policy needs cameras, which scenes stepped together do not render.
+                envs = 1 if run.manifest.policy.algorithm == "bc-image" else run.profile.envs
+                # Replicate r on its own panel (held_out_base_seed + r * episodes + i), the same in every row.
+                report = evaluate_policy(
+                    run.folder / policy["folder"],
+                    run.manifest,
+                    episodes,
+                    out=out,
+                    progress=progress,
+                    panel_offset=replicate * episodes,
+                    envs=envs,
+                    workers=run.workers,
+                    ray_address=run.ray_address,
+                    gifs=replicate == 0,
+                )
+            cells.append(report)
+        rows[row] = {"demos": trained[0]["demos"], "samples": trained[0]["samples"], **pooled(cells)}
     return {"rows": rows, "verdict": verdict(rows)}
 
 
 def verdict(rows: dict[str, dict[str, Any]]) -> str:
-    """The run's answer in one sentence: does seed + synthetic data beat seed data alone, and by how much."""
+    """The run's answer in one sentence: does seed + synthetic data beat seed data alone, and by how much.
+    Judged by the replicate-level 95 % intervals (:func:`policies.evaluate.replicate_interval`): "yes"
+    only when they are disjoint with seeds + synthetic above."""
     base, synth = (rows[name] for name in ROWS)
     gain = 100 * (synth["success_rate"] - base["success_rate"])
-    if synth["ci95"][0] > base["ci95"][1]:
+    (b_lo, b_hi), (s_lo, s_hi) = base["replicate_ci95"], synth["replicate_ci95"]
+    if s_lo > b_hi:
         answer = "yes"
-    elif synth["ci95"][1] < base["ci95"][0]:
+    elif s_hi < b_lo:
         answer = "no: worse"
     else:
-        answer = "not shown (the 95 % intervals overlap)"
+        answer = "not shown (the replicate-level 95 % intervals overlap)"
+    replicates = len(synth.get("per_replicate", [])) or 1
     return (
-        f"seeds + world-model demos {synth['successes']}/{synth['episodes']} vs seeds alone "
-        f"{base['successes']}/{base['episodes']} on the same held-out panel ({gain:+.0f} points): {answer}"
+        f"seeds + world-model demos {synth['successes']}/{synth['episodes']} "
+        f"[{s_lo:.2f}, {s_hi:.2f}] vs seeds alone {base['successes']}/{base['episodes']} "
+        f"[{b_lo:.2f}, {b_hi:.2f}] ({replicates} policy seeds, {gain:+.0f} points): {answer}"
     )
 
 
@@ -524,7 +547,7 @@ def stage_inputs(run: Run) -> dict[str, dict[str, Any]]:
         },
         "synthetic": {"generation": m.section_hash("generation")},
         "checks": {"checks": m.section_hash("checks"), "samples": p.check_samples, "envs": p.envs},
-        "policies": {"policy": m.section_hash("policy")},
+        "policies": {"policy": m.section_hash("policy"), "replicates": p.policy_replicates},
         "eval": {"evaluation": m.section_hash("evaluation"), "envs": p.envs},
         "report": {},
     }
