@@ -18,7 +18,7 @@ from pathlib import Path
 
 from stages import RESULTS, pooled, say  # bench/stages.py, beside this script
 from worldgen.apps.compare import Cell, cell_inputs, changed_fields, run_cell
-from worldgen.apps.run import PROFILES, ROWS, Profile, run_pipeline
+from worldgen.apps.run import PROFILES, Profile, run_pipeline
 from worldgen.dataset import demo_names, open_dataset
 from worldgen.files import write_atomically
 from worldgen.manifest import load_manifest
@@ -26,42 +26,64 @@ from worldgen.manifest import load_manifest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def sim_twin_row(folder: Path, profile: Profile) -> dict:
-    """The run's recover attempts executed in the simulator (same starts, expert, noise seeds and stopping
-    rule): the seeds plus those that succeed, trained and evaluated like the run's rows (policy seed r on
-    panel r). Each cell is reused only when what made it matches (``worldgen.apps.compare.cell_inputs``)."""
+def cells_row(folder: Path, row: str, dataset: Path, demos: list[str], manifest, profile: Profile) -> dict:
+    """A row beside the run's: ``demos`` of ``dataset`` trained and evaluated like the run's rows (policy
+    seed r on panel r, ``manifest``'s policy section). Each cell is reused only when what made it matches
+    (``worldgen.apps.compare.cell_inputs``); otherwise it is made again and the change named."""
     import json
 
-    from world_models.generate import RecoverSpec, accepted_demos, recover_in_simulator
-
-    manifest = load_manifest(folder / "manifest.yaml")
-    seeds, twin = folder / "seeds" / "seeds.hdf5", folder / "twin" / "recover_sim.hdf5"
-    say(f"{folder.name}: recover attempts in the simulator")
-    recover_in_simulator(seeds, twin, RecoverSpec.from_manifest(manifest))
-    with open_dataset(twin) as f:
-        train, recorded = demo_names(f, "train"), set(demo_names(f, "seed"))
-    demos = train + [n for n in accepted_demos(twin) if n not in recorded]
+    slug = row.replace(" ", "_").replace("+", "_").replace("(", "").replace(")", "")
     cells = []
     for replicate in range(profile.policy_replicates):
         cell = Cell(
-            row="seeds+recover (sim)",
+            row=row,
             replicate=replicate,
-            dataset=str(twin),
+            dataset=str(dataset),
             demos=demos,
-            folder=str(folder / "twin" / f"policy_r{replicate}"),
+            folder=str(folder / "extra" / f"{slug}_r{replicate}"),
             manifest=manifest,
             episodes=manifest.evaluation.episodes,
             envs=profile.envs,
             one_thread=False,
         )
-        cached = folder / "twin" / f"cell_r{replicate}.json"
+        cached = folder / "extra" / f"{slug}_r{replicate}.json"
         result = json.loads(cached.read_text()) if cached.exists() else None
-        if result is None or changed_fields(result.get("inputs"), cell_inputs(cell)):
-            say(f"{folder.name}: seeds+recover (sim) policy seed {replicate}")
+        changed = changed_fields(result.get("inputs"), cell_inputs(cell)) if result else ["not made"]
+        if changed:
+            say(f"{folder.name}: {row}, policy seed {replicate} ({', '.join(changed)})")
             result = run_cell(cell)
             write_atomically(cached, (json.dumps(result, indent=2) + "\n").encode())
         cells.append(result)
     return {"demos": len(demos), "samples": cells[0]["samples"], **pooled(cells)}
+
+
+def extra_rows(folder: Path, profile: Profile) -> dict[str, dict]:
+    """Beside the run's rows: its accepted attempts at uniform sampling (when the manifest sets a generated
+    share), and the recover attempts executed in the simulator (same starts, expert, noise seeds and
+    stopping rule): the recipe's ceiling."""
+    from world_models.generate import RecoverSpec, accepted_demos, recover_in_simulator
+
+    manifest = load_manifest(folder / "manifest.yaml")
+    checked, seeds = folder / "checks" / "checked.hdf5", folder / "seeds" / "seeds.hdf5"
+    twin = folder / "extra" / "recover_sim.hdf5"
+    rows = {}
+    with open_dataset(checked) as f:
+        train, recorded = demo_names(f, "train"), set(demo_names(f, "seed"))
+    if manifest.policy.generated_share is not None:
+        uniform = manifest.model_copy(
+            update={"policy": manifest.policy.model_copy(update={"generated_share": None})}
+        )
+        accepted = [n for n in accepted_demos(checked) if n not in recorded]
+        rows["seeds+recover, uniform"] = cells_row(
+            folder, "seeds+recover, uniform", checked, train + accepted, uniform, profile
+        )
+    say(f"{folder.name}: recover attempts in the simulator")
+    recover_in_simulator(seeds, twin, RecoverSpec.from_manifest(manifest))
+    accepted = [n for n in accepted_demos(twin) if n not in recorded]
+    rows["seeds+recover (sim)"] = cells_row(
+        folder, "seeds+recover (sim)", twin, train + accepted, manifest, profile
+    )
+    return rows
 
 
 def run_seed_set(scenario: Path, base_seed: int, out: Path, profile: str) -> dict:
@@ -74,7 +96,7 @@ def run_seed_set(scenario: Path, base_seed: int, out: Path, profile: str) -> dic
     started = time.perf_counter()
     record = run_pipeline(manifest, folder, profile=profile, say=say)
     rows = dict(record["stages"]["eval"]["summary"]["rows"])
-    rows["seeds+recover (sim)"] = sim_twin_row(folder, PROFILES[profile])
+    rows.update(extra_rows(folder, PROFILES[profile]))
     checks = record["stages"]["checks"]["summary"]
     return {
         "base_seed": base_seed,
@@ -107,7 +129,7 @@ def across(sets: list[dict], row: str) -> dict:
 
 
 def table(result: dict) -> str:
-    rows = [*ROWS, "seeds+recover (sim)"]
+    rows = list(result["across"])
     lines = [
         f"{result['scenario']}, {result['algo']}, profile {result['profile']}: "
         f"{len(result['seed_sets'])} sets of seed demos, each its own world model and generation draw",
@@ -151,7 +173,7 @@ def main() -> None:
 
     scenario = ROOT / "scenarios" / f"{args.scenario}.yaml"
     sets = [run_seed_set(scenario, base, args.out, args.profile) for base in args.base_seeds]
-    rows = [*ROWS, "seeds+recover (sim)"]
+    rows = [row for row in sets[0]["rows"] if all(row in s["rows"] for s in sets)]
     summary = {row: across(sets, row) for row in rows}
     seeds_hi = summary["seeds"]["replicate_ci95"][1]
     shown = summary["seeds+recover"]["replicate_ci95"][0] > seeds_hi

@@ -58,7 +58,8 @@ class PolicyDataset:
             self.seeds = sorted({r.seed for r in records})
             self.sources = sorted({r.source for r in records})
             self.lengths = np.array([r.num_samples for r in records])
-            self.generated = np.array([r.source == "world_model" for r in records])
+            # Made by a generation recipe, in the world model or in the simulator (a recipe's twin).
+            self.generated = np.array([r.recipe is not None for r in records])
             self.obs = {k: np.concatenate([f["data"][n]["obs"][k][()] for n in names]) for k in keys}
             self.actions = np.concatenate([f["data"][n]["actions"][()] for n in names]).astype(np.float32)
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])

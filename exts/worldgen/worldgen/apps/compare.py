@@ -260,6 +260,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         cell.dataset,
         cell.folder,
         cell.algo,
+        manifest=cell.manifest,  # its policy section: the budget and the generated share
         mask=cell.mask,
         demos=cell.demos,
         steps=cell.steps,
