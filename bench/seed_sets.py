@@ -13,6 +13,7 @@ Every run resumes from its folder under ``--out`` and reuses only the stages who
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -30,8 +31,6 @@ def cells_row(folder: Path, row: str, dataset: Path, demos: list[str], manifest,
     """A row beside the run's: ``demos`` of ``dataset`` trained and evaluated like the run's rows (policy
     seed r on panel r, ``manifest``'s policy section). Each cell is reused only when what made it matches
     (``worldgen.apps.compare.cell_inputs``); otherwise it is made again and the change named."""
-    import json
-
     slug = row.replace(" ", "_").replace("+", "_").replace("(", "").replace(")", "")
     cells = []
     for replicate in range(profile.policy_replicates):
@@ -98,7 +97,7 @@ def run_seed_set(scenario: Path, base_seed: int, out: Path, profile: str) -> dic
     rows = dict(record["stages"]["eval"]["summary"]["rows"])
     rows.update(extra_rows(folder, PROFILES[profile]))
     checks = record["stages"]["checks"]["summary"]
-    return {
+    result = {
         "base_seed": base_seed,
         "folder": str(folder),
         "verdict": record["verdict"],
@@ -111,6 +110,8 @@ def run_seed_set(scenario: Path, base_seed: int, out: Path, profile: str) -> dic
         "code_version": record["code_version"],
         "seconds": round(time.perf_counter() - started, 1),
     }
+    write_atomically(folder / "seed_set.json", (json.dumps(result, indent=2) + "\n").encode())
+    return result
 
 
 def across(sets: list[dict], row: str) -> dict:
@@ -167,12 +168,20 @@ def main() -> None:
     parser.add_argument("--profile", default="quick", choices=sorted(PROFILES))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tag", default="", help="suffix of the results files")
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="run nothing: gather each seed set's seed_set.json, written when its run finished",
+    )
     args = parser.parse_args()
 
-    import json
-
     scenario = ROOT / "scenarios" / f"{args.scenario}.yaml"
-    sets = [run_seed_set(scenario, base, args.out, args.profile) for base in args.base_seeds]
+    if args.collect:
+        sets = [
+            json.loads((args.out / f"base_seed_{b}" / "seed_set.json").read_text()) for b in args.base_seeds
+        ]
+    else:
+        sets = [run_seed_set(scenario, base, args.out, args.profile) for base in args.base_seeds]
     rows = [row for row in sets[0]["rows"] if all(row in s["rows"] for s in sets)]
     summary = {row: across(sets, row) for row in rows}
     seeds_hi = summary["seeds"]["replicate_ci95"][1]

@@ -293,7 +293,7 @@ def test_compare_runs_every_recipe_row_and_resumes(tmp_path, monkeypatch):
     assert remade == {tmp_path / "cells" / f"seeds_r{r}.json" for r in (0, 1)}
     assert [s for s in said if "recomputed" in s and "(steps)" in s] and len(said) > 0
     # Other code: recomputed, naming the code version.
-    monkeypatch.setattr("worldgen.apps.run.code_version", lambda: "another version")
+    monkeypatch.setattr("worldgen.apps.run.code_hash", lambda: "another version")
     said.clear()
     compare(
         manifest,
@@ -301,7 +301,7 @@ def test_compare_runs_every_recipe_row_and_resumes(tmp_path, monkeypatch):
         dataclasses.replace(config, rows=("seeds",), policy_steps=21),
         progress=said.append,
     )
-    assert sum("recomputed" in s and "code_version" in s for s in said) == 2
+    assert sum("recomputed" in s and "(code)" in s for s in said) == 2
 
 
 def test_cli_train_policy_and_eval(push_demos, tmp_path, capsys):

@@ -294,9 +294,10 @@ def run_cell(cell: Cell) -> dict[str, Any]:
 def cell_inputs(cell: Cell) -> dict[str, Any]:
     """What a cell's result depends on: its training data (the dataset's record and the chosen demos),
     the policy recipe and budget, the evaluation panel, the manifest fields training and evaluation read
-    and the code version. A cached cell is reused only when all of it matches."""
+    and the library's code (:func:`worldgen.apps.run.code_hash`). A cached cell is reused only when all
+    of it matches."""
     from ..dataset import dataset_digest, demo_names
-    from .run import code_version
+    from .run import code_hash
 
     with open_dataset(cell.dataset) as f:
         names = cell.demos if cell.demos is not None else demo_names(f, cell.mask)
@@ -314,7 +315,7 @@ def cell_inputs(cell: Cell) -> dict[str, Any]:
         "scene": m.scene_hash(),
         "policy": m.section_hash("policy"),
         "evaluation": m.section_hash("evaluation"),
-        "code_version": code_version(),
+        "code": code_hash(),
     }
 
 

@@ -24,6 +24,7 @@ made by another code version are said and kept (``--rerun STAGE`` redoes one).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -133,6 +134,21 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return __version__
     return f"{__version__} ({commit})" if commit else __version__
+
+
+@functools.cache
+def code_hash() -> str:
+    """sha256 of the library's Python sources (worldgen, world_models, policies) as this process found
+    them: what a cached result depends on, where the commit also moves with documents and results."""
+    import importlib
+
+    digest = hashlib.sha256()
+    for name in ("worldgen", "world_models", "policies"):
+        package = Path(importlib.import_module(name).__file__).parent
+        for path in sorted(package.rglob("*.py")):
+            digest.update(f"{name}/{path.relative_to(package).as_posix()}".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def machine() -> dict[str, Any]:
