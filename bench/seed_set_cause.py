@@ -191,15 +191,15 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", help="default: all")
     args = parser.parse_args()
 
-    run, out = args.run, args.run / "cause"
+    run, out = args.run, args.run / "diag"
     out.mkdir(exist_ok=True)
     checked, manifest = run / "checks" / "checked.hdf5", load_manifest(run / "manifest.yaml")
-    sim_obs, twin = out / "accepted_sim_obs.hdf5", out / "sim_twin.hdf5"
+    sim_obs, twin = run / "diag_trueobs.hdf5", run / "diag_sim_twin.hdf5"
     attempts_file = out / "attempts.json"
     if not attempts_file.exists():
         write_atomically(attempts_file, json.dumps(replay_attempts(checked, sim_obs), indent=1).encode())
     attempts = json.loads(attempts_file.read_text())
-    agreement_file = out / "agreement.json"
+    agreement_file = run / "diag_agree.json"
     if not agreement_file.exists():
         agree = sample_agreement(checked, run / "world_model" / "checkpoint", args.samples)
         write_atomically(agreement_file, json.dumps(agree).encode())
@@ -208,33 +208,32 @@ def main() -> None:
 
     with open_dataset(checked) as f:
         train, valid = demo_names(f, "train"), set(demo_names(f, "valid"))
+        # The run's own referee: its checks stage replayed every attempt (scenes stepped together).
+        run_replay = {a["name"]: bool(f["data"][a["name"]].attrs["replay_success"]) for a in attempts}
     accepted = [a["name"] for a in attempts]
-    replay_true = [a["name"] for a in attempts if a["replay_success"]]
+    replay_true = [a["name"] for a in attempts if run_replay[a["name"]]]
     with open_dataset(twin) as f:
         twin_ok = [r.name for r in (demo_record(f, n) for n in demo_names(f)) if r.recipe and r.success]
     share = f"+accepted @ share {args.share:g}"
+    # Row -> (dataset, demos, generated share, the name of its cells in out/).
+    no_valid = [a["name"] for a in attempts if not a["valid_parent"]]
     rows = {
-        "seeds": (checked, train, None),
-        "+accepted": (checked, train + accepted, None),
-        "+accepted, replay-true": (checked, train + replay_true, None),
-        "+accepted, sim obs": (sim_obs, train + accepted, None),
-        "+accepted, no valid": (
-            checked,
-            train + [a["name"] for a in attempts if not a["valid_parent"]],
-            None,
-        ),
-        "+sim twin": (twin, train + twin_ok, None),
-        share: (checked, train + accepted, args.share),
+        "seeds": (checked, train, None, "seeds"),
+        "+accepted": (checked, train + accepted, None, "seeds+wm"),
+        "+accepted, replay-true": (checked, train + replay_true, None, "seeds+wm_replaytrue"),
+        "+accepted, sim obs": (sim_obs, train + accepted, None, "seeds+wm_trueobs"),
+        "+accepted, no valid": (checked, train + no_valid, None, "seeds+wm_novalid"),
+        "+sim twin": (twin, train + twin_ok, None, "seeds+sim"),
+        share: (checked, train + accepted, args.share, f"seeds+wm@mix{round(100 * args.share)}"),
     }
     results = {}
     for row in args.rows or list(rows):
-        dataset, demos, generated_share = rows[row]
+        dataset, demos, generated_share, slug = rows[row]
         cells = []
         for rep in range(args.replicates):
-            slug = row.replace(" ", "_").replace(",", "").replace("+", "plus_").replace("@", "at")
             cell_file = out / f"{slug}_r{rep}.json"
             if not cell_file.exists():
-                folder = out / f"policy_{slug}_r{rep}"
+                folder = out / f"pol_{slug}_r{rep}"
                 meta = train_bc(
                     dataset,
                     folder,
@@ -249,8 +248,8 @@ def main() -> None:
                     folder, manifest, args.episodes, gifs=False, panel_offset=rep * args.episodes, envs=10
                 )
                 cell = {
-                    "row": row,
-                    "replicate": rep,
+                    "row": slug,
+                    "rep": rep,
                     "demos": len(demos),
                     "samples": meta["samples"],
                     "successes": report["successes"],
@@ -262,7 +261,7 @@ def main() -> None:
             cells.append(json.loads(cell_file.read_text()))
         results[row] = {"demos": cells[0]["demos"], **pooled(cells)}
 
-    failing = [a for a in attempts if not a["replay_success"]]
+    failing = [a for a in attempts if not run_replay[a["name"]]]
     result = {
         "run": str(run),
         "base_seed": manifest.seeds.base_seed,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from stages import RESULTS, pooled, say  # bench/stages.py, beside this script
 from worldgen.apps.compare import Cell, cell_inputs, changed_fields, run_cell
-from worldgen.apps.run import PROFILES, Profile, run_pipeline
+from worldgen.apps.run import PROFILES, Profile, run_pipeline, verdict
 from worldgen.dataset import demo_names, open_dataset
 from worldgen.files import write_atomically
 from worldgen.manifest import load_manifest
@@ -114,6 +114,12 @@ def run_seed_set(scenario: Path, base_seed: int, out: Path, profile: str) -> dic
     return result
 
 
+def repooled(row: dict) -> dict:
+    """A row's pooled figures again from its per-replicate counts ("k/n")."""
+    counts = [c.split("/") for c in row["per_replicate"]]
+    return {**row, **pooled([{"successes": int(k), "episodes": int(n)} for k, n in counts])}
+
+
 def across(sets: list[dict], row: str) -> dict:
     """A row over seed sets: each seed set one replicate (its pooled policy seeds)."""
     from policies.evaluate import replicate_interval
@@ -180,6 +186,9 @@ def main() -> None:
         sets = [
             json.loads((args.out / f"base_seed_{b}" / "seed_set.json").read_text()) for b in args.base_seeds
         ]
+        for seed_set in sets:  # intervals and verdict from the counts, by today's replicate_interval
+            seed_set["rows"] = {row: repooled(r) for row, r in seed_set["rows"].items()}
+            seed_set["verdict"] = verdict(seed_set["rows"])
     else:
         sets = [run_seed_set(scenario, base, args.out, args.profile) for base in args.base_seeds]
     rows = [row for row in sets[0]["rows"] if all(row in s["rows"] for s in sets)]

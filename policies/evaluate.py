@@ -58,21 +58,21 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 def replicate_interval(successes: list[int], episodes: list[int]) -> tuple[float, float]:
     """A 95 % interval for a row's success rate whose unit is the replicate (a seed set, world model,
     generation draw or policy seed), not the episode: the mean of the replicates' rates +- Student's t
-    (n - 1 degrees of freedom) times their standard error. Episodes within a replicate share everything
-    the replicate drew, so pooling them (Wilson) is too narrow when replicates differ. A replicate's spread
-    is never taken below the binomial spread of its own episodes at the mean rate (three replicates that
-    happen to agree do not make a narrower interval than their episodes allow); one replicate: Wilson."""
+    (n - 1 degrees of freedom) times their standard error, widened where needed to the Wilson interval of
+    the pooled episodes. Episodes within a replicate share everything the replicate drew, so pooling them
+    alone is too narrow when replicates differ; and replicates that happen to agree do not make an
+    interval narrower than their episodes allow. (The t factor is the price of estimating the spread from
+    n replicates; it is not applied to the binomial spread, which is not estimated.) One replicate: Wilson."""
     if len(successes) != len(episodes) or not successes:
         raise ValueError("replicate_interval: one success count and one episode count per replicate")
+    pooled_low, pooled_high = wilson_interval(sum(successes), sum(episodes))
     if len(successes) == 1:
-        return wilson_interval(successes[0], episodes[0])
+        return pooled_low, pooled_high
     rates = np.asarray(successes, float) / np.asarray(episodes, float)
     n, mean = len(rates), float(rates.mean())
-    binomial = mean * (1 - mean) / float(np.mean(episodes))
-    variance = max(float(rates.var(ddof=1)), binomial)
     t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
-    half = t * math.sqrt(variance / n)
-    return max(0.0, mean - half), min(1.0, mean + half)
+    half = t * float(rates.std(ddof=1)) / math.sqrt(n)
+    return max(0.0, min(mean - half, pooled_low)), min(1.0, max(mean + half, pooled_high))
 
 
 def panel_seeds(manifest: Manifest, episodes: int | None = None, offset: int = 0) -> list[int]:

@@ -28,10 +28,10 @@ def test_replicate_interval_widens_with_the_spread_between_replicates():
     assert spread == pytest.approx((0.6 - 0.474, 1.0), abs=2e-3)
 
 
-def test_replicate_interval_is_never_narrower_than_one_replicates_episodes_allow():
-    lo, hi = replicate_interval([30, 30, 30], [50, 50, 50])  # no spread at all
-    binomial_half = 4.303 * (0.6 * 0.4 / 50 / 3) ** 0.5
-    assert (lo, hi) == pytest.approx((0.6 - binomial_half, 0.6 + binomial_half), abs=1e-3)
+def test_replicate_interval_is_never_narrower_than_the_pooled_episodes_allow():
+    assert replicate_interval([30, 30, 30], [50, 50, 50]) == wilson_interval(90, 150)  # no spread at all
+    # A little spread, less than the episodes' own: still the pooled episodes' interval.
+    assert replicate_interval([30, 31, 29], [50, 50, 50]) == wilson_interval(90, 150)
     assert replicate_interval([7], [10]) == wilson_interval(7, 10)
     with pytest.raises(ValueError):
         replicate_interval([], [])
