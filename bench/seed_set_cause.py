@@ -102,8 +102,8 @@ def replay_attempts(checked: Path, out: Path) -> list[dict]:
                     "replay_success": success,
                     "block_error_end_m": round(float(error[-1]), 4),
                     "block_error_max_m": round(float(error.max()), 4),
-                    "predicted_end": np.round(predicted[-1], 3).tolist(),
-                    "simulated_end": np.round(true[-1], 3).tolist(),
+                    "predicted_end": [round(float(x), 3) for x in predicted[-1]],
+                    "simulated_end": [round(float(x), 3) for x in true[-1]],
                 }
             )
             say(
@@ -262,6 +262,9 @@ def main() -> None:
         results[row] = {"demos": cells[0]["demos"], **pooled(cells)}
 
     failing = [a for a in attempts if not run_replay[a["name"]]]
+    for a in attempts:  # files written before the positions were rounded
+        a["predicted_end"] = [round(float(x), 3) for x in a["predicted_end"]]
+        a["simulated_end"] = [round(float(x), 3) for x in a["simulated_end"]]
     result = {
         "run": str(run),
         "base_seed": manifest.seeds.base_seed,
