@@ -1,6 +1,8 @@
-"""The run's answer and the interval it stands on, fed made-up rows: no simulator, no training."""
+"""The run's answer and the interval it stands on (made-up rows), and the run folder's lock: no simulator, no training."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 from worldgen.apps.experiment import pooled
@@ -55,3 +57,32 @@ def test_verdict_answers_from_the_replicate_level_intervals(seeds, synthetic, an
         assert rows["seeds+recover"]["ci95"][0] > rows["seeds"]["ci95"][1]
     assert said.split(": ", 1)[1].startswith(answer), said
     assert f"{sum(synthetic)}/150" in said and f"{sum(seeds)}/150" in said and "3 policy seeds" in said
+
+
+def test_a_second_run_on_a_locked_folder_refuses_in_one_line(tmp_path, capsys):
+    """Two `worldgen run`s on one folder would race: the second refuses before writing anything; a lock
+    left by a killed run is taken over, and the lock goes when the run ends."""
+    import socket
+    import subprocess
+    import sys
+
+    from worldgen.apps.cli import main
+    from worldgen.apps.run import folder_lock
+
+    from .conftest import PUSH
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (folder / ".lock").write_text(f"{socket.gethostname()}:{holder.pid}")
+        assert main(["run", str(PUSH), "-o", str(folder), "--profile", "tiny"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"another worldgen run (process {holder.pid})" in err, err
+        assert sorted(p.name for p in folder.iterdir()) == [".lock"]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    with folder_lock(folder):  # the holder is dead: its lock is taken over
+        assert (folder / ".lock").read_text().endswith(f":{os.getpid()}")
+    assert not (folder / ".lock").exists()

@@ -23,6 +23,7 @@ made by another code version are said and kept (``--rerun STAGE`` redoes one).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -30,9 +31,10 @@ import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ from PIL import Image
 
 from .. import __version__
 from ..dataset import DatasetReader, dataset_manifest, demo_names, open_dataset, restamp_dataset
-from ..errors import ArgumentError
+from ..errors import ArgumentError, OutputError
 from ..files import write_atomically
 from ..keys import RGB, image_key
 from ..manifest import Manifest, manifest_text, parse_manifest
@@ -599,6 +601,54 @@ def _changed(before: dict[str, Any] | None, now: dict[str, Any]) -> str:
     return "changed: " + ", ".join(fields) if fields else "a stage it reads changed"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """One ``worldgen run`` a folder at a time: ``folder/.lock`` holds the running process's host and pid.
+    A second run refuses in one line while that process lives; a lock left by a killed run is taken over.
+    (A lock from another host cannot be checked: the message names the file to remove.)"""
+    lock, me = folder / ".lock", f"{socket.gethostname()}:{os.getpid()}"
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = lock.read_text().strip()
+                age = time.time() - lock.stat().st_mtime
+            except OSError:
+                continue  # removed meanwhile: try again
+            host, _, pid = holder.rpartition(":")
+            if not holder and age < 10:  # being written by a run starting this moment
+                raise OutputError(f"{folder}: another worldgen run is starting in this folder") from None
+            if holder and host != socket.gethostname():
+                raise OutputError(
+                    f"{folder}: another worldgen run on {host} (process {pid}) is using this folder; "
+                    f"remove {lock} if it is not running"
+                ) from None
+            if holder and int(pid) != os.getpid() and _alive(int(pid)):
+                raise OutputError(
+                    f"{folder}: another worldgen run (process {pid}) is using this folder"
+                ) from None
+            lock.unlink(missing_ok=True)  # left by a run that was killed
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(me)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def run_pipeline(
     manifest: Manifest,
     folder: str | Path,
@@ -619,6 +669,21 @@ def run_pipeline(
     folder = Path(folder)
     manifest = run_manifest(manifest, profile)
     folder.mkdir(parents=True, exist_ok=True)
+    with folder_lock(folder):
+        return _run_stages(manifest, folder, profile, workers, ray_address, rerun, until, say, wandb_project)
+
+
+def _run_stages(
+    manifest: Manifest,
+    folder: Path,
+    profile: Profile,
+    workers: int,
+    ray_address: str | None,
+    rerun: tuple[str, ...],
+    until: str | None,
+    say: Callable[[str], None] | None,
+    wandb_project: str | None,
+) -> dict[str, Any]:
     write_atomically(folder / "manifest.yaml", manifest_text(manifest).encode())
     started = time.perf_counter()
     version = code_version()
