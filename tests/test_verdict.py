@@ -1,4 +1,5 @@
-"""The run's answer and the interval it stands on (made-up rows), and the run folder's lock: no simulator, no training."""
+"""The run's answer and the interval it stands on (made-up rows), and the run folder's lock: no
+simulator, no training."""
 
 from __future__ import annotations
 
