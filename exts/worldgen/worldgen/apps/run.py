@@ -74,7 +74,7 @@ PROFILES = {
     # The manifest's own settings.
     "full": Profile("full"),
     # make demo: the whole loop in minutes on 2 CPU cores. The world model works at 32 x 32, where it
-    # learns enough in 1500 steps to beat copy-last-frame (bench/results/run_quick.json: a fresh clone's run).
+    # learns enough in 1500 steps to beat copy-last-frame (bench/results/run_quick.json: its latest run).
     "quick": Profile(
         "quick",
         overlay={
