@@ -84,7 +84,7 @@ def test_check_with_a_world_model_calibrates_samples_and_replays(recovered, worl
             else:
                 assert scores["agreement"]["verdict"] == "skipped" and record.replay_faithful is None
     result = json.loads(report.read_text())
-    assert result["demos"] == 8 and result["faithful"] + result["unfaithful"] == 8
+    assert result["demos"] == 4 and result["faithful"] + result["unfaithful"] == 4
     assert set(result["checks"]) >= {"robot_image", "robot_action", "object_image", "contact", "agreement"}
 
 
