@@ -634,7 +634,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
                     f"{folder}: another worldgen run on {host} (process {pid}) is using this folder; "
                     f"remove {lock} if it is not running"
                 ) from None
-            if holder and int(pid) != os.getpid() and _alive(int(pid)):
+            if holder and pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
                 raise OutputError(
                     f"{folder}: another worldgen run (process {pid}) is using this folder"
                 ) from None
