@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from worldgen.errors import CheckpointError
+from worldgen.errors import CheckpointDamaged, CheckpointError
 from worldgen.files import write_atomically
 
 from .data import Normalization
@@ -80,8 +80,8 @@ def read_checkpoint_meta(ckpt: str | Path) -> CheckpointMeta:
         raise CheckpointError(f"{ckpt}: not a world-model checkpoint (no {META_NAME}; see worldgen train-wm)")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointDamaged(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object describing the checkpoint")
     try:

@@ -16,11 +16,12 @@ from typing import Any
 import torch
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from worldgen.checks.clip import tracked_objects
 from worldgen.data_parallel import DataParallel
 from worldgen.dataset import dataset_manifest, demo_names, open_dataset, read_scene
-from worldgen.errors import ArgumentError, CheckpointError
+from worldgen.errors import ArgumentError, CheckpointDamaged, CheckpointError
 from worldgen.files import recover_folder, staging_folder, swap_in_folder, write_atomically
 from worldgen.keys import EEF_POS
 from worldgen.manifest import Manifest
@@ -310,12 +311,16 @@ def resume_training(
         )
     if previous.lora_rank != meta.lora_rank:
         raise CheckpointError(f"{out}: checkpoint was trained with lora_rank {previous.lora_rank}")
-    tensors = load_file(out / "training_state.safetensors")
+    # Both files are read before anything is loaded: a damaged checkpoint leaves the model untouched.
+    try:
+        tensors = load_file(out / "training_state.safetensors")
+        state = json.loads((out / "training_state.json").read_text())
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise CheckpointDamaged(f"{out}: the training state does not read back ({exc})") from None
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     for i, p in enumerate(ema.shadow_params):
         p.data.copy_(tensors[f"ema.{i}"])
     _restore_optimizer(optimizer, tensors)
-    state = json.loads((out / "training_state.json").read_text())
     ema.optimization_step = int(state.get("ema_step", state["step"]))
     return int(state["step"]), state.get("validation", [])
 

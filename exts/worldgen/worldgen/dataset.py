@@ -404,7 +404,14 @@ class DatasetWriter:
             self._resume()
 
     def _resume(self) -> None:
-        with open_dataset(self.path) as f:
+        try:
+            f = open_dataset(self.path)
+        except DatasetError:
+            if not self.parts.is_dir():
+                raise
+            self._resume_from_shards()  # the main file was damaged; every complete demo is in a shard
+            return
+        with f:
             info = json.loads(f["data"].attrs.get("worldgen", "{}"))
             want = self.header["worldgen"]["manifest_hash"]
             if info.get("manifest_hash") != want:
@@ -424,9 +431,21 @@ class DatasetWriter:
                 shard = link.filename if isinstance(link, h5py.ExternalLink) else ""
                 try:
                     attrs = dict(f["data"][name].attrs)
-                except KeyError:  # a link whose shard is gone: that demo was never complete
+                except (KeyError, OSError):  # a shard gone or damaged: that demo is written again
                     continue
                 self.demos[name] = {"file": shard, "attrs": attrs}
+
+    def _resume_from_shards(self) -> None:
+        """Resume from ``.parts`` alone: the demos of every shard that reads back (the list of discarded
+        seeds went with the main file: those seeds are tried again and give the same verdict)."""
+        for shard in sorted(self.parts.glob("*.hdf5")):
+            try:
+                with h5py.File(shard, "r") as f:
+                    found = {name: dict(group.attrs) for name, group in f["data"].items()}
+            except (KeyError, OSError):
+                continue
+            for name, attrs in found.items():
+                self.demos[name] = {"file": f"{self.parts.name}/{shard.name}", "attrs": attrs}
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -455,9 +474,13 @@ class DatasetWriter:
         self.parts.mkdir(exist_ok=True)
         shard = self.parts / f"{name}.hdf5"
         tmp = temporary_beside(shard)
-        with h5py.File(tmp, "w", track_order=True) as f:
-            _write_demo(f.create_group(f"data/{name}"), demo)
-        os.replace(tmp, shard)
+        try:
+            with h5py.File(tmp, "w", track_order=True) as f:
+                _write_demo(f.create_group(f"data/{name}"), demo)
+            os.replace(tmp, shard)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk gets the partial shard's space back
+            raise
         attrs = {"num_samples": demo.num_samples, **{k: _json_attr(v) for k, v in demo.attrs.items()}}
         self.demos[name] = {"file": f"{self.parts.name}/{shard.name}", "attrs": attrs}
         self._publish()

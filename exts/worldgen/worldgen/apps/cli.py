@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..dataset import MASKS, dataset_manifest, open_dataset
-from ..errors import ArgumentError, WorldgenError
+from ..errors import ArgumentError, OutputError, WorldgenError, disk_fault
 from ..export import FORMATS as EXPORT_FORMATS
 from ..files import write_atomically
 from ..keys import image_kind
@@ -74,7 +74,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from ..stage import compile_stage
 
     manifest = load_manifest(args.manifest)
-    output = Path(args.output) if args.output else Path(f"{manifest.name}_seed{args.seed}.usda")
+    output = _output_path(args.output, Path(f"{manifest.name}_seed{args.seed}.usda"))
     if output.suffix != ".usda":
         raise ArgumentError(f"{output}: -o must name a .usda file")
     path, scene = compile_stage(manifest, args.seed, output)
@@ -199,7 +199,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from ..dataset import DatasetReader
     from ..report import contact_sheet, demo_gif
 
-    out = Path(args.output) if args.output else Path(str(args.dataset) + ".inspect")
+    out = _output_path(args.output, Path(str(args.dataset) + ".inspect"), folder=True)
     reader = DatasetReader(args.dataset)
     with reader:
         summary = reader.summary()
@@ -237,6 +237,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.against_replay and not args.world_model:
         raise ArgumentError("--against-replay judges world-model demos: give --world-model CKPT")
     options = {"mask": args.mask, "calibrate_mask": args.calibrate_mask, "camera": args.camera}
+    heatmap_out = _output_path(args.heatmap, Path(str(args.dataset) + ".violations.png"))
+    replay_out = (
+        _output_path(args.report, Path(str(args.dataset) + ".replay.json")) if args.against_replay else None
+    )
     if args.world_model:
         from world_models.checking import gate_with_world_model
 
@@ -261,14 +265,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
     )
     print(report.table())
     if report.heatmap is not None:
-        out = Path(args.heatmap) if args.heatmap else Path(str(args.dataset) + ".violations.png")
+        out = heatmap_out
         plots.violation_heatmap(report.heatmap, out, f"{Path(args.dataset).name}: camera {report.camera}")
         print(f"violation heat map: {out}")
     if args.against_replay:
         from world_models.checking import judge_against_replay
 
         result = judge_against_replay(args.dataset, envs=args.envs, tolerance=args.tolerance)
-        out = Path(args.report) if args.report else Path(str(args.dataset) + ".replay.json")
+        out = replay_out
         write_atomically(out, (json.dumps(result, indent=2) + "\n").encode())
         print(replay_summary(result))
         print(f"report: {out}")
@@ -473,7 +477,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_eval_wm(args: argparse.Namespace) -> int:
     from world_models.metrics import evaluate_branches, evaluate_open_loop
 
-    out = Path(args.output) if args.output else Path(str(args.dataset) + ".eval-wm.json")
+    out = _output_path(args.output, Path(str(args.dataset) + ".eval-wm.json"))
     gap = "action-sensitivity PSNR gap {:.2f} dB"
     if args.open_loop and args.checkpoint is None:
         raise ArgumentError("--open-loop needs CKPT")
@@ -587,7 +591,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         bar.refresh()
 
     default = "eval" if args.domain == "source" else f"eval_{args.domain}"
-    out = Path(args.output) if args.output else Path(args.policy) / default
+    out = _output_path(args.output, Path(args.policy) / default, folder=True)
     manifest = load_manifest(args.manifest)
     manifest = manifest.in_domain(args.domain)
     try:
@@ -794,6 +798,18 @@ def _output(text: str, folder: bool) -> str:
     except OSError as exc:
         raise argparse.ArgumentTypeError(f"{text}: cannot be written ({parent}: {exc.strerror})") from None
     return text
+
+
+def _output_path(given: str | None, default: Path, folder: bool = False) -> Path:
+    """``given`` (checked when the arguments were parsed), else ``default``, checked the same way now,
+    before any work."""
+    if given:
+        return Path(given)
+    try:
+        _output(str(default), folder)
+    except argparse.ArgumentTypeError as exc:
+        raise OutputError(f"{exc} (the default output: choose another with -o)") from None
+    return default
 
 
 def _output_file(text: str) -> str:
@@ -1296,6 +1312,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed stream until exit
             return EXIT_OK
         raise  # another pipe (a worker's): a failure
+    except Exception as exc:
+        fault = disk_fault(exc)
+        if fault is None:
+            raise
+        print(
+            f"worldgen {args.command}: {fault} (everything written before is kept: free space or make the "
+            "output writable, then run the same command again to go on)",
+            file=sys.stderr,
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # HDF5 keeps a file it could not flush open and crashes in its own shutdown (h5py 3, measured on a
+        # full tmpfs: exit 139), so leave without running the exit handlers.
+        os._exit(EXIT_BAD_INPUT)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from PIL import Image
 
 from .. import __version__
 from ..dataset import DatasetReader, dataset_manifest, demo_names, open_dataset, restamp_dataset
-from ..errors import ArgumentError, OutputError
+from ..errors import ArgumentError, CheckpointDamaged, OutputError
 from ..files import write_atomically
 from ..keys import RGB, image_key
 from ..manifest import Manifest, manifest_text, parse_manifest
@@ -296,14 +296,22 @@ def world_model_stage(run: Run) -> dict[str, Any]:
             f"{rate:.0f} samples/s ({_eta(step, spec.train_steps, started)})"
         )
 
-    result = train_world_model(
-        train_data,
-        run.checkpoint,
-        checkpoint_every=run.profile.checkpoint_every,
-        progress=progress,
-        log_dir=str(run.path("world_model", "logs")),
-        wandb_project=run.wandb_project,
-    )
+    def train() -> dict[str, Any]:
+        return train_world_model(
+            train_data,
+            run.checkpoint,
+            checkpoint_every=run.profile.checkpoint_every,
+            progress=progress,
+            log_dir=str(run.path("world_model", "logs")),
+            wandb_project=run.wandb_project,
+        )
+
+    try:
+        result = train()
+    except CheckpointDamaged as exc:  # the run's own checkpoint, damaged by a crash: start it over
+        run.say(f"the interrupted run's checkpoint does not read back ({exc}): training starts over")
+        shutil.rmtree(run.checkpoint)
+        result = train()
     run.say("open-loop fidelity on the held-out seed demo against copy-last-frame")
     strip = run.path("world_model", "rollout.png")
     fidelity = evaluate_open_loop(

@@ -1,0 +1,160 @@
+"""Two ``worldgen run`` folders compared output by output: what a run that was killed and resumed, or that
+met a full disk and was run again, must equal (an uninterrupted run of the same manifest and profile).
+
+Datasets are compared array by array and attribute by attribute, safetensors tensor by tensor, JSON with
+its wall-clock fields set aside, and every other file byte by byte, after the folder's own path is
+replaced by a placeholder (a run records some absolute paths). Left out: TensorBoard event files (wall
+clock in every event, host and pid in the name), the run's lock, and what a resumed run keeps beside its
+outputs by design (nothing else: a temporary file or a ``.parts`` folder left behind is a difference)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .run import STAGES
+
+# Wall-clock fields: how long something took, and whether this invocation ran a stage or reused it.
+VOLATILE_KEYS = frozenset({"seconds", "made_in_seconds", "ran"})
+LEFT_OUT_FOLDERS = frozenset({"logs"})  # TensorBoard event files
+LEFT_OUT_FILES = frozenset({".lock"})
+PLACEHOLDER = "<run>"
+_DURATION = re.compile(rb"\d+(?:\.\d+)? s\b")  # "93 s in all" in the report's page
+
+
+def _files(folder: Path, stages: tuple[str, ...]) -> set[str]:
+    names = {p.name for p in folder.iterdir() if p.is_file() and p.name not in LEFT_OUT_FILES}
+    for stage in stages:
+        root = folder / stage
+        if not root.is_dir():
+            continue
+        for path in root.rglob("*"):
+            rel = path.relative_to(folder)
+            if path.is_file() and not LEFT_OUT_FOLDERS & set(rel.parts):
+                names.add(rel.as_posix())
+    return names
+
+
+def _placed(text: str, folder: Path) -> str:
+    """``text`` with the run folder's path (as given, and resolved) replaced by the placeholder."""
+    for form in {str(folder.resolve()), str(folder)}:
+        text = text.replace(form, PLACEHOLDER)
+    return text
+
+
+def _without_volatile(data: Any, folder: Path) -> Any:
+    if isinstance(data, dict):
+        return {k: _without_volatile(v, folder) for k, v in data.items() if k not in VOLATILE_KEYS}
+    if isinstance(data, list):
+        return [_without_volatile(v, folder) for v in data]
+    if isinstance(data, str):
+        return _placed(data, folder)
+    return data
+
+
+def _json_differences(a: Path, b: Path, name: str, folders: tuple[Path, Path]) -> list[str]:
+    try:
+        left, right = (
+            _without_volatile(json.loads(p.read_text()), f) for p, f in zip((a, b), folders, strict=True)
+        )
+    except ValueError as exc:
+        return [f"{name}: does not parse ({exc})"]
+    if left == right:
+        return []
+    if isinstance(left, dict) and isinstance(right, dict):
+        keys = sorted(k for k in set(left) | set(right) if left.get(k) != right.get(k))
+        return [f"{name}: differs at {', '.join(keys)}"]
+    return [f"{name}: differs"]
+
+
+def _attrs(obj: h5py.HLObject) -> dict[str, Any]:
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in obj.attrs.items()}
+
+
+def _hdf5_differences(a: Path, b: Path, name: str) -> list[str]:
+    found: list[str] = []
+    try:
+        with h5py.File(a, "r") as left, h5py.File(b, "r") as right:
+            items: dict[str, tuple[h5py.HLObject, ...]] = {"/": (left, right)}
+            paths = [set(), set()]
+            left.visititems(lambda p, _: paths[0].add(p))
+            right.visititems(lambda p, _: paths[1].add(p))
+            for path in sorted(paths[0] ^ paths[1]):
+                found.append(
+                    f"{name}:/{path}: only in {'the reference' if path in paths[0] else 'the other'}"
+                )
+            for path in sorted(paths[0] & paths[1]):
+                items[path] = (left[path], right[path])
+            for path, (x, y) in items.items():
+                if _attrs(x) != _attrs(y):
+                    keys = sorted(
+                        k for k in set(x.attrs) | set(y.attrs) if _attrs(x).get(k) != _attrs(y).get(k)
+                    )
+                    found.append(f"{name}:/{path}: attributes differ ({', '.join(keys)})")
+                if isinstance(x, h5py.Dataset) and isinstance(y, h5py.Dataset):
+                    u, v = x[()], y[()]
+                    if (
+                        u.dtype != v.dtype
+                        or u.shape != v.shape
+                        or not np.array_equal(u, v, equal_nan=u.dtype.kind in "fc")
+                    ):
+                        found.append(f"{name}:/{path}: values differ")
+    except OSError as exc:
+        found.append(f"{name}: does not read back ({exc})")
+    return found
+
+
+def _safetensors_differences(a: Path, b: Path, name: str) -> list[str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(a, "np") as left, safe_open(b, "np") as right:
+            if left.metadata() != right.metadata():
+                return [f"{name}: metadata differs"]
+            keys = set(left.keys()) | set(right.keys())
+            if set(left.keys()) != set(right.keys()):
+                return [f"{name}: tensor names differ"]
+            return [
+                f"{name}:{k}: values differ"
+                for k in sorted(keys)
+                if not np.array_equal(left.get_tensor(k), right.get_tensor(k), equal_nan=True)
+            ]
+    except (OSError, SafetensorError) as exc:
+        return [f"{name}: does not read back ({exc})"]
+
+
+def _bytes_differences(a: Path, b: Path, name: str, folders: tuple[Path, Path]) -> list[str]:
+    left, right = (
+        _DURATION.sub(b"# s", _placed(p.read_bytes().decode("latin-1"), f).encode("latin-1"))
+        for p, f in zip((a, b), folders, strict=True)
+    )
+    return [] if left == right else [f"{name}: bytes differ"]
+
+
+def run_differences(reference: str | Path, other: str | Path, stages: tuple[str, ...] = STAGES) -> list[str]:
+    """What differs between two run folders in ``stages`` (and the run's own files): one line a
+    difference, naming the file and, inside a dataset or JSON file, what in it. Empty when they match."""
+    reference, other = Path(reference), Path(other)
+    folders = (reference, other)
+    mine, theirs = _files(reference, stages), _files(other, stages)
+    found = [f"{n}: only in the reference run" for n in sorted(mine - theirs)]
+    found += [f"{n}: only in the other run" for n in sorted(theirs - mine)]
+    for name in sorted(mine & theirs):
+        a, b = reference / name, other / name
+        if a.read_bytes() == b.read_bytes():
+            continue
+        suffix = a.suffix
+        if suffix == ".json":
+            found += _json_differences(a, b, name, folders)
+        elif suffix in (".hdf5", ".h5"):
+            found += _hdf5_differences(a, b, name)
+        elif suffix == ".safetensors":
+            found += _safetensors_differences(a, b, name)
+        else:
+            found += _bytes_differences(a, b, name, folders)
+    return found
