@@ -102,9 +102,8 @@ FULL_DEVICE = Path("/dev/full")  # Linux's always-full device: every write fails
 
 @pytest.mark.skipif(not FULL_DEVICE.is_char_device(), reason="no /dev/full on this machine")
 def test_storage_faults_are_recognised_in_what_each_library_raises():
-    with pytest.raises(OSError) as python:
-        with open("/dev/full", "wb") as handle:  # a device that is always full
-            handle.write(b"x" * 100_000)
+    with pytest.raises(OSError) as python, open(FULL_DEVICE, "wb") as handle:
+        handle.write(b"x" * 100_000)
     assert disk_fault(python.value) == "No space left on device"
     with pytest.raises(OSError) as hdf5:
         h5py.File("/dev/full", "w")
