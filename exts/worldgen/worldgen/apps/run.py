@@ -678,7 +678,16 @@ def run_pipeline(
     manifest = run_manifest(manifest, profile)
     folder.mkdir(parents=True, exist_ok=True)
     with folder_lock(folder):
+        _remove_temporaries(folder)
         return _run_stages(manifest, folder, profile, workers, ray_address, rerun, until, say, wandb_project)
+
+
+def _remove_temporaries(folder: Path) -> None:
+    """The temporary files a killed run left half-written (:func:`worldgen.files.temporary_beside` names
+    them ``.NAME.*.tmp``); under the folder's lock nothing else is writing them."""
+    for path in folder.rglob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def _run_stages(

@@ -24,7 +24,8 @@ VOLATILE_KEYS = frozenset({"seconds", "made_in_seconds", "ran"})
 LEFT_OUT_FOLDERS = frozenset({"logs"})  # TensorBoard event files
 LEFT_OUT_FILES = frozenset({".lock"})
 PLACEHOLDER = "<run>"
-_DURATION = re.compile(rb"\d+(?:\.\d+)? s\b")  # "93 s in all" in the report's page
+# The same fields in the report's page: "93 s in all", and whether this invocation ran a stage.
+_VOLATILE_TEXT = (re.compile(rb"\d+(?:\.\d+)? s\b"), re.compile(rb"<td>(?:ran|cached)</td>"))
 
 
 def _files(folder: Path, stages: tuple[str, ...]) -> set[str]:
@@ -130,9 +131,11 @@ def _safetensors_differences(a: Path, b: Path, name: str) -> list[str]:
 
 def _bytes_differences(a: Path, b: Path, name: str, folders: tuple[Path, Path]) -> list[str]:
     left, right = (
-        _DURATION.sub(b"# s", _placed(p.read_bytes().decode("latin-1"), f).encode("latin-1"))
+        _placed(p.read_bytes().decode("latin-1"), f).encode("latin-1")
         for p, f in zip((a, b), folders, strict=True)
     )
+    for pattern in _VOLATILE_TEXT:
+        left, right = pattern.sub(b"#", left), pattern.sub(b"#", right)
     return [] if left == right else [f"{name}: bytes differ"]
 
 
