@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 from worldgen.apps.run import STAGES, code_version
-from worldgen.apps.run_outputs import run_differences
+from worldgen.apps.run_outputs import VOLATILE_KEYS, run_differences
 from worldgen.files import write_atomically
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +145,8 @@ def snapshot(reference: Path, stage: str, into: Path) -> None:
 
 
 def compare(reference: Path, folder: Path, stages: tuple[str, ...]) -> list[str]:
-    return run_differences(reference, folder, stages=stages)
+    # The tree may be edited while the bench runs (docs, tests): the commit's "+dirty" mark is not an output.
+    return run_differences(reference, folder, stages=stages, volatile=VOLATILE_KEYS | {"code_version"})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -120,3 +120,17 @@ def test_storage_faults_are_recognised_in_what_each_library_raises():
         assert disk_fault(chained) == "/data/x.hdf5: Disk quota exceeded"
     assert disk_fault(ValueError("errno = 2")) is None  # not a storage refusal (ENOENT)
     assert disk_fault(KeyError("x")) is None
+
+
+def test_a_default_output_the_writer_could_not_use_is_refused_before_any_work():
+    """``worldgen compile`` without -o writes NAME_seedN.usda in the working folder: from /proc (a file
+    system that refuses new files while permission bits say yes) it stops in one line, exit 2."""
+    done = subprocess.run(
+        [sys.executable, "-m", "worldgen.apps.cli", "compile", str(PUSH)],
+        capture_output=True,
+        text=True,
+        cwd="/proc",
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("Warp CUDA warning")]
+    assert len(lines) == 1 and "push_to_target_seed0.usda" in lines[0] and "-o" in lines[0], lines

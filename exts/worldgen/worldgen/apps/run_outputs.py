@@ -23,6 +23,7 @@ from .run import STAGES
 VOLATILE_KEYS = frozenset({"seconds", "made_in_seconds", "ran"})
 LEFT_OUT_FOLDERS = frozenset({"logs"})  # TensorBoard event files
 LEFT_OUT_FILES = frozenset({".lock"})
+RUN_RECORD = "run.json"
 PLACEHOLDER = "<run>"
 # The same fields in the report's page: "93 s in all", and whether this invocation ran a stage.
 _VOLATILE_TEXT = (re.compile(rb"\d+(?:\.\d+)? s\b"), re.compile(rb"<td>(?:ran|cached)</td>"))
@@ -48,23 +49,28 @@ def _placed(text: str, folder: Path) -> str:
     return text
 
 
-def _without_volatile(data: Any, folder: Path) -> Any:
+def _without_volatile(data: Any, folder: Path, volatile: frozenset[str]) -> Any:
     if isinstance(data, dict):
-        return {k: _without_volatile(v, folder) for k, v in data.items() if k not in VOLATILE_KEYS}
+        return {k: _without_volatile(v, folder, volatile) for k, v in data.items() if k not in volatile}
     if isinstance(data, list):
-        return [_without_volatile(v, folder) for v in data]
+        return [_without_volatile(v, folder, volatile) for v in data]
     if isinstance(data, str):
         return _placed(data, folder)
     return data
 
 
-def _json_differences(a: Path, b: Path, name: str, folders: tuple[Path, Path]) -> list[str]:
+def _json_differences(
+    a: Path, b: Path, name: str, folders: tuple[Path, Path], stages: tuple[str, ...], volatile: frozenset[str]
+) -> list[str]:
     try:
         left, right = (
-            _without_volatile(json.loads(p.read_text()), f) for p, f in zip((a, b), folders, strict=True)
+            _without_volatile(json.loads(p.read_text()), f, volatile)
+            for p, f in zip((a, b), folders, strict=True)
         )
     except ValueError as exc:
         return [f"{name}: does not parse ({exc})"]
+    if name == RUN_RECORD and stages != STAGES:  # a run stopped --until a stage: that part of the record
+        left, right = ({s: d.get("stages", {}).get(s) for s in stages} for d in (left, right))
     if left == right:
         return []
     if isinstance(left, dict) and isinstance(right, dict):
@@ -139,9 +145,15 @@ def _bytes_differences(a: Path, b: Path, name: str, folders: tuple[Path, Path]) 
     return [] if left == right else [f"{name}: bytes differ"]
 
 
-def run_differences(reference: str | Path, other: str | Path, stages: tuple[str, ...] = STAGES) -> list[str]:
-    """What differs between two run folders in ``stages`` (and the run's own files): one line a
-    difference, naming the file and, inside a dataset or JSON file, what in it. Empty when they match."""
+def run_differences(
+    reference: str | Path,
+    other: str | Path,
+    stages: tuple[str, ...] = STAGES,
+    volatile: frozenset[str] = VOLATILE_KEYS,
+) -> list[str]:
+    """What differs between two run folders in ``stages`` (and the run's own files; of ``run.json``, only
+    those stages' entries when ``stages`` is not all of them): one line a difference, naming the file and,
+    inside a dataset or JSON file, what in it. Empty when they match. ``volatile``: JSON keys left out."""
     reference, other = Path(reference), Path(other)
     folders = (reference, other)
     mine, theirs = _files(reference, stages), _files(other, stages)
@@ -153,7 +165,7 @@ def run_differences(reference: str | Path, other: str | Path, stages: tuple[str,
             continue
         suffix = a.suffix
         if suffix == ".json":
-            found += _json_differences(a, b, name, folders)
+            found += _json_differences(a, b, name, folders, tuple(stages), volatile)
         elif suffix in (".hdf5", ".h5"):
             found += _hdf5_differences(a, b, name)
         elif suffix == ".safetensors":
