@@ -8,7 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
-from worldgen.apps.experiment import Stages, pooled, prepare_world_model, say  # noqa: F401
+from worldgen.apps.cache import Stages  # noqa: F401
+from worldgen.apps.experiment import pooled, prepare_world_model, say  # noqa: F401
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -25,6 +25,7 @@ Resumes stage by stage from ``--out``. Figures: bench/results/wm_checks.json and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -91,7 +92,7 @@ def main() -> None:
     manifest_path = ROOT / "scenarios" / f"{args.scenario}.yaml"
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    stage = Stages(out)
+    stage = Stages(out, say)
     try:
         prepare_world_model(
             stage, manifest_path, out, args.seeds, args.play, args.wm_steps, args.wm_time_limit
@@ -99,8 +100,13 @@ def main() -> None:
     except TimeLimitReached as exc:
         sys.exit(str(exc))
     seeds, ckpt = out / "seeds.hdf5", out / "wm"
-    stage("calibration_seeds", lambda: calibration_seeds(manifest_path, out, 100_000, args.calibration))
     manifest = load_manifest(manifest_path)
+    stage(
+        "calibration_seeds",
+        lambda: calibration_seeds(manifest_path, out, 100_000, args.calibration),
+        {"scene": manifest.scene_hash(), "first": 100_000, "count": args.calibration},
+        [out / "calibration.hdf5"],
+    )
     spec = RecoverSpec(
         per_seed=args.per_seed,
         start_steps=tuple(args.starts),
@@ -116,7 +122,8 @@ def main() -> None:
             made = [demo_record(f, n) for n in demo_names(f, "synthetic")]
         return {"attempts": len(made), "accepted": sum(r.success for r in made)}
 
-    stage("attempts", generate)
+    reads = {"world_model": stage.key("world_model"), "spec": dataclasses.asdict(spec)}
+    stage("attempts", generate, reads, [attempts])
 
     def label():
         # The labels do not depend on the gate; the simulator-calibrated gate marks every demo as checked.
@@ -128,26 +135,39 @@ def main() -> None:
         result = judge_against_replay(labelled, envs=args.envs, tolerance=args.tolerance)
         return {"demos": result["demos"], "faithful": result["faithful"]}
 
-    stage("replay", label)
+    labels = {"attempts": stage.key("attempts"), "envs": args.envs, "tolerance": args.tolerance}
+    stage("replay", label, labels, [out / "labelled.hdf5"])
     # The gate as it was: simulator thresholds, before any sample agreement is written.
-    simulator_gate = stage("gate_simulator", lambda: gated_copy(out, "gated_simulator"))
+    labelled = {"labelled": stage.key("replay")}
+    simulator_gate = stage(
+        "gate_simulator", lambda: gated_copy(out, "gated_simulator"), labelled, [out / "gated_simulator.hdf5"]
+    )
     stage(
         "wm_calibration",
         lambda: calibrate_world_model(out / "calibration.hdf5", ckpt, "seed", args.samples).to_dict(),
+        {
+            "calibration": stage.key("calibration_seeds"),
+            "world_model": stage.key("world_model"),
+            "samples": args.samples,
+        },
     )
 
     def spreads():
         values = sample_spreads(out / "labelled.hdf5", ckpt, args.samples)
         return {"demos": len(values)}
 
-    stage("agreement", spreads)
+    sampled = {**labelled, "world_model": stage.key("world_model"), "samples": args.samples}
+    stage("agreement", spreads, sampled)
     from worldgen.checks.gate import Calibration
 
     world_model = Calibration.from_dict("world_model", stage.stats["wm_calibration"])
     gates = {
         "simulator calibration": simulator_gate,
         "world-model calibration": stage(
-            "gate_world_model", lambda: gated_copy(out, "gated_world_model", world_model)
+            "gate_world_model",
+            lambda: gated_copy(out, "gated_world_model", world_model),
+            {"agreement": stage.key("agreement"), "calibration": stage.key("wm_calibration")},
+            [out / "gated_world_model.hdf5"],
         ),
     }
     write_results(args, stage.stats, gates)

@@ -293,8 +293,9 @@ def test_compare_runs_every_recipe_row_and_resumes(tmp_path, monkeypatch):
     remade = {p for p in cells if p.stat().st_mtime_ns != before[p]}
     assert remade == {tmp_path / "cells" / f"seeds_r{r}.json" for r in (0, 1)}
     assert [s for s in said if "recomputed" in s and "(steps)" in s] and len(said) > 0
-    # Other code: recomputed, naming the code version.
-    monkeypatch.setattr("worldgen.apps.run.code_hash", lambda: "another version")
+    # Other code: the cells recomputed, naming the code version (the stages' own reaction to other code:
+    # tests/test_cache.py).
+    monkeypatch.setattr("worldgen.apps.compare.code_hash", lambda: "another version")
     said.clear()
     compare(
         manifest,

@@ -51,7 +51,8 @@ from ..dataset import demo_names, demo_record, open_dataset
 from ..errors import ArgumentError
 from ..files import write_atomically
 from ..manifest import BC_ALGORITHMS, Manifest, as_manifest
-from .experiment import Stages, pooled, prepare_world_model
+from .cache import Stages, changed_fields, code_hash
+from .experiment import pooled, prepare_world_model
 
 ROWS = (
     "seeds",
@@ -150,8 +151,15 @@ def generate(manifest: Manifest, out: Path, config: CompareConfig, stage: Stages
             made = len(demo_names(f, "synthetic"))
         return {"attempts": made, "accepted": made}  # a branch is never judged: all are kept
 
+    # What each generation stage reads: the world model (or only the seeds, in the simulator) and its spec.
+    after_wm, after_seeds = {"world_model": stage.key("world_model")}, {"seeds": stage.key("seeds")}
     if "+perturb (WM)" in rows:
-        stage("perturb", perturb)
+        reads = {
+            "base_seed": manifest.seeds.base_seed,
+            "perturb": manifest.generation.perturb.model_dump(mode="json"),
+            "horizon": manifest.world_model.horizon,
+        }
+        stage("perturb", perturb, {**after_wm, **reads}, [out / "perturb.hdf5"])
     recover = RecoverSpec.from_manifest(manifest)
     specs = {"recover": recover, "recover-parent": dataclasses.replace(recover, labeler="parent")}
     retarget = RetargetSpec.from_manifest(manifest)
@@ -159,28 +167,58 @@ def generate(manifest: Manifest, out: Path, config: CompareConfig, stage: Stages
         wm, sim = f"+{recipe} (WM)", f"+{recipe} (sim)"
         if wm in rows:
             path = out / f"{GENERATED[wm]}.hdf5"
-            stage(GENERATED[wm], lambda s=spec, p=path: recover_in_world_model(seeds, ckpt, p, s, **workers))
+            stage(
+                GENERATED[wm],
+                lambda s=spec, p=path: recover_in_world_model(seeds, ckpt, p, s, **workers),
+                {**after_wm, "spec": dataclasses.asdict(spec)},
+                [path],
+            )
         if sim in rows:
             name = generated_file(sim, config.cameras)
             path = out / f"{name}.hdf5"
-            stage(name, lambda s=spec, p=path: recover_in_simulator(seeds, p, s, cameras=config.cameras))
+            stage(
+                name,
+                lambda s=spec, p=path: recover_in_simulator(seeds, p, s, cameras=config.cameras),
+                {**after_seeds, "spec": dataclasses.asdict(spec), "cameras": config.cameras},
+                [path],
+            )
     if rows & {"+retarget (WM)", "sim oracle"}:  # the oracle adds as many new scenes as retarget accepted
         path = out / "retarget_wm.hdf5"
-        stage("retarget_wm", lambda: retarget_in_world_model(seeds, ckpt, path, retarget, **workers))
+        stage(
+            "retarget_wm",
+            lambda: retarget_in_world_model(seeds, ckpt, path, retarget, **workers),
+            {**after_wm, "spec": dataclasses.asdict(retarget)},
+            [path],
+        )
     if "+retarget (sim)" in rows:
         name = generated_file("+retarget (sim)", config.cameras)
         path = out / f"{name}.hdf5"
-        stage(name, lambda: retarget_in_simulator(seeds, path, retarget, cameras=config.cameras))
+        stage(
+            name,
+            lambda: retarget_in_simulator(seeds, path, retarget, cameras=config.cameras),
+            {**after_seeds, "spec": dataclasses.asdict(retarget), "cameras": config.cameras},
+            [path],
+        )
     if "sim oracle" in rows:
         extra = stage.stats["retarget_wm"]["accepted"]
         name = "oracle_cameras" if config.cameras else "oracle"
         path = out / f"{name}.hdf5"
         n = config.seeds + extra
-        stage(name, lambda: {"demos": len(run_seed_stage(manifest, path, n=n, cameras=config.cameras))})
+        stage(
+            name,
+            lambda: {"demos": len(run_seed_stage(manifest, path, n=n, cameras=config.cameras))},
+            {"scene": manifest.scene_hash(), "base_seed": manifest.seeds.base_seed, "seeds": n},
+            [path],
+        )
     for recipe, name in REPLAYS.items():
         if f"+{recipe} (WM)" in rows:
             path = out / f"{GENERATED[f'+{recipe} (WM)']}.hdf5"
-            stage(name, lambda p=path: replay_all(p, config.replay_envs, remote, config.ray_address))
+            made_by = GENERATED[f"+{recipe} (WM)"]
+            stage(
+                name,
+                lambda p=path: replay_all(p, config.replay_envs, remote, config.ray_address),
+                {"attempts": stage.key(made_by), "envs": config.replay_envs},
+            )
 
 
 def replay_all(synth: Path, envs: int = 1, workers: int = 1, ray_address: str | None = None) -> dict:
@@ -294,10 +332,9 @@ def run_cell(cell: Cell) -> dict[str, Any]:
 def cell_inputs(cell: Cell) -> dict[str, Any]:
     """What a cell's result depends on: its training data (the dataset's record and the chosen demos),
     the policy recipe and budget, the evaluation panel, the manifest fields training and evaluation read
-    and the library's code (:func:`worldgen.apps.run.code_hash`). A cached cell is reused only when all
+    and the library's code (:func:`worldgen.apps.cache.code_hash`). A cached cell is reused only when all
     of it matches."""
     from ..dataset import dataset_digest, demo_names
-    from .run import code_hash
 
     with open_dataset(cell.dataset) as f:
         names = cell.demos if cell.demos is not None else demo_names(f, cell.mask)
@@ -317,13 +354,6 @@ def cell_inputs(cell: Cell) -> dict[str, Any]:
         "evaluation": m.section_hash("evaluation"),
         "code": code_hash(),
     }
-
-
-def changed_fields(before: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
-    """The fields of ``now`` that ``before`` (a cached cell's inputs; None: none recorded) does not match."""
-    if before is None:
-        return ["no inputs recorded"]
-    return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
 
 
 def _cells_to_run(

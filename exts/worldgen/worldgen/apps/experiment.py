@@ -4,14 +4,12 @@ seeds -> play rollouts -> world model preparation they stand on."""
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..files import write_atomically
 from ..manifest import Manifest, as_manifest
+from .cache import Stages
 
 
 class TimeLimitReached(RuntimeError):
@@ -21,26 +19,6 @@ class TimeLimitReached(RuntimeError):
 def say(text: str) -> None:
     """A timestamped progress line."""
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-class Stages:
-    """Each named stage runs once; its result (a dict, plus its seconds) is kept in ``stages.json``."""
-
-    def __init__(self, out: Path, say: Callable[[str], None] | None = say):
-        self.path = Path(out) / "stages.json"
-        self.say = say or (lambda text: None)
-        self.stats: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
-
-    def __call__(self, name: str, fn: Callable[[], dict | None]) -> dict:
-        if name in self.stats:
-            return self.stats[name]
-        started = time.perf_counter()
-        self.say(f"{name} ...")
-        value = fn() or {}
-        self.stats[name] = {**value, "seconds": round(time.perf_counter() - started, 1)}
-        write_atomically(self.path, (json.dumps(self.stats, indent=2) + "\n").encode())
-        self.say(f"{name}: { {k: v for k, v in self.stats[name].items() if k != 'per_demo'} }")
-        return self.stats[name]
 
 
 def pooled(cells: list[dict]) -> dict[str, Any]:
@@ -83,9 +61,19 @@ def prepare_world_model(
 
     manifest = as_manifest(manifest)
     seeds_path, train_path = out / "seeds.hdf5", out / "wm_train.hdf5"
-    stage("seeds", lambda: {"demos": len(run_seed_stage(manifest, seeds_path, n=seeds))})
+    stage(
+        "seeds",
+        lambda: {"demos": len(run_seed_stage(manifest, seeds_path, n=seeds))},
+        {"scene": manifest.scene_hash(), "base_seed": manifest.seeds.base_seed, "seeds": seeds},
+        [seeds_path],
+    )
     noise = list(PLAY_NOISE[:play])
-    stage("play", lambda: {"rollouts": len(run_play_stage(manifest, seeds_path, train_path, noise)) - seeds})
+    stage(
+        "play",
+        lambda: {"rollouts": len(run_play_stage(manifest, seeds_path, train_path, noise)) - seeds},
+        {"seeds": stage.key("seeds"), "noise": noise},
+        [train_path],
+    )
 
     def train() -> dict:
         limit = None if minutes is None else minutes * 60
@@ -95,4 +83,9 @@ def prepare_world_model(
         last = result["validation"][-1] if result.get("validation") else None
         return {"steps": result["step"], "last_validation": last}
 
-    stage("world_model", train)
+    stage(
+        "world_model",
+        train,
+        {"play": stage.key("play"), "world_model": manifest.section_hash("world_model"), "steps": wm_steps},
+        [out / "wm"],
+    )

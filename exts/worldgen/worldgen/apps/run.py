@@ -25,14 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import hashlib
 import json
 import os
 import platform
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,13 +40,13 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from .. import __version__
 from ..dataset import DatasetReader, dataset_manifest, demo_names, open_dataset, restamp_dataset
 from ..errors import ArgumentError, CheckpointDamaged, OutputError
 from ..files import write_atomically
 from ..keys import RGB, image_key
 from ..manifest import Manifest, manifest_text, parse_manifest
 from ..training_log import TrainingLog
+from .cache import changed_fields, code_hash, code_version, content_key
 
 STAGES = ("scene", "seeds", "world_model", "synthetic", "checks", "policies", "eval", "report")
 ROWS = ("seeds", "seeds+recover")  # the policy rows: seed demos alone, and with the accepted attempts
@@ -122,37 +119,6 @@ def run_manifest(manifest: Manifest, profile: Profile) -> Manifest:
     return parse_manifest(text, file=f"{manifest.name} + profile {profile.name}", base_dir=manifest.base_dir)
 
 
-def code_version() -> str:
-    """worldgen's version and, in a git checkout, its commit (``+dirty`` with uncommitted changes)."""
-    root = Path(__file__).resolve().parents[3]
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "describe", "--always", "--dirty=+dirty", "--abbrev=12"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return __version__
-    return f"{__version__} ({commit})" if commit else __version__
-
-
-@functools.cache
-def code_hash() -> str:
-    """sha256 of the library's Python sources (worldgen, world_models, policies) as this process found
-    them: what a cached result depends on, where the commit also moves with documents and results."""
-    import importlib
-
-    digest = hashlib.sha256()
-    for name in ("worldgen", "world_models", "policies"):
-        package = Path(importlib.import_module(name).__file__).parent
-        for path in sorted(package.rglob("*.py")):
-            digest.update(f"{name}/{path.relative_to(package).as_posix()}".encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def machine() -> dict[str, Any]:
     import torch
 
@@ -163,10 +129,6 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-
-
-def _hash(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -561,9 +523,11 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
 
 
 def stage_inputs(run: Run) -> dict[str, dict[str, Any]]:
-    """What each stage reads besides the stages before it: manifest sections and profile parameters."""
+    """What each stage reads besides the stages before it: the manifest fields (a section where the stage
+    reads all of it; the recipe's spec where it reads part of one), profile parameters and the library's
+    code (:func:`~worldgen.apps.cache.code_hash`)."""
     m, p = run.manifest, run.profile
-    return {
+    inputs = {
         "scene": {"scene": m.scene_hash(), "seed": m.seeds.base_seed},
         "seeds": {"scene": m.scene_hash(), "seeds": [m.seeds.base_seed, m.seeds.count]},
         "world_model": {
@@ -571,12 +535,15 @@ def stage_inputs(run: Run) -> dict[str, dict[str, Any]]:
             "play_noise": list(p.play_noise),
             "checkpoint_every": p.checkpoint_every,
         },
-        "synthetic": {"generation": m.section_hash("generation")},
+        # generation.recover and the margin, not the whole section (retarget and perturb: other recipes).
+        "synthetic": {"recipe": "recover", "spec": dataclasses.asdict(recover_spec(m))},
         "checks": {"checks": m.section_hash("checks"), "samples": p.check_samples, "envs": p.envs},
         "policies": {"policy": m.section_hash("policy"), "replicates": p.policy_replicates},
         "eval": {"evaluation": m.section_hash("evaluation"), "envs": p.envs},
         "report": {},
     }
+    code = code_hash()
+    return {name: {**fields, "code": code} for name, fields in inputs.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -587,7 +554,7 @@ def _stage_keys(inputs: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Each stage's key: a hash of its own inputs and of the keys of the stages it reads."""
     keys: dict[str, str] = {}
     for name in STAGES:
-        keys[name] = _hash(
+        keys[name] = content_key(
             {"stage": name, "inputs": inputs[name], "upstream": [keys[u] for u in UPSTREAM[name]]}
         )
     return keys
@@ -605,7 +572,7 @@ def _downstream(stages: tuple[str, ...]) -> tuple[str, ...]:
 def _changed(before: dict[str, Any] | None, now: dict[str, Any]) -> str:
     if before is None:
         return "no earlier output"
-    fields = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    fields = changed_fields(before, now)
     return "changed: " + ", ".join(fields) if fields else "a stage it reads changed"
 
 
@@ -737,10 +704,6 @@ def _run_stages(
             and marker.get("status") == "done"
             and name not in rerun
         ):
-            if marker.get("code_version") != version:
-                stage_say(
-                    f"made by code {marker.get('code_version')}, this is {version}: kept (--rerun {name})"
-                )
             stage_say("unchanged inputs: skipped")
             ran, seconds, made_in, summary = False, 0.0, marker.get("seconds"), marker["summary"]
         else:
