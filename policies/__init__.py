@@ -1,4 +1,4 @@
-"""Behaviour cloning and RL policies trained on worldgen datasets (see DESIGN.md, "Policies").
+"""Behaviour cloning and RL policies trained on worldgen datasets (README: Policies).
 
 One folder per policy in the LeRobot manner (``bc/``, ``diffusion/``, ``ppo/``: a configuration and a
 modeling file each); every policy saves as ``config.json`` + ``model.safetensors`` + ``worldgen.json``

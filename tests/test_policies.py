@@ -107,9 +107,9 @@ def test_evaluation_reports_an_interval_and_writes_gifs(bc_policy, tmp_path):
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["episodes"] == 2 and len(saved["per_episode"]) == 2
     assert saved["panel"]["base_seed"] == 1_000_000
-    low, high = saved["ci95"]
-    assert low <= saved["success_rate"] <= high
     assert saved["successes"] == sum(e["success"] for e in saved["per_episode"])
+    assert saved["success_rate"] == saved["successes"] / 2
+    assert saved["ci95"] == list(wilson_interval(saved["successes"], 2))
     assert report["gifs"] and all(Path(p).stat().st_size > 1000 for p in report["gifs"].values())
     # the same policy and panel give the same episodes
     again = evaluate_policy(out, PUSH, episodes=2)
@@ -252,7 +252,9 @@ def test_compare_runs_every_recipe_row_and_resumes(tmp_path, monkeypatch):
     assert list(result["rows"]) == list(rows)
     for name, row in result["rows"].items():
         assert row["episodes"] == 4 and len(row["per_replicate"]) == 2, name
-        assert row["ci95"][0] <= row["success_rate"] <= row["ci95"][1]
+        scores = [tuple(map(int, score.split("/"))) for score in row["per_replicate"]]
+        assert row["successes"] == sum(k for k, _ in scores) and [n for _, n in scores] == [2, 2], name
+        assert row["ci95"] == list(wilson_interval(row["successes"], 4)), name
     cells = sorted((tmp_path / "cells").glob("*.json"))
     assert len(cells) == 2 * len(rows)
     panels = [json.loads((tmp_path / "cells" / f"seeds_r{r}.json").read_text())["panel"] for r in (0, 1)]

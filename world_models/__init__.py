@@ -1,1 +1,1 @@
-"""Action-conditioned video world models built on diffusers (see DESIGN.md, "World model")."""
+"""Action-conditioned video world models built on diffusers (README: World model)."""

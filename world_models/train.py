@@ -453,11 +453,15 @@ def train_world_model(
         if config.time_limit is not None:  # the ranks stop together
             out_of_time = parallel.mean(float(out_of_time)) > 0
         if done % config.checkpoint_every == 0 or done == steps or out_of_time:
+            # Validated on the EMA weights, the ones the checkpoint's model/ holds and every user samples.
             with torch.no_grad():
                 model.eval()
+                ema.store(model.parameters())
+                ema.copy_to(model.parameters())
                 v_frame, v_state = world_model_loss(
                     model, objective, val_batch, torch.Generator().manual_seed(7), norm, None, known_columns
                 )
+                ema.restore(model.parameters())
                 model.train()
             history.append({"step": done, "frame_loss": float(v_frame), "state_loss": float(v_state)})
             log.scalars(done, {"valid/frame_loss": float(v_frame), "valid/state_loss": float(v_state)})

@@ -537,7 +537,7 @@ class RetargetRecipe(_Strict):
 
 
 class GenerationSpec(_Strict):
-    """How synthetic demos are made: each recipe's parameters (DESIGN: Generation)."""
+    """How synthetic demos are made: each recipe's parameters (README: Generation recipes)."""
 
     recover: RecoverRecipe = Field(default_factory=RecoverRecipe)
     retarget: RetargetRecipe = Field(default_factory=RetargetRecipe)
@@ -599,7 +599,15 @@ class PolicySpec(_Strict):
 class EvaluationSpec(_Strict):
     episodes: int = Field(50, ge=1, le=10_000)
     held_out_base_seed: int = Field(1_000_000, ge=0, le=2**31 - 1)
-    success_metric: Literal["success_rate"] = "success_rate"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_success_metric(cls, data: Any) -> Any:
+        """Manifests before this release named the one metric evaluation reports (``success_metric:
+        success_rate``); it chose nothing and is read as absent."""
+        if isinstance(data, dict) and data.get("success_metric") == "success_rate":
+            data = {k: v for k, v in data.items() if k != "success_metric"}
+        return data
 
 
 # --------------------------------------------------------------------------------------------------
