@@ -42,7 +42,7 @@ from worldgen.dataset import (
 )
 from worldgen.envs import WorldgenEnv, object_slice, success_step
 from worldgen.files import write_atomically
-from worldgen.keys import EEF_POS, EXECUTED_ACTIONS, GRIPPER_QPOS
+from worldgen.keys import EEF_POS, GRIPPER_QPOS
 from worldgen.manifest import load_manifest
 
 from policies.evaluate import evaluate_policy
@@ -78,7 +78,7 @@ def replay_attempts(checked: Path, out: Path) -> list[dict]:
             if not record.success:
                 continue
             demo = read_demo(f["data"][name], LOW_DIM)
-            executed = demo.extras.get(EXECUTED_ACTIONS, demo.actions)
+            executed = demo.executed_actions
             env.reset(seed=record.seed)
             env.set_state(f["data"][record.parent]["states"][record.branch_step])
             seen, success = [env.observe()], False
@@ -137,7 +137,7 @@ def sample_agreement(checked: Path, ckpt: Path, samples: int) -> dict[str, list[
         context, past, state = episode.history(0, meta.context_frames)
 
         def actor(record):
-            executed = demos[record.name].extras.get(EXECUTED_ACTIONS, demos[record.name].actions)
+            executed = demos[record.name].executed_actions
             labels = demos[record.name].actions
             return lambda tcp, poses, j: (
                 executed[min(j, len(executed) - 1)],

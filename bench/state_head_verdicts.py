@@ -26,7 +26,7 @@ from stages import RESULTS, say  # bench/stages.py, beside this script
 from worldgen.dataset import dataset_manifest, demo_names, demo_record, open_dataset, read_demo
 from worldgen.envs import WorldgenEnv, predicate_steps, success_step
 from worldgen.files import write_atomically
-from worldgen.keys import EEF_POS, EXECUTED_ACTIONS, GRIPPER_QPOS
+from worldgen.keys import EEF_POS, GRIPPER_QPOS
 from worldgen.manifest import Manifest
 
 from world_models.branch import WorldModelSampler
@@ -45,7 +45,7 @@ def replayed_episodes(path: Path) -> tuple[Manifest, list[dict]]:
             if f["data"][name].attrs.get("source") != "world_model":
                 continue
             record, demo = demo_record(f, name), read_demo(f["data"][name])
-            actions = demo.extras.get(EXECUTED_ACTIONS, demo.actions)
+            actions = demo.executed_actions
             obs, _ = env.reset(seed=record.seed)
             start = replay_start(f, record)
             if start is not None:

@@ -38,13 +38,14 @@ from worldgen.dataset import (
     demo_names,
     demo_record,
     depth_ranges,
+    executed_actions,
     open_dataset,
     read_demo,
     read_scene,
     update_attributes,
 )
 from worldgen.distributed import map_on_workers
-from worldgen.keys import DEPTH, EXECUTED_ACTIONS, SEG, image_key
+from worldgen.keys import DEPTH, SEG, image_key
 from worldgen.manifest import Manifest
 
 from .branch import WorldModelSampler, predicted_images, predicted_obs
@@ -71,8 +72,9 @@ def _clip(sampler, manifest, group, frames, states, depth_range):
         raise DatasetError(
             f"{group.file.filename}: {group.name} is an unlabelled clip; it has no actions to judge"
         )
-    actions = group[EXECUTED_ACTIONS] if EXECUTED_ACTIONS in group else group["actions"]
-    return clip_from_arrays(manifest, obs, actions[()], read_scene(group), camera, depth_range)
+    return clip_from_arrays(
+        manifest, obs, executed_actions(group)[()], read_scene(group), camera, depth_range
+    )
 
 
 @torch.no_grad()
@@ -222,7 +224,7 @@ class SpreadWorker:
             episode = Episode.load(group, camera, instances, meta.resolution)
             demos = [read_demo(f["data"][r.name]) for r in records]
         context, past, state = episode.history(step, meta.context_frames)
-        executed = [d.extras.get(EXECUTED_ACTIONS, d.actions) for d in demos]
+        executed = [d.executed_actions for d in demos]
         horizon = max(len(a) for a in executed)
         actions, seeds = [], []
         for record, acts in zip(records, executed, strict=True):

@@ -608,7 +608,7 @@ class ReplayBatchWorker:
         for i, (state, _, _) in enumerate(replays):
             if state is not None:
                 venv.set_state(i, state)
-        actions = [d.extras.get(EXECUTED_ACTIONS, d.actions) for _, d, _ in replays]
+        actions = [d.executed_actions for _, d, _ in replays]
         seen = [{EEF_POS: [], "object": []} for _ in replays]
         success, active = np.zeros(n, bool), np.array([len(a) > 0 for a in actions])
         t = 0
@@ -703,7 +703,7 @@ def replay_demo(env: WorldgenEnv, start: np.ndarray | None, group: h5py.Group, s
     None: the scene's reset): replay success, and the distances between replayed and predicted positions
     (:func:`replay_errors`)."""
     demo = read_demo(group)
-    executed = demo.extras.get(EXECUTED_ACTIONS, demo.actions)
+    executed = demo.executed_actions
     env.reset(seed=seed)
     if start is not None:
         env.set_state(start)

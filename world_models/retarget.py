@@ -35,7 +35,7 @@ from worldgen.distributed import map_on_workers
 from worldgen.envs import WorldgenEnv, object_slice
 from worldgen.experts import ObjectPoses, object_poses, poses_from_object_obs, yaw_of
 from worldgen.geometry import axis_angle_from_rotation, rot_z, rotation_from_axis_angle
-from worldgen.keys import EXECUTED_ACTIONS, image_key
+from worldgen.keys import image_key
 from worldgen.manifest import Manifest, rng_for
 from worldgen.pipeline import record_episode
 
@@ -207,7 +207,7 @@ class RetargetPlan:
 
     def __init__(self, manifest: Manifest, source: Parent, spec: RetargetSpec, seed: int):
         demo = source.demo
-        executed = demo.extras.get(EXECUTED_ACTIONS, demo.actions)
+        executed = demo.executed_actions
         self.manifest, self.spec = manifest, spec
         self.segments = source_segments(manifest, demo)
         self.path = commanded_path(manifest, demo, executed)

@@ -43,7 +43,7 @@ import numpy as np
 from . import __version__
 from .errors import OutputError, WorldgenError
 from .files import temporary_beside
-from .keys import image_kind
+from .keys import EXECUTED_ACTIONS, image_kind
 from .manifest import Manifest, manifest_text, parse_manifest
 
 ENV_TYPE_ISAAC_LAB = 2  # robomimic's EnvType for Isaac Lab / "gym-like" environments
@@ -66,6 +66,12 @@ class Demo:
     # Per-step arrays beside ``actions`` (T, ...), e.g. ``executed_actions`` where the labels are not
     # what was executed (recovery demos: noisy actions executed, the labeler's actions as labels).
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def executed_actions(self) -> np.ndarray | None:
+        """The actions the simulator (or world model) executed: ``executed_actions`` where the labels are
+        not what was executed (recovery demos), else the labels themselves."""
+        return self.extras.get(EXECUTED_ACTIONS, self.actions)
 
     @property
     def num_samples(self) -> int:
@@ -196,6 +202,12 @@ def dataset_manifest(f: h5py.File) -> Manifest:
 def read_header(f: h5py.File) -> dict[str, Any]:
     """A dataset's header (what :class:`DatasetWriter` takes), to write derived datasets with."""
     return {key: json.loads(f["data"].attrs[key]) for key in HEADER_KEYS}
+
+
+def executed_actions(group: h5py.Group) -> h5py.Dataset:
+    """A demo group's executed actions: ``executed_actions`` where they differ from the labels, else
+    ``actions`` (see :attr:`Demo.executed_actions`)."""
+    return group[EXECUTED_ACTIONS] if EXECUTED_ACTIONS in group else group["actions"]
 
 
 def read_obs(group: h5py.Group, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:

@@ -13,9 +13,9 @@ import jinja2
 import numpy as np
 
 from .. import plots
-from ..dataset import DemoRecord, demo_names, open_dataset, read_obs
+from ..dataset import DemoRecord, demo_names, executed_actions, open_dataset, read_obs
 from ..files import write_atomically
-from ..keys import EXECUTED_ACTIONS, RGB, image_key
+from ..keys import RGB, image_key
 from ..manifest import Manifest
 from ..report import frames_gif
 
@@ -40,7 +40,7 @@ def replayed_frames(manifest: Manifest, parent: h5py.Group, group: h5py.Group, k
     from ..envs import WorldgenEnv
 
     record = DemoRecord.from_group(group)
-    executed = group[EXECUTED_ACTIONS if EXECUTED_ACTIONS in group else "actions"][()]
+    executed = executed_actions(group)[()]
     env = WorldgenEnv(manifest, cameras=True)
     try:
         env.reset(seed=record.seed)

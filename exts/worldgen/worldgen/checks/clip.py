@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..dataset import read_scene
+from ..dataset import executed_actions, read_scene
 from ..envs import object_slice
 from ..geometry import look_at_matrix
-from ..keys import DEPTH, EEF_POS, EXECUTED_ACTIONS, OBJECT, RGB, SEG, image_key
+from ..keys import DEPTH, EEF_POS, OBJECT, RGB, SEG, image_key
 from ..manifest import Manifest
 from ..scene import ObjectSample, support_top
 from ..sim.base import ROBOT, instance_table
@@ -110,8 +110,7 @@ def clip_from_demo(group, manifest: Manifest, camera: str | None = None, depth_r
     camera = camera or manifest.world_model_camera
     keys = [image_key(camera, kind) for kind in (RGB, DEPTH, SEG)] + [EEF_POS, OBJECT]
     obs = {key: group["obs"][key][()] for key in keys if key in group["obs"]}
-    actions = group[EXECUTED_ACTIONS] if EXECUTED_ACTIONS in group else group.get("actions")
-    actions = None if actions is None else actions[()]
+    actions = executed_actions(group)[()] if "actions" in group else None  # a clip has none
     clip = clip_from_arrays(manifest, obs, actions, read_scene(group), camera, depth_range)
     spread = group.attrs.get("sample_spread")
     clip.sample_spread = None if spread is None else float(spread)

@@ -36,7 +36,7 @@ from ..dataset import (
 )
 from ..envs import object_slice
 from ..geometry import axis_angle_from_rotation, matrix_from_quat, xyzw_to_wxyz
-from ..keys import EEF_POS, EEF_QUAT, EXECUTED_ACTIONS, GRIPPER_QPOS, JOINT_POS, image_kind
+from ..keys import EEF_POS, EEF_QUAT, GRIPPER_QPOS, JOINT_POS, image_kind
 from ..manifest import Manifest
 from ..sim.newton import StateLayout
 from .robomimic import copy_demos
@@ -101,7 +101,7 @@ def _start_state(f: h5py.File, name: str, demo: Demo) -> np.ndarray:
 
 def mimic_groups(manifest: Manifest, layout: StateLayout, demo: Demo, start: np.ndarray) -> dict:
     """``initial_state``, ``states`` and ``obs/datagen_info`` of one demo, as nested dicts of arrays."""
-    commanded, joint_targets = _commanded(manifest, start, demo.extras.get(EXECUTED_ACTIONS, demo.actions))
+    commanded, joint_targets = _commanded(manifest, start, demo.executed_actions)
     if demo.states.shape[1]:
         states = _flat_scene_state(layout, demo.states)
     else:
@@ -157,7 +157,7 @@ def subtask_signals(manifest: Manifest, demo: Demo) -> dict[str, np.ndarray]:
     obj = manifest.task.success.object
     pos = demo.obs["object"][1 : t + 1, object_slice(manifest, obj)][:, :3].astype(np.float64)
     start = demo.obs["object"][0, object_slice(manifest, obj)][:3].astype(np.float64)
-    executed = demo.extras.get(EXECUTED_ACTIONS, demo.actions)
+    executed = demo.executed_actions
     if manifest.task.kind == "push":
         name, done = "contact", np.linalg.norm(pos[:, :2] - start[:2], axis=1) >= CONTACT_SHIFT
     else:
