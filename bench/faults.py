@@ -25,6 +25,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -43,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "scenarios" / "push_to_target.yaml"
 RESULTS = ROOT / "bench" / "results"
 WARP_NOTICE = "Warp CUDA warning"  # Warp's own start-up line on a machine without CUDA
+CODE_ON_PAGE = re.compile(rb"code \d[^<\n]*")  # the report page's "code 0.1.0 (commit)"
 
 # A child that dies inside the run's bookkeeping: its N-th _write_json, counted from the first marker of
 # FAULT_STAGE, is SIGKILLed after the temporary file is written ("temporary") or right after the rename
@@ -146,7 +148,8 @@ def snapshot(reference: Path, stage: str, into: Path) -> None:
 
 def compare(reference: Path, folder: Path, stages: tuple[str, ...]) -> list[str]:
     # The tree may be edited while the bench runs (docs, tests): the commit's "+dirty" mark is not an output.
-    return run_differences(reference, folder, stages=stages, volatile=VOLATILE_KEYS | {"code_version"})
+    volatile = VOLATILE_KEYS | {"code_version"}
+    return run_differences(reference, folder, stages=stages, volatile=volatile, masks=(CODE_ON_PAGE,))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -71,10 +71,14 @@ def test_second_run_skips_every_stage(first_run):
     folder, record, _ = first_run
     written = ("run.json", "manifest.yaml")  # the run's own record, rewritten by every run
     before = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.name not in written}
+    # A temporary file half-written by a run killed in its bookkeeping goes; nothing else is touched.
+    left = folder / "eval" / ".stage.json.k1ll3d.tmp"
+    left.write_text('{"status": ')
     again = run_pipeline(load_manifest(PUSH), folder, profile="tiny")
     assert _ran(again) == []
     assert again["verdict"] == record["verdict"]
     assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing rewritten (manifest.yaml aside)
+    assert not left.exists()
 
 
 def test_changed_generation_field_reruns_generation_and_what_follows_only(first_run, tmp_path):

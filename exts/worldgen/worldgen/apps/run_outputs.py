@@ -135,12 +135,14 @@ def _safetensors_differences(a: Path, b: Path, name: str) -> list[str]:
         return [f"{name}: does not read back ({exc})"]
 
 
-def _bytes_differences(a: Path, b: Path, name: str, folders: tuple[Path, Path]) -> list[str]:
+def _bytes_differences(
+    a: Path, b: Path, name: str, folders: tuple[Path, Path], masks: tuple[re.Pattern[bytes], ...]
+) -> list[str]:
     left, right = (
         _placed(p.read_bytes().decode("latin-1"), f).encode("latin-1")
         for p, f in zip((a, b), folders, strict=True)
     )
-    for pattern in _VOLATILE_TEXT:
+    for pattern in (*_VOLATILE_TEXT, *masks):
         left, right = pattern.sub(b"#", left), pattern.sub(b"#", right)
     return [] if left == right else [f"{name}: bytes differ"]
 
@@ -150,10 +152,12 @@ def run_differences(
     other: str | Path,
     stages: tuple[str, ...] = STAGES,
     volatile: frozenset[str] = VOLATILE_KEYS,
+    masks: tuple[re.Pattern[bytes], ...] = (),
 ) -> list[str]:
     """What differs between two run folders in ``stages`` (and the run's own files; of ``run.json``, only
     those stages' entries when ``stages`` is not all of them): one line a difference, naming the file and,
-    inside a dataset or JSON file, what in it. Empty when they match. ``volatile``: JSON keys left out."""
+    inside a dataset or JSON file, what in it. Empty when they match. ``volatile``: JSON keys left out;
+    ``masks``: more text left out of the other files (e.g. the code version a page shows)."""
     reference, other = Path(reference), Path(other)
     folders = (reference, other)
     mine, theirs = _files(reference, stages), _files(other, stages)
@@ -171,5 +175,5 @@ def run_differences(
         elif suffix == ".safetensors":
             found += _safetensors_differences(a, b, name)
         else:
-            found += _bytes_differences(a, b, name, folders)
+            found += _bytes_differences(a, b, name, folders, masks)
     return found
