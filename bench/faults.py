@@ -17,6 +17,10 @@ was; bench/results/faults.json is rewritten after every group):
           cases need ``mount`` (root); without it they are reported as not run, with the reason.
 
     python bench/faults.py --work data/faults [--trials 20] [--jobs 2] [--time-limit 120]
+
+Leave the library's sources alone while it runs: the stage keys hold their hash, so a trial started
+after an edit would remake the stages its snapshot holds (documents and tests may change; the code version
+the run records and its report shows is left out of the comparison for that reason).
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from worldgen.apps.run import STAGES, code_version
+from worldgen.apps.cache import code_version
+from worldgen.apps.run import STAGES
 from worldgen.apps.run_outputs import VOLATILE_KEYS, run_differences
 from worldgen.files import write_atomically
 

@@ -93,7 +93,7 @@ def test_changed_generation_field_reruns_generation_and_what_follows_only(first_
     lines: list[str] = []
     again = run_pipeline(changed, copy, profile="tiny", say=lines.append)
     assert _ran(again) == ["synthetic", "checks", "policies", "eval", "report"]
-    assert any("changed: generation" in line for line in lines)
+    assert any("changed: spec" in line for line in lines)  # the recover spec it reads
     # The recorded seed demos were kept, and now carry the manifest the run used.
     with open_dataset(copy / "seeds" / "seeds.hdf5") as f:
         assert dataset_manifest(f).generation.recover.action_noise == 0.25
