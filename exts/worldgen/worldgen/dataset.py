@@ -550,11 +550,15 @@ class DatasetWriter:
             for n in embedded:
                 self.demos[n]["file"] = f"{self.parts.name}/{base.name}"
         tmp = temporary_beside(self.path)
-        with h5py.File(tmp, "w") as f:
-            data = self._write_header(f)
-            for name in sorted(self.demos, key=demo_index):
-                data[name] = h5py.ExternalLink(self.demos[name]["file"], f"/data/{name}")
-        os.replace(tmp, self.path)
+        try:
+            with h5py.File(tmp, "w") as f:
+                data = self._write_header(f)
+                for name in sorted(self.demos, key=demo_index):
+                    data[name] = h5py.ExternalLink(self.demos[name]["file"], f"/data/{name}")
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # the previous main file stays, every demo it links reads back
+            raise
 
     def finalize(self) -> None:
         """Copy every demo into one self-contained file and remove the shards."""
@@ -563,11 +567,15 @@ class DatasetWriter:
                 self._publish()
             return
         tmp = temporary_beside(self.path)
-        with h5py.File(tmp, "w") as out, h5py.File(self.path, "r") as src:
-            data = self._write_header(out)
-            for name in sorted(self.demos, key=demo_index):
-                src.copy(src[f"data/{name}"], data, name=name)
-        os.replace(tmp, self.path)
+        try:
+            with h5py.File(tmp, "w") as out, h5py.File(self.path, "r") as src:
+                data = self._write_header(out)
+                for name in sorted(self.demos, key=demo_index):
+                    src.copy(src[f"data/{name}"], data, name=name)
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # the linked file and its shards stay as they were
+            raise
         shutil.rmtree(self.parts)
         for d in self.demos.values():
             d["file"] = ""
