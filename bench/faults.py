@@ -168,17 +168,21 @@ def kill_trial(reference: Path, seconds: dict[str, float], work: Path, stage: st
     kills = [kill_inside(folder, stage, seconds[stage], rng)]
     if trial % 4 == 3:  # two kills in a row: the second inside the resumed run
         kills.append(kill_inside(folder, stage, seconds[stage], rng))
+    return resumed(
+        reference, folder, stage, {"group": "kill", "stage": stage, "trial": trial, "kills": kills}
+    )
+
+
+def resumed(reference: Path, folder: Path, stage: str, result: dict) -> dict:
+    """``result`` with how the run resumed ``--until stage`` went and whether that stage's outputs equal the
+    reference's; the trial's folder is removed when they do (kept to look at when not)."""
     done = finish(run_command(folder, "--until", stage))
     differences = compare(reference, folder, (stage,)) if done.returncode == 0 else []
-    result = {
-        "group": "kill",
-        "stage": stage,
-        "trial": trial,
-        "kills": kills,
-        "resumed_rc": done.returncode,
-        "differences": differences[:10],
-        "equal": done.returncode == 0 and not differences,
-    }
+    result.update(
+        resumed_rc=done.returncode,
+        differences=differences[:10],
+        equal=done.returncode == 0 and not differences,
+    )
     if done.returncode:
         result["stderr"] = done.stderr[-1500:]
     if result["equal"]:
@@ -197,24 +201,9 @@ def cache_trial(reference: Path, work: Path, stage: str, trial: int) -> dict:
     first = subprocess.run(
         run_command(folder, "--until", stage, child=CACHE_CHILD), capture_output=True, text=True, env=env
     )
-    done = finish(run_command(folder, "--until", stage))
-    differences = compare(reference, folder, (stage,)) if done.returncode == 0 else []
-    result = {
-        "group": "cache",
-        "stage": stage,
-        "trial": trial,
-        "write": write,
-        "moment": moment,
-        "killed": first.returncode == -signal.SIGKILL,
-        "resumed_rc": done.returncode,
-        "differences": differences[:10],
-        "equal": done.returncode == 0 and not differences,
-    }
-    if done.returncode:
-        result["stderr"] = done.stderr[-1500:]
-    if result["equal"]:
-        shutil.rmtree(folder)
-    return result
+    killed = first.returncode == -signal.SIGKILL
+    trial_record = {"group": "cache", "stage": stage, "trial": trial, "write": write, "moment": moment}
+    return resumed(reference, folder, stage, {**trial_record, "killed": killed})
 
 
 def _ray_workers() -> list[int]:

@@ -247,8 +247,12 @@ def test_kill_9_leaves_readable_demos_and_rerun_resumes(tmp_path):
         for name in names:
             assert f[f"data/{name}/actions"].shape[0] == int(f[f"data/{name}"].attrs["num_samples"])
     assert subprocess.run(cmd, capture_output=True).returncode == 0
-    reference = tmp_path / "ref.hdf5"
-    run_seed_stage(PUSH, reference, n=5, cameras=False)
+    assert_same_as_uninterrupted(out, 5, tmp_path / "ref.hdf5")
+
+
+def assert_same_as_uninterrupted(out: Path, n: int, reference: Path) -> None:
+    """``out`` holds, array by array, what recording ``n`` push seeds without cameras in one go makes."""
+    run_seed_stage(PUSH, reference, n=n, cameras=False)
     a, b = _arrays(out), _arrays(reference)
     assert sorted(a) == sorted(b)
     for key in a:

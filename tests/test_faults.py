@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 from worldgen.dataset import DatasetReader, DatasetWriter
 from worldgen.errors import disk_fault
-from worldgen.pipeline import run_seed_stage
 
 from .conftest import PUSH
-from .test_dataset import HEADER, _arrays, _demo
+from .test_dataset import HEADER, _demo, assert_same_as_uninterrupted
 
 # The CLI with the dataset writer's disk refusing the third demo's shard (ENOSPC, as the OS reports it).
 FULL_AT_THIRD_DEMO = """
@@ -56,12 +55,7 @@ def test_full_disk_at_the_dataset_writer_keeps_the_demos_and_a_rerun_finishes(tm
     assert sorted(p.name for p in Path(f"{out}.parts").iterdir()) == ["demo_0.hdf5", "demo_1.hdf5"]
     again = subprocess.run(_seed_command(out), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
-    reference = tmp_path / "reference.hdf5"
-    run_seed_stage(PUSH, reference, n=4, cameras=False)
-    a, b = _arrays(out), _arrays(reference)
-    assert sorted(a) == sorted(b)
-    for key in a:
-        assert np.array_equal(a[key], b[key]), key
+    assert_same_as_uninterrupted(out, 4, tmp_path / "reference.hdf5")
 
 
 def _three_demos(path: Path) -> DatasetWriter:
