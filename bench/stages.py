@@ -1,6 +1,7 @@
-"""What the experiments in bench/ share: from worldgen.apps.experiment (re-exported here) resumable
-stages, pooled replicates, the seeds -> play rollouts -> world model preparation and a timestamped line;
-of their own, their figures in bench/results/ and the preparation's flags."""
+"""What the experiments in bench/ share, re-exported here: stages made once and remade when their inputs
+change (worldgen.apps.cache), pooled replicates, the seeds -> play rollouts -> world model preparation and
+a timestamped line (worldgen.apps.experiment); of their own, their figures in bench/results/ and the
+preparation's flags."""
 
 from __future__ import annotations
 
