@@ -245,13 +245,23 @@ def test_training_writes_a_resumable_checkpoint(trained):
     assert meta.camera == "front" and meta.step == 6 and len(meta.data_hash) == 64
     assert (ckpt / "model" / "config.json").is_file()
     # Noise levels follow the measured frame-to-frame change; actions and states are normalised.
-    assert 0.005 < meta.scheduler["sigma_data"] < 0.2 and meta.scheduler["sampling_steps"] == 1
+    assert 0.005 < meta.objective["sigma_data"] < 0.2 and meta.objective["sampling_steps"] == 1
     assert len(meta.normalization.action_std) == 7 and min(meta.normalization.action_std) >= 0.1
     again = train_world_model(dataset, ckpt, steps=8, batch_size=4, checkpoint_every=4)
     assert again["step"] == 8 and [v["step"] for v in again["validation"]] == [3, 6, 8]
     write_checkpoint_meta(ckpt, meta.replace(data_hash="0" * 64))  # as if trained on other data
     with pytest.raises(CheckpointError, match="other data"):
         train_world_model(dataset, ckpt, steps=9, batch_size=4)
+
+
+def test_checkpoints_written_before_the_rename_still_read(trained, tmp_path):
+    """worldgen.json once called the backbone ``preset`` and the objective ``scheduler``."""
+    _, ckpt, _ = trained
+    meta = read_checkpoint_meta(ckpt)
+    old = json.loads((ckpt / "worldgen.json").read_text())
+    old["preset"], old["scheduler"] = old.pop("backbone"), old.pop("objective")
+    (tmp_path / "worldgen.json").write_text(json.dumps(old))
+    assert read_checkpoint_meta(tmp_path) == meta
 
 
 def test_time_limit_stops_with_a_checkpoint_and_an_interrupted_swap_resumes(trained, tmp_path):
@@ -528,7 +538,7 @@ def test_cosmos_backbone_trains_post_trains_and_branches_through_the_same_comman
     assert train_world_model(dataset, ckpt, steps=3, batch_size=2)["step"] == 3
     meta = read_checkpoint_meta(ckpt)
     config = json.loads((ckpt / "model" / "config.json").read_text())
-    assert meta.preset == "cosmos" and config["_class_name"] == "CosmosWorldModel"
+    assert meta.backbone == "cosmos" and config["_class_name"] == "CosmosWorldModel"
 
     sampler = WorldModelSampler(ckpt)
     channels = frame_channels(sampler.meta.instances)  # RGB, depth, the robot's and the object's masks

@@ -58,12 +58,12 @@ class WorldModelSampler:
         self.meta = read_checkpoint_meta(self.ckpt)
         self.device = torch.device(device)
         try:
-            model = WORLD_MODELS[self.meta.preset].from_pretrained(self.ckpt / "model")
+            model = WORLD_MODELS[self.meta.backbone].from_pretrained(self.ckpt / "model")
         except (KeyError, OSError) as exc:  # an unknown backbone; missing or unreadable weights
             raise CheckpointError(f"{self.ckpt}: cannot load the model ({exc})") from None
         self.model = model.eval().to(self.device)
         self.norm = self.meta.normalization
-        self.objective = objective_from_config(self.meta.scheduler)
+        self.objective = objective_from_config(self.meta.objective)
         if sampling_steps is not None:
             self.objective.sampling_steps = sampling_steps
         self.codec = None

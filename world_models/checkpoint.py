@@ -30,11 +30,14 @@ WORLD_MODELS: dict[str, type[WorldModel]] = {"unet": UNetWorldModel, "cosmos": C
 META_NAME = "worldgen.json"
 
 
+OLD_NAMES = {"preset": "backbone", "scheduler": "objective"}  # worldgen.json keys before the rename
+
+
 @dataclass(frozen=True)
 class CheckpointMeta:
     """What a world-model checkpoint was trained on and how to sample it."""
 
-    preset: str  # the backbone, a key of WORLD_MODELS
+    backbone: str  # a key of WORLD_MODELS
     camera: str
     resolution: tuple[int, int]  # the frames' (width, height) in pixels
     instances: tuple[int, ...]  # segmentation ids with a mask channel each: the robot, then the objects
@@ -42,7 +45,7 @@ class CheckpointMeta:
     normalization: Normalization
     data_hash: str  # the training demos (worldgen.dataset.dataset_digest)
     manifest_hash: str
-    scheduler: dict[str, Any]  # the objective's config (world_models.objectives.objective_from_config)
+    objective: dict[str, Any]  # the objective's config (world_models.objectives.objective_from_config)
     step: int
     lora_rank: int | None = None
     mixed_precision: str = "no"
@@ -57,8 +60,11 @@ class CheckpointMeta:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CheckpointMeta:
         known = {f.name for f in fields(cls)}
+        # Checkpoints written before the fields were renamed call the backbone "preset" and the objective
+        # "scheduler"; those written before the cosmos backbone existed name no backbone (unet).
+        data = {OLD_NAMES.get(k, k): v for k, v in data.items()}
         values = {k: v for k, v in data.items() if k in known}
-        values.setdefault("preset", "unet")  # written before the cosmos backbone existed
+        values.setdefault("backbone", "unet")
         values["resolution"] = tuple(values["resolution"])
         values["instances"] = tuple(values["instances"])
         values["normalization"] = Normalization(**values["normalization"])
@@ -94,7 +100,7 @@ def checkpoint_hash(ckpt: str | Path) -> str:
     """Identifies the weights a branch was sampled with: the objective, the model files and any VAE."""
     ckpt = Path(ckpt)
     digest = hashlib.sha256()
-    digest.update(json.dumps(read_checkpoint_meta(ckpt).scheduler, sort_keys=True).encode())
+    digest.update(json.dumps(read_checkpoint_meta(ckpt).objective, sort_keys=True).encode())
     files = sorted((ckpt / "model").iterdir())
     if (ckpt / "vae").is_dir():  # a model in latent space is only reproducible with its VAE
         files += sorted((ckpt / "vae").iterdir())

@@ -214,7 +214,7 @@ def _pretrained_objective(pretrained: Path | None, backbone: str) -> Objective |
     post-training it."""
     if pretrained is None or not (pretrained.parent / META_NAME).is_file():
         return None
-    objective = objective_from_config(read_checkpoint_meta(pretrained.parent).scheduler)
+    objective = objective_from_config(read_checkpoint_meta(pretrained.parent).objective)
     return objective if objective.name == BACKBONE_OBJECTIVE[backbone] else None
 
 
@@ -386,7 +386,7 @@ def train_world_model(
         spec.backbone, train.residual_std()
     )
     meta = CheckpointMeta(
-        preset=spec.backbone,
+        backbone=spec.backbone,
         camera=manifest.world_model_camera,
         resolution=tuple(spec.resolution),
         instances=tuple(data.instances),
@@ -394,7 +394,7 @@ def train_world_model(
         normalization=norm,
         data_hash=train.data_hash,
         manifest_hash=manifest.content_hash(),
-        scheduler=objective.config(),
+        objective=objective.config(),
         step=0,
         lora_rank=config.lora_rank,
         mixed_precision=config.mixed_precision,
