@@ -298,15 +298,20 @@ def recover_in_world_model(
         for step in spec.start_steps
         if (p.name, step) not in done and step < p.demo.num_samples
     ]
-    if not tasks:
-        writer.finalize()
-        return counts
-    init = (dataset, ckpt, spec, device)
-    results = map_on_workers(WorldModelAttempts, init, tasks, workers, ray_address)
-    report = None if progress is None else (lambda task, accepted, n: progress(*task, accepted, n))
-    append_in_task_order(writer, tasks, results, counts, report)
+    if tasks:
+        init = (dataset, ckpt, spec, device)
+        results = map_on_workers(WorldModelAttempts, init, tasks, workers, ray_address)
+        report = None if progress is None else (lambda task, accepted, n: progress(*task, accepted, n))
+        append_in_task_order(writer, tasks, results, counts, report)
     writer.finalize()
-    return counts
+    return written_counts(writer)
+
+
+def written_counts(writer: DatasetWriter) -> dict[str, int]:
+    """The attempts in the whole output and how many succeeded, those a resumed call found written
+    included (a run killed after its last attempt and resumed makes none, and must report them all)."""
+    attempts = [r for r in writer.records() if r.recipe is not None]
+    return {"attempts": len(attempts), "accepted": sum(bool(r.success) for r in attempts)}
 
 
 def append_in_task_order(

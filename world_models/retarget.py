@@ -49,6 +49,7 @@ from .generate import (
     seed_parents,
     start_output,
     tracking_offset,
+    written_counts,
 )
 
 RECIPE = "retarget"
@@ -409,7 +410,7 @@ def retarget_in_world_model(
         )
         append_in_task_order(writer, batches, results, counts, progress)
     writer.finalize()
-    return counts
+    return written_counts(writer)
 
 
 def retarget_in_simulator(
