@@ -286,6 +286,17 @@ def one_line(done: subprocess.CompletedProcess) -> bool:
     return done.returncode == 2 and len(user_lines(done.stderr)) == 1
 
 
+def refusal(fault: str, done: subprocess.CompletedProcess) -> dict:
+    """A disk-group record of a command ``fault`` must stop in one line with exit 2."""
+    return {
+        "group": "disk",
+        "fault": fault,
+        "rc": done.returncode,
+        "one_line": one_line(done),
+        "message": user_lines(done.stderr)[-1:],
+    }
+
+
 def full_disk_trial(reference: Path, work: Path, fraction: float, total_mb: float) -> dict:
     """The run on a tmpfs ``fraction`` of the space it needs: it stops with one line (exit 2), keeps what
     it finished, and once the disk grows a rerun completes to the reference's outputs."""
@@ -300,11 +311,7 @@ def full_disk_trial(reference: Path, work: Path, fraction: float, total_mb: floa
         again = finish(run_command(folder))
         differences = compare(reference, folder, STAGES) if again.returncode == 0 else []
         return {
-            "group": "disk",
-            "fault": f"full disk ({size} MB of the {total_mb:.0f} MB a run needs)",
-            "rc": full.returncode,
-            "one_line": one_line(full),
-            "message": user_lines(full.stderr)[-1:] if full.stderr else [],
+            **refusal(f"full disk ({size} MB of the {total_mb:.0f} MB a run needs)", full),
             "stages_finished_before": finished,
             "finished_stages_intact": not kept,
             "rerun_rc": again.returncode,
@@ -331,11 +338,7 @@ def read_only_trial(reference: Path, work: Path, stage: str, total_mb: float) ->
             compare(reference, folder, STAGES[STAGES.index(stage) :]) if again.returncode == 0 else []
         )
         return {
-            "group": "disk",
-            "fault": f"output folder read-only before {stage}",
-            "rc": refused.returncode,
-            "one_line": one_line(refused),
-            "message": user_lines(refused.stderr)[-1:],
+            **refusal(f"output folder read-only before {stage}", refused),
             "rerun_rc": again.returncode,
             "differences": differences[:10],
             "equal": again.returncode == 0 and not differences,
@@ -395,11 +398,7 @@ def lock_trial(reference: Path, work: Path) -> dict:
     first.wait()
     differences = compare(reference, folder, ("eval", "report")) if first.returncode == 0 else []
     return {
-        "group": "disk",
-        "fault": "a second run on the folder while the first runs",
-        "rc": second.returncode,
-        "one_line": one_line(second),
-        "message": user_lines(second.stderr)[-1:],
+        **refusal("a second run on the folder while the first runs", second),
         "first_rc": first.returncode,
         "differences": differences[:10],
         "survived": one_line(second) and first.returncode == 0 and not differences,
@@ -422,11 +421,7 @@ def proc_trial() -> dict:
     ]
     done = finish(command)
     return {
-        "group": "disk",
-        "fault": "output path on /proc (permission bits say yes, the file system says no)",
-        "rc": done.returncode,
-        "one_line": one_line(done),
-        "message": user_lines(done.stderr)[-1:],
+        **refusal("output path on /proc (permission bits say yes, the file system says no)", done),
         "seconds": round(time.perf_counter() - t0, 1),
         "survived": one_line(done) and "simulat" not in done.stdout,
     }

@@ -42,7 +42,7 @@ import numpy as np
 
 from . import __version__
 from .errors import OutputError, WorldgenError
-from .files import temporary_beside
+from .files import replaced_atomically, temporary_beside
 from .keys import EXECUTED_ACTIONS, image_kind
 from .manifest import Manifest, manifest_text, parse_manifest
 
@@ -485,14 +485,8 @@ class DatasetWriter:
             raise DatasetError(f"{self.path}: {name} already exists")
         self.parts.mkdir(exist_ok=True)
         shard = self.parts / f"{name}.hdf5"
-        tmp = temporary_beside(shard)
-        try:
-            with h5py.File(tmp, "w", track_order=True) as f:
-                _write_demo(f.create_group(f"data/{name}"), demo)
-            os.replace(tmp, shard)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a full disk gets the partial shard's space back
-            raise
+        with replaced_atomically(shard) as tmp, h5py.File(tmp, "w", track_order=True) as f:
+            _write_demo(f.create_group(f"data/{name}"), demo)
         attrs = {"num_samples": demo.num_samples, **{k: _json_attr(v) for k, v in demo.attrs.items()}}
         self.demos[name] = {"file": f"{self.parts.name}/{shard.name}", "attrs": attrs}
         self._publish()
@@ -549,16 +543,10 @@ class DatasetWriter:
                 os.link(self.path, base)
             for n in embedded:
                 self.demos[n]["file"] = f"{self.parts.name}/{base.name}"
-        tmp = temporary_beside(self.path)
-        try:
-            with h5py.File(tmp, "w") as f:
-                data = self._write_header(f)
-                for name in sorted(self.demos, key=demo_index):
-                    data[name] = h5py.ExternalLink(self.demos[name]["file"], f"/data/{name}")
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # the previous main file stays, every demo it links reads back
-            raise
+        with replaced_atomically(self.path) as tmp, h5py.File(tmp, "w") as f:
+            data = self._write_header(f)
+            for name in sorted(self.demos, key=demo_index):
+                data[name] = h5py.ExternalLink(self.demos[name]["file"], f"/data/{name}")
 
     def finalize(self) -> None:
         """Copy every demo into one self-contained file and remove the shards."""
@@ -566,16 +554,14 @@ class DatasetWriter:
             if not self.path.exists():
                 self._publish()
             return
-        tmp = temporary_beside(self.path)
-        try:
-            with h5py.File(tmp, "w") as out, h5py.File(self.path, "r") as src:
-                data = self._write_header(out)
-                for name in sorted(self.demos, key=demo_index):
-                    src.copy(src[f"data/{name}"], data, name=name)
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # the linked file and its shards stay as they were
-            raise
+        with (
+            replaced_atomically(self.path) as tmp,
+            h5py.File(tmp, "w") as out,
+            h5py.File(self.path, "r") as src,
+        ):
+            data = self._write_header(out)
+            for name in sorted(self.demos, key=demo_index):
+                src.copy(src[f"data/{name}"], data, name=name)
         shutil.rmtree(self.parts)
         for d in self.demos.values():
             d["file"] = ""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -20,15 +22,23 @@ def temporary_beside(path: Path) -> Path:
     return Path(tmp)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it, so a reader never sees a partial file."""
+@contextlib.contextmanager
+def replaced_atomically(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write; renamed over ``path`` when the block ends, removed when it
+    raises (a full disk gets the partial file's space back, and ``path`` stays as it was)."""
     tmp = temporary_beside(path)
     try:
-        tmp.write_bytes(data)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it, so a reader never sees a partial file."""
+    with replaced_atomically(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def staging_folder(target: Path) -> Path:

@@ -14,11 +14,12 @@ each stage's summary and the verdict) and one folder a stage:
     eval/         each row closed-loop on the held-out panel, success with its 95 % interval
     report/       index.html, self-contained
 
-Each stage's key is a hash of the manifest sections and profile parameters it reads and of the keys of
-the stages it reads from, so a changed field reruns exactly the stages that depend on it. A stage folder
-with ``stage.json`` marked done under the current key is skipped; one marked running under it resumes
-(every stage appends or checkpoints as it goes); one under another key is cleared and run again. Outputs
-made by another code version are said and kept (``--rerun STAGE`` redoes one).
+Each stage's key is a hash of the manifest fields and profile parameters it reads, of the library's
+sources (:func:`worldgen.apps.cache.code_hash`) and of the keys of the stages it reads from, so a changed
+field reruns exactly the stages that depend on it and other code reruns them all. A stage folder with
+``stage.json`` marked done under the current key is skipped; one marked running under it resumes (every
+stage appends or checkpoints as it goes); one under another key is cleared and run again
+(``--rerun STAGE`` redoes one regardless).
 """
 
 from __future__ import annotations
