@@ -22,7 +22,7 @@ from worldgen.dataset import demo_names, demo_record, open_dataset
 from worldgen.files import write_atomically
 from worldgen.manifest import load_manifest
 
-from world_models.generate import accepted_demos
+from world_models.recipes import accepted_demos
 
 ROOT = Path(__file__).resolve().parents[1]
 

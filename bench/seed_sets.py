@@ -188,7 +188,7 @@ def main() -> None:
         ]
         for seed_set in sets:  # intervals and verdict from the counts, by today's replicate_interval
             seed_set["rows"] = {row: repooled(r) for row, r in seed_set["rows"].items()}
-            seed_set["verdict"] = verdict(seed_set["rows"])
+            seed_set["verdict"] = verdict(seed_set["rows"]["seeds"], seed_set["rows"]["seeds+recover"])
     else:
         sets = [run_seed_set(scenario, base, args.out, args.profile) for base in args.base_seeds]
     rows = [row for row in sets[0]["rows"] if all(row in s["rows"] for s in sets)]

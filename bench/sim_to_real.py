@@ -162,6 +162,7 @@ def generated(args, manifest: Manifest) -> dict:
     """Row d's data: ``retarget`` attempts in the world model from the source seeds, then every demo of
     that file (seeds and attempts) through the target generator on the world model's camera."""
     from world_models.retarget import RetargetSpec, retarget_in_world_model
+
     from world_models.transfer import transfer_dataset
 
     work, timings = args.work, {}
@@ -269,7 +270,7 @@ def train_cell(task: tuple) -> None:
     if accepted_only:  # the train seeds and the accepted attempts generated from them
         from worldgen.dataset import demo_names, demo_record, open_dataset
 
-        from world_models.generate import accepted_demos
+        from world_models.recipes import accepted_demos
 
         with open_dataset(Path(dataset).parent / "seeds_source.hdf5") as f:
             train = set(demo_names(f, "train"))

@@ -29,9 +29,9 @@ from worldgen.files import write_atomically
 from worldgen.keys import EEF_POS, GRIPPER_QPOS
 from worldgen.manifest import Manifest
 
-from world_models.branch import WorldModelSampler
 from world_models.data import STATE_KEYS, state_layout
-from world_models.generate import replay_start
+from world_models.replay import replay_start
+from world_models.sampler import WorldModelSampler
 
 
 def replayed_episodes(path: Path) -> tuple[Manifest, list[dict]]:

@@ -86,9 +86,26 @@ def world_model(seeds, push, tmp_path_factory):
 @pytest.fixture(scope="session")
 def recovered(seeds, world_model, tmp_path_factory):
     """The seed demos and 8 recovery attempts generated in the world model, in one file."""
-    from world_models.generate import RecoverSpec, recover_in_world_model
+    from worldgen.manifest import load_manifest
+
+    from world_models.recipes import generate_in_world_model, recipe_spec
 
     out = tmp_path_factory.mktemp("recovered") / "recover.hdf5"
-    spec = RecoverSpec(per_seed=2, start_steps=(0, 20), action_noise=0.2)
-    recover_in_world_model(seeds, world_model[1], out, spec)
+    spec = recipe_spec(
+        "recover", load_manifest(PUSH), per_seed=2, start_steps=(0, 20), action_noise=0.2, success_margin=0.0
+    )
+    generate_in_world_model("recover", seeds, world_model[1], out, spec)
     return out
+
+
+@pytest.fixture(scope="session")
+def first_run(tmp_path_factory):
+    """``worldgen run --profile tiny`` on push_to_target, every stage: (folder, run record, progress lines).
+    Tests that change a run work on a copy."""
+    from worldgen.apps.run import run_pipeline
+    from worldgen.manifest import load_manifest
+
+    folder = tmp_path_factory.mktemp("run") / "push"
+    lines: list[str] = []
+    record = run_pipeline(load_manifest(PUSH), folder, profile="tiny", say=lines.append)
+    return folder, record, lines

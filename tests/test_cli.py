@@ -118,7 +118,7 @@ def _cases(d: Path) -> dict[str, list[str]]:
         "check truncated": ["check", cut],
         "train-wm missing": ["train-wm", missing, "-o", "{out}/ckpt"],
         "train-wm not hdf5": ["train-wm", text, "-o", "{out}/ckpt"],
-        "branch truncated": ["branch", cut, folder, "-o", "{out}/synth.hdf5"],
+        "generate truncated": ["generate", cut, folder, "-o", "{out}/synth.hdf5"],
         "generate missing": ["generate", missing, "--in-simulator", "-o", "{out}/synth.hdf5"],
         "eval-wm not hdf5": ["eval-wm", text],
         "train-policy missing": ["train-policy", missing, "--algo", "bc-mlp", "-o", "{out}/policy"],
@@ -155,7 +155,7 @@ def _cases(d: Path) -> dict[str, list[str]]:
             "{out}/p",
         ],
         # folders that are not checkpoints
-        "branch not a checkpoint": ["branch", ds, folder, "-o", "{out}/synth.hdf5"],
+        "generate not a checkpoint": ["generate", ds, folder, "-o", "{out}/synth.hdf5"],
         "eval-wm not a checkpoint": ["eval-wm", ds, folder, "--open-loop"],
         "train-policy not a world model": [
             "train-policy",
@@ -170,7 +170,7 @@ def _cases(d: Path) -> dict[str, list[str]]:
         "eval not a policy": ["eval", folder, push, "--episodes", "1"],
         "generate without a world model": ["generate", ds, "-o", "{out}/synth.hdf5"],
         # malformed lists and values
-        "branch malformed steps": ["branch", ds, folder, "--at", "10,x", "-o", "{out}/s.hdf5"],
+        "generate malformed steps": ["generate", ds, folder, "--starts", "10,x", "-o", "{out}/s.hdf5"],
         "generate malformed starts": ["generate", ds, "--in-simulator", "--starts", "0,,-1", "-o", "{out}/s"],
         "generate retarget into the seed range": [
             "generate",
@@ -193,11 +193,19 @@ def _cases(d: Path) -> dict[str, list[str]]:
             "-o",
             "{out}/p",
         ],
-        "branch noise out of range": ["branch", ds, folder, "--action-noise", "-0.5", "-o", "{out}/s.hdf5"],
+        "generate noise out of range": [
+            "generate",
+            ds,
+            folder,
+            "--action-noise",
+            "-0.5",
+            "-o",
+            "{out}/s.hdf5",
+        ],
         # negative and zero counts, negative seeds
         "seed negative count": ["seed", push, "--n", "-3", "-o", "{out}/s.hdf5"],
         "train-wm zero steps": ["train-wm", ds, "--steps", "0", "-o", "{out}/ckpt"],
-        "branch zero per seed": ["branch", ds, folder, "--per-seed", "0", "-o", "{out}/s.hdf5"],
+        "generate zero per seed": ["generate", ds, folder, "--per-seed", "0", "-o", "{out}/s.hdf5"],
         "eval negative episodes": ["eval", folder, push, "--episodes", "-1"],
         "train-wm negative seed": ["train-wm", ds, "--seed", "-1", "-o", "{out}/ckpt"],
         "compile negative seed": ["compile", push, "--seed", "-2", "-o", "{out}/x.usda"],
@@ -240,7 +248,7 @@ def _cases(d: Path) -> dict[str, list[str]]:
         "seed output is a folder": ["seed", push, "--n", "1", "-o", folder],
         "train-wm unwritable": ["train-wm", ds, "-o", f"{blocked}/ckpt"],
         "train-wm output is a file": ["train-wm", ds, "-o", file],
-        "branch unwritable": ["branch", ds, folder, "-o", f"{blocked}/s.hdf5"],
+        "generate unwritable": ["generate", ds, folder, "-o", f"{blocked}/s.hdf5"],
         "eval-wm unwritable": ["eval-wm", ds, "-o", f"{blocked}/r.json"],
         "train-policy unwritable": ["train-policy", ds, "--algo", "bc-mlp", "-o", f"{blocked}/p"],
         "check unwritable heat map": ["check", ds, "--heatmap", f"{blocked}/h.png"],

@@ -14,29 +14,25 @@ from worldgen.geometry import xyzw_to_wxyz
 from worldgen.manifest import load_manifest
 
 from world_models.data import WorldModelData, frames_from_obs
-from world_models.generate import (
+from world_models.imagination import tracking_offset
+from world_models.recipes import (
     Parent,
-    ParentPathLabeler,
-    RecoverSpec,
     accepted_demos,
-    recover_in_simulator,
-    recover_in_world_model,
-    replay_demo,
-    replay_demos_together,
-    replay_generated,
+    generate_in_simulator,
+    generate_in_world_model,
+    recipe_spec,
     seed_parents,
-    tracking_offset,
 )
-from world_models.retarget import (
-    RetargetSpec,
-    commanded_path,
-    retarget_in_simulator,
-    retarget_in_world_model,
-    retarget_transform,
-    source_segments,
-)
+from world_models.recipes.recover import ParentPathLabeler
+from world_models.recipes.retarget import commanded_path, retarget_transform, source_segments
+from world_models.replay import replay_demo, replay_demos_together, replay_generated
 
 from .conftest import PUSH, read_with_robomimic
+
+
+def spec_of(recipe: str, **overrides):
+    """The recipe's spec under the push manifest, with no success margin unless one is given."""
+    return recipe_spec(recipe, load_manifest(PUSH), **{"success_margin": 0.0, **overrides})
 
 
 def test_success_step_counts_consecutive_holds():
@@ -142,13 +138,13 @@ def test_play_rollouts_train_the_world_model_but_are_no_policy_data(world_model,
 
 def test_recover_in_world_model_labels_are_the_expert_on_the_predicted_state(world_model, seeds, tmp_path):
     _, ckpt = world_model
-    spec = RecoverSpec(per_seed=2, start_steps=(0, 20), action_noise=0.2, success_margin=0.005)
+    spec = spec_of("recover", per_seed=2, start_steps=(0, 20), action_noise=0.2, success_margin=0.005)
     out = tmp_path / "recover.hdf5"
-    counts = recover_in_world_model(seeds, ckpt, out, spec)
+    counts = generate_in_world_model("recover", seeds, ckpt, out, spec)
     manifest = load_manifest(PUSH)
     with h5py.File(seeds, "r") as s:
         parents = {p.name: p for p in seed_parents(s)}
-    offset = tracking_offset(manifest, list(parents.values()))
+    offset = tracking_offset(manifest, [p.demo for p in parents.values()])
     assert 1e-3 < np.linalg.norm(offset) < 2e-2
     assert counts["attempts"] == 2 * 2 * len(parents)
     with h5py.File(out, "r") as f:
@@ -193,7 +189,7 @@ def test_recover_in_world_model_labels_are_the_expert_on_the_predicted_state(wor
                 assert demo.num_samples == manifest.horizon - step
     # Same record, same batch layout: the same bytes.
     again = tmp_path / "again.hdf5"
-    recover_in_world_model(seeds, ckpt, again, spec)
+    generate_in_world_model("recover", seeds, ckpt, again, spec)
     with h5py.File(out, "r") as a, h5py.File(again, "r") as b:
         for name in demo_names(a):
             for key in ("actions", "executed_actions", "obs/object", "obs/front_rgb"):
@@ -203,8 +199,8 @@ def test_recover_in_world_model_labels_are_the_expert_on_the_predicted_state(wor
 
 def test_recover_in_simulator_succeeds_and_replays_exactly(seeds, tmp_path, robomimic):
     out = tmp_path / "recover_sim.hdf5"
-    spec = RecoverSpec(per_seed=1, start_steps=(5,), action_noise=0.1)
-    counts = recover_in_simulator(seeds, out, spec)
+    spec = spec_of("recover", per_seed=1, start_steps=(5,), action_noise=0.1)
+    counts = generate_in_simulator("recover", seeds, out, spec)
     # One attempt from the training seed demo; none from the demo held out for validation.
     assert counts == {"attempts": 1, "accepted": 1}
     manifest = load_manifest(PUSH)
@@ -301,10 +297,12 @@ def test_retargeted_segments_follow_the_object(seeds, push):
 
 def test_retarget_in_simulator_labels_are_the_executed_actions(seeds, tmp_path, robomimic, push):
     out = tmp_path / "retarget_sim.hdf5"
-    spec = RetargetSpec(count=2, scene_base_seed=700_000)
-    assert retarget_in_simulator(seeds, out, spec) == {"attempts": 2, "accepted": 2}
-    assert retarget_in_simulator(seeds, out, spec) == {"attempts": 0, "accepted": 0}  # resumed: nothing left
+    spec = spec_of("retarget", count=2, scene_base_seed=700_000)
+    assert generate_in_simulator("retarget", seeds, out, spec) == {"attempts": 2, "accepted": 2}
+    # Resumed: nothing left to make, nothing written twice, the whole output's counts.
+    assert generate_in_simulator("retarget", seeds, out, spec) == {"attempts": 2, "accepted": 2}
     with h5py.File(out, "r") as f:
+        assert len(demo_names(f)) == 4
         generated = [n for n in demo_names(f) if n not in demo_names(f, "seed")]
         assert [int(f["data"][n].attrs["seed"]) for n in generated] == [700_000, 700_001]
         for name in generated:
@@ -314,7 +312,9 @@ def test_retarget_in_simulator_labels_are_the_executed_actions(seeds, tmp_path, 
             result = replay_demo(WorldgenEnv(push, cameras=False), None, g, int(g.attrs["seed"]))
             assert result["replay_success"] and result["object_error_max"] < 1e-6
     with pytest.raises(ValueError, match="overlap the manifest's seeds range"):
-        retarget_in_simulator(seeds, tmp_path / "bad.hdf5", RetargetSpec(count=2, scene_base_seed=40))
+        generate_in_simulator(
+            "retarget", seeds, tmp_path / "bad.hdf5", spec_of("retarget", count=2, scene_base_seed=40)
+        )
     ds = read_with_robomimic(robomimic, out, ["robot0_eef_pos", "object"], seq_length=4)
     assert len(ds) > 0 and ds[0]["actions"].shape == (4, 7)
 
@@ -323,12 +323,12 @@ def test_retarget_in_world_model_starts_from_the_rendered_scene_and_regenerates(
     world_model, seeds, tmp_path, push, robomimic
 ):
     _, ckpt = world_model
-    spec = RetargetSpec(count=3, batch=2, scene_base_seed=700_000, action_noise=0.1)
+    spec = spec_of("retarget", count=3, batch=2, scene_base_seed=700_000, action_noise=0.1)
     out = tmp_path / "retarget.hdf5"
-    counts = retarget_in_world_model(seeds, ckpt, out, spec)
+    counts = generate_in_world_model("retarget", seeds, ckpt, out, spec)
     assert counts["attempts"] == 3
     with h5py.File(seeds, "r") as s:
-        offset = tracking_offset(push, seed_parents(s))
+        offset = tracking_offset(push, [p.demo for p in seed_parents(s)])
     env = WorldgenEnv(push, cameras=True)
     with h5py.File(out, "r") as f:
         generated = demo_names(f, "synthetic")
@@ -370,7 +370,7 @@ def test_retarget_in_world_model_starts_from_the_rendered_scene_and_regenerates(
     ds = read_with_robomimic(robomimic, out, ["robot0_eef_pos", "object"], seq_length=4)
     assert len(ds) > 0 and ds[0]["actions"].shape == (4, 7)
     again = tmp_path / "again.hdf5"
-    retarget_in_world_model(seeds, ckpt, again, spec)
+    generate_in_world_model("retarget", seeds, ckpt, again, spec)
     with h5py.File(out, "r") as a, h5py.File(again, "r") as b:
         for name in demo_names(a, "synthetic"):
             for key in ("actions", "obs/object", "obs/front_rgb", "obs/front_seg"):

@@ -233,7 +233,7 @@ def test_compare_runs_every_recipe_row_and_resumes(tmp_path, monkeypatch):
     from worldgen.apps.compare import CompareConfig, compare
     from worldgen.manifest import load_manifest
 
-    from world_models.generate import accepted_demos
+    from world_models.recipes import accepted_demos
 
     manifest = load_manifest(PUSH)
     generation = manifest.generation.model_copy(

@@ -29,14 +29,6 @@ def _ran(record: dict) -> list[str]:
     return [name for name, stage in record["stages"].items() if stage["ran"]]
 
 
-@pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("run") / "push"
-    lines: list[str] = []
-    record = run_pipeline(load_manifest(PUSH), folder, profile="tiny", say=lines.append)
-    return folder, record, lines
-
-
 def test_every_stage_runs_and_records_its_lineage(first_run):
     folder, record, lines = first_run
     assert _ran(record) == list(STAGES)
@@ -277,14 +269,16 @@ def test_two_ray_workers_generate_replay_and_evaluate_as_one_process(first_run, 
     evaluation episodes sharded over 2 Ray actors give what one process gives, byte for byte where it
     writes a dataset."""
     from policies.evaluate import evaluate_policy
-    from world_models.generate import RecoverSpec, recover_in_world_model, replay_generated
+    from world_models.recipes import generate_in_world_model, recipe_spec
+    from world_models.replay import replay_generated
 
     folder, _, _ = first_run
     seeds, ckpt = folder / "seeds" / "seeds.hdf5", folder / "world_model" / "checkpoint"
-    spec = RecoverSpec(per_seed=1, start_steps=(0, 10), action_noise=0.1)
+    manifest = load_manifest(folder / "manifest.yaml")
+    spec = recipe_spec("recover", manifest, per_seed=1, start_steps=(0, 10), action_noise=0.1)
     one, two = tmp_path / "one.hdf5", tmp_path / "two.hdf5"
-    recover_in_world_model(seeds, ckpt, one, spec)
-    recover_in_world_model(seeds, ckpt, two, spec, workers=2)
+    generate_in_world_model("recover", seeds, ckpt, one, spec)
+    generate_in_world_model("recover", seeds, ckpt, two, spec, workers=2)
     with h5py.File(one) as a, h5py.File(two) as b:
         assert demo_names(a) == demo_names(b)
         for name in demo_names(a):

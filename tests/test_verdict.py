@@ -53,7 +53,7 @@ def test_replicate_interval_is_never_narrower_than_the_pooled_episodes_allow():
 )
 def test_verdict_answers_from_the_replicate_level_intervals(seeds, synthetic, answer):
     rows = {"seeds": _row(*seeds), "seeds+recover": _row(*synthetic)}
-    said = verdict(rows)
+    said = verdict(rows["seeds"], rows["seeds+recover"])
     if seeds == (20, 31, 39):  # the case the pooled episodes would have called a gain
         assert rows["seeds+recover"]["ci95"][0] > rows["seeds"]["ci95"][1]
     assert said.split(": ", 1)[1].startswith(answer), said

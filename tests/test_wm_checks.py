@@ -14,9 +14,9 @@ import pytest
 from worldgen.apps.cli import main
 from worldgen.dataset import demo_names, demo_record, open_dataset
 
-from world_models.branch import WorldModelSampler
 from world_models.checking import auroc, spread, teacher_forced
 from world_models.data import Episode
+from world_models.sampler import WorldModelSampler
 
 
 def test_auroc_ranks_positives_above_negatives():

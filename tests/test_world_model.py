@@ -12,9 +12,9 @@ import torch
 import yaml
 from worldgen.apps.cli import main
 from worldgen.errors import CheckpointError
+from worldgen.manifest import load_manifest
 from worldgen.pipeline import run_seed_stage
 
-from world_models.branch import WorldModelSampler, branch_dataset, noise_seed
 from world_models.checkpoint import read_checkpoint_meta, write_checkpoint_meta
 from world_models.data import (
     Normalization,
@@ -33,6 +33,8 @@ from world_models.objectives import (
     objective_from_config,
     world_model_loss,
 )
+from world_models.recipes import generate_in_world_model, recipe_spec
+from world_models.sampler import WorldModelSampler, noise_seed
 from world_models.train import build_world_model, train_world_model
 
 from .conftest import ROOT
@@ -356,14 +358,16 @@ def test_branch_cli_writes_synthetic_demos_that_the_checks_gate(trained, tmp_pat
     synth = tmp_path / "synth.hdf5"
     code = main(
         [
-            "branch",
+            "generate",
             str(dataset),
             str(ckpt),
+            "--recipe",
+            "perturb",
             "-o",
             str(synth),
             "--per-seed",
             "2",
-            "--at",
+            "--starts",
             "3",
             "--horizon",
             "4",
@@ -386,7 +390,10 @@ def test_branch_cli_writes_synthetic_demos_that_the_checks_gate(trained, tmp_pat
             assert "check_confidence" in f["data"][name].attrs  # two siblings per parent and step
     capsys.readouterr()
     missing = tmp_path / "no_ckpt"
-    assert main(["branch", str(dataset), str(missing), "-o", str(tmp_path / "x.hdf5")]) == 2
+    assert (
+        main(["generate", str(dataset), str(missing), "--recipe", "perturb", "-o", str(tmp_path / "x.hdf5")])
+        == 2
+    )
     assert f"{missing}: not a world-model checkpoint" in capsys.readouterr().err
 
 
@@ -412,14 +419,16 @@ def test_eval_wm_replays_branches_in_simulation(trained, tmp_path, capsys):
     assert (
         main(
             [
-                "branch",
+                "generate",
                 str(dataset),
                 str(ckpt),
+                "--recipe",
+                "perturb",
                 "-o",
                 str(synth),
                 "--per-seed",
                 "2",
-                "--at",
+                "--starts",
                 "2",
                 "--horizon",
                 "3",
@@ -470,7 +479,9 @@ def test_unet_beats_copy_last_frame_at_4_steps_on_push_to_target(tmp_path):
     assert all(per_step["psnr"][j] > per_step["copy_last_psnr"][j] + 3.0 for j in (4, 8)), per_step
     assert open_loop["action_sensitivity_psnr_gap"] > 1.0, open_loop["action_sensitivity_psnr_gap"]
     synth = tmp_path / "synth.hdf5"
-    branch_dataset(dataset, ckpt, synth, per_seed=4, at_steps=[10, 30], horizon=8)
+    manifest = load_manifest(ROOT / "scenarios" / "push_to_target.yaml")
+    spec = recipe_spec("perturb", manifest, per_seed=4, start_steps=(10, 30), horizon=8)
+    generate_in_world_model("perturb", dataset, ckpt, synth, spec)
     per_step = evaluate_branches(synth, ckpt)["per_step"]
     assert per_step["psnr"][4] > per_step["copy_last_psnr"][4] + 1.5, per_step
 
@@ -551,7 +562,19 @@ def test_cosmos_backbone_trains_post_trains_and_branches_through_the_same_comman
     assert a.shape == (3, 2, channels, 16, 16) and torch.allclose(a[0], b[0], atol=1e-5)
     assert not torch.allclose(a[0], a[1])
     synth = tmp_path / "synth.hdf5"
-    args = ["branch", str(dataset), str(ckpt), "-o", str(synth), "--per-seed", "2", "--at", "2"]
+    args = [
+        "generate",
+        str(dataset),
+        str(ckpt),
+        "--recipe",
+        "perturb",
+        "-o",
+        str(synth),
+        "--per-seed",
+        "2",
+        "--starts",
+        "2",
+    ]
     assert main([*args, "--horizon", "2"]) == 0
     assert "6 world-model branches" in capsys.readouterr().out
 
@@ -691,7 +714,24 @@ def test_world_model_trains_branches_and_steps_in_wan_latent_space(trained, tmp_
     assert a.shape == (2, 3, c, 64, 64) and torch.equal(a, b) and not torch.equal(a[0], a[1])
 
     synth = tmp_path / "synth.hdf5"
-    assert main(["branch", str(dataset), str(ckpt), "-o", str(synth), "--per-seed", "2", "--at", "3"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(dataset),
+                str(ckpt),
+                "--recipe",
+                "perturb",
+                "-o",
+                str(synth),
+                "--per-seed",
+                "2",
+                "--starts",
+                "3",
+            ]
+        )
+        == 0
+    )
     with h5py.File(synth, "r") as f:
         demo = f["data"][f["mask/synthetic"][0].decode()]
         assert demo["obs/front_rgb"].shape[1:] == (96, 96, 3)

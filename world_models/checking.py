@@ -48,10 +48,10 @@ from worldgen.distributed import map_on_workers
 from worldgen.keys import DEPTH, SEG, image_key
 from worldgen.manifest import Manifest
 
-from .branch import WorldModelSampler, predicted_images, predicted_obs
 from .checkpoint import checkpoint_hash
 from .data import Episode, camera_size, state_layout
-from .generate import replay_generated
+from .replay import replay_generated
+from .sampler import WorldModelSampler, predicted_images, predicted_obs
 
 REPLAY_TOLERANCE = 0.02  # m: a replay this close to the prediction everywhere makes the demo faithful
 TEACHER_FORCED_BATCH = 32  # one-step predictions per model call
@@ -319,7 +319,7 @@ def judge_against_replay(
 ) -> dict:
     """Replay every checked world-model demo in the simulator, label it faithful or not (written into the
     dataset as ``replay_faithful`` with its errors), and measure the gate against that label. ``envs``,
-    ``workers``, ``ray_address``: as :func:`world_models.generate.replay_generated` takes them."""
+    ``workers``, ``ray_address``: as :func:`world_models.replay.replay_generated` takes them."""
     with open_dataset(dataset) as f:
         records = [demo_record(f, n) for n in demo_names(f)]
         records = [r for r in records if r.source == "world_model" and r.check_passed is not None]

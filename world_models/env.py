@@ -22,8 +22,8 @@ from worldgen.envs import object_slice, predicate_holds
 from worldgen.keys import DEPTH, GRIPPER_QPOS, RGB, SEG, image_key
 from worldgen.manifest import rng_for
 
-from .branch import WorldModelSampler, state_obs
 from .data import Episode, obs_from_frames, state_layout
+from .sampler import WorldModelSampler, state_obs
 
 
 class WorldModelEnv(gym.Env):

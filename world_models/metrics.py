@@ -192,8 +192,8 @@ def evaluate_open_loop(
     score each step ahead against the recorded frames, beside copy-last-frame; the action-sensitivity gap
     uses another window's actions with the same noise. Frames are compared at the model's resolution.
     ``strip``: a PNG of the first window, the recorded frames above the model's, one column a step."""
-    from .branch import WorldModelSampler
     from .data import Episode, obs_from_frames
+    from .sampler import WorldModelSampler
 
     dataset = Path(dataset)
     sampler = WorldModelSampler(ckpt, device=device)
@@ -250,8 +250,8 @@ def _action_sensitivity(ckpt, synth: Path, branches: list[dict], truth_rgb: dict
     """Mean PSNR (vs the simulator) with the branch's own actions minus with shuffled ones (another branch
     point's actions; reversed in time when there is only one branch point), same context and noise: how
     much the model's frames depend on the actions."""
-    from .branch import WorldModelSampler
     from .data import Episode, obs_from_frames
+    from .sampler import WorldModelSampler
 
     sampler = WorldModelSampler(ckpt)
     meta = sampler.meta

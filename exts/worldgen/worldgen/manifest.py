@@ -523,6 +523,9 @@ class RecoverRecipe(_Strict):
         "controller",
         description="the end effector in imagination: commanded TCP + tracking offset, or the model's",
     )
+    perturb_steps: int | None = Field(
+        None, ge=1, le=100_000, description="noise on the first N steps of an attempt only (None: all)"
+    )
 
 
 class RetargetRecipe(_Strict):
@@ -534,11 +537,18 @@ class RetargetRecipe(_Strict):
     nearest: int = Field(3, ge=1, le=1024, description="seed demos a scene draws its source among")
     action_noise: float = Field(0.05, ge=0.0, le=1.0, description="std on the executed translation")
     interpolation_steps: int = Field(5, ge=1, le=1000, description="fewest steps joining two segments")
+    batch: int = Field(8, ge=1, le=1024, description="new scenes acted out together, one model call a step")
 
 
 class GenerationSpec(_Strict):
     """How synthetic demos are made: each recipe's parameters (README: Generation recipes)."""
 
+    recipe: str = Field(
+        "recover",
+        min_length=1,
+        description="the recipe `worldgen run` generates with: a registered recipe or variant "
+        "(world_models.recipes: perturb, recover, recover-parent, retarget)",
+    )
     recover: RecoverRecipe = Field(default_factory=RecoverRecipe)
     retarget: RetargetRecipe = Field(default_factory=RetargetRecipe)
     perturb: PerturbRecipe = Field(default_factory=PerturbRecipe)

@@ -8,6 +8,7 @@ written); 1 anything else, a bug, with its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -24,7 +25,7 @@ from ..export import FORMATS as EXPORT_FORMATS
 from ..files import write_atomically
 from ..keys import image_kind
 from ..manifest import BC_ALGORITHMS, DOMAINS, POLICY_ALGORITHMS, ManifestError, load_manifest
-from .compare import ROWS as COMPARE_ROWS
+from .compare import experiment_rows
 from .run import PROFILES as RUN_PROFILES
 from .run import STAGES as RUN_STAGES
 
@@ -390,86 +391,67 @@ def _cmd_train_wm(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_branch(args: argparse.Namespace) -> int:
-    from world_models.branch import branch_dataset
-
-    writer = branch_dataset(
-        args.dataset,
-        args.checkpoint,
-        args.output,
-        per_seed=args.per_seed,
-        at_steps=args.at,
-        action_noise=args.action_noise,
-        horizon=args.horizon,
-        base_seed=args.seed,
-        device=args.device,
-    )
-    synthetic = sum(r.source == "world_model" for r in writer.records())
-    print(
-        f"wrote {args.output}: {synthetic} world-model branches beside {len(writer) - synthetic} seed demos"
-    )
-    return EXIT_OK
+# The command line's generation options and the spec fields they set; a recipe takes those its spec has.
+GENERATION_OPTIONS = {
+    "per_seed": "--per-seed",
+    "start_steps": "--starts",
+    "count": "--count",
+    "scene_base_seed": "--scene-seed",
+    "action_noise": "--action-noise",
+    "perturb_steps": "--perturb-steps",
+    "horizon": "--horizon",
+    "success_margin": "--success-margin",
+    "base_seed": "--seed",
+}
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from world_models import generate, retarget
+    from world_models.recipes import generate_in_simulator, generate_in_world_model, get_recipe, recipe_spec
 
-    if args.checkpoint is None and not args.in_simulator:
-        raise ArgumentError("a world-model CKPT is needed (or --in-simulator for the recipe's ceiling)")
     with open_dataset(args.dataset) as f:
         manifest = dataset_manifest(f)
-    if args.recipe == "retarget":
-        spec = retarget.RetargetSpec.from_manifest(
-            manifest,
-            count=args.count,
-            scene_base_seed=args.scene_seed,
-            action_noise=args.action_noise,
-            success_margin=args.success_margin,
-            base_seed=args.seed,
-        )
-        try:
-            retarget.check_scene_seeds(manifest, spec)
-        except ValueError as exc:
-            raise ArgumentError(f"--scene-seed: {exc}") from None
+    args.recipe = args.recipe or manifest.generation.recipe
+    try:
+        recipe = get_recipe(args.recipe)
+    except KeyError as exc:  # the dataset's manifest names a recipe this installation does not have
+        raise ArgumentError(f"{args.dataset}: generation.recipe: {exc.args[0]}") from None
+    if args.in_simulator and not recipe.simulator_twin:
+        raise ArgumentError(f"--in-simulator: recipe {args.recipe} has no simulator twin")
+    if args.checkpoint is None and not args.in_simulator:
+        raise ArgumentError("a world-model CKPT is needed (or --in-simulator for the recipe's ceiling)")
+    given = {field: getattr(args, field) for field in GENERATION_OPTIONS}
+    if given["start_steps"] is not None:
+        given["start_steps"] = tuple(given["start_steps"])
+    fields = {f.name for f in dataclasses.fields(recipe.spec_class)}
+    foreign = [GENERATION_OPTIONS[k] for k, v in given.items() if v is not None and k not in fields]
+    if foreign:
+        raise ArgumentError(f"{', '.join(foreign)}: not an option of recipe {args.recipe}")
+    spec = recipe_spec(args.recipe, manifest, **given)
+    try:
+        recipe.check(manifest, spec)
+    except ValueError as exc:
+        raise ArgumentError(f"{args.recipe}: {exc}") from None
 
-        def progress(scenes: list[int], accepted: int, attempts: int) -> None:
-            if not args.quiet:
-                print(
-                    f"  new scenes {scenes[0]}..{scenes[-1]}: {accepted}/{attempts} attempts succeeded",
-                    flush=True,
-                )
+    def progress(label: str, kept: int, attempts: int) -> None:
+        if not args.quiet:
+            print(f"  {label}: {kept}/{attempts} attempts kept", flush=True)
 
-        if args.in_simulator:
-            counts = retarget.retarget_in_simulator(args.dataset, args.output, spec, progress=progress)
-        else:
-            counts = retarget.retarget_in_world_model(
-                args.dataset, args.checkpoint, args.output, spec, device=args.device, progress=progress
-            )
+    if args.in_simulator:
+        counts = generate_in_simulator(args.recipe, args.dataset, args.output, spec, progress=progress)
     else:
-        spec = generate.RecoverSpec.from_manifest(
-            manifest,
-            per_seed=args.per_seed,
-            start_steps=None if args.starts is None else tuple(args.starts),
-            action_noise=args.action_noise,
-            perturb_steps=args.perturb_steps,
-            success_margin=args.success_margin,
-            base_seed=args.seed,
+        counts = generate_in_world_model(
+            args.recipe,
+            args.dataset,
+            args.checkpoint,
+            args.output,
+            spec,
+            device=args.device,
+            progress=progress,
         )
-
-        def progress(parent: str, step: int, accepted: int, attempts: int) -> None:
-            if not args.quiet:
-                print(f"  {parent} from step {step}: {accepted}/{attempts} attempts succeeded", flush=True)
-
-        if args.in_simulator:
-            counts = generate.recover_in_simulator(args.dataset, args.output, spec, progress=progress)
-        else:
-            counts = generate.recover_in_world_model(
-                args.dataset, args.checkpoint, args.output, spec, device=args.device, progress=progress
-            )
     where = "simulator" if args.in_simulator else "world model"
     print(
         f"wrote {args.output}: {counts['accepted']}/{counts['attempts']} {args.recipe} attempts in the "
-        f"{where} succeeded (only those are for training: world_models.generate.accepted_demos)"
+        f"{where} kept (only those are for training: world_models.recipes.accepted_demos)"
     )
     return EXIT_OK
 
@@ -1064,36 +1046,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_train_wm)
 
-    p = sub.add_parser("branch", help="sample world-model futures from seed states into a dataset")
-    p.add_argument("dataset", type=_dataset_arg, metavar="DATASET")
-    p.add_argument("checkpoint", type=_world_model_arg, metavar="CKPT")
-    p.add_argument(
-        "-o",
-        "--output",
-        type=_output_file,
-        required=True,
-        metavar="SYNTH",
-        help="seed demos + branches (resumed)",
-    )
-    p.add_argument(
-        "--per-seed",
-        type=_count_arg,
-        help="branches per seed demo and step (default: generation.perturb.per_seed)",
-    )
-    p.add_argument(
-        "--at", type=_int_list_arg, help="comma-separated branch steps (default: generation.perturb.at_steps)"
-    )
-    p.add_argument(
-        "--action-noise",
-        type=_noise_arg,
-        help="std of noise on normalised actions (default: generation.perturb.action_noise)",
-    )
-    p.add_argument("--horizon", type=_count_arg, help="steps per branch (default: world_model.horizon)")
-    p.add_argument("--seed", type=_seed_arg, default=0, help="base seed of the branch noise")
-    p.add_argument("--device", type=_device_arg, default="cpu", help="torch device to sample on (cpu, cuda)")
-    p.set_defaults(func=_cmd_branch)
+    from world_models.recipes import recipe_names, recipes
 
-    p = sub.add_parser("generate", help="whole task attempts in the world model, labelled and verified")
+    p = sub.add_parser(
+        "generate", help="synthetic demos by a generation recipe: in the world model, or its simulator twin"
+    )
     p.add_argument(
         "dataset",
         type=_dataset_arg,
@@ -1117,47 +1074,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--recipe",
-        choices=["recover", "retarget"],
-        default="recover",
-        help="recover: DART from the seed demos' states; retarget: MimicGen in new scenes (perturb: branch)",
+        choices=recipe_names(),
+        help="default: the manifest's generation.recipe; "
+        + "; ".join(f"{r.name}: {r.summary}" for r in recipes()),
     )
-    p.add_argument(
-        "--per-seed",
-        type=_count_arg,
-        help="recover: attempts per seed demo and start step (default: generation.recover.per_seed)",
-    )
-    p.add_argument(
-        "--starts",
-        type=_int_list_arg,
-        help="recover: comma-separated start steps (default: generation.recover.at_steps)",
-    )
-    p.add_argument(
-        "--count",
-        type=_count_arg,
-        help="retarget: new scenes, one attempt each (default: generation.retarget.count)",
-    )
+    p.add_argument("--per-seed", type=_count_arg, help="attempts per seed demo and start step")
+    p.add_argument("--starts", dest="start_steps", type=_int_list_arg, help="comma-separated start steps")
+    p.add_argument("--count", type=_count_arg, help="new scenes, one attempt each")
     p.add_argument(
         "--scene-seed",
+        dest="scene_base_seed",
         type=_seed_arg,
-        help="retarget: seed of the first new scene, outside the seed and evaluation ranges "
-        "(default: generation.retarget.scene_base_seed)",
+        help="seed of the first new scene, outside the seed and evaluation ranges",
     )
-    p.add_argument(
-        "--action-noise",
-        type=_noise_arg,
-        help="std of noise on the executed translation (default: the recipe's in the manifest's generation)",
-    )
-    p.add_argument("--perturb-steps", type=_count_arg, help="noise on the first N steps only (default: all)")
+    p.add_argument("--action-noise", type=_noise_arg, help="std of the noise on the executed actions")
+    p.add_argument("--perturb-steps", type=_count_arg, help="noise on the first N steps only")
+    p.add_argument("--horizon", type=_count_arg, help="steps per branch")
     p.add_argument(
         "--success-margin",
         type=_margin_arg,
-        help="m to spare before a world-model attempt counts as a success "
-        "(default: generation.success_margin)",
+        help="m to spare before a world-model attempt counts as a success",
     )
     p.add_argument("--in-simulator", action="store_true", help="the same attempts in the simulator (ceiling)")
-    p.add_argument("--seed", type=_seed_arg, default=0, help="base seed of the attempts' noise")
+    p.add_argument(
+        "--seed",
+        dest="base_seed",
+        type=_seed_arg,
+        help="base seed of the attempts' noise (default: seeds.base_seed)",
+    )
     p.add_argument("--device", type=_device_arg, default="cpu", help="torch device to sample on (cpu, cuda)")
     p.add_argument("-q", "--quiet", action="store_true")
+    p.epilog = (
+        "Options a recipe does not take are refused; each defaults to the manifest's generation.<recipe>."
+    )
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("eval-wm", help="replay world-model branches in simulation and score them")
@@ -1272,7 +1221,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicates", type=_count_arg, default=2, help="training seeds per row, pooled")
     p.add_argument("--episodes", type=_count_arg, default=50, help="held-out episodes per replicate")
     p.add_argument(
-        "--rows", nargs="+", choices=COMPARE_ROWS, default=list(COMPARE_ROWS), metavar="ROW", help="the rows"
+        "--rows",
+        nargs="+",
+        choices=experiment_rows(),
+        default=list(experiment_rows()),
+        metavar="ROW",
+        help="the rows",
     )
     p.add_argument(
         "--workers", type=_count_arg, default=2, help="cells side by side (and Ray actors with --ray-address)"

@@ -6,30 +6,24 @@ held-out seeds (``evaluation.held_out_base_seed + r * episodes + i``), and the r
 (Wilson 95 % intervals on the pooled episodes):
 
     seeds                  the S seed demos (simulator, scripted expert)
-    +perturb (WM)          + world-model branches under the parent's noisy actions, labelled with them
-                           (``generation.perturb``): the negative control
-    +recover (WM)          + DART in the world model (``generation.recover``): the expert acts on the
-                           predicted state under executed-action noise, its clean actions are the labels,
-                           kept when the predicted state meets the success predicate
-    +recover-parent (WM)   the same, labelled back toward the parent's path (no expert needed)
-    +retarget (WM)         + MimicGen in the world model (``generation.retarget``): one attempt per new
-                           scene, only its first frame rendered, a nearby seed demo's segments moved to
-                           the object, the executed actions as labels, kept when predicted successful
-    +<recipe> (sim)        + the same attempts (same starts, plans and noise) executed in the simulator:
-                           the ceiling of that recipe
-    sim oracle             + as many new-scene expert demos as +retarget (WM) accepted
+    +NAME (WM)             + the attempts of recipe (or variant) NAME in the world model, those it keeps
+                           (``world_models.recipes``: every registered recipe has its rows; a negative
+                           control keeps every attempt)
+    +NAME (sim)            + the same attempts (same starts, plans and noise) executed in the simulator:
+                           the recipe's ceiling, where it has a simulator twin
+    sim oracle             + as many new-scene expert demos as the new-scene recipes kept in the world model
 
 The world model trains on the seed demos plus ``play`` non-expert play rollouts per seed (the seed's
 actions replayed with noise; a column of the table). Gain recovered = (recipe WM - seeds) /
-(recipe sim - seeds), given where the ceiling's interval lies above the seeds. Every world-model attempt is
-replayed in the simulator (a diagnostic, never a filter): the precision and recall of predicted success.
-Seeds duplicated to the same sample count is not a row: at matched gradient steps behaviour cloning
-samples uniformly, so duplicated demos train on exactly the seeds' distribution (``perturb`` is the
-control that adds samples without information).
+(recipe sim - seeds), given where the ceiling's interval lies above the seeds. Every world-model attempt of
+a judged recipe is replayed in the simulator (a diagnostic, never a filter): the precision and recall of
+predicted success. Seeds duplicated to the same sample count is not a row: at matched gradient steps
+behaviour cloning samples uniformly, so duplicated demos train on exactly the seeds' distribution (the
+negative control adds samples without information).
 
-Layout of ``out/``: ``seeds.hdf5``, ``wm_train.hdf5``, ``wm/``, one ``.hdf5`` per generated dataset
-(``*_cameras.hdf5``: simulator rows recorded with cameras for an image policy), ``stages.json``,
-``cells[_ALGO]/<row>_r<k>.json`` (one per row and replicate, written as it finishes),
+Layout of ``out/``: ``seeds.hdf5``, ``wm_train.hdf5``, ``wm/``, one ``NAME_wm.hdf5`` / ``NAME_sim.hdf5``
+per generated row (``*_cameras.hdf5``: simulator rows recorded with cameras for an image policy),
+``stages.json``, ``cells[_ALGO]/<row>_r<k>.json`` (one per row and replicate, written as it finishes),
 ``policies[_ALGO]/<row>_r<k>/``, and ``compare.json``, ``compare.md`` and ``compare.png``. Every stage and
 cell resumes from what ``out`` holds.
 """
@@ -54,30 +48,51 @@ from ..manifest import BC_ALGORITHMS, Manifest, as_manifest
 from .cache import Stages, changed_fields, code_hash
 from .experiment import pooled, prepare_world_model
 
-ROWS = (
-    "seeds",
-    "+perturb (WM)",
-    "+recover (WM)",
-    "+recover (sim)",
-    "+recover-parent (WM)",
-    "+recover-parent (sim)",
-    "+retarget (WM)",
-    "+retarget (sim)",
-    "sim oracle",
-)
-CONTROLS = ("+perturb (WM)",)
-RECIPES = ("recover", "recover-parent", "retarget")
-# Generated rows: their dataset in out/ (without .hdf5), which is also their stage's name.
-GENERATED = {
-    "+recover (WM)": "recover_wm",
-    "+recover (sim)": "recover_sim",
-    "+recover-parent (WM)": "recover_parent_wm",
-    "+recover-parent (sim)": "recover_parent_sim",
-    "+retarget (WM)": "retarget_wm",
-    "+retarget (sim)": "retarget_sim",
-}
-# The replay of each recipe's world-model attempts: its stage's name.
-REPLAYS = {"recover": "replay", "recover-parent": "replay_recover_parent", "retarget": "replay_retarget"}
+SEEDS, ORACLE = "seeds", "sim oracle"
+
+
+@dataclass(frozen=True)
+class GeneratedRow:
+    """A row whose data a recipe (or one of its variants) made: in the world model, or its simulator twin."""
+
+    row: str
+    recipe: str  # the recipe's or the variant's name
+    in_simulator: bool
+
+    @property
+    def dataset(self) -> str:
+        """Its dataset in out/ (without .hdf5), which is also its stage's name."""
+        return f"{self.recipe.replace('-', '_')}_{'sim' if self.in_simulator else 'wm'}"
+
+    def file(self, cameras: bool) -> str:
+        """Simulator rows for an image policy keep their images, in a dataset of their own."""
+        return f"{self.dataset}_cameras" if cameras and self.in_simulator else self.dataset
+
+
+def generated_rows() -> dict[str, GeneratedRow]:
+    """Every registered recipe's rows (``world_models.recipes``): ``+NAME (WM)``, and ``+NAME (sim)`` where
+    it has a simulator twin, for its own name and each variant's."""
+    from world_models.recipes import recipes
+
+    rows = {}
+    for recipe in recipes():
+        for name in recipe.rows():
+            rows[f"+{name} (WM)"] = GeneratedRow(f"+{name} (WM)", name, False)
+            if recipe.simulator_twin:
+                rows[f"+{name} (sim)"] = GeneratedRow(f"+{name} (sim)", name, True)
+    return rows
+
+
+def experiment_rows() -> tuple[str, ...]:
+    """The rows the experiment can run, in table order: the seeds, every recipe's, the oracle."""
+    return (SEEDS, *generated_rows(), ORACLE)
+
+
+def control_rows() -> tuple[str, ...]:
+    """Rows of negative controls (recipes that keep every attempt)."""
+    from world_models.recipes import get_recipe
+
+    return tuple(r.row for r in generated_rows().values() if get_recipe(r.recipe).keeps_every_attempt)
 
 
 @dataclass(frozen=True)
@@ -93,17 +108,18 @@ class CompareConfig:
     policy_batch: int | None = None  # None: the recipe's own
     replicates: int = 2
     episodes: int = 50  # held-out episodes per replicate
-    rows: tuple[str, ...] = ROWS
+    rows: tuple[str, ...] = dataclasses.field(default_factory=experiment_rows)
     workers: int = 2  # (row, replicate) cells side by side; with ray_address, also generation and replay
     envs: int = 10  # evaluation: held-out scenes stepped together
     replay_envs: int = 1  # replay: scenes stepped together
     ray_address: str | None = None  # generation, replay and evaluation on this Ray cluster's actors
 
     def __post_init__(self) -> None:
-        unknown = [r for r in self.rows if r not in ROWS]
+        known = experiment_rows()
+        unknown = [r for r in self.rows if r not in known]
         if unknown:
-            raise ArgumentError(f"rows {unknown} are not among {list(ROWS)}")
-        if "seeds" not in self.rows:
+            raise ArgumentError(f"rows {unknown} are not among {list(known)}")
+        if SEEDS not in self.rows:
             raise ArgumentError("rows must include 'seeds': every other row is measured against it")
         if self.algo not in BC_ALGORITHMS:
             raise ArgumentError(f"algo must be one of {list(BC_ALGORITHMS)}, got {self.algo!r}")
@@ -125,82 +141,51 @@ def row_slug(row: str) -> str:
     return row.replace("+", "plus_").replace(" (", "_").replace(")", "").replace(" ", "_").lower()
 
 
-def generated_file(row: str, cameras: bool) -> str:
-    """A generated row's dataset name (its stage's name): simulator rows for an image policy keep images."""
-    name = GENERATED[row]
-    return f"{name}_cameras" if cameras and row.endswith("(sim)") else name
-
-
 def generate(manifest: Manifest, out: Path, config: CompareConfig, stage: Stages) -> None:
-    """The rows' datasets: each generated once (resumed), only those the rows need."""
-    from world_models.branch import branch_dataset
-    from world_models.generate import RecoverSpec, recover_in_simulator, recover_in_world_model
-    from world_models.retarget import RetargetSpec, retarget_in_simulator, retarget_in_world_model
+    """The rows' datasets: each generated once (resumed), only those the rows need, then every world-model
+    attempt of a judged recipe replayed in the simulator (a diagnostic)."""
+    from world_models.recipes import (
+        generate_in_simulator,
+        generate_in_world_model,
+        get_recipe,
+        recipe_spec,
+        recipes,
+    )
 
     from ..pipeline import run_seed_stage
 
     seeds, ckpt = out / "seeds.hdf5", out / "wm"
-    rows = set(config.rows)
+    everything = generated_rows()
+    needed = [everything[row] for row in config.rows if row in everything]
+    # The oracle adds as many new-scene expert demos as the new-scene recipes kept in the world model.
+    new_scenes = [f"+{r.name} (WM)" for r in recipes() if r.new_scenes]
+    if ORACLE in config.rows:
+        needed += [everything[row] for row in new_scenes if everything[row] not in needed]
     # Generation and replay go to Ray actors only on a cluster that was given; locally they run here.
     remote = config.workers if config.ray_address else 1
     workers = {"workers": remote, "ray_address": config.ray_address}
-
-    def perturb() -> dict:
-        branch_dataset(seeds, ckpt, out / "perturb.hdf5", base_seed=manifest.seeds.base_seed)
-        with open_dataset(out / "perturb.hdf5") as f:
-            made = len(demo_names(f, "synthetic"))
-        return {"attempts": made, "accepted": made}  # a branch is never judged: all are kept
-
-    # What each generation stage reads: the world model (or only the seeds, in the simulator) and its spec.
-    after_wm, after_seeds = {"world_model": stage.key("world_model")}, {"seeds": stage.key("seeds")}
-    if "+perturb (WM)" in rows:
-        reads = {
-            "base_seed": manifest.seeds.base_seed,
-            "perturb": manifest.generation.perturb.model_dump(mode="json"),
-            "horizon": manifest.world_model.horizon,
-        }
-        stage("perturb", perturb, {**after_wm, **reads}, [out / "perturb.hdf5"])
-    recover = RecoverSpec.from_manifest(manifest)
-    specs = {"recover": recover, "recover-parent": dataclasses.replace(recover, labeler="parent")}
-    retarget = RetargetSpec.from_manifest(manifest)
-    for recipe, spec in specs.items():
-        wm, sim = f"+{recipe} (WM)", f"+{recipe} (sim)"
-        if wm in rows:
-            path = out / f"{GENERATED[wm]}.hdf5"
+    after = {"world_model": stage.key("world_model")}, {"seeds": stage.key("seeds")}
+    for g in needed:
+        spec, path = recipe_spec(g.recipe, manifest), out / f"{g.file(config.cameras)}.hdf5"
+        reads = {"recipe": g.recipe, "spec": dataclasses.asdict(spec)}
+        if g.in_simulator:
             stage(
-                GENERATED[wm],
-                lambda s=spec, p=path: recover_in_world_model(seeds, ckpt, p, s, **workers),
-                {**after_wm, "spec": dataclasses.asdict(spec)},
+                g.file(config.cameras),
+                lambda g=g, s=spec, p=path: generate_in_simulator(
+                    g.recipe, seeds, p, s, cameras=config.cameras
+                ),
+                {**after[1], **reads, "cameras": config.cameras},
                 [path],
             )
-        if sim in rows:
-            name = generated_file(sim, config.cameras)
-            path = out / f"{name}.hdf5"
+        else:
             stage(
-                name,
-                lambda s=spec, p=path: recover_in_simulator(seeds, p, s, cameras=config.cameras),
-                {**after_seeds, "spec": dataclasses.asdict(spec), "cameras": config.cameras},
+                g.dataset,
+                lambda g=g, s=spec, p=path: generate_in_world_model(g.recipe, seeds, ckpt, p, s, **workers),
+                {**after[0], **reads},
                 [path],
             )
-    if rows & {"+retarget (WM)", "sim oracle"}:  # the oracle adds as many new scenes as retarget accepted
-        path = out / "retarget_wm.hdf5"
-        stage(
-            "retarget_wm",
-            lambda: retarget_in_world_model(seeds, ckpt, path, retarget, **workers),
-            {**after_wm, "spec": dataclasses.asdict(retarget)},
-            [path],
-        )
-    if "+retarget (sim)" in rows:
-        name = generated_file("+retarget (sim)", config.cameras)
-        path = out / f"{name}.hdf5"
-        stage(
-            name,
-            lambda: retarget_in_simulator(seeds, path, retarget, cameras=config.cameras),
-            {**after_seeds, "spec": dataclasses.asdict(retarget), "cameras": config.cameras},
-            [path],
-        )
-    if "sim oracle" in rows:
-        extra = stage.stats["retarget_wm"]["accepted"]
+    if ORACLE in config.rows:
+        extra = sum(stage.stats[everything[row].dataset]["accepted"] for row in new_scenes)
         name = "oracle_cameras" if config.cameras else "oracle"
         path = out / f"{name}.hdf5"
         n = config.seeds + extra
@@ -210,21 +195,20 @@ def generate(manifest: Manifest, out: Path, config: CompareConfig, stage: Stages
             {"scene": manifest.scene_hash(), "base_seed": manifest.seeds.base_seed, "seeds": n},
             [path],
         )
-    for recipe, name in REPLAYS.items():
-        if f"+{recipe} (WM)" in rows:
-            path = out / f"{GENERATED[f'+{recipe} (WM)']}.hdf5"
-            made_by = GENERATED[f"+{recipe} (WM)"]
+    for g in needed:
+        if g.row in config.rows and not g.in_simulator and not get_recipe(g.recipe).keeps_every_attempt:
+            path = out / f"{g.dataset}.hdf5"
             stage(
-                name,
+                f"replay_{g.dataset}",
                 lambda p=path: replay_all(p, config.replay_envs, remote, config.ray_address),
-                {"attempts": stage.key(made_by), "envs": config.replay_envs},
+                {"attempts": stage.key(g.dataset), "envs": config.replay_envs},
             )
 
 
 def replay_all(synth: Path, envs: int = 1, workers: int = 1, ray_address: str | None = None) -> dict:
     """Replay every world-model attempt in the simulator from its start (``envs`` > 1: that many scenes
     stepped together): the precision and recall of the world model's predicted success."""
-    from world_models.generate import replay_generated
+    from world_models.replay import replay_generated
 
     with open_dataset(synth) as f:
         demos = [demo_record(f, name) for name in demo_names(f, "synthetic")]
@@ -247,18 +231,14 @@ def replay_all(synth: Path, envs: int = 1, workers: int = 1, ray_address: str | 
 
 
 def row_dataset(out: Path, row: str, cameras: bool) -> tuple[Path, str | None, list[str] | None]:
-    """A row's dataset, mask and demo names (generated attempts: only those that succeeded)."""
-    from world_models.generate import accepted_demos
+    """A row's dataset, mask and demo names (generated rows: the attempts kept and the seed demos)."""
+    from world_models.recipes import accepted_demos
 
-    fixed = {
-        "seeds": ("seeds", "seed"),
-        "+perturb (WM)": ("perturb", None),
-        "sim oracle": ("oracle_cameras" if cameras else "oracle", "seed"),
-    }
-    if row in fixed:
-        name, mask = fixed[row]
-        return out / f"{name}.hdf5", mask, None
-    path = out / f"{generated_file(row, cameras)}.hdf5"
+    if row == SEEDS:
+        return out / "seeds.hdf5", "seed", None
+    if row == ORACLE:
+        return out / f"{'oracle_cameras' if cameras else 'oracle'}.hdf5", "seed", None
+    path = out / f"{generated_rows()[row].file(cameras)}.hdf5"
     return path, None, accepted_demos(path)
 
 
@@ -429,14 +409,17 @@ def compare(
     write_atomically(out / "compare.json", (json.dumps(result, indent=2) + "\n").encode())
     write_atomically(out / "compare.md", (table(result) + "\n").encode())
     plots.success_rates(
-        result["rows"], out / "compare.png", title(result), baseline="seeds", controls=CONTROLS
+        result["rows"], out / "compare.png", title(result), baseline=SEEDS, controls=control_rows()
     )
     return result
 
 
 def summarise(manifest: Manifest, out: Path, config: CompareConfig, stats: dict) -> dict[str, Any]:
     """The pooled rows, gain recovered and the replays' precision, from the cells and stages in ``out``."""
+    from world_models.recipes import get_recipe
+
     rows: dict[str, dict[str, Any]] = {}
+    made = generated_rows()
     for row in config.rows:
         cells = [
             json.loads((cells_folder(out, config.algo) / f"{row_slug(row)}_r{r}.json").read_text())
@@ -448,24 +431,24 @@ def summarise(manifest: Manifest, out: Path, config: CompareConfig, stats: dict)
             "samples": cells[0]["samples"],
             "seconds": round(sum(c["seconds"] for c in cells), 1),
         }
-        if row in GENERATED or row == "+perturb (WM)":  # a generated row: its stage's counts
-            key = generated_file(row, config.cameras) if row in GENERATED else "perturb"
+        if row in made:  # a generated row: its stage's counts
+            key = made[row].file(config.cameras)
             rows[row]["accepted"] = f"{stats[key]['accepted']}/{stats[key]['attempts']}"
             rows[row]["generation_seconds"] = stats[key]["seconds"]
-    seeds_rate = rows["seeds"]["success_rate"]
+    seeds_rate = rows[SEEDS]["success_rate"]
     gain: dict[str, float | None] = {}
-    for recipe in RECIPES:
-        wm, sim = rows.get(f"+{recipe} (WM)"), rows.get(f"+{recipe} (sim)")
-        if wm and sim:
+    replay: dict[str, dict] = {}
+    for g in made.values():
+        if g.in_simulator or g.row not in rows or get_recipe(g.recipe).keeps_every_attempt:
+            continue
+        sim = rows.get(f"+{g.recipe} (sim)")
+        if sim:
             # Only where the ceiling is above the seeds beyond its own interval: a ratio over noise is noise.
             ceiling = sim["success_rate"] - seeds_rate
             above = sim["ci95"][0] > seeds_rate
-            gain[recipe] = (wm["success_rate"] - seeds_rate) / ceiling if above else None
-    replay = {
-        recipe: {k: v for k, v in stats[name].items() if k != "per_demo"}
-        for recipe, name in REPLAYS.items()
-        if name in stats and f"+{recipe} (WM)" in rows
-    }
+            gain[g.recipe] = (rows[g.row]["success_rate"] - seeds_rate) / ceiling if above else None
+        if f"replay_{g.dataset}" in stats:
+            replay[g.recipe] = {k: v for k, v in stats[f"replay_{g.dataset}"].items() if k != "per_demo"}
     generation = manifest.generation.model_dump(mode="json")
     return {
         "scenario": manifest.name,
@@ -476,16 +459,6 @@ def summarise(manifest: Manifest, out: Path, config: CompareConfig, stats: dict)
         "seed_demos": config.seeds,
         "play_rollouts": stats["play"]["rollouts"],
         "world_model": stats["world_model"],
-        "recover": {
-            "robot_state": generation["recover"]["robot_state"],
-            "per_seed": generation["recover"]["per_seed"],
-            "starts": generation["recover"]["at_steps"],
-            "action_noise": generation["recover"]["action_noise"],
-        },
-        "retarget": {
-            "new_scenes": generation["retarget"]["count"],
-            "action_noise": generation["retarget"]["action_noise"],
-        },
         "generation": generation,
         "replicates": config.replicates,
         "episodes_per_replicate": config.episodes,

@@ -7,7 +7,7 @@ each stage's summary and the verdict) and one folder a stage:
     scene/        the USD stage of the first seed
     seeds/        scripted-expert demos with cameras (seeds.hdf5), contact sheets
     world_model/  its training data (seeds + play rollouts), checkpoint, open-loop fidelity vs copy-last
-    synthetic/    ``recover`` attempts generated in the world model, labelled by the expert
+    synthetic/    the attempts of the manifest's ``generation.recipe`` generated in the world model
     checks/       the attempts checked (thresholds calibrated through the world model) and replayed in
                   the simulator (a diagnostic: the precision of the model's predicted success)
     policies/     one policy a row: seeds alone, seeds + the attempts the world model judged successful
@@ -50,7 +50,12 @@ from ..training_log import TrainingLog
 from .cache import changed_fields, code_hash, code_version, content_key
 
 STAGES = ("scene", "seeds", "world_model", "synthetic", "checks", "policies", "eval", "report")
-ROWS = ("seeds", "seeds+recover")  # the policy rows: seed demos alone, and with the accepted attempts
+
+
+def policy_rows(manifest: Manifest) -> tuple[str, str]:
+    """The policy rows: the seed demos alone, and with the attempts the run's recipe kept
+    (``seeds+recover`` for the default recipe)."""
+    return ("seeds", f"seeds+{manifest.generation.recipe}")
 
 
 @dataclass(frozen=True)
@@ -299,31 +304,31 @@ def world_model_stage(run: Run) -> dict[str, Any]:
     }
 
 
-def recover_spec(manifest: Manifest):
-    """The run's ``recover`` recipe: the manifest's ``generation.recover``."""
-    from world_models.generate import RecoverSpec
+def synthetic_spec(manifest: Manifest):
+    """The spec of the recipe the run generates with (``generation.recipe``) under the run's manifest."""
+    from world_models.recipes import recipe_spec
 
-    return RecoverSpec.from_manifest(manifest)
+    return recipe_spec(manifest.generation.recipe, manifest)
 
 
 def synthetic_stage(run: Run) -> dict[str, Any]:
-    from world_models.generate import recover_in_world_model
+    from world_models.recipes import generate_in_world_model
 
-    def progress(parent: str, step: int, accepted: int, attempts: int) -> None:
-        run.say(f"{parent} from step {step}: {accepted} of {attempts} attempts succeeded in the world model")
+    def progress(label: str, kept: int, attempts: int) -> None:
+        run.say(f"{label}: {kept} of {attempts} attempts kept in the world model")
 
-    out = run.path("synthetic", "synthetic.hdf5")
-    spec = recover_spec(run.manifest)
-    counts = recover_in_world_model(
+    recipe = run.manifest.generation.recipe
+    counts = generate_in_world_model(
+        recipe,
         run.seeds,
         run.checkpoint,
-        out,
-        spec,
+        run.path("synthetic", "synthetic.hdf5"),
+        synthetic_spec(run.manifest),
         progress=progress,
         workers=run.workers,
         ray_address=run.ray_address,
     )
-    return {"dataset": "synthetic/synthetic.hdf5", "recipe": "recover", **counts}
+    return {"dataset": "synthetic/synthetic.hdf5", "recipe": recipe, **counts}
 
 
 def checks_stage(run: Run) -> dict[str, Any]:
@@ -372,12 +377,12 @@ def checks_stage(run: Run) -> dict[str, Any]:
 
 
 def _row_demos(run: Run) -> dict[str, list[str]]:
-    from world_models.generate import accepted_demos
+    from world_models.recipes import accepted_demos
 
     with open_dataset(run.checked) as f:
         seeds, generated = demo_names(f, "train"), set(demo_names(f, "synthetic"))
     accepted = [n for n in accepted_demos(run.checked) if n in generated]
-    return dict(zip(ROWS, (seeds, seeds + accepted), strict=True))
+    return dict(zip(policy_rows(run.manifest), (seeds, seeds + accepted), strict=True))
 
 
 def _cell_name(row: str, replicate: int) -> str:
@@ -467,14 +472,14 @@ def eval_stage(run: Run) -> dict[str, Any]:
                 )
             cells.append(report)
         rows[row] = {"demos": trained[0]["demos"], "samples": trained[0]["samples"], **pooled(cells)}
-    return {"rows": rows, "verdict": verdict(rows)}
+    return {"rows": rows, "verdict": verdict(*rows.values())}
 
 
-def verdict(rows: dict[str, dict[str, Any]]) -> str:
-    """The run's answer in one sentence: does seed + synthetic data beat seed data alone, and by how much.
+def verdict(base: dict[str, Any], synth: dict[str, Any]) -> str:
+    """The run's answer in one sentence: does seed + synthetic data beat seed data alone, and by how much
+    (``base``: the seeds row, ``synth``: seeds + synthetic).
     Judged by the replicate-level 95 % intervals (:func:`policies.evaluate.replicate_interval`): "yes"
     only when they are disjoint with seeds + synthetic above."""
-    base, synth = (rows[name] for name in ROWS)
     gain = 100 * (synth["success_rate"] - base["success_rate"])
     (b_lo, b_hi), (s_lo, s_hi) = base["replicate_ci95"], synth["replicate_ci95"]
     if s_lo > b_hi:
@@ -536,8 +541,8 @@ def stage_inputs(run: Run) -> dict[str, dict[str, Any]]:
             "play_noise": list(p.play_noise),
             "checkpoint_every": p.checkpoint_every,
         },
-        # generation.recover and the margin, not the whole section (retarget and perturb: other recipes).
-        "synthetic": {"recipe": "recover", "spec": dataclasses.asdict(recover_spec(m))},
+        # The recipe's spec (the fields it reads), not the whole section: other recipes' fields do not count.
+        "synthetic": {"recipe": m.generation.recipe, "spec": dataclasses.asdict(synthetic_spec(m))},
         "checks": {"checks": m.section_hash("checks"), "samples": p.check_samples, "envs": p.envs},
         "policies": {"policy": m.section_hash("policy"), "replicates": p.policy_replicates},
         "eval": {"evaluation": m.section_hash("evaluation"), "envs": p.envs},

@@ -1,40 +1,24 @@
-"""Branch stochastic futures from seed states with a trained world model.
+"""A trained world model ready to roll out futures, and its predictions as dataset observations.
 
-From a seed demo's frames up to step k, N futures are sampled autoregressively (batched: one U-Net
-call per denoising step for all N), each from its own noise seed derived from
-(base seed, demo, k, i), under the seed's actions or Gaussian-perturbed ones. Same record, same
-batch layout -> the same branch, bit for bit. Branches are written as ``source="world_model"`` demos
-with ``parent``, ``branch_step``, ``noise_seed``, ``model`` (checkpoint hash) and the batch layout.
-They carry the predicted frames of the world-model camera (resized to the camera's resolution) and the
-predicted low-dimensional keys; their reset state is the parent's ``states[branch_step]``.
+From a seed demo's frames up to step k, N futures are sampled autoregressively (batched: one model call
+per denoising step for all N), each from its own noise seed (:func:`noise_seed` of base seed, demo, k
+and i): same record, same batch layout, the same future bit for bit.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from worldgen.dataset import (
-    DatasetWriter,
-    Demo,
-    dataset_manifest,
-    demo_index,
-    demo_names,
-    demo_record,
-    open_dataset,
-    read_demo,
-    read_header,
-    read_scene,
-)
+from worldgen.dataset import demo_index
 from worldgen.errors import CheckpointError
 from worldgen.keys import DEPTH, RGB, SEG, image_key
 from worldgen.manifest import rng_for
 
 from .checkpoint import WORLD_MODELS, checkpoint_hash, read_checkpoint_meta
-from .data import STATE_KEYS, Episode, camera_size, frame_channels, obs_from_frames, state_layout
+from .data import STATE_KEYS, frame_channels, obs_from_frames
 from .latents import WanFrameCodec
 from .objectives import objective_from_config
 
@@ -175,85 +159,3 @@ def predicted_images(
     """Model frames (T, C, h, w) as the camera's dataset images at its (h, w)."""
     picture = obs_from_frames(F.interpolate(frames, size=size, mode="nearest"), instances)
     return {image_key(camera, kind): picture[kind] for kind in (RGB, DEPTH, SEG)}
-
-
-def branch_dataset(
-    dataset: str | Path,
-    ckpt: str | Path,
-    out: str | Path,
-    per_seed: int | None = None,
-    at_steps: list[int] | None = None,
-    action_noise: float | None = None,
-    horizon: int | None = None,
-    base_seed: int = 0,
-    progress=None,
-    device: str = "cpu",
-) -> DatasetWriter:
-    """Copy the dataset's seed demos to ``out`` and append ``per_seed`` branches per seed and step, each
-    ``horizon`` steps long. What is not given comes from the dataset's manifest (``generation.perturb`` and
-    ``world_model.horizon``)."""
-    sampler = WorldModelSampler(ckpt, device=device)
-    meta = sampler.meta
-    camera, instances, k = meta.camera, meta.instances, meta.context_frames
-    dataset = Path(dataset)
-    with open_dataset(dataset) as f:
-        manifest = dataset_manifest(f)
-        spec = manifest.generation.perturb
-        per_seed = per_seed or spec.per_seed
-        at_steps = at_steps or spec.at_steps
-        action_noise = spec.action_noise if action_noise is None else action_noise
-        horizon = horizon or manifest.world_model.horizon
-        writer = DatasetWriter(out, read_header(f))
-        seed_names = demo_names(f, "seed")
-        for name in seed_names:
-            if name not in writer.demos:
-                writer.append(read_demo(f["data"][name]), name)
-        done = {(r.parent, r.branch_step) for r in writer.records() if r.source == "world_model"}
-        layout = state_layout(f["data"][seed_names[0]])
-        h, w = camera_size(f["data"][seed_names[0]], camera)
-        for name in seed_names:
-            g, record = f["data"][name], demo_record(f, name)
-            if not record.success:
-                continue
-            episode = Episode.load(g, camera, instances, meta.resolution)
-            frames, actions = episode.frames, episode.actions
-            t_count = actions.shape[0]
-            for step in at_steps:
-                if step + horizon > t_count or (name, step) in done:
-                    continue
-                context, past, state = episode.history(step, k)
-                seeds = [noise_seed(base_seed, name, step, i) for i in range(per_seed)]
-                future = noisy_futures(actions[step : step + horizon], seeds, action_noise)
-                pred_frames, pred_states = sampler.rollout(context, past, state, future, seeds)
-                for i in range(per_seed):
-                    demo = Demo(
-                        actions=future[i].numpy(),
-                        states=np.zeros((horizon, 0)),
-                        obs=predicted_obs(
-                            camera,
-                            instances,
-                            torch.cat([frames[step : step + 1], pred_frames[i]]),
-                            np.concatenate([state[None].numpy(), pred_states[i].numpy()]),
-                            layout,
-                            (h, w),
-                        ),
-                        rewards=np.zeros(horizon, np.float32),
-                        dones=np.zeros(horizon, np.uint8),
-                        attrs={
-                            "seed": record.seed,
-                            "success": False,
-                            "source": "world_model",
-                            "recipe": "perturb",
-                            "parent": name,
-                            "branch_step": step,
-                            "noise_seed": seeds[i],
-                            "model": sampler.hash,
-                            "batch_layout": json.dumps({"size": per_seed, "index": i}),
-                            "scene": read_scene(g),
-                        },
-                    )
-                    writer.append(demo)
-                if progress is not None:
-                    progress(name, step, per_seed)
-    writer.finalize()
-    return writer

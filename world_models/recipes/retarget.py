@@ -10,7 +10,7 @@ begins, its path is moved to the object's current pose (predicted, in the world 
 commanded pose by a straight interpolation, and followed: every action goes from the commanded TCP to
 the next target, with Gaussian noise on its translation, and the executed actions are the labels. The
 attempt runs in the world model until the success predicate has held on the predicted state for
-``hold_steps``, or to the horizon; acceptance uses the world model alone. :func:`retarget_in_simulator`
+``hold_steps``, or to the horizon; acceptance uses the world model alone. Its simulator twin
 follows the same plans (same scenes, sources and noise) in the simulator: the recipe's ceiling.
 
 Frames: a pushed object's frame turns with the line from it to the region (where it is pushed matters,
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from worldgen.control import ArmController
-from worldgen.dataset import Demo, dataset_manifest, open_dataset
-from worldgen.distributed import map_on_workers
+from worldgen.dataset import Demo, DemoRecord, dataset_manifest, open_dataset
 from worldgen.envs import WorldgenEnv, object_slice
 from worldgen.experts import ObjectPoses, object_poses, poses_from_object_obs, yaw_of
 from worldgen.geometry import axis_angle_from_rotation, rot_z, rotation_from_axis_angle
@@ -39,18 +37,10 @@ from worldgen.keys import image_key
 from worldgen.manifest import Manifest, rng_for
 from worldgen.pipeline import record_episode
 
-from .branch import WorldModelSampler, noise_seed
-from .data import IMAGE_KINDS, STATE_KEYS, camera_size, frames_from_obs, state_layout
-from .generate import (
-    Parent,
-    append_in_task_order,
-    imagine,
-    perturbed,
-    seed_parents,
-    start_output,
-    tracking_offset,
-    written_counts,
-)
+from ..data import IMAGE_KINDS, STATE_KEYS, camera_size, frames_from_obs, state_layout
+from ..imagination import imagine, perturbed, tracking_offset
+from ..sampler import WorldModelSampler, noise_seed
+from .base import Parent, Recipe, Task, register, seed_parents, spec_from_manifest
 
 RECIPE = "retarget"
 CONTACT_MOVE = 0.01  # m the success object has moved from its start: contact made (or grasped and lifting)
@@ -63,14 +53,14 @@ class RetargetSpec:
     translation; ``batch`` scenes per world-model call; at least ``interpolation_steps`` steps to join
     a segment (more where the gap is longer than 80 % of the largest step would cover)."""
 
-    count: int = 40
-    scene_base_seed: int = 500_000
-    nearest: int = 3
-    action_noise: float = 0.05
-    interpolation_steps: int = 5
-    success_margin: float = 0.0  # m to spare before the predicted state counts as a success
-    batch: int = 8
-    base_seed: int = 0
+    count: int
+    scene_base_seed: int
+    nearest: int
+    action_noise: float
+    interpolation_steps: int
+    success_margin: float  # m to spare before the predicted state counts as a success
+    batch: int
+    base_seed: int
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, **overrides: Any) -> RetargetSpec:
@@ -82,10 +72,11 @@ class RetargetSpec:
             "nearest": recipe.nearest,
             "action_noise": recipe.action_noise,
             "interpolation_steps": recipe.interpolation_steps,
+            "batch": recipe.batch,
             "success_margin": manifest.generation.success_margin,
             "base_seed": manifest.seeds.base_seed,
         }
-        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+        return spec_from_manifest(cls, values, overrides)
 
     def scenes(self) -> list[int]:
         return [self.scene_base_seed + i for i in range(self.count)]
@@ -314,7 +305,7 @@ class RetargetAttempts:
             first = f["data"][self.parents[0].name]
             self.layout = state_layout(first)
             self.cam_hw = camera_size(first, self.sampler.meta.camera)
-        self.offset = tracking_offset(self.manifest, self.parents)
+        self.offset = tracking_offset(self.manifest, [p.demo for p in self.parents])
         self.env = WorldgenEnv(self.manifest, cameras=True)  # renders each new scene's first frame
 
     def close(self) -> None:
@@ -380,59 +371,42 @@ class RetargetAttempts:
         return batch, demos
 
 
-def _done_scenes(writer) -> set[int]:
-    return {r.seed for r in writer.records() if r.recipe == RECIPE}
+@register
+class Retarget(Recipe):
+    """MimicGen in the world model: one attempt per new scene, a nearby seed demo's segments moved to it."""
 
+    name = RECIPE
+    spec_class = RetargetSpec
+    summary = "MimicGen in new scenes: a nearby seed demo's object-centric segments moved to the objects"
+    new_scenes = True
+    world_model_worker = RetargetAttempts
 
-def retarget_in_world_model(
-    dataset: str | Path,
-    ckpt: str | Path,
-    out: str | Path,
-    spec: RetargetSpec,
-    device: str = "cpu",
-    progress: Callable[[tuple[int, ...], int, int], None] | None = None,
-    workers: int = 1,
-    ray_address: str | None = None,
-) -> dict:
-    """Append the seed demos of ``dataset`` and one ``retarget`` attempt per new scene to ``out`` (resumes
-    batch by batch); an attempt's ``success`` is the world model's verdict, and only those that succeeded
-    are meant for training (``generate.accepted_demos``). Returns counts: attempts, accepted."""
-    with open_dataset(dataset) as f:
-        manifest, writer, _ = start_output(f, Path(dataset), out)
-    check_scene_seeds(manifest, spec)
-    done, counts = _done_scenes(writer), {"attempts": 0, "accepted": 0}
-    scenes = spec.scenes()
-    batches = [tuple(scenes[i : i + spec.batch]) for i in range(0, len(scenes), spec.batch)]
-    batches = [b for b in batches if not set(b) <= done]
-    if batches:
-        results = map_on_workers(
-            RetargetAttempts, (dataset, ckpt, spec, device), batches, workers, ray_address
-        )
-        append_in_task_order(writer, batches, results, counts, progress)
-    writer.finalize()
-    return written_counts(writer)
+    def check(self, manifest: Manifest, spec: RetargetSpec) -> None:
+        check_scene_seeds(manifest, spec)
 
+    def tasks(self, spec: RetargetSpec, parents: list[Parent]) -> list[Task]:
+        scenes = spec.scenes()
+        return [tuple(scenes[i : i + spec.batch]) for i in range(0, len(scenes), spec.batch)]
 
-def retarget_in_simulator(
-    dataset: str | Path,
-    out: str | Path,
-    spec: RetargetSpec,
-    cameras: bool = False,
-    progress: Callable[[tuple[int, ...], int, int], None] | None = None,
-) -> dict:
-    """The same attempts as :func:`retarget_in_world_model` (same scenes, sources and noise), executed in
-    the simulator (segments moved to the simulated object's pose) and appended to ``out`` beside the
-    seed demos (``success`` from the simulator)."""
-    with open_dataset(dataset) as f:
-        manifest, writer, parents = start_output(f, Path(dataset), out)
-    check_scene_seeds(manifest, spec)
-    done, counts = _done_scenes(writer), {"attempts": 0, "accepted": 0}
-    # The world model's stopping rule: an attempt ends once the predicate holds with the margin to spare.
-    env = WorldgenEnv(manifest, cameras=cameras, success_margin=spec.success_margin)
-    try:
-        for scene in spec.scenes():
-            if scene in done:
-                continue
+    def task_of(self, spec: RetargetSpec, record: DemoRecord) -> Task | None:
+        index = record.seed - spec.scene_base_seed
+        if record.recipe != RECIPE or not 0 <= index < spec.count:
+            return None
+        first = index - index % spec.batch
+        return tuple(spec.scenes()[first : first + spec.batch])
+
+    def task_size(self, spec: RetargetSpec, task: Task) -> int:
+        return len(task)
+
+    def task_label(self, task: Task) -> str:
+        return f"new scenes {task[0]}..{task[-1]}"
+
+    def attempts_in_simulator(
+        self, env: WorldgenEnv, manifest: Manifest, parents: list[Parent], spec: RetargetSpec, task: Task
+    ) -> list[Demo]:
+        """The same plans followed in the simulator, their segments moved to the simulated objects' poses."""
+        demos = []
+        for scene in task:
             env.reset(seed=scene)  # the scene's object poses choose the source; record_episode resets again
             source, seed, plan = plan_attempt(manifest, parents, object_poses(env), scene, spec)
 
@@ -441,13 +415,6 @@ def retarget_in_simulator(
 
             attrs = {**_record_attrs(scene, source, seed, spec, [scene], ""), "source": "sim"}
             result = record_episode(env, scene, act, attrs)
-            counts["attempts"] += 1
-            if result.demo is not None:
-                writer.append(result.demo)
-                counts["accepted"] += bool(result.demo.attrs["success"])
-            if progress is not None:
-                progress((scene,), int(bool(result.demo and result.demo.attrs["success"])), 1)
-    finally:
-        env.close()
-    writer.finalize()
-    return counts
+            if result.demo is not None:  # a diverged simulation makes no demo
+                demos.append(result.demo)
+        return demos
