@@ -53,13 +53,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    from worldgen.apps.run import PROFILES, recover_spec, run_pipeline
+    from worldgen.apps.run import PROFILES, run_pipeline, synthetic_spec
     from worldgen.dataset import demo_names
     from worldgen.manifest import load_manifest
 
     from policies.evaluate import evaluate_policy
     from world_models.checking import sample_spreads
-    from world_models.generate import recover_in_world_model, replay_generated
+    from world_models.recipes import generate_in_world_model
+    from world_models.replay import replay_generated
 
     scratch = Path(tempfile.mkdtemp(prefix="run_workers_"))
     run = args.run
@@ -70,12 +71,12 @@ def main() -> None:
     profile = json.loads((run / "run.json").read_text())["profile"]
     envs = PROFILES[profile["name"]].envs
     seeds, ckpt = run / "seeds" / "seeds.hdf5", run / "world_model" / "checkpoint"
-    spec = recover_spec(manifest)
+    spec, recipe = synthetic_spec(manifest), manifest.generation.recipe
     stages = {}
 
     one, many = scratch / "one.hdf5", scratch / "many.hdf5"
-    counts, t_one = timed(lambda: recover_in_world_model(seeds, ckpt, one, spec))
-    _, t_many = timed(lambda: recover_in_world_model(seeds, ckpt, many, spec, workers=args.workers))
+    counts, t_one = timed(lambda: generate_in_world_model(recipe, seeds, ckpt, one, spec))
+    _, t_many = timed(lambda: generate_in_world_model(recipe, seeds, ckpt, many, spec, workers=args.workers))
     stages["generation"] = {"attempts": counts["attempts"], "identical": same_datasets(one, many)}
     stages["generation"].update(one_process_s=t_one, workers_s=t_many)
 

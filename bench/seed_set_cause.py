@@ -48,13 +48,9 @@ from worldgen.manifest import load_manifest
 from policies.evaluate import evaluate_policy
 from policies.train import train_bc
 from world_models.data import Episode
-from world_models.generate import (
-    Parent,
-    RecoverSpec,
-    WorldModelAttempts,
-    imagine,
-    recover_in_simulator,
-)
+from world_models.imagination import imagine
+from world_models.recipes import Parent, generate_in_simulator, recipe_spec
+from world_models.recipes.recover import WorldModelAttempts
 
 LOW_DIM = (EEF_POS, GRIPPER_QPOS, "object")
 
@@ -118,7 +114,7 @@ def replay_attempts(checked: Path, out: Path) -> list[dict]:
 def sample_agreement(checked: Path, ckpt: Path, samples: int) -> dict[str, list[bool]]:
     """Whether ``samples`` other world-model samples under an accepted attempt's executed actions also
     meet the success predicate (with the run's margin) within its length + 5 steps."""
-    spec = RecoverSpec.from_manifest(dataset_manifest_of(checked))
+    spec = recipe_spec("recover", dataset_manifest_of(checked))
     attempts = WorldModelAttempts(checked, ckpt, spec)
     meta, hold = attempts.sampler.meta, attempts.manifest.task.success.hold_steps
     with open_dataset(checked) as f:
@@ -204,7 +200,7 @@ def main() -> None:
         agree = sample_agreement(checked, run / "world_model" / "checkpoint", args.samples)
         write_atomically(agreement_file, json.dumps(agree).encode())
     agree = json.loads(agreement_file.read_text())
-    recover_in_simulator(run / "seeds" / "seeds.hdf5", twin, RecoverSpec.from_manifest(manifest))
+    generate_in_simulator("recover", run / "seeds" / "seeds.hdf5", twin, recipe_spec("recover", manifest))
 
     with open_dataset(checked) as f:
         train, valid = demo_names(f, "train"), set(demo_names(f, "valid"))

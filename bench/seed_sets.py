@@ -60,7 +60,7 @@ def extra_rows(folder: Path, profile: Profile) -> dict[str, dict]:
     """Beside the run's rows: its accepted attempts at uniform sampling (when the manifest sets a generated
     share), and the recover attempts executed in the simulator (same starts, expert, noise seeds and
     stopping rule): the recipe's ceiling."""
-    from world_models.generate import RecoverSpec, accepted_demos, recover_in_simulator
+    from world_models.recipes import accepted_demos, generate_in_simulator, recipe_spec
 
     manifest = load_manifest(folder / "manifest.yaml")
     checked, seeds = folder / "checks" / "checked.hdf5", folder / "seeds" / "seeds.hdf5"
@@ -77,7 +77,7 @@ def extra_rows(folder: Path, profile: Profile) -> dict[str, dict]:
             folder, "seeds+recover, uniform", checked, train + accepted, uniform, profile
         )
     say(f"{folder.name}: recover attempts in the simulator")
-    recover_in_simulator(seeds, twin, RecoverSpec.from_manifest(manifest))
+    generate_in_simulator("recover", seeds, twin, recipe_spec("recover", manifest))
     accepted = [n for n in accepted_demos(twin) if n not in recorded]
     rows["seeds+recover (sim)"] = cells_row(
         folder, "seeds+recover (sim)", twin, train + accepted, manifest, profile

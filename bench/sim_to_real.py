@@ -161,8 +161,7 @@ def prepare(args, manifest: Manifest) -> dict:
 def generated(args, manifest: Manifest) -> dict:
     """Row d's data: ``retarget`` attempts in the world model from the source seeds, then every demo of
     that file (seeds and attempts) through the target generator on the world model's camera."""
-    from world_models.retarget import RetargetSpec, retarget_in_world_model
-
+    from world_models.recipes import generate_in_world_model, recipe_spec
     from world_models.transfer import transfer_dataset
 
     work, timings = args.work, {}
@@ -171,10 +170,10 @@ def generated(args, manifest: Manifest) -> dict:
     attempts = work / "generated_wm.hdf5"
     if not attempts.with_suffix(".done").exists():
         started = time.perf_counter()
-        spec = RetargetSpec(
-            count=args.generated, scene_base_seed=GENERATED_BASE, base_seed=manifest.seeds.base_seed
+        spec = recipe_spec("retarget", manifest, count=args.generated, scene_base_seed=GENERATED_BASE)
+        counts = generate_in_world_model(
+            "retarget", work / "seeds_source.hdf5", args.world_model, attempts, spec
         )
-        counts = retarget_in_world_model(work / "seeds_source.hdf5", args.world_model, attempts, spec)
         counts["seconds"] = round(time.perf_counter() - started, 1)
         write_atomically(attempts.with_suffix(".done"), (json.dumps(counts) + "\n").encode())
         say(f"wrote {attempts.name}: {counts}")

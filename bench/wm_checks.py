@@ -87,7 +87,7 @@ def main() -> None:
     from worldgen.manifest import load_manifest
 
     from world_models.checking import calibrate_world_model, judge_against_replay, sample_spreads
-    from world_models.generate import RecoverSpec, recover_in_world_model
+    from world_models.recipes import generate_in_world_model, recipe_spec
 
     manifest_path = ROOT / "scenarios" / f"{args.scenario}.yaml"
     out = args.out
@@ -107,17 +107,18 @@ def main() -> None:
         {"scene": manifest.scene_hash(), "first": 100_000, "count": args.calibration},
         [out / "calibration.hdf5"],
     )
-    spec = RecoverSpec(
+    spec = recipe_spec(
+        "recover",
+        manifest,
         per_seed=args.per_seed,
         start_steps=tuple(args.starts),
         action_noise=args.noise,
-        base_seed=manifest.seeds.base_seed,
         robot_state=args.robot_state,
     )
     attempts = out / "attempts.hdf5"
 
     def generate():
-        recover_in_world_model(seeds, ckpt, attempts, spec)
+        generate_in_world_model("recover", seeds, ckpt, attempts, spec)
         with open_dataset(attempts) as f:  # counted from the file: a resumed stage made only the rest
             made = [demo_record(f, n) for n in demo_names(f, "synthetic")]
         return {"attempts": len(made), "accepted": sum(r.success for r in made)}

@@ -33,10 +33,12 @@ RESULTS = ROOT / "bench" / "results"
 
 def main() -> None:
     from worldgen.files import write_atomically
+    from worldgen.manifest import load_manifest
 
-    from world_models.branch import WorldModelSampler, branch_dataset, noise_seed
     from world_models.data import frame_channels
     from world_models.metrics import evaluate_open_loop
+    from world_models.recipes import generate_in_world_model, recipe_spec
+    from world_models.sampler import WorldModelSampler, noise_seed
     from world_models.train import train_world_model
 
     parser = argparse.ArgumentParser(
@@ -102,9 +104,9 @@ def main() -> None:
             from world_models.metrics import evaluate_branches
 
             synth = tmp / "synth.hdf5"
-            branch_dataset(
-                seeds, ckpt, synth, per_seed=4, at_steps=[10, 30], horizon=horizon, device=args.device
-            )
+            manifest = load_manifest(ROOT / "scenarios" / "push_to_target.yaml")
+            spec = recipe_spec("perturb", manifest, per_seed=4, start_steps=(10, 30), horizon=horizon)
+            generate_in_world_model("perturb", seeds, ckpt, synth, spec, device=args.device)
             replayed = evaluate_branches(synth, ckpt, tmp / "eval.json")
 
     result = {
