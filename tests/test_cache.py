@@ -41,6 +41,9 @@ def test_run_stages_rekey_on_the_fields_they_read_and_on_the_code(monkeypatch):
     after_generation = ["synthetic", "checks", "policies", "eval", "report"]
     assert _changed_stages(manifest, _with(manifest, "generation", recover=recover)) == after_generation
     assert _changed_stages(manifest, _with(manifest, "generation", success_margin=0.01)) == after_generation
+    # Another recipe named for the run (a variant of the same one): generation and what follows.
+    other = _with(manifest, "generation", recipe="recover-parent")
+    assert _changed_stages(manifest, other) == after_generation
     # A policy field (the tiny profile sets the step count itself): the policies and what follows.
     share = _with(manifest, "policy", generated_share=0.3)
     assert _changed_stages(manifest, share) == ["policies", "eval", "report"]

@@ -236,14 +236,14 @@ class DemoRecord:
     seed: int
     success: bool
     source: str  # "sim" (expert or a recipe executed in the simulator), "world_model", "play" or "clip"
-    recipe: str | None = None  # "perturb", "recover": how a generated demo was made
+    recipe: str | None = None  # the name of the recipe that made a generated demo (world_models.recipes)
     parent: str | None = None  # the seed demo it was generated from
     branch_step: int | None = None  # the parent's step it starts from
     noise_seed: int | None = None
     model: str | None = None  # world-model checkpoint hash
     check_passed: bool | None = None  # None until worldgen check has judged it
-    labeler: str | None = None  # recover: "expert" or "parent" (whose corrective actions are the labels)
-    action_noise: float | None = None  # std of the noise on the executed actions (play, recover)
+    labeler: str | None = None  # whose corrective actions are the labels ("expert", "parent"), where chosen
+    action_noise: float | None = None  # std of the noise on the executed actions (play, recipes)
     sample_spread: float | None = None  # m: an object's farthest centroid from the mean of several samples
     replay_faithful: bool | None = None  # its simulator replay stayed within tolerance of its prediction
 
