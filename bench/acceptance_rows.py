@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from stages import pooled, say, write_figures  # bench/stages.py, beside this script
-from worldgen.apps.compare import Cell, run_cell
+from worldgen.apps.compare import Cell, machine_line, run_cell
 from worldgen.dataset import demo_names, demo_record, open_dataset
 from worldgen.manifest import load_manifest
 
@@ -155,7 +155,7 @@ def write_results(args, acceptance: dict, seconds: float) -> None:
         "evaluation_envs": args.envs,
         "rows": rows,
         "seconds_this_call": round(seconds, 1),
-        "machine": f"{multiprocessing.cpu_count()} CPU cores, no GPU",
+        "machine": machine_line(),
     }
     tag = f"_{args.tag}" if args.tag else ""
     write_figures(

@@ -36,13 +36,17 @@ no-transfer baseline (the source render of the same scene and step). Every stage
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 from stages import pooled, say, write_figures  # bench/stages.py, beside this script
+from worldgen.apps.cache import Stages, changed_fields, code_hash
+from worldgen.apps.compare import machine_line
 from worldgen.files import write_atomically
 from worldgen.manifest import Manifest, load_manifest
 
@@ -70,8 +74,16 @@ def _slug(text: str) -> str:
 
 
 def with_base_seed(manifest: Manifest, base: int) -> Manifest:
-    """The manifest with its seed range starting at ``base`` (clips of scenes nobody trains or tests on)."""
-    return manifest.model_copy(update={"seeds": manifest.seeds.model_copy(update={"base_seed": base})})
+    """The manifest with its seed range starting at ``base`` (clips of scenes nobody trains or tests on),
+    and its retarget scenes moved out of that range (it records clips, it generates nothing; a manifest
+    whose seed and retarget ranges overlap does not validate)."""
+    generation = manifest.generation.model_copy(
+        update={
+            "retarget": manifest.generation.retarget.model_copy(update={"scene_base_seed": GENERATED_BASE})
+        }
+    )
+    seeds = manifest.seeds.model_copy(update={"base_seed": base})
+    return manifest.model_copy(update={"seeds": seeds, "generation": generation})
 
 
 def randomized(manifest: Manifest) -> Manifest:
@@ -96,95 +108,117 @@ def randomized(manifest: Manifest) -> Manifest:
     return type(manifest).model_validate(content)
 
 
-def record(manifest: Manifest, path: Path, n: int, domain: str, labels: bool = True) -> None:
+def record(stage: Stages, manifest: Manifest, path: Path, n: int, domain: str, labels: bool = True) -> None:
     from worldgen.pipeline import run_seed_stage
 
-    if path.with_suffix(".done").exists():
-        return
-    started = time.perf_counter()
-    run_seed_stage(manifest, path, n=n, domain=domain, labels=labels)
-    write_atomically(path.with_suffix(".done"), f"{time.perf_counter() - started:.1f}\n".encode())
-    say(f"recorded {path.name}: {n} {'demos' if labels else 'clips'} in the {domain} domain")
+    stage(
+        path.stem,
+        lambda: {"demos": len(run_seed_stage(manifest, path, n=n, domain=domain, labels=labels))},
+        {"manifest": manifest.content_hash(), "n": n, "domain": domain, "labels": labels},
+        [path],
+    )
 
 
-def prepare(args, manifest: Manifest) -> dict:
-    """Datasets and transfer models, each made once (a stage that finished leaves a .done file)."""
+def prepare(args, manifest: Manifest, stage: Stages) -> dict:
+    """Datasets and transfer models, each made once and made again only when what it reads changed
+    (``worldgen.apps.cache.Stages``: ``stages.json`` in the work folder)."""
     from world_models.transfer import TransferConfig, train_transfer, transfer_dataset
 
     work = args.work
-    work.mkdir(parents=True, exist_ok=True)
-    record(manifest, work / "seeds_source.hdf5", args.seeds, "source")
-    record(manifest, work / "seeds_target.hdf5", args.seeds, "target")
+    record(stage, manifest, work / "seeds_source.hdf5", args.seeds, "source")
+    record(stage, manifest, work / "seeds_target.hdf5", args.seeds, "target")
     if "randomized seeds" in args.rows:
-        record(randomized(manifest), work / "seeds_randomized.hdf5", args.seeds, "source")
-    record(with_base_seed(manifest, CLIP_BASE), work / "clips_target.hdf5", args.clips, "target", False)
-    record(with_base_seed(manifest, CLIP_BASE), work / "clips_source.hdf5", args.clips, "source", False)
+        record(stage, randomized(manifest), work / "seeds_randomized.hdf5", args.seeds, "source")
+    clips = with_base_seed(manifest, CLIP_BASE)
+    record(stage, clips, work / "clips_target.hdf5", args.clips, "target", False)
+    record(stage, clips, work / "clips_source.hdf5", args.clips, "source", False)
     held_out = with_base_seed(manifest, FIDELITY_BASE)
-    record(held_out, work / "fidelity_target.hdf5", args.fidelity_clips, "target", False)
-    record(held_out, work / "fidelity_source.hdf5", args.fidelity_clips, "source", False)
+    record(stage, held_out, work / "fidelity_target.hdf5", args.fidelity_clips, "target", False)
+    record(stage, held_out, work / "fidelity_source.hdf5", args.fidelity_clips, "source", False)
     timings = {}
-    for clips, ckpt, out in (
+    for clips_file, ckpt, out in (
         ("clips_target.hdf5", "transfer_target", "seeds_transferred.hdf5"),
         ("clips_source.hdf5", "transfer_source", "seeds_control.hdf5"),
     ):
         if ckpt == "transfer_source" and "generator control" not in args.rows:
             continue
-        if not (work / f"{ckpt}.done").exists():
-            started = time.perf_counter()
-            config = TransferConfig(steps=args.transfer_steps, batch_size=args.transfer_batch)
-            train_transfer(work / clips, work / ckpt, config)
-            write_atomically(work / f"{ckpt}.done", f"{time.perf_counter() - started:.1f}\n".encode())
-            say(f"trained {ckpt} on {clips} in {time.perf_counter() - started:.0f} s")
-        if not (work / out).with_suffix(".done").exists():
-            started = time.perf_counter()
-            transfer_dataset(work / "seeds_source.hdf5", work / ckpt, work / out)
-            write_atomically(
-                (work / out).with_suffix(".done"), f"{time.perf_counter() - started:.1f}\n".encode()
-            )
-            say(f"wrote {out}")
-        timings[ckpt] = float((work / f"{ckpt}.done").read_text())
-    sampled = work / "seeds_transferred_sampled.hdf5"
-    if "transferred seeds, sampled" in args.rows and not sampled.with_suffix(".done").exists():
-        from world_models.transfer import load_transfer_model, residual_std
-
-        noise = residual_std(load_transfer_model(work / "transfer_target")[0], work / "clips_target.hdf5")
-        transfer_dataset(work / "seeds_source.hdf5", work / "transfer_target", sampled, noise_std=noise)
-        write_atomically(
-            sampled.with_suffix(".done"), (json.dumps([float(v) for v in noise]) + "\n").encode()
+        config = TransferConfig(steps=args.transfer_steps, batch_size=args.transfer_batch)
+        stage(
+            ckpt,
+            lambda c=clips_file, k=ckpt, cfg=config: train_transfer(work / c, work / k, cfg) and None,
+            {
+                "clips": stage.key(Path(clips_file).stem),
+                "steps": args.transfer_steps,
+                "batch": args.transfer_batch,
+            },
+            [work / ckpt],
         )
-        say(f"wrote {sampled.name}: frames sampled around the painted mean, std {noise.round(2)} levels")
+        stage(
+            Path(out).stem,
+            lambda k=ckpt, o=out: transfer_dataset(work / "seeds_source.hdf5", work / k, work / o) and None,
+            {"seeds": stage.key("seeds_source"), "model": stage.key(ckpt)},
+            [work / out],
+        )
+        timings[ckpt] = stage.stats[ckpt]["seconds"]
+    if "transferred seeds, sampled" in args.rows:
+
+        def sampled() -> dict:
+            from world_models.transfer import load_transfer_model, residual_std
+
+            model = load_transfer_model(work / "transfer_target")[0]
+            noise = residual_std(model, work / "clips_target.hdf5")
+            transfer_dataset(
+                work / "seeds_source.hdf5",
+                work / "transfer_target",
+                work / "seeds_transferred_sampled.hdf5",
+                noise_std=noise,
+            )
+            return {"noise_std": [float(v) for v in noise]}
+
+        stage(
+            "seeds_transferred_sampled",
+            sampled,
+            {"seeds": stage.key("seeds_source"), "model": stage.key("transfer_target")},
+            [work / "seeds_transferred_sampled.hdf5"],
+        )
     if set(ATTEMPT_ROWS) & set(args.rows):
-        timings |= generated(args, manifest)
+        timings |= generated(args, manifest, stage)
     return timings
 
 
-def generated(args, manifest: Manifest) -> dict:
+def generated(args, manifest: Manifest, stage: Stages) -> dict:
     """Row d's data: ``retarget`` attempts in the world model from the source seeds, then every demo of
     that file (seeds and attempts) through the target generator on the world model's camera."""
+    from world_models.checkpoint import checkpoint_hash
     from world_models.recipes import generate_in_world_model, recipe_spec
     from world_models.transfer import transfer_dataset
 
-    work, timings = args.work, {}
+    work = args.work
     if args.world_model is None:
         raise SystemExit(f"row {GENERATED_ROW!r} needs --world-model")
     attempts = work / "generated_wm.hdf5"
-    if not attempts.with_suffix(".done").exists():
-        started = time.perf_counter()
-        spec = recipe_spec("retarget", manifest, count=args.generated, scene_base_seed=GENERATED_BASE)
-        counts = generate_in_world_model(
+    spec = recipe_spec("retarget", manifest, count=args.generated, scene_base_seed=GENERATED_BASE)
+    made = stage(
+        "generated_wm",
+        lambda: generate_in_world_model(
             "retarget", work / "seeds_source.hdf5", args.world_model, attempts, spec
-        )
-        counts["seconds"] = round(time.perf_counter() - started, 1)
-        write_atomically(attempts.with_suffix(".done"), (json.dumps(counts) + "\n").encode())
-        say(f"wrote {attempts.name}: {counts}")
-    timings["retarget_wm"] = json.loads(attempts.with_suffix(".done").read_text())
+        ),
+        {
+            "seeds": stage.key("seeds_source"),
+            "world_model": checkpoint_hash(args.world_model),
+            "spec": dataclasses.asdict(spec),
+        },
+        [attempts],
+    )
     out = work / ROWS[GENERATED_ROW][0]
-    if not out.with_suffix(".done").exists():
-        started = time.perf_counter()
-        transfer_dataset(attempts, work / "transfer_target", out, cameras=[manifest.world_model_camera])
-        write_atomically(out.with_suffix(".done"), f"{time.perf_counter() - started:.1f}\n".encode())
-        say(f"wrote {out.name}")
-    return timings
+    camera = manifest.world_model_camera
+    stage(
+        out.stem,
+        lambda: transfer_dataset(attempts, work / "transfer_target", out, cameras=[camera]) and None,
+        {"attempts": stage.key("generated_wm"), "model": stage.key("transfer_target"), "camera": camera},
+        [out],
+    )
+    return {"retarget_wm": {k: made[k] for k in ("attempts", "accepted", "seconds")}}
 
 
 def fidelity(work: Path) -> dict:
@@ -260,10 +294,13 @@ def train_cell(task: tuple) -> None:
     from policies.train import train_bc
 
     torch.set_num_threads(1)  # the cells run side by side, one core each
-    dataset, folder, steps, batch_size, rep, accepted_only = task
+    dataset, folder, steps, batch_size, rep, accepted_only, inputs = task
     folder = Path(folder)
-    if (folder / "trained.json").exists():
-        return
+    trained = folder / "trained.json"
+    if trained.exists():
+        if json.loads(trained.read_text()).get("inputs") == inputs:
+            return
+        shutil.rmtree(folder)  # trained from other inputs: not resumed, trained again
     started = time.perf_counter()
     demos = None
     if accepted_only:  # the train seeds and the accepted attempts generated from them
@@ -279,7 +316,12 @@ def train_cell(task: tuple) -> None:
     meta = train_bc(
         dataset, folder, "bc-image", mask=mask, demos=demos, steps=steps, batch_size=batch_size, seed=rep
     )
-    done = {"demos": meta["demos"], "samples": meta["samples"], "seconds": time.perf_counter() - started}
+    done = {
+        "demos": meta["demos"],
+        "samples": meta["samples"],
+        "seconds": time.perf_counter() - started,
+        "inputs": inputs,
+    }
     write_atomically(folder / "trained.json", (json.dumps(done) + "\n").encode())
 
 
@@ -290,7 +332,7 @@ def evaluate_cell(task: tuple) -> dict:
     from policies.evaluate import evaluate_policy
 
     torch.set_num_threads(1)
-    row, rep, domain, folder, episodes, manifest_path, envs = task
+    row, rep, domain, folder, episodes, manifest_path, envs, inputs = task
     trained = json.loads((Path(folder) / "trained.json").read_text())
     started = time.perf_counter()
     report = evaluate_policy(
@@ -305,6 +347,7 @@ def evaluate_cell(task: tuple) -> dict:
         "row": row,
         "replicate": rep,
         "domain": domain,
+        "inputs": inputs,
         "demos": trained["demos"],
         "samples": trained["samples"],
         "successes": report["successes"],
@@ -344,21 +387,41 @@ def main() -> None:
     manifest_path = ROOT / "scenarios" / f"{args.scenario}.yaml"
     manifest = load_manifest(manifest_path)
     started = time.perf_counter()
-    timings = prepare(args, manifest)
-    fidelity_path = args.work / "fidelity.json"
-    if not fidelity_path.exists():
-        write_atomically(fidelity_path, (json.dumps(fidelity(args.work), indent=2) + "\n").encode())
-    say(f"fidelity: {fidelity_path.read_text()}")
-    checks_path = args.work / "checks.json"
-    if not checks_path.exists():
-        write_atomically(checks_path, (json.dumps(checks(args.work), indent=2) + "\n").encode())
-    say(f"checks: {checks_path.read_text()}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    stage = Stages(args.work, say)
+    timings = prepare(args, manifest, stage)
+    stage(
+        "fidelity",
+        lambda: {"scores": fidelity(args.work)},
+        {
+            "model": stage.key("transfer_target"),
+            "clips": [stage.key("fidelity_target"), stage.key("fidelity_source")],
+        },
+    )
+    stage(
+        "checks",
+        lambda: {"passed": checks(args.work)},
+        {"seeds": stage.key("seeds_source"), "transferred": stage.key("seeds_transferred")},
+    )
     if args.prepare_only:
         return
     cells = args.work / "cells"
     cells.mkdir(exist_ok=True)
     folder = {(row, rep): args.work / "policies" / f"{_slug(row)}_r{rep}" for row in args.rows
               for rep in range(args.replicates)}  # fmt: skip
+    # What a policy and a cell are made from: reused only when it matches (the data's stage key, the
+    # budget, the replicate, the panel, the manifest's evaluation section, the library's code).
+    trains = {
+        (row, rep): {
+            "data": stage.key(Path(ROWS[row][0]).stem),
+            "steps": args.policy_steps,
+            "batch": args.policy_batch,
+            "replicate": rep,
+            "accepted_only": row in ATTEMPT_ROWS,
+            "code": code_hash(),
+        }
+        for (row, rep) in folder
+    }
     training = [
         (
             str(args.work / ROWS[row][0]),
@@ -367,15 +430,28 @@ def main() -> None:
             args.policy_batch,
             rep,
             row in ATTEMPT_ROWS,
+            trains[row, rep],
         )
         for (row, rep) in folder
     ]
+
+    def made(row: str, rep: int, domain: str, inputs: dict) -> bool:
+        path = cells / f"{_slug(row)}_r{rep}_{domain}.json"
+        if not path.exists():
+            return False
+        changed = changed_fields(json.loads(path.read_text()).get("inputs"), inputs)
+        if changed:
+            say(f"{row} r{rep} in {domain}: recomputed, made before from other inputs ({', '.join(changed)})")
+        return not changed
+
+    panel = {"episodes": args.episodes, "envs": args.envs, "evaluation": manifest.section_hash("evaluation")}
     evaluations = [
-        (row, rep, domain, str(folder[row, rep]), args.episodes, str(manifest_path), args.envs)
+        (row, rep, domain, str(folder[row, rep]), args.episodes, str(manifest_path), args.envs, inputs)
         for rep in range(args.replicates)
         for row in args.rows
         for domain in ROWS[row][1]
-        if not (cells / f"{_slug(row)}_r{rep}_{domain}.json").exists()
+        for inputs in [{**trains[row, rep], **panel, "domain": domain}]
+        if not made(row, rep, domain, inputs)
     ]
     say(f"{len(training)} policies to train, {len(evaluations)} (row, replicate, domain) cells to evaluate")
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
@@ -391,6 +467,7 @@ def main() -> None:
 
 
 def write_results(args, timings: dict, seconds: float) -> None:
+    stages = json.loads((args.work / "stages.json").read_text())
     rows = {}
     for row in args.rows:
         for domain in ROWS[row][1]:
@@ -426,12 +503,12 @@ def write_results(args, timings: dict, seconds: float) -> None:
         "episodes_per_replicate": args.episodes,
         "gap": gap,
         "gap_closed": closed,
-        "fidelity": json.loads((args.work / "fidelity.json").read_text()),
-        "checks_passed": json.loads((args.work / "checks.json").read_text()),
+        "fidelity": stages["fidelity"]["scores"],
+        "checks_passed": stages["checks"]["passed"],
         "rows": rows,
         "transfer_training_seconds": timings,
         "seconds_this_call": round(seconds, 1),
-        "machine": f"{multiprocessing.cpu_count()} CPU cores, no GPU",
+        "machine": machine_line(),
     }
     tag = f"_{args.tag}" if args.tag else ""
     write_figures(

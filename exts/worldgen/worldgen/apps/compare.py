@@ -465,11 +465,12 @@ def summarise(manifest: Manifest, out: Path, config: CompareConfig, stats: dict)
         "rows": rows,
         "gain_recovered": gain,
         "replay_of_accepted_wm_demos": replay,
-        "machine": _machine(),
+        "machine": machine_line(),
     }
 
 
-def _machine() -> str:
+def machine_line() -> str:
+    """The machine in a few words: its CPU cores and its GPU, where it has one."""
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
