@@ -30,7 +30,9 @@ from .pretrained import PretrainedPolicy, policy_meta
 
 
 @dataclass
-class Episode:
+class EvaluationEpisode:
+    """One closed-loop episode of a policy: its scene seed, outcome, return, length and actions."""
+
     seed: int
     success: bool
     ret: float
@@ -99,7 +101,7 @@ def check_contract(policy: PretrainedPolicy, env: WorldgenEnv) -> None:
         )
 
 
-def run_episode(env: WorldgenEnv, policy: PretrainedPolicy, seed: int) -> Episode:
+def run_episode(env: WorldgenEnv, policy: PretrainedPolicy, seed: int) -> EvaluationEpisode:
     obs, _ = env.reset(seed=seed)
     policy.reset(seed)
     ret, actions, success = 0.0, [], False
@@ -111,7 +113,7 @@ def run_episode(env: WorldgenEnv, policy: PretrainedPolicy, seed: int) -> Episod
         if terminated or truncated:
             success = bool(info["success"])
             break
-    return Episode(seed, success, ret, len(actions), actions)
+    return EvaluationEpisode(seed, success, ret, len(actions), actions)
 
 
 class BatchWorker:
@@ -129,7 +131,7 @@ class BatchWorker:
         self.policies = [copy.deepcopy(policy) for _ in range(num_envs)]
         self.keys = policy.observation_keys
 
-    def run(self, batch: tuple[int, int, list[int]]) -> tuple[int, list[Episode]]:
+    def run(self, batch: tuple[int, int, list[int]]) -> tuple[int, list[EvaluationEpisode]]:
         """The first ``count`` episodes of (start, count, seeds): the batch's start and its episodes."""
         start, count, seeds = batch
         venv, n = self.venv, len(self.policies)
@@ -138,7 +140,7 @@ class BatchWorker:
             p.reset(seed)
         active = np.arange(n) < count
         returns, actions = np.zeros(n), [[] for _ in range(n)]
-        episodes: dict[int, Episode] = {}
+        episodes: dict[int, EvaluationEpisode] = {}
         # Finished and filler worlds repeat their last action (hold still) until the batch ends.
         chosen = np.zeros((n, venv.single_action_space.shape[0]), dtype=np.float32)
         chosen[:, -1] = -1.0
@@ -152,7 +154,9 @@ class BatchWorker:
                 if terminated[i] or truncated[i]:
                     active[i] = False
                     success = bool(terminated[i])
-                    episodes[i] = Episode(seeds[i], success, float(returns[i]), len(actions[i]), actions[i])
+                    episodes[i] = EvaluationEpisode(
+                        seeds[i], success, float(returns[i]), len(actions[i]), actions[i]
+                    )
         return start, [episodes[i] for i in range(count)]
 
     def close(self) -> None:
@@ -164,10 +168,10 @@ def run_episodes_together(
     policy: str | Path | PretrainedPolicy,
     seeds: list[int],
     envs: int,
-    progress: Callable[[Episode, int, int], None] | None = None,
+    progress: Callable[[EvaluationEpisode, int, int], None] | None = None,
     workers: int = 1,
     ray_address: str | None = None,
-) -> tuple[list[Episode], list[list[int]]]:
+) -> tuple[list[EvaluationEpisode], list[list[int]]]:
     """The episodes of ``seeds`` in equal batches of at most ``envs`` worlds stepped together (one policy
     copy per world); returns them in ``seeds`` order and the layout, the seeds of each batch in world
     order (a short last batch is filled up with repeats of its last seed, whose episodes are not
@@ -177,7 +181,7 @@ def run_episodes_together(
 
     n, batches = balanced_batches(seeds, envs)
     layout = [batch for _, _, batch in batches]
-    done: dict[int, Episode] = {}
+    done: dict[int, EvaluationEpisode] = {}
     for start, episodes in map_on_workers(BatchWorker, (policy, manifest, n), batches, workers, ray_address):
         for i, episode in enumerate(episodes):
             done[start + i] = episode
@@ -194,7 +198,7 @@ class EpisodeWorker:
         self.policy = load_policy(policy)
         self.env = WorldgenEnv(manifest, cameras=self.policy.needs_cameras)
 
-    def run(self, seed: int) -> Episode:
+    def run(self, seed: int) -> EvaluationEpisode:
         return run_episode(self.env, self.policy, seed)
 
 
@@ -204,11 +208,11 @@ def run_episodes_on_workers(
     seeds: list[int],
     workers: int,
     ray_address: str | None = None,
-    progress: Callable[[Episode, int, int], None] | None = None,
-) -> list[Episode]:
+    progress: Callable[[EvaluationEpisode, int, int], None] | None = None,
+) -> list[EvaluationEpisode]:
     """The episodes of ``seeds`` on ``workers`` Ray actors, one scene each, in ``seeds`` order: the same
     episodes as one process runs them (each depends on its seed and the policy alone)."""
-    done: dict[int, Episode] = {}
+    done: dict[int, EvaluationEpisode] = {}
     for episode in map_on_workers(EpisodeWorker, (str(policy), manifest), seeds, workers, ray_address):
         done[episode.seed] = episode
         if progress is not None:
@@ -216,7 +220,7 @@ def run_episodes_on_workers(
     return [done[seed] for seed in seeds]
 
 
-def replay_gif(env: WorldgenEnv, episode: Episode, path: Path) -> Path:
+def replay_gif(env: WorldgenEnv, episode: EvaluationEpisode, path: Path) -> Path:
     """Replay an episode's actions from its seed and write the colour cameras as a GIF."""
     keys = [k for k in env.observation_space.spaces if image_kind(k) == RGB]
     obs, _ = env.reset(seed=episode.seed)
@@ -237,7 +241,7 @@ def evaluate_policy(
     episodes: int | None = None,
     out: str | Path | None = None,
     gifs: bool = True,
-    progress: Callable[[Episode, int, int], None] | None = None,
+    progress: Callable[[EvaluationEpisode, int, int], None] | None = None,
     panel_offset: int = 0,
     envs: int = 1,
     workers: int = 1,
