@@ -576,7 +576,7 @@ def test_cosmos_backbone_trains_post_trains_and_branches_through_the_same_comman
         "2",
     ]
     assert main([*args, "--horizon", "2"]) == 0
-    assert "6 world-model branches" in capsys.readouterr().out
+    assert "4/4 perturb attempts" in capsys.readouterr().out  # 2 training seed demos x 2 branches
 
     # Post-training from a Video2World-format transformer folder: the action layers start at zero.
     torch.manual_seed(0)

@@ -18,8 +18,10 @@ cross-attention token (where Video2World has its text), and a small head predict
 
 from __future__ import annotations
 
+import contextlib
 import math
 import types
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +58,38 @@ class ActionEmbedder(nn.Module):
         out = self.net(actions)
         hidden = out.shape[-1] // 4
         return out[:, :hidden], out[:, hidden:]
+
+
+class ActionConditionedEmbedding(transformer_cosmos.CosmosEmbedding):
+    """The parent's timestep embedding with an action chunk's embedding added: to the timestep projection
+    before its norm, and to the adaLN-LoRA embedding. Swapped in for ``time_embed`` (the same children, so
+    the same state-dict keys); :meth:`adding` holds the additions for one forward call, which the parent's
+    forward cannot pass through."""
+
+    def __init__(self, embedding_dim: int, condition_dim: int):
+        super().__init__(embedding_dim, condition_dim)
+        self._added: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @contextlib.contextmanager
+    def adding(self, to_time: torch.Tensor, to_lora: torch.Tensor) -> Iterator[None]:
+        """Within the block, add (B, H) to the timestep projection and (B, 3H) to the adaLN-LoRA one."""
+        self._added = (to_time, to_lora)
+        try:
+            yield
+        finally:
+            self._added = None
+
+    def forward(
+        self, hidden_states: torch.Tensor, timestep: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._added is None:
+            return super().forward(hidden_states, timestep)
+        proj = self.time_proj(timestep).type_as(hidden_states)
+        add_t, add_lora = (x.type_as(hidden_states) for x in self._added)
+        if add_t.shape[0] != proj.shape[0]:  # per-frame timesteps: B*T rows
+            reps = proj.shape[0] // add_t.shape[0]
+            add_t, add_lora = add_t.repeat_interleave(reps, 0), add_lora.repeat_interleave(reps, 0)
+        return self.t_embedder(proj) + add_lora, self.norm(proj + add_t)
 
 
 def _linear_with(weight: torch.Tensor) -> nn.Linear:
@@ -130,21 +164,12 @@ class CosmosWorldModel(CosmosTransformer3DModel):
             nn.Linear(hidden, state_dim),
         )
         self.init_action_layers(zero=False)
-        self._actions: torch.Tensor | None = None
-        embed = self.time_embed
-        original = embed.forward
-
-        def forward_with_actions(hidden_states: torch.Tensor, timestep: torch.Tensor):
-            if self._actions is None:
-                return original(hidden_states, timestep)
-            proj = embed.time_proj(timestep).type_as(hidden_states)
-            add_t, add_lora = self.action_embedder(self._actions.flatten(1).type_as(hidden_states))
-            if add_t.shape[0] != proj.shape[0]:  # per-frame timesteps: B*T rows
-                reps = proj.shape[0] // add_t.shape[0]
-                add_t, add_lora = add_t.repeat_interleave(reps, 0), add_lora.repeat_interleave(reps, 0)
-            return embed.t_embedder(proj) + add_lora, embed.norm(proj + add_t)
-
-        embed.forward = forward_with_actions
+        # The action-conditioned embedding takes the parent's place with the parent's weights; made under a
+        # forked RNG so the rest of the model initialises as it did before the swap.
+        with torch.random.fork_rng(devices=[]):
+            embedding = ActionConditionedEmbedding(hidden, hidden)
+        embedding.load_state_dict(self.time_embed.state_dict())
+        self.time_embed = embedding
 
     def init_action_layers(self, zero: bool) -> None:
         """Zero the last action layer (post-training: the model starts as its base) or give it a small
@@ -258,8 +283,8 @@ class CosmosWorldModel(CosmosTransformer3DModel):
         **kwargs,
     ):
         """The parent's forward; ``actions`` (B, action_chunk, action_dim) condition every frame."""
-        self._actions = actions
-        try:
+        if actions is None:
             return super().forward(hidden_states, timestep, encoder_hidden_states, **kwargs)
-        finally:
-            self._actions = None
+        added = self.action_embedder(actions.flatten(1).type_as(hidden_states))
+        with self.time_embed.adding(*added):
+            return super().forward(hidden_states, timestep, encoder_hidden_states, **kwargs)
