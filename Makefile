@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= test,distributed,ml,export
+EXTRAS ?= test,distributed,ml,export,tracking
 # Kept between runs so the 1-3 minute first Warp compile is paid once per machine.
 export WARP_CACHE_PATH ?= $(CURDIR)/.cache/warp
 export PYTHONHASHSEED := 0

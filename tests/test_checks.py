@@ -245,3 +245,37 @@ def test_confidence_reflects_sibling_agreement():
     disagree = _confidence({"demo_1": demo("demo_0", 0.1), "demo_2": demo("demo_0", 0.9)})
     assert agree["demo_1"] == 1.0 and disagree["demo_1"] < agree["demo_1"]
     assert _confidence({"demo_0": demo("", 0.5)}) == {}
+
+
+def test_numpy_backend_calibrates_and_judges_without_a_warp_kernel(seeds, tmp_path, monkeypatch):
+    """``check --backend numpy``: the calibration and the verdicts on the numpy references, the same
+    verdicts as the Warp kernels'; the agreement's object centroids too (the world-model gate's part)."""
+    import shutil
+
+    import warp as wp
+    from worldgen.dataset import dataset_manifest, depth_ranges, read_scene
+    from worldgen.keys import DEPTH, SEG, image_key
+
+    from world_models.checking import frame_centroids
+
+    warp_copy, numpy_copy = tmp_path / "warp.hdf5", tmp_path / "numpy.hdf5"
+    for path in (warp_copy, numpy_copy):
+        shutil.copy(seeds, path)
+    assert main(["check", str(warp_copy)]) == 0
+    with h5py.File(seeds, "r") as f:
+        manifest, group = dataset_manifest(f), f["data"]["demo_0"]
+        camera = manifest.world_model_camera
+        images = {image_key(camera, k): group[f"obs/{image_key(camera, k)}"][()] for k in (DEPTH, SEG)}
+        depth_range, scene = depth_ranges(f).get(camera), read_scene(group)
+    with_kernels = frame_centroids(manifest, images, scene, camera, depth_range)
+
+    def no_kernels(*_args, **_kwargs):
+        raise AssertionError("a Warp kernel was launched with --backend numpy")
+
+    monkeypatch.setattr(wp, "launch", no_kernels)
+    assert main(["check", str(numpy_copy), "--backend", "numpy"]) == 0
+    with h5py.File(warp_copy, "r") as a, h5py.File(numpy_copy, "r") as b:
+        for name in a["data"]:
+            assert a["data"][name].attrs["check_passed"] == b["data"][name].attrs["check_passed"], name
+    references = frame_centroids(manifest, images, scene, camera, depth_range, backend="numpy")
+    np.testing.assert_allclose(references, with_kernels, atol=1e-6)

@@ -328,9 +328,7 @@ def test_a_worker_that_dies_is_replaced_and_its_item_run_again(tmp_path):
 
 def test_training_curves_mirror_to_weights_and_biases_offline(tmp_path, monkeypatch):
     """``--wandb``: the TensorBoard event files synced to a wandb run, kept on disk (offline mode)."""
-    pytest.importorskip(
-        "wandb", reason="wandb is optional (not in the extras); pip install wandb to run this"
-    )
+    pytest.importorskip("wandb", reason="wandb is optional (the tracking extra, which make test installs)")
     from worldgen.training_log import TrainingLog
 
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from worldgen.checks import CHECK_NAMES, MIN_PIXELS, WORLD_MODEL_CEILINGS, kernels
+from worldgen.checks import CHECK_NAMES, MIN_PIXELS, WORLD_MODEL_CEILINGS, backend_module
 from worldgen.checks.clip import clip_from_arrays
 from worldgen.checks.gate import Calibration, GateReport, add_scores, calibration_from_scores, gate_dataset
 from worldgen.dataset import (
@@ -111,7 +111,12 @@ def teacher_forced(
 
 
 def frame_centroids(
-    manifest: Manifest, images: dict[str, np.ndarray], scene: dict, camera: str, depth_range
+    manifest: Manifest,
+    images: dict[str, np.ndarray],
+    scene: dict,
+    camera: str,
+    depth_range,
+    backend: str = "warp",
 ) -> np.ndarray:
     """(T, K, 3): the world centroid of each tracked object's visible surface in a camera's dataset images
     (T frames); NaN where fewer than MIN_PIXELS of it are visible."""
@@ -119,7 +124,7 @@ def frame_centroids(
     ids = [o.instance for o in clip.objects]
     tracked = np.zeros(256, np.int32)
     tracked[ids] = 1
-    points = kernels.object_points(clip.seg, clip.depth, tracked, clip.camera)  # only what is needed
+    points = backend_module(backend).object_points(clip.seg, clip.depth, tracked, clip.camera)  # only these
     counts, sums = points["counts"][:, ids], points["sums"][:, ids]
     centroids = sums / np.maximum(counts, 1)[..., None]
     return np.where((counts >= MIN_PIXELS)[..., None], centroids, np.nan)
@@ -146,6 +151,7 @@ def calibrate_world_model(
     samples: int = 3,
     device: str = "cpu",
     progress: Callable[[str], None] | None = None,
+    backend: str = "warp",
 ) -> Calibration:
     """The world-model calibration from the seed clips of ``mask`` (held out from the model's training):
     each clip through the frame pipeline and teacher-forced, and ``samples`` open-loop rollouts of its
@@ -167,16 +173,19 @@ def calibrate_world_model(
             add_scores(
                 scores,
                 _clip(sampler, manifest, group, pipeline_frames(sampler, episode), states, depth_range),
+                backend,
             )
             frames, predicted = teacher_forced(sampler, episode, seed)
-            add_scores(scores, _clip(sampler, manifest, group, frames, predicted, depth_range))
+            add_scores(scores, _clip(sampler, manifest, group, frames, predicted, depth_range), backend)
             context, past, state = episode.history(0, meta.context_frames)
             seeds = _resample_seeds(seed, samples + 1)
             actions = episode.actions[None].repeat(samples, 1, 1)
             rolled, _ = sampler.rollout(context, past, state, actions, seeds)
             size, scene = camera_size(group, meta.camera), read_scene(group)
             images = [predicted_images(meta.camera, instances, r, size) for r in rolled]
-            centroids = [frame_centroids(manifest, i, scene, meta.camera, depth_range) for i in images]
+            centroids = [
+                frame_centroids(manifest, i, scene, meta.camera, depth_range, backend) for i in images
+            ]
             scores["agreement"].append(spread(np.stack(centroids)))
             if progress is not None:
                 progress(name)
@@ -202,8 +211,10 @@ class SpreadWorker:
     trajectories and ``samples - 1`` more rollouts of their executed actions, batched. Holds the sampler,
     so it loads once; also the body of a Ray actor (``worldgen.distributed``)."""
 
-    def __init__(self, dataset: str | Path, ckpt: str | Path, samples: int, device: str = "cpu"):
-        self.dataset, self.samples = Path(dataset), samples
+    def __init__(
+        self, dataset: str | Path, ckpt: str | Path, samples: int, device: str = "cpu", backend: str = "warp"
+    ):
+        self.dataset, self.samples, self.backend = Path(dataset), samples, backend
         self.sampler = WorldModelSampler(ckpt, device=device)
 
     def run(self, key: tuple[str, int]) -> dict[str, float]:
@@ -240,7 +251,9 @@ class SpreadWorker:
             t = len(executed[i])
             own = {image_key(camera, k): demo.obs[image_key(camera, k)][1 : t + 1] for k in (DEPTH, SEG)}
             runs = [own] + [predicted_images(camera, instances, r[:t], size) for r in rolled[i]]
-            centroids = [frame_centroids(manifest, images, scene, camera, depth_range) for images in runs]
+            centroids = [
+                frame_centroids(manifest, images, scene, camera, depth_range, self.backend) for images in runs
+            ]
             out[record.name] = spread(np.stack(centroids))
         return out
 
@@ -253,6 +266,7 @@ def sample_spreads(
     progress: Callable[[int, int], None] | None = None,
     workers: int = 1,
     ray_address: str | None = None,
+    backend: str = "warp",
 ) -> dict[str, float]:
     """Each world-model demo's ``sample_spread``: its own predicted trajectory and ``samples - 1`` more
     rollouts of its executed actions from the same start, under seeds derived from its noise seed.
@@ -265,7 +279,8 @@ def sample_spreads(
     keys = list(dict.fromkeys((r.parent, r.branch_step) for r in records if r.source == "world_model"))
     keys = [k for k in keys if k[0] is not None]
     total = sum(r.source == "world_model" and r.parent is not None for r in records)
-    results = map_on_workers(SpreadWorker, (dataset, ckpt, samples, device), keys, workers, ray_address)
+    init = (dataset, ckpt, samples, device, backend)
+    results = map_on_workers(SpreadWorker, init, keys, workers, ray_address)
     out: dict[str, float] = {}
     for spreads in results:
         out.update(spreads)
@@ -294,9 +309,12 @@ def gate_with_world_model(
     model on held-out seed clips (``held_out``'s ``held_out_mask``; default this dataset's), the
     agreement of ``samples`` samples per attempt (``samples`` < 2: none; on ``workers`` Ray actors when
     asked; ``progress(done, total)`` as demos get theirs), simulator demos as before."""
-    calibration = calibrate_world_model(held_out or dataset, ckpt, held_out_mask, samples, device)
+    backend = gate_options.get("backend", "warp")  # calibration, agreement and verdicts on one backend
+    calibration = calibrate_world_model(
+        held_out or dataset, ckpt, held_out_mask, samples, device, backend=backend
+    )
     if samples >= 2:
-        sample_spreads(dataset, ckpt, samples, device, progress, workers, ray_address)
+        sample_spreads(dataset, ckpt, samples, device, progress, workers, ray_address, backend)
     return gate_dataset(dataset, mask=mask, world_model=calibration, device=device, **gate_options)
 
 

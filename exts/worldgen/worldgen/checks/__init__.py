@@ -129,7 +129,9 @@ class CheckResult:
         return asdict(self)
 
 
-def _backend(name: str):
+def backend_module(name: str):
+    """The reductions of ``backend``: the Warp kernels (``warp``) or their numpy references (``numpy``),
+    the same functions with the same signatures."""
     if name == "warp":
         from . import kernels
 
@@ -141,7 +143,7 @@ def _backend(name: str):
 
 def clip_statistics(clip: Clip, backend: str = "warp", device: str = "cpu") -> dict[str, dict]:
     """Run the reductions the available inputs allow (``backend`` ``warp`` or ``numpy``)."""
-    k = _backend(backend)
+    k = backend_module(backend)
     stats: dict[str, dict] = {}
     seg, depth, rgb = clip.seg, clip.depth, clip.rgb
     if backend == "warp":  # upload each input once for all kernels

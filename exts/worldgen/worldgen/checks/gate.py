@@ -81,9 +81,10 @@ def calibration_from_scores(
     return Calibration(name, thresholds, clips, about, details)
 
 
-def add_scores(scores: dict[str, list[float]], clip) -> None:
-    """Append a clip's score per check to ``scores`` (the checks its inputs allow)."""
-    for check, (score, _) in clip_scores(clip, clip_statistics(clip)).items():
+def add_scores(scores: dict[str, list[float]], clip, backend: str = "warp", device: str = "cpu") -> None:
+    """Append a clip's score per check to ``scores`` (the checks its inputs allow), reduced by
+    ``backend``'s kernels."""
+    for check, (score, _) in clip_scores(clip, clip_statistics(clip, backend, device)).items():
         if score is not None:
             scores[check].append(score)
 
@@ -119,14 +120,22 @@ class GateReport:
         return "\n".join(rows)
 
 
-def calibrate(f: h5py.File, manifest: Manifest, mask: str = "seed", camera: str | None = None) -> Calibration:
-    """The simulator calibration: thresholds from the simulator clips in ``mask`` at camera resolution."""
+def calibrate(
+    f: h5py.File,
+    manifest: Manifest,
+    mask: str = "seed",
+    camera: str | None = None,
+    backend: str = "warp",
+    device: str = "cpu",
+) -> Calibration:
+    """The simulator calibration: thresholds from the simulator clips in ``mask`` at camera resolution,
+    scored by ``backend`` (the same backend that then judges)."""
     scores: dict[str, list[float]] = defaultdict(list)
     ranges = depth_ranges(f)
     cam = camera or manifest.world_model_camera
     names = demo_names(f, mask)
     for name in names:
-        add_scores(scores, clip_from_demo(f["data"][name], manifest, cam, ranges.get(cam)))
+        add_scores(scores, clip_from_demo(f["data"][name], manifest, cam, ranges.get(cam)), backend, device)
     about = f"simulator clips of mask {mask!r} at camera resolution"
     return calibration_from_scores("simulator", scores, len(names), about, manifest)
 
@@ -175,7 +184,7 @@ def gate_dataset(
         cameras = [c.name for c in manifest.cameras]
         if cam not in cameras:
             raise ArgumentError(f"{path}: no camera {cam!r}; the manifest has {cameras}")
-        simulator = calibrate(f, manifest, calibrate_mask, cam)
+        simulator = calibrate(f, manifest, calibrate_mask, cam, backend, device)
         calibrations = {"simulator": simulator, **({"world_model": world_model} if world_model else {})}
         ranges = depth_ranges(f)
         report = GateReport(camera=cam, calibrations=calibrations)
