@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from worldgen.errors import ArgumentError
+from worldgen.manifest import Manifest
 
 from ..pretrained import PolicyConfig
 
@@ -24,6 +26,12 @@ class PPOConfig(PolicyConfig):
     # Initial exploration std exp(-1) = 0.37: with std 1 most sampled actions clip to the box's faces.
     log_std_init: float = -1.0
     reward: str = "shaped"  # "shaped": task progress terms + success; "success": the predicate only
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, **overrides: Any) -> PPOConfig:
+        """The manifest's observation keys and action size, with the ``overrides`` that are not None."""
+        fields = {"obs_keys": list(manifest.policy.obs_keys), "action_dim": manifest.embodiment.action_dim}
+        return cls(**{**fields, **{k: v for k, v in overrides.items() if v is not None}})
 
     def __post_init__(self) -> None:
         super().__post_init__()

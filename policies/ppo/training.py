@@ -241,9 +241,7 @@ def train_ppo(
     (simulator only): that many scenes stepped together (``worldgen.vector_env``); each PPO rollout then
     holds ``config.n_steps`` steps of every scene."""
     manifest = as_manifest(manifest)
-    config = config or PPOConfig(
-        obs_keys=list(manifest.policy.obs_keys), action_dim=manifest.embodiment.action_dim
-    )
+    config = config or PPOConfig.from_manifest(manifest)
     if envs > 1 and world_model is not None:
         raise ArgumentError(f"--envs {envs}: scenes stepped together are simulator scenes, not a world model")
     if envs > 1:

@@ -507,17 +507,18 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
             from policies.ppo.training import train_ppo
 
             manifest = load_manifest(args.manifest) if args.manifest else _dataset_manifest(args.dataset)
-            fields = {
-                "obs_keys": args.obs_keys or list(manifest.policy.obs_keys),
-                "action_dim": manifest.embodiment.action_dim,
-            }
-            given = {"steps": args.steps, "seed": args.seed, "batch_size": args.batch_size}
-            fields.update({k: v for k, v in given.items() if v is not None})
-            fields["image_keys"] = args.image_keys or []  # refused by PPOConfig: low-dimensional only
+            config = PPOConfig.from_manifest(
+                manifest,
+                obs_keys=args.obs_keys,
+                steps=args.steps,
+                seed=args.seed,
+                batch_size=args.batch_size,
+                image_keys=args.image_keys,  # refused by PPOConfig: low-dimensional only
+            )
             meta = train_ppo(
                 manifest,
                 args.output,
-                PPOConfig(**fields),
+                config,
                 args.world_model,
                 args.dataset,
                 progress,
