@@ -19,9 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "run_workers.json"
 
@@ -33,16 +30,9 @@ def timed(fn):
 
 
 def same_datasets(a: Path, b: Path) -> bool:
-    from worldgen.dataset import demo_names
+    from worldgen.dataset import hdf5_differences
 
-    with h5py.File(a) as f, h5py.File(b) as g:
-        if demo_names(f) != demo_names(g):
-            return False
-        for name in demo_names(f):
-            for key in ("actions", "states", "obs/object"):
-                if not np.array_equal(f["data"][name][key][()], g["data"][name][key][()]):
-                    return False
-    return True
+    return not hdf5_differences(a, b)
 
 
 def main() -> None:
@@ -54,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from worldgen.apps.run import PROFILES, run_pipeline, synthetic_spec
-    from worldgen.dataset import demo_names
+    from worldgen.dataset import demo_names, open_dataset
     from worldgen.manifest import load_manifest
 
     from policies.evaluate import evaluate_policy
@@ -89,7 +79,7 @@ def main() -> None:
     stages["checks_agreement"] = {"demos": len(a), "samples": samples, "identical": a == b}
     stages["checks_agreement"].update(one_process_s=t_one, workers_s=t_many)
 
-    with h5py.File(one) as f:
+    with open_dataset(one) as f:
         names = demo_names(f, "synthetic")
         a, t_one = timed(lambda: replay_generated(f, names, envs=envs))
         b, t_many = timed(lambda: replay_generated(f, names, envs=envs, workers=args.workers))

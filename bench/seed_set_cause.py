@@ -205,7 +205,7 @@ def main() -> None:
     with open_dataset(checked) as f:
         train, valid = demo_names(f, "train"), set(demo_names(f, "valid"))
         # The run's own referee: its checks stage replayed every attempt (scenes stepped together).
-        run_replay = {a["name"]: bool(f["data"][a["name"]].attrs["replay_success"]) for a in attempts}
+        run_replay = {a["name"]: bool(demo_record(f, a["name"]).replay_success) for a in attempts}
     accepted = [a["name"] for a in attempts]
     replay_true = [a["name"] for a in attempts if run_replay[a["name"]]]
     with open_dataset(twin) as f:

@@ -112,7 +112,7 @@ def bare_newton_loop(manifest_path: Path, seeds: list[int], targets_per_seed: li
 
 
 def worldgen_seed(manifest_path: Path, n: int, workers: int, out_dir: Path) -> dict:
-    from worldgen.dataset import DatasetReader
+    from worldgen.dataset import DatasetReader, DemoRecord
     from worldgen.pipeline import run_seed_stage
 
     out = out_dir / f"seed_w{workers}.hdf5"
@@ -127,7 +127,7 @@ def worldgen_seed(manifest_path: Path, n: int, workers: int, out_dir: Path) -> d
     )
     seconds = time.perf_counter() - started
     with DatasetReader(out) as reader:
-        steps = [int(g.attrs["num_samples"]) for _, g in reader.iter_demos()]
+        steps = [DemoRecord.from_group(g).num_samples for _, g in reader.iter_demos()]
     frames = sum(steps) + len(steps)  # T actions see T+1 rendered observations
     # Start-up (Ray, actors loading their kernels): until the first episode began.
     startup = finished[0][0] - finished[0][1] - started

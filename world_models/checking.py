@@ -22,7 +22,6 @@ samples of one attempt, and the gate measured against simulator replay.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,7 @@ from worldgen.checks.clip import clip_from_arrays
 from worldgen.checks.gate import Calibration, GateReport, add_scores, calibration_from_scores, gate_dataset
 from worldgen.dataset import (
     DatasetError,
+    dataset_info,
     dataset_manifest,
     demo_names,
     demo_record,
@@ -368,9 +368,9 @@ def gate_against_replay(dataset: str | Path) -> dict:
         records = [r for r in records if r.replay_faithful is not None and r.check_passed is not None]
         if not records:
             raise DatasetError(f"{dataset}: no checked demo has a replay label (check --against-replay)")
-        scores = {r.name: json.loads(f["data"][r.name].attrs["check_scores"]) for r in records}
-        replay_success = np.array([bool(f["data"][r.name].attrs["replay_success"]) for r in records])
-        tolerance = float(f["data"].attrs["replay_tolerance"])
+        tolerance = dataset_info(f).replay_tolerance
+    scores = {r.name: r.check_scores for r in records}
+    replay_success = np.array([bool(r.replay_success) for r in records])
     faithful = np.array([bool(r.replay_faithful) for r in records])
     passed = np.array([bool(r.check_passed) for r in records])
     result = gate_against_label([r.name for r in records], scores, passed, faithful, tolerance)

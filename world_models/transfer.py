@@ -23,6 +23,7 @@ from worldgen.dataset import (
     DatasetError,
     DatasetWriter,
     dataset_digest,
+    dataset_info,
     dataset_manifest,
     demo_names,
     open_dataset,
@@ -97,9 +98,7 @@ def transfer_cameras(f: h5py.File) -> list[str]:
 
 def instance_names(f: h5py.File) -> tuple[str, ...]:
     """The dataset's segmentation ids, as names in id order."""
-    return tuple(
-        row["name"] for row in sorted(json.loads(f["data"].attrs["segmentation"]), key=lambda r: r["id"])
-    )
+    return tuple(row["name"] for row in sorted(dataset_info(f).instances, key=lambda r: r["id"]))
 
 
 def load_clips(f: h5py.File, cameras: list[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -246,6 +246,9 @@ class DemoRecord:
     action_noise: float | None = None  # std of the noise on the executed actions (play, recipes)
     sample_spread: float | None = None  # m: an object's farthest centroid from the mean of several samples
     replay_faithful: bool | None = None  # its simulator replay stayed within tolerance of its prediction
+    replay_success: bool | None = None  # its simulator replay met the success predicate
+    # check -> {"verdict", "score", "threshold"}: what the gate said, check by check (None: not checked)
+    check_scores: dict[str, dict[str, Any]] | None = field(default=None, hash=False)
 
     @classmethod
     def from_group(cls, group: h5py.Group) -> DemoRecord:
@@ -262,6 +265,7 @@ class DemoRecord:
             return None if value is None or int(value) < 0 else int(value)
 
         passed, faithful = attrs.get("check_passed"), attrs.get("replay_faithful")
+        replayed, scores = attrs.get("replay_success"), attrs.get("check_scores")
         return cls(
             name=name,
             num_samples=int(attrs["num_samples"]),
@@ -278,6 +282,8 @@ class DemoRecord:
             action_noise=None if attrs.get("action_noise") is None else float(attrs["action_noise"]),
             sample_spread=None if attrs.get("sample_spread") is None else float(attrs["sample_spread"]),
             replay_faithful=None if faithful is None else bool(faithful),
+            replay_success=None if replayed is None else bool(replayed),
+            check_scores=None if scores is None else json.loads(scores),
         )
 
 
@@ -300,6 +306,7 @@ class DatasetInfo:
     depth_range: dict[str, tuple[float, float]]  # camera -> (near, far) metres that depth 0..1 spans
     instances: list[dict[str, Any]]  # the segmentation ids' table
     masks: dict[str, list[str]]
+    replay_tolerance: float | None = None  # m: the replay verification's tolerance, once it has run
 
     @property
     def cameras(self) -> list[str]:
@@ -320,6 +327,7 @@ def dataset_info(f: h5py.File) -> DatasetInfo:
         depth_range=depth_ranges(f),
         instances=json.loads(data.get("segmentation", "[]")),
         masks={m: demo_names(f, m) for m in f.get("mask", {})},
+        replay_tolerance=float(data["replay_tolerance"]) if "replay_tolerance" in data else None,
     )
 
 
@@ -671,3 +679,43 @@ def restamp_dataset(source: str | Path, output: str | Path, manifest: Manifest) 
             if "mask" in f:
                 f.copy(f["mask"], out, name="mask")
     os.replace(tmp, output)
+
+
+def _attrs_of(obj: h5py.HLObject) -> dict[str, Any]:
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in obj.attrs.items()}
+
+
+def hdf5_differences(a: str | Path, b: str | Path, name: str = "") -> list[str]:
+    """Where two HDF5 files differ, one line each: a group or array only in one, attributes that differ
+    (named), arrays whose dtype, shape or values differ (NaN equal to NaN); ``name`` prefixes the lines.
+    None: the same content."""
+    found: list[str] = []
+    try:
+        with h5py.File(a, "r") as left, h5py.File(b, "r") as right:
+            items: dict[str, tuple[h5py.HLObject, ...]] = {"/": (left, right)}
+            paths = [set(), set()]
+            left.visititems(lambda p, _: paths[0].add(p))
+            right.visititems(lambda p, _: paths[1].add(p))
+            for path in sorted(paths[0] ^ paths[1]):
+                found.append(
+                    f"{name}:/{path}: only in {'the reference' if path in paths[0] else 'the other'}"
+                )
+            for path in sorted(paths[0] & paths[1]):
+                items[path] = (left[path], right[path])
+            for path, (x, y) in items.items():
+                if _attrs_of(x) != _attrs_of(y):
+                    keys = sorted(
+                        k for k in set(x.attrs) | set(y.attrs) if _attrs_of(x).get(k) != _attrs_of(y).get(k)
+                    )
+                    found.append(f"{name}:/{path}: attributes differ ({', '.join(keys)})")
+                if isinstance(x, h5py.Dataset) and isinstance(y, h5py.Dataset):
+                    u, v = x[()], y[()]
+                    if (
+                        u.dtype != v.dtype
+                        or u.shape != v.shape
+                        or not np.array_equal(u, v, equal_nan=u.dtype.kind in "fc")
+                    ):
+                        found.append(f"{name}:/{path}: values differ")
+    except OSError as exc:
+        found.append(f"{name}: does not read back ({exc})")
+    return found

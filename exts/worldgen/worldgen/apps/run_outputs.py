@@ -14,9 +14,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
+from ..dataset import hdf5_differences
 from .run import STAGES
 
 # Wall-clock fields: how long something took, and whether this invocation ran a stage or reused it.
@@ -79,43 +79,6 @@ def _json_differences(
     return [f"{name}: differs"]
 
 
-def _attrs(obj: h5py.HLObject) -> dict[str, Any]:
-    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in obj.attrs.items()}
-
-
-def _hdf5_differences(a: Path, b: Path, name: str) -> list[str]:
-    found: list[str] = []
-    try:
-        with h5py.File(a, "r") as left, h5py.File(b, "r") as right:
-            items: dict[str, tuple[h5py.HLObject, ...]] = {"/": (left, right)}
-            paths = [set(), set()]
-            left.visititems(lambda p, _: paths[0].add(p))
-            right.visititems(lambda p, _: paths[1].add(p))
-            for path in sorted(paths[0] ^ paths[1]):
-                found.append(
-                    f"{name}:/{path}: only in {'the reference' if path in paths[0] else 'the other'}"
-                )
-            for path in sorted(paths[0] & paths[1]):
-                items[path] = (left[path], right[path])
-            for path, (x, y) in items.items():
-                if _attrs(x) != _attrs(y):
-                    keys = sorted(
-                        k for k in set(x.attrs) | set(y.attrs) if _attrs(x).get(k) != _attrs(y).get(k)
-                    )
-                    found.append(f"{name}:/{path}: attributes differ ({', '.join(keys)})")
-                if isinstance(x, h5py.Dataset) and isinstance(y, h5py.Dataset):
-                    u, v = x[()], y[()]
-                    if (
-                        u.dtype != v.dtype
-                        or u.shape != v.shape
-                        or not np.array_equal(u, v, equal_nan=u.dtype.kind in "fc")
-                    ):
-                        found.append(f"{name}:/{path}: values differ")
-    except OSError as exc:
-        found.append(f"{name}: does not read back ({exc})")
-    return found
-
-
 def _safetensors_differences(a: Path, b: Path, name: str) -> list[str]:
     from safetensors import SafetensorError, safe_open
 
@@ -171,7 +134,7 @@ def run_differences(
         if suffix == ".json":
             found += _json_differences(a, b, name, folders, tuple(stages), volatile)
         elif suffix in (".hdf5", ".h5"):
-            found += _hdf5_differences(a, b, name)
+            found += hdf5_differences(a, b, name)
         elif suffix == ".safetensors":
             found += _safetensors_differences(a, b, name)
         else:
