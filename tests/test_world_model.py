@@ -33,7 +33,7 @@ from world_models.objectives import (
     objective_from_config,
     world_model_loss,
 )
-from world_models.recipes import generate_in_world_model, recipe_spec
+from world_models.recipes import generate_in_world_model, recipe_spec, seed_parents
 from world_models.sampler import WorldModelSampler, noise_seed
 from world_models.train import build_world_model, train_world_model
 
@@ -376,7 +376,8 @@ def test_branch_cli_writes_synthetic_demos_that_the_checks_gate(trained, tmp_pat
     assert code == 0
     with h5py.File(synth, "r") as f:
         synthetic = [n.decode() for n in f["mask/synthetic"][()]]
-        assert len(synthetic) == 2 * len(f["mask/seed"])
+        # Branches start, as every recipe's attempts do, from the training seeds (the valid one held out).
+        assert len(synthetic) == 2 * len(seed_parents(f))
         demo = f["data"][synthetic[0]]
         assert demo.attrs["source"] == "world_model" and int(demo.attrs["branch_step"]) == 3
         assert demo["obs/front_rgb"].shape == (4, 96, 96, 3) and demo["actions"].shape == (4, 7)
@@ -439,7 +440,7 @@ def test_eval_wm_replays_branches_in_simulation(trained, tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert main(["eval-wm", str(synth), str(ckpt), "-o", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["branches"] == 6 and set(report["per_step"]["psnr"]) == {"1", "2", "3"}
+    assert report["branches"] == 4 and set(report["per_step"]["psnr"]) == {"1", "2", "3"}  # 2 parents
     # The copy-last baseline of step 1 compares the simulator's frame with the branch's first frame.
     assert 10 < report["per_step"]["copy_last_psnr"]["1"] < 60
     assert "action_sensitivity_psnr_gap" in report and out.with_suffix(".png").is_file()
