@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from stages import RESULTS, say  # bench/stages.py, beside this script
 from worldgen.dataset import dataset_manifest, demo_names, demo_record, open_dataset, read_demo
-from worldgen.envs import WorldgenEnv, predicate_steps, success_step
+from worldgen.envs import WorldgenEnv, object_slice, predicate_steps, success_step
 from worldgen.files import write_atomically
 from worldgen.keys import EEF_POS, GRIPPER_QPOS
 from worldgen.manifest import Manifest
 
 from world_models.data import STATE_KEYS, state_layout
-from world_models.replay import replay_start
+from world_models.replay import replay_executed, replay_start
 from world_models.sampler import WorldModelSampler
 
 
@@ -42,22 +42,13 @@ def replayed_episodes(path: Path) -> tuple[Manifest, list[dict]]:
         manifest = dataset_manifest(f)
         env = WorldgenEnv(manifest, cameras=False)
         for name in demo_names(f):
-            if f["data"][name].attrs.get("source") != "world_model":
+            record = demo_record(f, name)
+            if record.source != "world_model":
                 continue
-            record, demo = demo_record(f, name), read_demo(f["data"][name])
+            demo = read_demo(f["data"][name])
             actions = demo.executed_actions
-            obs, _ = env.reset(seed=record.seed)
-            start = replay_start(f, record)
-            if start is not None:
-                env.set_state(start)
-                obs = env.observe()
-            states, success = [np.concatenate([obs[k] for k in STATE_KEYS])], False
-            for action in actions:
-                obs, _, terminated, truncated, info = env.step(action)
-                states.append(np.concatenate([obs[k] for k in STATE_KEYS]))
-                success = success or bool(info["success"])
-                if terminated or truncated:
-                    break
+            seen, success = replay_executed(env, replay_start(f, record), demo, record.seed)
+            states = [np.concatenate([obs[k] for k in STATE_KEYS]) for obs in seen]
             episodes.append(
                 {
                     "actions": torch.from_numpy(np.asarray(actions[: len(states) - 1], np.float32)),
@@ -88,7 +79,8 @@ def verdict(manifest: Manifest, states: np.ndarray, layout: dict[str, int]) -> b
     """Whether the success predicate holds for ``hold_steps`` on (T+1, S) states."""
     eef, fingers = layout[EEF_POS], layout[GRIPPER_QPOS]
     objects, gripper = states[1:, eef + fingers :], states[1:, eef : eef + fingers]
-    start_z = float(states[0, eef + fingers + 2])
+    # The success object's height at the start, as the library reads it (not the first object's).
+    start_z = float(states[0, eef + fingers :][object_slice(manifest, manifest.task.success.object)][2])
     holds = predicate_steps(manifest, objects, gripper, start_z)
     return success_step(holds, manifest.task.success.hold_steps) >= 0
 

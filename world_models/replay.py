@@ -155,22 +155,34 @@ def replay_start(f: h5py.File, record: DemoRecord) -> np.ndarray | None:
     return f["data"][record.parent]["states"][record.branch_step]
 
 
+def replay_executed(
+    env: WorldgenEnv, start: np.ndarray | None, demo: Demo, seed: int
+) -> tuple[list[dict[str, np.ndarray]], bool]:
+    """A generated demo's executed actions replayed in the simulator from ``start`` (:func:`replay_start`;
+    None: the scene's reset) until they end or the episode does: the observation at the start and after
+    each step, and whether the success predicate held at any step."""
+    obs, _ = env.reset(seed=seed)
+    if start is not None:
+        env.set_state(start)
+        obs = env.observe()
+    seen, success = [obs], False
+    for action in demo.executed_actions:
+        obs, _, terminated, truncated, info = env.step(action)
+        seen.append(obs)
+        success = success or bool(info["success"])
+        if terminated or truncated:
+            break
+    return seen, success
+
+
 def replay_demo(env: WorldgenEnv, start: np.ndarray | None, group: h5py.Group, seed: int) -> dict:
     """Replay a generated demo's executed actions in the simulator from ``start`` (:func:`replay_start`;
     None: the scene's reset): replay success, and the distances between replayed and predicted positions
     (:func:`replay_errors`)."""
     demo = read_demo(group)
-    executed = demo.executed_actions
-    env.reset(seed=seed)
-    if start is not None:
-        env.set_state(start)
-    seen, success = {EEF_POS: [], "object": []}, False
-    for action in executed:
-        obs, _, terminated, truncated, info = env.step(action)
-        seen[EEF_POS].append(obs[EEF_POS])
-        seen["object"].append(obs["object"])
-        success = success or bool(info["success"])
-        if terminated or truncated:
-            break
-    replayed = {k: np.reshape(v, (len(v), demo.obs[k].shape[1])) for k, v in seen.items()}
+    seen, success = replay_executed(env, start, demo, seed)
+    after = seen[1:]
+    replayed = {
+        k: np.reshape([o[k] for o in after], (len(after), demo.obs[k].shape[1])) for k in (EEF_POS, "object")
+    }
     return replay_errors(env.manifest, demo, replayed, success)
