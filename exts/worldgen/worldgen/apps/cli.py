@@ -988,7 +988,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=_output_folder, required=True, metavar="CKPT")
     p.add_argument("--steps", type=_count_arg, default=1500, help="gradient steps (default 1500)")
     p.add_argument("--batch-size", type=_count_arg, default=16)
-    p.add_argument("--seed", type=_seed_arg, default=0)
+    p.add_argument(
+        "--seed", type=_seed_arg, default=0, help="seed of the initialisation and batch order (default 0)"
+    )
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_train_transfer)
 
@@ -1029,7 +1031,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--steps", type=_count_arg, help="training steps (default: the manifest's)")
     p.add_argument("--batch-size", type=_count_arg, help="default: the manifest's (the global batch)")
-    p.add_argument("--seed", type=_seed_arg, default=0)
+    p.add_argument(
+        "--seed", type=_seed_arg, default=0, help="seed of the initialisation, batches and noise (default 0)"
+    )
     p.add_argument("--checkpoint-every", type=_count_arg, help="steps between checkpoints (default 500)")
     p.add_argument("--log-dir", metavar="DIR", help="TensorBoard event files of the run")
     p.add_argument(
@@ -1161,7 +1165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--world-model", type=_world_model_arg, metavar="CKPT", help="PPO: train inside this world model"
     )
-    p.add_argument("--seed", type=_seed_arg, default=0)
+    p.add_argument(
+        "--seed", type=_seed_arg, default=0, help="seed of the initialisation and batch order (default 0)"
+    )
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_train_policy)
 
