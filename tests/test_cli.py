@@ -169,6 +169,7 @@ def _cases(d: Path) -> dict[str, list[str]]:
         ],
         "eval not a policy": ["eval", folder, push, "--episodes", "1"],
         "generate without a world model": ["generate", ds, "-o", "{out}/synth.hdf5"],
+        "generate unknown recipe": ["generate", ds, folder, "--recipe", "nope", "-o", "{out}/synth.hdf5"],
         # malformed lists and values
         "generate malformed steps": ["generate", ds, folder, "--starts", "10,x", "-o", "{out}/s.hdf5"],
         "generate malformed starts": ["generate", ds, "--in-simulator", "--starts", "0,,-1", "-o", "{out}/s"],

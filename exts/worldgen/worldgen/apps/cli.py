@@ -25,7 +25,6 @@ from ..export import FORMATS as EXPORT_FORMATS
 from ..files import write_atomically
 from ..keys import image_kind
 from ..manifest import BC_ALGORITHMS, DOMAINS, POLICY_ALGORITHMS, ManifestError, load_manifest
-from .compare import experiment_rows
 from .run import PROFILES as RUN_PROFILES
 from .run import STAGES as RUN_STAGES
 
@@ -410,11 +409,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     with open_dataset(args.dataset) as f:
         manifest = dataset_manifest(f)
+    # Checked here, not by the parser: the registry imports the recipes (torch, the simulator), which
+    # every other command's start-up would pay for.
+    where = "--recipe" if args.recipe else f"{args.dataset}: generation.recipe"
     args.recipe = args.recipe or manifest.generation.recipe
     try:
         recipe = get_recipe(args.recipe)
-    except KeyError as exc:  # the dataset's manifest names a recipe this installation does not have
-        raise ArgumentError(f"{args.dataset}: generation.recipe: {exc.args[0]}") from None
+    except KeyError as exc:  # not registered (a typo, or a manifest from an installation with more)
+        raise ArgumentError(f"{where}: {exc.args[0]}") from None
     if args.in_simulator and not recipe.simulator_twin:
         raise ArgumentError(f"--in-simulator: recipe {args.recipe} has no simulator twin")
     if args.checkpoint is None and not args.in_simulator:
@@ -613,7 +615,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         policy_batch=args.policy_batch,
         replicates=args.replicates,
         episodes=args.episodes,
-        rows=tuple(args.rows),
+        **({} if args.rows is None else {"rows": tuple(args.rows)}),
         workers=args.workers,
         envs=args.envs,
         ray_address=args.ray_address,
@@ -1051,8 +1053,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_train_wm)
 
-    from world_models.recipes import recipe_names, recipes
-
     p = sub.add_parser(
         "generate", help="synthetic demos by a generation recipe: in the world model, or its simulator twin"
     )
@@ -1079,9 +1079,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--recipe",
-        choices=recipe_names(),
-        help="default: the manifest's generation.recipe; "
-        + "; ".join(f"{r.name}: {r.summary}" for r in recipes()),
+        metavar="NAME",
+        help="a registered recipe or variant (world_models.recipes; an unknown name is refused with the "
+        "list); default: the manifest's generation.recipe",
     )
     p.add_argument("--per-seed", type=_count_arg, help="attempts per seed demo and start step")
     p.add_argument("--starts", dest="start_steps", type=_int_list_arg, help="comma-separated start steps")
@@ -1230,10 +1230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rows",
         nargs="+",
-        choices=experiment_rows(),
-        default=list(experiment_rows()),
         metavar="ROW",
-        help="the rows",
+        help="the rows (default: all): seeds, +NAME (WM) and +NAME (sim) for every registered recipe, "
+        "sim oracle",
     )
     p.add_argument(
         "--workers", type=_count_arg, default=2, help="cells side by side (and Ray actors with --ray-address)"
