@@ -9,7 +9,7 @@ batch of new scenes), how it acts them out in the world model and, where it has 
 task by task (a task half written is finished, never written twice), run the tasks on Ray actors when
 asked and append their demos in task order, so the output is the same in one process or many.
 
-The command line's ``--recipe`` choices, ``worldgen run``'s synthetic stage (``generation.recipe``) and
+The names ``worldgen generate --recipe`` takes, ``worldgen run``'s synthetic stage (``generation.recipe``) and
 the experiment's rows all come from this registry: a new recipe is one module and its manifest model.
 """
 
