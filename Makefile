@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	$(PY) -m pip install -q --no-deps robomimic==0.3.0
+	# Warp's first compile (1-3 min) belongs to set-up, not to the first run (worldgen/sim/kernel_cache.py).
+	$(PY) -m worldgen.sim.kernel_cache scenarios/push_to_target.yaml
 	rm -f $(VENV)/.installed-*
 	touch $@
 

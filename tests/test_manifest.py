@@ -102,6 +102,25 @@ def test_cross_field_errors():
     assert "overlap" in msg
 
 
+def test_world_model_shape_is_checked_at_load():
+    """The U-Net's constraints on its channels and the frame size are refused when the manifest loads,
+    naming the field, not when training starts."""
+    at = "world_model:\n"
+    assert at in PICK
+    _, _, path, msg = _error(PICK.replace(at, at + "  channels: [48, 96]\n"))
+    assert path == "world_model" and "channels [48, 96]" in msg and "divide by 32" in msg
+    deep = PICK.replace(at, at + "  channels: [32, 32, 32, 32, 32]\n")
+    _, _, path, msg = _error(
+        deep.replace("front_left\n  resolution: [64, 64]", "front_left\n  resolution: [48, 48]")
+    )
+    assert path == "world_model" and "[48, 48] must divide by 32 for 5 U-Net levels" in msg
+    small = parse_manifest(PICK.replace(at, at + "  channels: [32, 64, 64]\n"))
+    assert (
+        small.world_model.channels == (32, 64, 64)
+        and small.content_hash() != parse_manifest(PICK).content_hash()
+    )
+
+
 def test_generation_block_and_the_old_branching_spelling():
     manifest = parse_manifest(PICK)
     assert manifest.generation.perturb.at_steps == [20, 60]

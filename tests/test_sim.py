@@ -168,3 +168,26 @@ def test_distractor_crosses_the_view(envs):
         by_cam.setdefault(name, []).append((x, y))
     moved = max(np.ptp(np.array(v), axis=0).max() for v in by_cam.values())
     assert moved > 3.0  # pixels: it crosses, it does not sit still
+
+
+@pytest.mark.slow  # compiles Warp's kernels from nothing: 1-3 minutes on 2 cores
+def test_the_kernel_cache_warm_up_compiles_what_a_seed_recording_and_its_checks_launch(tmp_path):
+    """``make venv``'s warm-up (``python -m worldgen.sim.kernel_cache``) on an empty cache, then a seed
+    recorded with cameras and checked in that cache: they find every kernel they launch already there."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WARP_CACHE_PATH": str(tmp_path / "warp")}
+    push = str(ROOT / "scenarios" / "push_to_target.yaml")
+    warm = [sys.executable, "-m", "worldgen.sim.kernel_cache", push]
+    subprocess.run(warm, env=env, check=True, capture_output=True)
+    compiled = {p.name for p in (tmp_path / "warp").rglob("wp_*") if p.is_dir()}
+    assert any("sensor_camera" in name for name in compiled)
+    assert any(name.startswith("wp_worldgen.checks.kernels") for name in compiled)
+    seeds = tmp_path / "seeds.hdf5"
+    cli = [sys.executable, "-m", "worldgen.apps.cli"]
+    for command in (["seed", push, "-o", str(seeds), "--n", "1"], ["check", str(seeds)]):
+        done = subprocess.run([*cli, *command], env=env, capture_output=True)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert {p.name for p in (tmp_path / "warp").rglob("wp_*") if p.is_dir()} == compiled

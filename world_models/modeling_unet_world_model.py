@@ -43,6 +43,12 @@ class UNetWorldModel(ModelMixin, ConfigMixin):
             raise ArgumentError(
                 f"world_model.resolution {resolution} must divide by unshuffle x 2^(levels-1)"
             )
+        groups = min(32, block_out_channels[0])  # GroupNorm's groups, as set below
+        if any(c % groups for c in block_out_channels):
+            raise ArgumentError(
+                f"world_model.channels {list(block_out_channels)}: each must divide by {groups} "
+                "(the U-Net's norm groups)"
+            )
         time_embed_dim = block_out_channels[0] * 4
         self.unet = UNet2DModel(
             sample_size=resolution // unshuffle,

@@ -145,6 +145,7 @@ def build_world_model(
     action_dim: int,
     state_dim: int,
     resolution: int,
+    channels: tuple[int, ...] = (64, 128, 128),
 ) -> WorldModel:
     """The manifest's backbone, from scratch or from a local folder: a worldgen checkpoint's ``model/``
     of that backbone, or (cosmos) a Cosmos-Predict2 Video2World transformer in diffusers format, which
@@ -181,6 +182,7 @@ def build_world_model(
         action_dim=action_dim,
         state_dim=state_dim,
         resolution=resolution,
+        block_out_channels=tuple(channels),
     )
 
 
@@ -370,6 +372,7 @@ def train_world_model(
         action_dim=train.episodes[0].actions.shape[1],
         state_dim=train.episodes[0].states.shape[1],
         resolution=data.resolution,
+        channels=spec.channels,
     )
     device = torch.device(config.device)
     model.to(device)

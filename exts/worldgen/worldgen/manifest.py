@@ -482,6 +482,12 @@ class WorldModelSpec(_Strict):
     camera: Name | None = Field(None, description="which camera it models; defaults to the first")
     resolution: tuple[Annotated[int, Field(ge=16, le=512)], Annotated[int, Field(ge=16, le=512)]] = (64, 64)
     context_frames: int = Field(4, ge=1, le=16)
+    channels: tuple[Annotated[int, Field(ge=8, le=1024)], ...] = Field(
+        (64, 128, 128),
+        min_length=1,
+        max_length=5,
+        description="unet backbone: feature channels per U-Net level (diffusers' block_out_channels)",
+    )
     horizon: int = Field(8, ge=1, le=256, description="steps predicted per branch")
     train_steps: int = Field(2000, ge=1, le=10_000_000)
     batch_size: int = Field(16, ge=1, le=4096)
@@ -493,6 +499,26 @@ class WorldModelSpec(_Strict):
         None, description="local folder to post-train from: a model, a diffusers pipeline or a checkpoint"
     )
     vae: str | None = Field(None, description="local AutoencoderKLWan folder: learn in its latent space")
+
+    @model_validator(mode="after")
+    def _unet_shape(self) -> WorldModelSpec:
+        """What the U-Net needs of its shape, refused at load rather than when training starts: each level
+        halves the frame (after a 2x pixel-unshuffle), and every level's channels share one GroupNorm
+        group count (that of the first level, at most 32). A VAE's latents are checked when it loads."""
+        if self.backbone != "unet":
+            return self
+        groups = min(32, self.channels[0])
+        if any(c % groups for c in self.channels):
+            raise ValueError(
+                f"channels {list(self.channels)}: each must divide by {groups} (the norm groups)"
+            )
+        halvings = 2 ** len(self.channels)
+        if self.vae is None and any(r % halvings for r in self.resolution):
+            raise ValueError(
+                f"resolution {list(self.resolution)} must divide by {halvings} for {len(self.channels)} "
+                "U-Net levels"
+            )
+        return self
 
 
 class PerturbRecipe(_Strict):

@@ -76,13 +76,19 @@ class Profile:
 PROFILES = {
     # The manifest's own settings.
     "full": Profile("full"),
-    # make demo: the whole loop in minutes on 2 CPU cores. The world model works at 32 x 32, where it
-    # learns enough in 1500 steps to beat copy-last-frame (bench/results/run_quick.json: its latest run).
+    # make demo: the whole loop in minutes on 2 CPU cores. The world model works at 32 x 32 with half the
+    # U-Net's channels, where it learns enough in 1500 steps to beat copy-last-frame; the full-width
+    # U-Net took 1.9x as long a step (bench/results/run_quick.json: the latest run).
     "quick": Profile(
         "quick",
         overlay={
             "seeds": {"count": 10},
-            "world_model": {"resolution": [32, 32], "train_steps": 1500, "batch_size": 16},
+            "world_model": {
+                "resolution": [32, 32],
+                "channels": [32, 64, 64],
+                "train_steps": 1500,
+                "batch_size": 16,
+            },
             "generation": {"recover": {"per_seed": 4, "at_steps": [0]}},
             "policy": {"train_steps": 1500},
             # 3 policy seeds x 50 episodes: 150 held-out episodes a row.
@@ -90,6 +96,7 @@ PROFILES = {
         },
         checkpoint_every=250,
         check_samples=2,
+        envs=25,  # a 50-episode panel in two batches of scenes stepped together
     ),
     # Tests: every stage runs for real on the smallest budgets that still exercise it.
     "tiny": Profile(
