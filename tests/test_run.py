@@ -125,8 +125,22 @@ def _status(folder: Path, stage: str) -> str | None:
         return None
 
 
+# make test kills inside the stages that resume from state of their own (dataset shards, the training
+# state, the attempts written so far); make test-all, and bench/faults.py 20 times over, kill in every stage.
+KILLED_IN_MAKE_TEST = ("seeds", "world_model", "synthetic")
+
+
+def test_a_kill_in_each_stage_with_state_resumes_to_the_uninterrupted_outputs(first_run, tmp_path):
+    _kill_in_stages_then_resume(first_run, tmp_path, KILLED_IN_MAKE_TEST)
+
+
+@pytest.mark.slow  # about 4 minutes on 2 cores
 def test_a_kill_in_every_stage_resumes_to_the_uninterrupted_outputs(first_run, tmp_path):
-    """SIGKILL at a seeded random moment inside each stage in turn (eight kills, each run resuming the one
+    _kill_in_stages_then_resume(first_run, tmp_path, STAGES)
+
+
+def _kill_in_stages_then_resume(first_run, tmp_path, stages: tuple[str, ...]) -> None:
+    """SIGKILL at a seeded random moment inside each of ``stages`` in turn (each run resuming the one
     before), then a last run to the end: every output equals the uninterrupted run's, array by array."""
     folder, record, _ = first_run
     manifest = tmp_path / "push_to_target.yaml"
@@ -134,7 +148,7 @@ def test_a_kill_in_every_stage_resumes_to_the_uninterrupted_outputs(first_run, t
     killed = tmp_path / "killed"
     rng = np.random.default_rng(0)
     landed: dict[str, str | None] = {}
-    for stage in STAGES:
+    for stage in stages:
         process = subprocess.Popen(
             _run_command(manifest, killed),
             stdout=subprocess.DEVNULL,
