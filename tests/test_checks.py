@@ -34,11 +34,12 @@ from .conftest import SCENARIOS
 
 @pytest.fixture(scope="module")
 def seed_clips(tmp_path_factory):
-    """Eight real seed clips per shipped scenario (world-model camera), from one recorded dataset each."""
+    """Eight real seed clips per shipped scenario (world-model camera), from one recorded dataset each,
+    the eight scenes stepped together."""
     out = {}
     for path in SCENARIOS:
         dataset = tmp_path_factory.mktemp(path.stem) / "seeds.hdf5"
-        run_seed_stage(path, dataset, n=8)
+        run_seed_stage(path, dataset, n=8, envs=8)
         manifest = load_manifest(path)
         with h5py.File(dataset, "r") as f:
             names = sorted(f["data"], key=lambda n: int(n.split("_")[1]))
