@@ -78,7 +78,7 @@ def world_model(seeds, push, tmp_path_factory):
     root = tmp_path_factory.mktemp("wm")
     train = root / "wm_train.hdf5"
     # A narrow U-Net (world_model.channels rides in the training data's manifest): these tests need the
-    # pipeline's plumbing, not fidelity, and sampling the default width at 64 x 64 dominated their time.
+    # pipeline's plumbing, not fidelity, and sampling the default width at 64 x 64 made most of their set-up.
     narrow = push.world_model.model_copy(update={"channels": (16, 32, 32)})
     run_play_stage(push.model_copy(update={"world_model": narrow}), seeds, train, [0.3])
     ckpt = root / "ckpt"

@@ -18,6 +18,7 @@ from diffusers import ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 from worldgen.errors import ArgumentError
+from worldgen.manifest import unet_shape_problem
 
 
 class UNetWorldModel(ModelMixin, ConfigMixin):
@@ -39,16 +40,9 @@ class UNetWorldModel(ModelMixin, ConfigMixin):
         resnet_time_scale_shift: str = "scale_shift",
     ):
         super().__init__()
-        if resolution % (unshuffle * 2 ** (len(block_out_channels) - 1)):
-            raise ArgumentError(
-                f"world_model.resolution {resolution} must divide by unshuffle x 2^(levels-1)"
-            )
-        groups = min(32, block_out_channels[0])  # GroupNorm's groups, as set below
-        if any(c % groups for c in block_out_channels):
-            raise ArgumentError(
-                f"world_model.channels {list(block_out_channels)}: each must divide by {groups} "
-                "(the U-Net's norm groups)"
-            )
+        problem = unet_shape_problem(block_out_channels, (resolution, resolution), unshuffle)
+        if problem:
+            raise ArgumentError(f"world_model.{problem}")
         time_embed_dim = block_out_channels[0] * 4
         self.unet = UNet2DModel(
             sample_size=resolution // unshuffle,

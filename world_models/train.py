@@ -145,7 +145,7 @@ def build_world_model(
     action_dim: int,
     state_dim: int,
     resolution: int,
-    channels: tuple[int, ...] = (64, 128, 128),
+    channels: tuple[int, ...] | None = None,
 ) -> WorldModel:
     """The manifest's backbone, from scratch or from a local folder: a worldgen checkpoint's ``model/``
     of that backbone, or (cosmos) a Cosmos-Predict2 Video2World transformer in diffusers format, which
@@ -182,7 +182,7 @@ def build_world_model(
         action_dim=action_dim,
         state_dim=state_dim,
         resolution=resolution,
-        block_out_channels=tuple(channels),
+        **({} if channels is None else {"block_out_channels": tuple(channels)}),  # None: the model's default
     )
 
 

@@ -502,23 +502,27 @@ class WorldModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _unet_shape(self) -> WorldModelSpec:
-        """What the U-Net needs of its shape, refused at load rather than when training starts: each level
-        halves the frame (after a 2x pixel-unshuffle), and every level's channels share one GroupNorm
-        group count (that of the first level, at most 32). A VAE's latents are checked when it loads."""
-        if self.backbone != "unet":
-            return self
-        groups = min(32, self.channels[0])
-        if any(c % groups for c in self.channels):
-            raise ValueError(
-                f"channels {list(self.channels)}: each must divide by {groups} (the norm groups)"
-            )
-        halvings = 2 ** len(self.channels)
-        if self.vae is None and any(r % halvings for r in self.resolution):
-            raise ValueError(
-                f"resolution {list(self.resolution)} must divide by {halvings} for {len(self.channels)} "
-                "U-Net levels"
-            )
+        """Refused at load rather than when training starts (a VAE's latents are checked when it loads)."""
+        if self.backbone == "unet":
+            problem = unet_shape_problem(self.channels, None if self.vae else self.resolution)
+            if problem:
+                raise ValueError(problem)
         return self
+
+
+def unet_shape_problem(
+    channels: Sequence[int], resolution: Sequence[int] | None, unshuffle: int = 2
+) -> str | None:
+    """What a U-Net world model of these ``channels`` per level cannot take, or None: every level's
+    channels share the first level's GroupNorm group count (at most 32), and each level after a
+    ``unshuffle`` pixel-unshuffle halves the frame (``resolution``: its sides; None: not checked)."""
+    groups = min(32, channels[0])
+    if any(c % groups for c in channels):
+        return f"channels {list(channels)}: each must divide by {groups} (the norm groups)"
+    halvings = unshuffle * 2 ** (len(channels) - 1)
+    if resolution is not None and any(r % halvings for r in resolution):
+        return f"resolution {list(resolution)} must divide by {halvings} for {len(channels)} U-Net levels"
+    return None
 
 
 class PerturbRecipe(_Strict):

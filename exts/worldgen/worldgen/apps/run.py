@@ -77,8 +77,8 @@ PROFILES = {
     # The manifest's own settings.
     "full": Profile("full"),
     # make demo: the whole loop in minutes on 2 CPU cores. The world model works at 32 x 32 with half the
-    # U-Net's channels, where it learns enough in 1500 steps to beat copy-last-frame; the full-width
-    # U-Net took 1.9x as long a step (bench/results/run_quick.json: the latest run).
+    # U-Net's channels, where it learns enough in 1500 steps to beat copy-last-frame (run_quick.json: the
+    # latest run); it trains 2.05x the samples/s of the full width (bench/results/wm_training_speed.json).
     "quick": Profile(
         "quick",
         overlay={
